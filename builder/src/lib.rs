@@ -1,0 +1,8 @@
+//! kiln: builds appliance images (a kernel and an initramfs whose PID 1 is
+//! the kiln runtime), boots them on an emulated target, and judges them.
+
+pub mod compress;
+pub mod cpio;
+pub mod inspect;
+pub mod kernel;
+pub mod progress;

@@ -1,0 +1,46 @@
+//! The declarative configuration kiln reads: VM configs (`configs/*.toml`)
+//! and the appliance config the runtime finds at `/etc/kiln/appliance.toml`.
+//!
+//! The schema lives in the runtime library so that the builder validates with
+//! the very code that later boots the image: a config that builds also boots.
+//! Every error names the file, the line and column, the key and what was
+//! expected.
+
+mod appliance;
+mod error;
+mod locate;
+mod pci;
+mod source;
+mod units;
+mod vm;
+
+pub use appliance::{ApplianceConfig, ModulesConfig, OnDone, APPLIANCE_PATH};
+pub use error::{ConfigError, Located};
+pub use locate::{locate, KeyPath};
+pub use pci::{Bdf, PciSelector};
+pub use source::{InitrdBuild, InitrdSource, Source};
+pub use units::{ByteSize, Duration};
+pub use vm::{
+    BootConfig, ConsoleConfig, PciAssignment, RestartConfig, RestartPolicy, TestExpectations,
+    VmConfig, VmName,
+};
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Parses `src` (the text of `file`) into `T`, rejecting unknown keys, with
+/// errors located at the offending key.
+pub fn parse<T: DeserializeOwned>(file: &Path, src: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(src);
+    serde_path_to_error::deserialize(de).map_err(|e| error::from_toml(file, src, e))
+}
+
+/// Reads and parses a TOML file.
+pub fn load<T: DeserializeOwned>(file: &Path) -> Result<(T, String), ConfigError> {
+    let src = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let value = parse(file, &src)?;
+    Ok((value, src))
+}

@@ -1,0 +1,233 @@
+//! Sizes and durations written with units, so `memory = 512` (bytes? MiB?)
+//! can never be misread.
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// A byte count written with a binary unit: `"64M"`, `"2GiB"`, `"512 KiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gib", 1 << 30),
+    ("t", 1 << 40),
+    ("tib", 1 << 40),
+];
+
+const SIZE_EXPECTED: &str = "a size with a unit, such as \"512M\" or \"2GiB\" (units: K, M, G, T)";
+
+impl ByteSize {
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n << 20)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.starts_with('-') {
+            return Err(format!("expected a positive size, found \"{text}\""));
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let unit = unit.trim().to_ascii_lowercase();
+        if digits.is_empty() {
+            return Err(format!("expected {SIZE_EXPECTED}, found \"{text}\""));
+        }
+        if unit.is_empty() {
+            return Err(format!("\"{text}\" has no unit; expected {SIZE_EXPECTED}"));
+        }
+        let Some(&(_, mult)) = SIZE_UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(format!(
+                "unknown unit \"{unit}\" in \"{text}\"; expected {SIZE_EXPECTED}"
+            ));
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("\"{text}\" is too large"))?;
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("\"{text}\" is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(SIZE_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                if v < 0 {
+                    return Err(E::custom(format!("expected a positive size, found {v}")));
+                }
+                Err(E::custom(format!(
+                    "the number {v} has no unit; write it as a string with a unit, such as \"{v}M\""
+                )))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Err(E::custom(format!(
+                    "the number {v} has no unit; write it as a string with a unit, such as \"{v}M\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written with a unit: `"500ms"`, `"30s"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+const DURATION_EXPECTED: &str =
+    "a duration with a unit, such as \"500ms\", \"30s\", \"5m\" or \"1h\"";
+
+impl Duration {
+    pub const fn secs(n: u64) -> Self {
+        Duration(std::time::Duration::from_secs(n))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.starts_with('-') {
+            return Err(format!("expected a positive duration, found \"{text}\""));
+        }
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim().to_ascii_lowercase();
+        if num.is_empty() {
+            return Err(format!("expected {DURATION_EXPECTED}, found \"{text}\""));
+        }
+        if unit.is_empty() {
+            return Err(format!(
+                "\"{text}\" has no unit; expected {DURATION_EXPECTED}"
+            ));
+        }
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("expected {DURATION_EXPECTED}, found \"{text}\""))?;
+        let secs = match unit.as_str() {
+            "ms" => n / 1000.0,
+            "s" | "sec" => n,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => {
+                return Err(format!(
+                    "unknown unit \"{unit}\" in \"{text}\"; expected {DURATION_EXPECTED}"
+                ))
+            }
+        };
+        std::time::Duration::try_from_secs_f64(secs)
+            .map(Duration)
+            .map_err(|_| format!("\"{text}\" is out of range"))
+    }
+
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(DURATION_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                Duration::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "the number {v} has no unit; write it as a string with a unit, such as \"{v}s\""
+                )))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                self.visit_i64(v as i64)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("64M").unwrap().bytes(), 64 << 20);
+        assert_eq!(ByteSize::parse("2GiB").unwrap().bytes(), 2 << 30);
+        assert_eq!(ByteSize::parse("512 KiB").unwrap().bytes(), 512 << 10);
+        assert!(ByteSize::parse("512").unwrap_err().contains("no unit"));
+        assert!(ByteSize::parse("-5M").unwrap_err().contains("positive"));
+        assert!(ByteSize::parse("5X").unwrap_err().contains("unknown unit"));
+        assert!(ByteSize::parse("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(ByteSize::mib(128).to_string(), "128M");
+        assert_eq!(ByteSize(3).to_string(), "3B");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Duration::parse("30s").unwrap().get().as_secs(), 30);
+        assert_eq!(Duration::parse("500ms").unwrap().get().as_millis(), 500);
+        assert_eq!(Duration::parse("2m").unwrap().get().as_secs(), 120);
+        assert!(Duration::parse("30").unwrap_err().contains("no unit"));
+        assert!(Duration::parse("-1s").unwrap_err().contains("positive"));
+        assert_eq!(Duration::parse("1500ms").unwrap().to_string(), "1500ms");
+    }
+}

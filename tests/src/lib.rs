@@ -1,0 +1,1 @@
+//! Helpers for kiln's end-to-end tests.
