@@ -5,5 +5,6 @@
 //! - [`kmod`]: module dependency closure from modules.dep (shared with the builder).
 
 pub mod config;
+pub mod init;
 pub mod kmod;
 pub mod status;

@@ -1,1 +1,5 @@
-fn main() {}
+fn main() {
+    if std::process::id() == 1 {
+        kiln_runtime::init::main();
+    }
+}
