@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long init waits for a device node a VM needs (module loading creates
@@ -29,6 +29,9 @@ struct Slot<'a> {
     vm: &'a VmConfig,
     config_path: PathBuf,
     pid: Option<Pid>,
+    /// Copies this VM's output to the console; joined when the VMM exits so
+    /// its last status line comes before anything init prints next.
+    pump: Option<std::thread::JoinHandle<()>>,
     restarts: u32,
     restart_at: Option<Instant>,
     outcome: Option<bool>,
@@ -36,7 +39,8 @@ struct Slot<'a> {
 
 /// Runs every VM to its end; returns (ok, failed).
 pub fn run_all(appliance: &ApplianceConfig) -> (u32, u32) {
-    let dir = Path::new("/run/kiln/vms");
+    let dir = Path::new(super::console::LOG_DIR).join("vms");
+    let dir = dir.as_path();
     if let Err(e) = std::fs::create_dir_all(dir) {
         super::say(&format!("error: cannot create {}: {e}", dir.display()));
     }
@@ -47,6 +51,7 @@ pub fn run_all(appliance: &ApplianceConfig) -> (u32, u32) {
             vm,
             config_path: dir.join(format!("{}.toml", vm.name)),
             pid: None,
+            pump: None,
             restarts: 0,
             restart_at: Some(Instant::now()),
             outcome: None,
@@ -99,8 +104,25 @@ pub fn run_all(appliance: &ApplianceConfig) -> (u32, u32) {
 
 fn spawn(s: &mut Slot) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
-    match Command::new(exe).arg("run").arg(&s.config_path).spawn() {
-        Ok(child) => s.pid = Some(Pid::from_raw(child.id() as i32)),
+    let spawned = Command::new(exe)
+        .arg("run")
+        .arg(&s.config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            s.pid = Some(Pid::from_raw(child.id() as i32));
+            if let Some(out) = child.stdout.take() {
+                let (name, echo) = (s.vm.name.to_string(), s.vm.console.echo);
+                s.pump = Some(std::thread::spawn(move || {
+                    super::console::pump(name, out, echo)
+                }));
+            }
+            // The Child handle is dropped without waiting: init reaps every
+            // process itself with waitpid(-1).
+        }
         Err(e) => {
             StatusLine::vm(s.vm.name.as_str(), VmState::Failed)
                 .with_reason(format!("cannot start its VMM process: {e}"))
@@ -117,6 +139,9 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
         return;
     };
     s.pid = None;
+    if let Some(pump) = s.pump.take() {
+        let _ = pump.join();
+    }
     let ok = code == 0;
     if let Some(sig) = signal {
         // The VMM died without its own status line: say what happened.
