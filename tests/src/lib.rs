@@ -1,1 +1,3 @@
 //! Helpers for kiln's end-to-end tests.
+
+pub mod qemu;
