@@ -23,7 +23,6 @@ fn main() {
         "-Wl,--build-id=none",
         // No .eh_frame_hdr: panics abort, nothing unwinds.
         "-Wl,--no-eh-frame-hdr",
-        "-Wl,-n",
     ] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
