@@ -1,6 +1,8 @@
 //! Helpers for kiln's end-to-end tests: build the `kiln` binary once, run it,
 //! and boot images on the emulated target with a deadline.
 
+pub mod qemu;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    qemu::workspace_root()
 }
 
 fn cargo() -> String {
@@ -51,12 +53,7 @@ pub fn run_kiln(cwd: &Path, args: &[&str]) -> Output {
 /// Fails the test loudly when QEMU is missing: these tests never pass by
 /// skipping.
 pub fn require_qemu() {
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|d| d.join("qemu-system-x86_64").is_file());
-    assert!(
-        found,
-        "qemu-system-x86_64 is missing: run tests/setup (apt-get install -y qemu-system-x86)"
-    );
+    qemu::qemu_binary();
 }
 
 /// A finished run of a child process with its combined console output.
