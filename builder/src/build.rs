@@ -448,9 +448,17 @@ fn guest_initrd(
     host: &Kernel,
     epoch: u64,
 ) -> Result<Vec<u8>, BuildError> {
-    let c: Compression = b.compression.parse().map_err(|e: String| {
-        ConfigError::at_key(&vm.file, &vm.src, &key.clone().key("compression"), e)
-    })?;
+    let c: Compression = b
+        .compression
+        .parse()
+        .map_err(|e: compress::CompressError| {
+            ConfigError::at_key(
+                &vm.file,
+                &vm.src,
+                &key.clone().key("compression"),
+                e.to_string(),
+            )
+        })?;
     let init = resolve_source(&b.init, vm, &key.clone().key("init"), host)?;
     payload::check_static(&init)?;
     let mut ar = Archive::new();
