@@ -9,7 +9,7 @@
 use crate::compress::{self, Compression, Encoder};
 use crate::cpio::Archive;
 use crate::image::Image;
-use crate::kernel::{self, Kernel, KernelSource};
+use crate::kernel::{self, Kernel, KernelOrigin, KernelSource};
 use crate::manifest::{self, Artifact, Input, KernelInfo, Manifest, Payload};
 use crate::payload;
 use crate::progress::{self, CountingWriter, Task};
@@ -180,6 +180,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
 
     let mut staging = Staging::default();
     let mut inputs = vec![input_file("image", &image.file, &image.dir)?];
+    inputs.extend(kernel_inputs(&kernel));
 
     // Modules: the closure of what the appliance loads, with a matching modules.dep.
     let modules = image.modules();
@@ -205,8 +206,19 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             )
         })?;
         let base = format!("lib/modules/{}", kernel.release);
-        for m in &closure {
-            staging.file(format!("{base}/{}", m.path), &moddir.join(&m.path), 0o644);
+        let mut closure = closure;
+        for m in &mut closure {
+            let src = moddir.join(&m.path);
+            // finit_module() takes a compressed module only on kernels built
+            // with in-kernel decompression: store every module plain.
+            match [".ko.xz", ".ko.zst", ".ko.gz"].iter().find(|ext| m.path.ends_with(*ext)) {
+                Some(ext) => {
+                    let plain = format!("{}.ko", &m.path[..m.path.len() - ext.len()]);
+                    staging.bytes(format!("{base}/{plain}"), decompress_file(&src)?, 0o644);
+                    m.path = plain;
+                }
+                None => staging.file(format!("{base}/{}", m.path), &src, 0o644),
+            }
             module_names.push(m.name.clone());
         }
         staging.bytes(
@@ -381,6 +393,15 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     })
 }
 
+fn decompress_file(path: &Path) -> Result<Vec<u8>, BuildError> {
+    let what = format!("decompress {}", path.display());
+    let file = std::fs::File::open(path).map_err(io(what.clone()))?;
+    let (_, mut reader) = compress::decoder(std::io::BufReader::new(file)).map_err(io(what.clone()))?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut out).map_err(io(what))?;
+    Ok(out)
+}
+
 /// Puts the finished directory at `out`, replacing what was there only once
 /// the new one is complete.
 fn replace_dir(new: PathBuf, out: &Path) -> Result<(), BuildError> {
@@ -423,11 +444,9 @@ fn resolve_source(
         Source::Path(p) => Ok(vm.base_dir.join(p)),
         Source::Cargo(pkg) => Ok(payload::cargo_build(pkg, &vm.base_dir)?),
         Source::Debian(pkg) => {
-            let k = if host
-                .origin
-                .package_name()
-                .is_some_and(|n| n == pkg.as_str())
-            {
+            let same_as_host = matches!(&host.origin,
+                KernelOrigin::Debian { requested, package, .. } if requested == pkg || package == pkg);
+            let k = if same_as_host {
                 host.vmlinuz.clone()
             } else {
                 kernel::resolve(&KernelSource::Debian(pkg.clone()))
@@ -547,12 +566,38 @@ fn pathdiff(path: &Path, base: &Path) -> String {
     parts.join("/")
 }
 
+/// The kernel as build inputs: the package with its .deb hash, or each file
+/// by name and hash (never by absolute path, which depends on the machine).
+fn kernel_inputs(kernel: &Kernel) -> Vec<Input> {
+    match &kernel.origin {
+        KernelOrigin::Debian { package, version, deb_sha256, .. } => vec![Input {
+            kind: "kernel-package".into(),
+            name: format!("{package}={version}"),
+            sha256: deb_sha256.clone(),
+        }],
+        KernelOrigin::Host { files } | KernelOrigin::Path { files } => files
+            .iter()
+            .map(|f| Input {
+                kind: "kernel-file".into(),
+                name: f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
+    }
+}
+
 fn kernel_info(kernel: &Kernel, source: &str) -> KernelInfo {
     KernelInfo {
         release: kernel.release.clone(),
         source: source.to_string(),
-        package: kernel.origin.package_name().map(str::to_string),
-        version: kernel.origin.package_version().map(str::to_string),
+        package: match &kernel.origin {
+            KernelOrigin::Debian { package, .. } => Some(package.clone()),
+            _ => None,
+        },
+        version: match &kernel.origin {
+            KernelOrigin::Debian { version, .. } => Some(version.clone()),
+            _ => None,
+        },
     }
 }
 

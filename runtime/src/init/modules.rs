@@ -48,7 +48,8 @@ pub fn load_all(appliance: &ApplianceConfig) -> Result<(), ModuleLoadError> {
         source,
     })?;
     let softdep = std::fs::read_to_string(dir.join("modules.softdep")).ok();
-    let index = ModuleIndex::from_modules_dep(&dep, softdep.as_deref(), None)?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).ok();
+    let index = ModuleIndex::from_modules_dep(&dep, softdep.as_deref(), builtin.as_deref())?;
     let vendor = cpu_vendor();
     let wanted: Vec<&str> = appliance
         .modules
