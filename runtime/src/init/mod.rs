@@ -7,6 +7,7 @@
 mod console;
 mod modules;
 mod mounts;
+mod passthrough;
 mod power;
 mod supervise;
 
@@ -29,8 +30,14 @@ pub fn main() -> ! {
         say(&format!("error: {e}"));
     }
     supervise::wait_for_nodes(&appliance);
-    let (ok, failed) = supervise::run_all(&appliance);
-    crate::status::StatusLine::Done { ok, failed }.print();
+    let (vms, refused, bound) = passthrough::bind(&appliance.vms);
+    let (ok, failed) = supervise::run_all(&vms);
+    passthrough::release(bound);
+    crate::status::StatusLine::Done {
+        ok,
+        failed: failed + refused,
+    }
+    .print();
     power::finish(appliance.on_done)
 }
 

@@ -38,14 +38,13 @@ struct Slot<'a> {
 }
 
 /// Runs every VM to its end; returns (ok, failed).
-pub fn run_all(appliance: &ApplianceConfig) -> (u32, u32) {
+pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
     let dir = Path::new(super::console::LOG_DIR).join("vms");
     let dir = dir.as_path();
     if let Err(e) = std::fs::create_dir_all(dir) {
         super::say(&format!("error: cannot create {}: {e}", dir.display()));
     }
-    let mut slots: Vec<Slot> = appliance
-        .vms
+    let mut slots: Vec<Slot> = vms
         .iter()
         .map(|vm| Slot {
             vm,
