@@ -211,7 +211,10 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             let src = moddir.join(&m.path);
             // finit_module() takes a compressed module only on kernels built
             // with in-kernel decompression: store every module plain.
-            match [".ko.xz", ".ko.zst", ".ko.gz"].iter().find(|ext| m.path.ends_with(*ext)) {
+            match [".ko.xz", ".ko.zst", ".ko.gz"]
+                .iter()
+                .find(|ext| m.path.ends_with(*ext))
+            {
                 Some(ext) => {
                     let plain = format!("{}.ko", &m.path[..m.path.len() - ext.len()]);
                     staging.bytes(format!("{base}/{plain}"), decompress_file(&src)?, 0o644);
@@ -396,7 +399,8 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
 fn decompress_file(path: &Path) -> Result<Vec<u8>, BuildError> {
     let what = format!("decompress {}", path.display());
     let file = std::fs::File::open(path).map_err(io(what.clone()))?;
-    let (_, mut reader) = compress::decoder(std::io::BufReader::new(file)).map_err(io(what.clone()))?;
+    let (_, mut reader) =
+        compress::decoder(std::io::BufReader::new(file)).map_err(io(what.clone()))?;
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut out).map_err(io(what))?;
     Ok(out)
@@ -570,7 +574,12 @@ fn pathdiff(path: &Path, base: &Path) -> String {
 /// by name and hash (never by absolute path, which depends on the machine).
 fn kernel_inputs(kernel: &Kernel) -> Vec<Input> {
     match &kernel.origin {
-        KernelOrigin::Debian { package, version, deb_sha256, .. } => vec![Input {
+        KernelOrigin::Debian {
+            package,
+            version,
+            deb_sha256,
+            ..
+        } => vec![Input {
             kind: "kernel-package".into(),
             name: format!("{package}={version}"),
             sha256: deb_sha256.clone(),
@@ -579,7 +588,11 @@ fn kernel_inputs(kernel: &Kernel) -> Vec<Input> {
             .iter()
             .map(|f| Input {
                 kind: "kernel-file".into(),
-                name: f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                name: f
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 sha256: f.sha256.clone(),
             })
             .collect(),

@@ -2,69 +2,35 @@
 //! `/init` = kiln-guest-init and `/dev/console`, and checks its report and
 //! that `guest_init.exit=<n>` reaches the exit port.
 //!
-//! Needs `qemu-system-x86_64`, GNU `cpio`, root (for mknod) and the kernel
-//! image in KILN_TEST_KERNEL (e.g. the `boot/vmlinuz-*` of an unpacked
-//! `linux-image-*-cloud-amd64` package); fails, never skips, without them.
+//! Needs `qemu-system-x86_64` and apt (the kernel comes from Debian's
+//! `linux-image-cloud-amd64`, cached); fails, never skips, without them.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kiln_tests::qemu::{cargo_build, run_qemu};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The Debian cloud kernel, resolved, downloaded and cached exactly as
+/// `kiln build` does for `debian:linux-image-cloud-amd64`.
 fn kernel() -> PathBuf {
-    let Some(path) = std::env::var_os("KILN_TEST_KERNEL") else {
-        panic!(
-            "KILN_TEST_KERNEL is not set: point it at a bzImage with PVH/8250 console support, e.g. \
-             KILN_TEST_KERNEL=/work/scratch/kernel/root/boot/vmlinuz-6.1.0-56-cloud-amd64 \
-             (from `apt-get download linux-image-cloud-amd64`'s versioned package, unpacked with dpkg -x)"
-        )
-    };
-    let path = PathBuf::from(path);
-    assert!(
-        path.is_file(),
-        "KILN_TEST_KERNEL={} is not a file",
-        path.display()
-    );
-    path
+    let source = kiln::kernel::KernelSource::Debian("linux-image-cloud-amd64".into());
+    kiln::kernel::resolve(&source)
+        .unwrap_or_else(|e| panic!("cannot get the Debian cloud kernel through apt: {e}"))
+        .vmlinuz
 }
 
-/// Writes a newc initramfs with `/init` and `/dev/console` (char 5:1).
+/// Writes a newc initramfs with `/init` and `/dev/console` (char 5:1) with
+/// kiln's own writer, as `kiln build` makes a guest's one-binary initramfs.
 fn initramfs(init: &Path, dir: &Path) -> PathBuf {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("dev")).expect("create dev/");
-    std::fs::copy(init, root.join("init")).expect("copy kiln-guest-init to /init");
-    mknod(
-        &root.join("dev/console"),
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o600),
-        makedev(5, 1),
-    )
-    .unwrap_or_else(|e| panic!("mknod dev/console failed ({e}); this test must run as root"));
-
+    let mut ar = kiln::cpio::Archive::new();
+    ar.add_char_device("dev/console", 0o600, 5, 1);
+    ar.add_file("init", init, 0o755);
     let archive = dir.join("initramfs.cpio");
     let out = std::fs::File::create(&archive).expect("create initramfs.cpio");
-    let mut cpio = Command::new("cpio")
-        .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run GNU cpio ({e}); install it with `apt-get install cpio`")
-        });
-    cpio.stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(b".\ndev\ndev/console\ninit\n")
-        .expect("feed cpio its file list");
-    let status = cpio.wait().expect("wait for cpio");
-    assert!(status.success(), "cpio failed: {status}");
+    ar.write(std::io::BufWriter::new(out), 0)
+        .expect("write the initramfs");
     archive
 }
 

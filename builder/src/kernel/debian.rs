@@ -433,10 +433,11 @@ fn unpack(deb: &Path, package: &str, kernels: &Path, dest: &Path) -> Result<(), 
             task: &task,
         };
         // By magic, not by name: .deb members are xz, zstd or gzip.
-        let (_, tar) = crate::compress::decoder(counted).map_err(|_| KernelError::UnsupportedCompression {
-            deb: deb.to_path_buf(),
-            member: member.clone(),
-        })?;
+        let (_, tar) =
+            crate::compress::decoder(counted).map_err(|_| KernelError::UnsupportedCompression {
+                deb: deb.to_path_buf(),
+                member: member.clone(),
+            })?;
         let mut tar = tar::Archive::new(tar);
         tar.set_preserve_mtime(true);
         tar.unpack(tmp.path().join("root")).map_err(unpack_err)?;
