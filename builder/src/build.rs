@@ -1,5 +1,7 @@
 //! `kiln build`: from an image config to an output directory holding
-//! `vmlinuz`, `initramfs.cpio.<ext>`, `cmdline` and `manifest.json`.
+//! `vmlinuz`, `initramfs.cpio.<ext>`, `cmdline` and `manifest.json`, and
+//! the bootable formats asked for: `kiln.efi` (format `uki`) and `disk.img`
+//! (format `disk`, which boots that UKI, so it writes `kiln.efi` too).
 //!
 //! The output is built in a temporary directory beside the destination and
 //! renamed into place, so a failed or interrupted build leaves the previous
@@ -8,9 +10,10 @@
 
 use crate::compress::{self, Compression, Encoder};
 use crate::cpio::Archive;
-use crate::image::Image;
+use crate::image::{Format, Image};
 use crate::kernel::{self, Kernel, KernelOrigin, KernelSource};
 use crate::manifest::{self, Artifact, Input, KernelInfo, Manifest, Payload};
+use crate::output;
 use crate::payload;
 use crate::progress::{self, CountingWriter, Task};
 use kiln_runtime::config::{
@@ -35,6 +38,8 @@ pub enum BuildError {
     Cpio(#[from] crate::cpio::CpioError),
     #[error(transparent)]
     Compress(#[from] compress::CompressError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
     #[error("SOURCE_DATE_EPOCH is \"{0}\"; expected a whole number of seconds since 1970 (e.g. from `git log -1 --format=%ct`)")]
     Epoch(String),
     #[error("Cannot {what}")]
@@ -181,6 +186,17 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     let mut staging = Staging::default();
     let mut inputs = vec![input_file("image", &image.file, &image.dir)?];
     inputs.extend(kernel_inputs(&kernel));
+
+    // A disk image boots the UKI, so `disk` builds `kiln.efi` too. The stub
+    // is found first, so a missing one stops the build before the long work.
+    let formats = &cfg.output.formats;
+    let uki_stub = if formats.contains(&Format::Uki) || formats.contains(&Format::Disk) {
+        let stub = output::stub_path()?;
+        inputs.push(input_hash("uki-stub", "systemd-boot-efi", &stub)?);
+        Some(stub)
+    } else {
+        None
+    };
 
     // Modules: the closure of what the appliance loads, with a matching modules.dep.
     let modules = image.modules();
@@ -358,8 +374,31 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     std::fs::write(tmp.path().join("cmdline"), format!("{cmdline}\n"))
         .map_err(io("write cmdline"))?;
 
+    let mut files = vec!["vmlinuz", initramfs_name.as_str(), "cmdline"];
+    if let Some(stub) = &uki_stub {
+        let task = Task::step("building kiln.efi");
+        let efi = tmp.path().join("kiln.efi");
+        output::build_uki(
+            stub,
+            &tmp.path().join("vmlinuz"),
+            &initramfs,
+            &cmdline,
+            &output::os_release(&cfg.name),
+            &efi,
+        )?;
+        task.finish(file_size(&efi));
+        files.push("kiln.efi");
+        if cfg.output.formats.contains(&Format::Disk) {
+            let task = Task::step("building disk.img");
+            let disk = tmp.path().join("disk.img");
+            output::build_disk(&efi, epoch, &disk)?;
+            task.finish(file_size(&disk));
+            files.push("disk.img");
+        }
+    }
+
     let mut artifacts = Vec::new();
-    for file in ["vmlinuz", initramfs_name.as_str(), "cmdline"] {
+    for file in files {
         let (sha256, size) =
             manifest::sha256_file(&tmp.path().join(file)).map_err(io(format!("hash {file}")))?;
         artifacts.push(Artifact {
@@ -404,6 +443,12 @@ fn decompress_file(path: &Path) -> Result<Vec<u8>, BuildError> {
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut out).map_err(io(what))?;
     Ok(out)
+}
+
+fn file_size(path: &Path) -> String {
+    std::fs::metadata(path)
+        .map(|m| progress::human_bytes(m.len()))
+        .unwrap_or_default()
 }
 
 /// Puts the finished directory at `out`, replacing what was there only once

@@ -19,8 +19,8 @@ pub enum InspectError {
     },
     #[error("'{}' is not something kiln can inspect: give an image output directory (with manifest.json and initramfs.cpio.<ext>) or an initramfs archive (cpio newc, uncompressed or compressed with gzip, zstd, xz or legacy lz4)", path.display())]
     Unknown { path: PathBuf },
-    #[error("'{}' looks like {what}; kiln inspect cannot list that yet", path.display())]
-    NotYetSupported { path: PathBuf, what: &'static str },
+    #[error(transparent)]
+    BootFile(#[from] crate::output::OutputError),
     #[error("'{}' has no manifest.json; point kiln inspect at a directory written by kiln build", dir.display())]
     NoManifest { dir: PathBuf },
     #[error("cannot parse '{}' as JSON; build the image again", path.display())]
@@ -75,20 +75,41 @@ pub fn inspect(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), Inspe
     match kind_of(path)? {
         Kind::ImageDir => inspect_dir(path, json, out),
         Kind::Initramfs => inspect_archive(path, json, out),
-        Kind::Kernel => not_yet(path, "a Linux kernel (bzImage)"),
-        Kind::Pe => not_yet(path, "a UEFI executable (PE)"),
-        Kind::Gpt => not_yet(path, "a GPT disk image"),
+        Kind::Kernel | Kind::Pe => inspect_boot_file(path, json, false, out),
+        Kind::Gpt => inspect_boot_file(path, json, true, out),
         Kind::Unknown => Err(InspectError::Unknown {
             path: path.to_path_buf(),
         }),
     }
 }
 
-fn not_yet(path: &Path, what: &'static str) -> Result<(), InspectError> {
-    Err(InspectError::NotYetSupported {
-        path: path.to_path_buf(),
-        what,
-    })
+/// A PE image (kiln.efi, or a bzImage with its EFI stub) or a GPT disk.
+fn inspect_boot_file(
+    path: &Path,
+    json: bool,
+    disk: bool,
+    out: &mut dyn Write,
+) -> Result<(), InspectError> {
+    if json {
+        return write_json(out, &boot_file_json(path, disk)?);
+    }
+    if let Some(text) = crate::output::describe(path) {
+        write!(out, "{}", text?).map_err(out_err)?;
+    }
+    Ok(())
+}
+
+fn boot_file_json(path: &Path, disk: bool) -> Result<Value, InspectError> {
+    let to_value = |v: Result<Value, serde_json::Error>| {
+        v.map_err(|source| InspectError::Output {
+            source: io::Error::other(source),
+        })
+    };
+    if disk {
+        to_value(serde_json::to_value(crate::output::list_disk(path)?))
+    } else {
+        to_value(serde_json::to_value(crate::output::list_uki(path)?))
+    }
 }
 
 fn open_err(path: &Path) -> impl FnOnce(io::Error) -> InspectError + '_ {
@@ -326,11 +347,16 @@ fn inspect_dir(dir: &Path, json: bool, out: &mut dyn Write) -> Result<(), Inspec
         })?;
     let initramfs = find_initramfs(dir)?;
     let segments = read_segments(&initramfs)?;
+    let (efi, disk) = (dir.join("kiln.efi"), dir.join("disk.img"));
     if json {
-        return write_json(
-            out,
-            &json!({ "manifest": manifest, "initramfs": entries_json(&segments) }),
-        );
+        let mut doc = json!({ "manifest": manifest, "initramfs": entries_json(&segments) });
+        if efi.is_file() {
+            doc["uki"] = boot_file_json(&efi, false)?;
+        }
+        if disk.is_file() {
+            doc["disk"] = boot_file_json(&disk, true)?;
+        }
+        return write_json(out, &doc);
     }
     writeln!(out, "image: {}", dir.display()).map_err(out_err)?;
     writeln!(out, "manifest.json:").map_err(out_err)?;
@@ -343,7 +369,14 @@ fn inspect_dir(dir: &Path, json: bool, out: &mut dyn Write) -> Result<(), Inspec
         writeln!(out, "cmdline: {}", cmdline.trim_end()).map_err(out_err)?;
     }
     writeln!(out).map_err(out_err)?;
-    write_listing(out, &initramfs, &segments)
+    write_listing(out, &initramfs, &segments)?;
+    for (file, disk) in [(&efi, false), (&disk, true)] {
+        if file.is_file() {
+            writeln!(out, "\n{}:", file.display()).map_err(out_err)?;
+            inspect_boot_file(file, false, disk, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sizes are shown with a human-readable value alongside.
@@ -642,10 +675,7 @@ mod tests {
         pe.resize(1024, 0);
         let efi = tmp.path().join("kiln.efi");
         fs::write(&efi, &pe).unwrap();
-        assert!(matches!(
-            run(&efi, false),
-            Err(InspectError::NotYetSupported { what, .. }) if what.contains("PE")
-        ));
+        assert!(matches!(run(&efi, false), Err(InspectError::BootFile(_))));
 
         let broken = tmp.path().join("broken.cpio.gz");
         let mut gz = Encoder::new(Compression::Gzip, None, Vec::new()).unwrap();

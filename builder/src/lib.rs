@@ -8,6 +8,7 @@ pub mod image;
 pub mod inspect;
 pub mod kernel;
 pub mod manifest;
+pub mod output;
 pub mod payload;
 pub mod progress;
 pub mod qemu;

@@ -51,7 +51,16 @@ fn output_has_every_artifact_listed_in_the_manifest() {
         .iter()
         .map(|a| a["file"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(files, ["vmlinuz", "initramfs.cpio.zst", "cmdline"]);
+    assert_eq!(
+        files,
+        [
+            "vmlinuz",
+            "initramfs.cpio.zst",
+            "cmdline",
+            "kiln.efi",
+            "disk.img"
+        ]
+    );
     for a in artifacts {
         let path = dir.join(a["file"].as_str().unwrap_or(""));
         let data = std::fs::read(&path).expect("artifact exists");
