@@ -12,7 +12,7 @@ use crate::compress::{self, Compression, Encoder};
 use crate::cpio::Archive;
 use crate::image::{Format, Image};
 use crate::kernel::{self, Kernel, KernelOrigin, KernelSource};
-use crate::manifest::{self, Artifact, Input, KernelInfo, Manifest, Payload};
+use crate::manifest::{self, Artifact, Input, KernelInfo, Manifest, ManifestVm, Payload};
 use crate::output;
 use crate::payload;
 use crate::progress::{self, CountingWriter, Task};
@@ -308,6 +308,13 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         vms.push(vm);
     }
 
+    let manifest_vms = vms
+        .iter()
+        .map(|vm| ManifestVm {
+            name: vm.name.to_string(),
+            test: vm.test.clone(),
+        })
+        .collect();
     let appliance = ApplianceConfig {
         name: cfg.name.clone(),
         kernel_release: kernel.release.clone(),
@@ -419,6 +426,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         payloads,
         inputs,
         target: Some(cfg.target.clone()),
+        vms: manifest_vms,
     };
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| BuildError::Io {
         what: "serialise the manifest".into(),

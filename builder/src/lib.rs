@@ -4,6 +4,7 @@
 pub mod build;
 pub mod compress;
 pub mod cpio;
+pub mod harness;
 pub mod image;
 pub mod inspect;
 pub mod kernel;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use kiln::build;
+use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
 use kiln::qemu::{self, Accel};
@@ -46,6 +47,50 @@ enum Cmd {
         #[arg(long, default_value = "auto")]
         accel: String,
     },
+    /// Boot images on a target and judge every VM from the console; exit 0
+    /// only if all pass, 1 if any fails, 2 on an infrastructure error.
+    Test {
+        /// Image configs (built first) or built output directories, tested in
+        /// order; none: the built-in default appliance.
+        images: Vec<PathBuf>,
+        /// Write a JUnit XML report here; the whole console goes to FILE.console.log.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Run each image N times, to find flaky results.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        repeat: u32,
+        /// qemu (the emulated target), a lab file (PATH.toml, or NAME for
+        /// labs/NAME.toml), or replay:LOG to judge a recorded console again.
+        #[arg(long, default_value = "qemu")]
+        target: String,
+        /// QEMU accelerator: auto, tcg or kvm.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+        /// Limit for each run from power-on, e.g. "10m" [default: the boot
+        /// timeout plus the longest VM timeout].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Limit from power-on to the first VM starting [default: the lab
+        /// file's boot_timeout, else 120s].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        boot_timeout: Option<std::time::Duration>,
+        /// Echo the console on stderr (the default when stderr is a terminal).
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    kiln_runtime::config::Duration::parse(text).map(|d| d.get())
+}
+
+fn parse_accel(accel: &str) -> Result<Accel, BoxError> {
+    Ok(match accel {
+        "auto" => Accel::detect(),
+        "tcg" => Accel::Tcg,
+        "kvm" => Accel::Kvm,
+        other => return Err(format!("--accel {other}: expected auto, tcg or kvm").into()),
+    })
 }
 
 fn main() -> ExitCode {
@@ -87,13 +132,49 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             kiln::inspect::inspect(&path, json, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { image, accel } => {
-            let accel = match accel.as_str() {
-                "auto" => Accel::detect(),
-                "tcg" => Accel::Tcg,
-                "kvm" => Accel::Kvm,
-                other => return Err(format!("--accel {other}: expected auto, tcg or kvm").into()),
+        Cmd::Test {
+            images,
+            junit,
+            repeat,
+            target,
+            accel,
+            timeout,
+            boot_timeout,
+            verbose,
+        } => {
+            use std::io::IsTerminal;
+            let opts = harness::Options {
+                inputs: images,
+                junit,
+                repeat,
+                target: harness::target::TargetSpec::parse(&target, parse_accel(&accel)?),
+                timeout,
+                boot_timeout,
+                echo: verbose || std::io::stderr().is_terminal(),
             };
+            // Ctrl-C and SIGTERM stop the target in order and still write
+            // the report (targets run in their own process groups).
+            // A second Ctrl-C quits at once (e.g. during a long build).
+            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone())?;
+                signal_hook::flag::register(sig, interrupted.clone())?;
+            }
+            let report = harness::run(&opts, interrupted)?;
+            print!(
+                "{}",
+                harness::report::summary(&report.runs, report.interrupted)
+            );
+            if let Some(j) = &report.junit {
+                println!("JUnit report: {}", j.display());
+            }
+            for log in &report.logs {
+                println!("console log: {}", log.display());
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Cmd::Run { image, accel } => {
+            let accel = parse_accel(&accel)?;
             let qemu = qemu::find()?;
             let (dir, target) = match image.as_deref() {
                 Some(p) if p.is_dir() => (p.to_path_buf(), target_of_dir(p)?),

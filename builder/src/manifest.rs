@@ -25,6 +25,18 @@ pub struct Manifest {
     /// The machine `kiln run`/`kiln test` boot this image on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<crate::image::TargetSection>,
+    /// The appliance's VMs and what `kiln test` expects of each, so a built
+    /// directory can be judged without the configs it was built from.
+    /// Absent from manifests written before `kiln test` existed.
+    #[serde(default)]
+    pub vms: Vec<ManifestVm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestVm {
+    pub name: String,
+    #[serde(default)]
+    pub test: kiln_runtime::config::TestExpectations,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,1146 @@
+//! Verdicts: each VM of a run judged from the console, line by line.
+//!
+//! The judge is a pure state machine: it is fed cleaned console lines and
+//! the time since power-on, and says when the run is over. It never reads a
+//! clock or a target itself, so every rule below is tested on scripted
+//! consoles.
+//!
+//! Rules (DESIGN.md, "`kiln test` verdicts and reports"):
+//! - `kiln: vm=X state=exited code=0` passes X if each of its `expect`
+//!   patterns appeared on its lines; a non-zero code or `state=failed` fails
+//!   it. A later `state=restarting` reopens a verdict that came from a status
+//!   line (the runtime is trying again).
+//! - A line of X matching one of its `fail` patterns fails X at once.
+//! - X started but silent past its `test.timeout` (from `state=starting`):
+//!   failure, "never reported".
+//! - A kernel panic/oops on the host console ends the run at once: an error
+//!   for the run, a failure for each VM still running.
+//! - `kiln: appliance done ...` ends the run; a VM that never reported is a
+//!   failure.
+//! - Boot timeout (no VM started), run timeout, a console that closes early,
+//!   a target error or an interrupt end the run with an error. What that
+//!   means for a VM that has not reported: after a run timeout or a panic, a
+//!   VM that had started is a failure (it hung or crashed the host); in
+//!   every other case, and for a VM that never started, the VM's verdict is
+//!   an error, since the target, not the guest, stopped the test.
+//!
+//! Which lines belong to which VM: a line starting with `[<vm>] ` (a known
+//! VM name) is that VM's, and once such a line has been seen, unprefixed
+//! lines belong to the host. Before that (a runtime that does not prefix),
+//! an unprefixed line belongs to every VM that has started: exact for a
+//! single-VM image; for several VMs, expectations are matched against all
+//! their console lines and a `fail` pattern fails every running VM whose
+//! pattern matches.
+
+use super::console::Excerpt;
+use kiln_runtime::config::TestExpectations;
+use kiln_runtime::status::{StatusLine, VmState};
+use regex::Regex;
+use std::fmt;
+use std::time::Duration;
+
+/// How long a VM may run before it must report, when its config says nothing.
+pub const DEFAULT_VM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the appliance may take to boot to its first VM, by default.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// After every VM has a verdict, how long to wait for `appliance done`
+/// before stopping the target anyway.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// Host kernel messages that mean the appliance is dead (panic, oops,
+/// kernel BUG, GPF); matched as plain substrings.
+pub const PANIC_PATTERNS: &[&str] = &["Kernel panic", "BUG:", "Oops:", "general protection fault"];
+
+/// Console bytes kept per VM for its report.
+const VM_EXCERPT: usize = 256 * 1024;
+/// Console bytes kept of the whole run, for run errors.
+const RUN_TAIL: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error("VM {vm}: test.{key}[{index}] \"{pattern}\" is not a valid regular expression; fix it in the VM config and rebuild")]
+    Pattern {
+        vm: String,
+        key: &'static str,
+        index: usize,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// What a VM is expected to do, compiled.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    pub name: String,
+    pub expect: Vec<Regex>,
+    pub fail: Vec<Regex>,
+    pub timeout: Duration,
+}
+
+impl VmPlan {
+    pub fn new(name: &str, test: &TestExpectations) -> Result<Self, JudgeError> {
+        let compile = |key: &'static str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(index, p)| {
+                    Regex::new(p).map_err(|source| JudgeError::Pattern {
+                        vm: name.to_string(),
+                        key,
+                        index,
+                        pattern: p.clone(),
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(VmPlan {
+            name: name.to_string(),
+            expect: compile("expect", &test.expect)?,
+            fail: compile("fail", &test.fail)?,
+            timeout: test.timeout.map_or(DEFAULT_VM_TIMEOUT, |d| d.get()),
+        })
+    }
+
+    /// A VM the console reports but the image did not declare: judged by
+    /// its status lines alone.
+    fn unplanned(name: &str) -> Self {
+        VmPlan {
+            name: name.to_string(),
+            expect: Vec::new(),
+            fail: Vec::new(),
+            timeout: DEFAULT_VM_TIMEOUT,
+        }
+    }
+}
+
+/// A test verdict, ordered from best to worst: across attempts, a failure
+/// outweighs an error, which outweighs a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Pass,
+    Error,
+    Failure,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Error => "error",
+            Verdict::Failure => "fail",
+        }
+    }
+}
+
+/// Why a run ended before the appliance finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// No VM started within the boot timeout.
+    BootTimeout(Duration),
+    /// The whole run took longer than allowed.
+    RunTimeout(Duration),
+    /// A panic/oops on the host console; the line.
+    HostPanic(String),
+    /// The console ended (target off, console command gone) too early.
+    ConsoleClosed(String),
+    /// The target failed (deploy, power, console read).
+    Target(String),
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+impl RunError {
+    /// A short machine-readable kind, used as the JUnit `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::BootTimeout(_) => "boot-timeout",
+            RunError::RunTimeout(_) => "run-timeout",
+            RunError::HostPanic(_) => "host-panic",
+            RunError::ConsoleClosed(_) => "console-closed",
+            RunError::Target(_) => "target",
+            RunError::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether a VM that started but did not report is to blame: it hung
+    /// (run timeout) or it ran when the host died (panic).
+    fn blames_running_vms(&self) -> bool {
+        matches!(self, RunError::RunTimeout(_) | RunError::HostPanic(_))
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::BootTimeout(d) => write!(
+                f,
+                "no VM started within the boot timeout ({}); the appliance did not boot",
+                secs(*d)
+            ),
+            RunError::RunTimeout(d) => write!(f, "the run timed out after {}", secs(*d)),
+            RunError::HostPanic(line) => write!(f, "the host kernel crashed: {line}"),
+            RunError::ConsoleClosed(why) => write!(
+                f,
+                "the console closed before the appliance finished ({why})"
+            ),
+            RunError::Target(e) => write!(f, "target error: {e}"),
+            RunError::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+pub(crate) fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// `kiln: appliance done ok=N failed=M`.
+    Done {
+        ok: u32,
+        failed: u32,
+    },
+    /// Every VM had a verdict, and the appliance did not say it was done
+    /// within the grace period (or its console closed).
+    AllJudged,
+    Error(RunError),
+}
+
+/// One VM's result in a run.
+#[derive(Debug, Clone)]
+pub struct VmResult {
+    pub name: String,
+    pub verdict: Verdict,
+    /// A short machine-readable kind of failure or error (the JUnit `type`):
+    /// exit-code, vm-failed, fail-pattern, missing-expect, never-reported,
+    /// panic, or a run error's kind. Empty for a pass.
+    pub kind: String,
+    /// Why it did not pass, in a sentence; empty for a pass.
+    pub reason: String,
+    /// From its `state=starting` to its verdict (or the run's end).
+    pub time: Duration,
+    /// The exit code it reported, if any.
+    pub code: Option<i32>,
+    /// Its console lines.
+    pub excerpt: Excerpt,
+}
+
+/// The judgement of a whole run.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub vms: Vec<VmResult>,
+    pub end: End,
+    /// The last lines of the whole console.
+    pub tail: Excerpt,
+}
+
+/// A verdict the harness reached itself (a pattern, a timeout): final, a
+/// restart does not undo it.
+#[derive(Debug, Clone)]
+struct Decided {
+    verdict: Verdict,
+    kind: &'static str,
+    reason: String,
+}
+
+/// What the runtime said of the VM's end.
+#[derive(Debug, Clone)]
+enum Reported {
+    Exited(Option<i32>),
+    Failed {
+        code: Option<i32>,
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+struct Track {
+    plan: VmPlan,
+    started: Option<Duration>,
+    ended: Option<Duration>,
+    reported: Option<Reported>,
+    decided: Option<Decided>,
+    seen: Vec<bool>,
+    lines: Excerpt,
+}
+
+impl Track {
+    fn new(plan: VmPlan) -> Self {
+        Track {
+            seen: vec![false; plan.expect.len()],
+            plan,
+            started: None,
+            ended: None,
+            reported: None,
+            decided: None,
+            lines: Excerpt::new(VM_EXCERPT),
+        }
+    }
+
+    fn judged(&self) -> bool {
+        self.reported.is_some() || self.decided.is_some()
+    }
+
+    /// Started and neither reported nor judged: the VM is running.
+    fn running(&self) -> bool {
+        self.started.is_some() && !self.judged()
+    }
+
+    fn decide(&mut self, verdict: Verdict, kind: &'static str, reason: String, at: Duration) {
+        if self.decided.is_none() {
+            self.decided = Some(Decided {
+                verdict,
+                kind,
+                reason,
+            });
+            self.ended.get_or_insert(at);
+        }
+    }
+
+    /// Matches a line of this VM against its patterns.
+    fn take_line(&mut self, text: &str, at: Duration) {
+        self.lines.push(text);
+        for (seen, re) in self.seen.iter_mut().zip(&self.plan.expect) {
+            if !*seen && re.is_match(text) {
+                *seen = true;
+            }
+        }
+        if self.running() {
+            if let Some(re) = self.plan.fail.iter().find(|re| re.is_match(text)) {
+                let reason = format!("its console matched the fail pattern /{re}/: {text}");
+                self.decide(Verdict::Failure, "fail-pattern", reason, at);
+            }
+        }
+    }
+}
+
+/// Whether the run goes on after a line or a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    End,
+}
+
+/// Judges one run of an appliance.
+#[derive(Debug)]
+pub struct Judge {
+    vms: Vec<Track>,
+    boot_timeout: Duration,
+    run_timeout: Duration,
+    /// The runtime prefixes VM lines with `[<vm>] `.
+    prefixed: bool,
+    /// When every VM first had a verdict.
+    all_judged_at: Option<Duration>,
+    end: Option<End>,
+    tail: Excerpt,
+}
+
+impl Judge {
+    pub fn new(plans: Vec<VmPlan>, boot_timeout: Duration, run_timeout: Duration) -> Self {
+        Judge {
+            vms: plans.into_iter().map(Track::new).collect(),
+            boot_timeout,
+            run_timeout,
+            prefixed: false,
+            all_judged_at: None,
+            end: None,
+            tail: Excerpt::new(RUN_TAIL),
+        }
+    }
+
+    /// How the run ended, once it has.
+    pub fn end(&self) -> Option<&End> {
+        self.end.as_ref()
+    }
+
+    fn finish_with(&mut self, end: End) -> Step {
+        self.end.get_or_insert(end);
+        Step::End
+    }
+
+    fn track(&mut self, name: &str) -> usize {
+        if let Some(i) = self.vms.iter().position(|t| t.plan.name == name) {
+            return i;
+        }
+        self.vms.push(Track::new(VmPlan::unplanned(name)));
+        self.vms.len() - 1
+    }
+
+    /// Splits a `[<vm>] ` prefix naming a known VM off a line.
+    fn owner<'a>(&self, line: &'a str) -> Option<(usize, &'a str)> {
+        let rest = line.strip_prefix('[')?;
+        let (name, text) = rest.split_once("] ")?;
+        let i = self.vms.iter().position(|t| t.plan.name == name)?;
+        Some((i, text))
+    }
+
+    /// Feeds one cleaned console line seen `at` after power-on.
+    pub fn line(&mut self, line: &str, at: Duration) -> Step {
+        if self.end.is_some() {
+            return Step::End;
+        }
+        self.tail.push(line);
+        let owner = self.owner(line);
+        if owner.is_some() {
+            self.prefixed = true;
+        }
+        let text = owner.map_or(line, |(_, t)| t);
+
+        if let Some(status) = StatusLine::parse(text) {
+            return self.status(status, text, at);
+        }
+
+        if let Some(pattern) = PANIC_PATTERNS.iter().find(|p| text.contains(*p)) {
+            match owner {
+                Some((i, _)) => {
+                    let t = &mut self.vms[i];
+                    t.lines.push(text);
+                    if t.running() {
+                        let reason = format!("its kernel crashed ({pattern}): {text}");
+                        t.decide(Verdict::Failure, "panic", reason, at);
+                    }
+                    return self.check_all_judged(at);
+                }
+                None => {
+                    for t in &mut self.vms {
+                        if t.started.is_some() && !self.prefixed {
+                            t.lines.push(text);
+                        }
+                    }
+                    return self.finish_with(End::Error(RunError::HostPanic(text.to_string())));
+                }
+            }
+        }
+
+        match owner {
+            Some((i, _)) => self.vms[i].take_line(text, at),
+            None if !self.prefixed => {
+                for t in self.vms.iter_mut().filter(|t| t.started.is_some()) {
+                    t.take_line(text, at);
+                }
+            }
+            None => {}
+        }
+        self.check_all_judged(at)
+    }
+
+    fn status(&mut self, status: StatusLine, text: &str, at: Duration) -> Step {
+        match status {
+            StatusLine::Done { ok, failed } => self.finish_with(End::Done { ok, failed }),
+            StatusLine::Vm {
+                name,
+                state,
+                code,
+                reason,
+            } => {
+                let i = self.track(&name);
+                let t = &mut self.vms[i];
+                t.lines.push(text);
+                match state {
+                    VmState::Starting | VmState::Running => {
+                        t.started.get_or_insert(at);
+                    }
+                    VmState::Restarting => {
+                        // The runtime tries again: its earlier end is not final.
+                        t.reported = None;
+                        if t.decided.is_none() {
+                            t.ended = None;
+                        }
+                        self.all_judged_at = None;
+                    }
+                    VmState::Exited | VmState::Failed => {
+                        t.started.get_or_insert(at);
+                        t.reported = Some(if state == VmState::Exited {
+                            Reported::Exited(code)
+                        } else {
+                            Reported::Failed { code, reason }
+                        });
+                        if t.decided.is_none() {
+                            t.ended = Some(at);
+                        }
+                    }
+                }
+                self.check_all_judged(at)
+            }
+        }
+    }
+
+    fn check_all_judged(&mut self, at: Duration) -> Step {
+        if self.end.is_some() {
+            return Step::End;
+        }
+        if !self.vms.is_empty() && self.vms.iter().all(Track::judged) {
+            // A VM judged by kiln (a pattern, its timeout) is still running
+            // as far as the runtime knows: no `done` will come soon, stop now.
+            if self.vms.iter().any(|t| t.reported.is_none()) {
+                return self.finish_with(End::AllJudged);
+            }
+            let since = *self.all_judged_at.get_or_insert(at);
+            if at.saturating_sub(since) >= GRACE {
+                return self.finish_with(End::AllJudged);
+            }
+        } else {
+            self.all_judged_at = None;
+        }
+        Step::Continue
+    }
+
+    /// Applies the timeouts at `at` after power-on.
+    pub fn tick(&mut self, at: Duration) -> Step {
+        if self.end.is_some() {
+            return Step::End;
+        }
+        if at >= self.run_timeout {
+            return self.finish_with(End::Error(RunError::RunTimeout(self.run_timeout)));
+        }
+        if at >= self.boot_timeout && self.vms.iter().all(|t| t.started.is_none()) {
+            return self.finish_with(End::Error(RunError::BootTimeout(self.boot_timeout)));
+        }
+        for t in &mut self.vms {
+            if let Some(started) = t.started {
+                if t.running() && at >= started + t.plan.timeout {
+                    let reason = format!(
+                        "it never reported an end within its timeout ({} after starting)",
+                        secs(t.plan.timeout)
+                    );
+                    t.decide(Verdict::Failure, "never-reported", reason, at);
+                }
+            }
+        }
+        self.check_all_judged(at)
+    }
+
+    /// The console ended: normal once every VM has a verdict.
+    pub fn console_closed(&mut self, why: &str) -> Step {
+        if self.end.is_some() {
+            return Step::End;
+        }
+        if !self.vms.is_empty() && self.vms.iter().all(Track::judged) {
+            return self.finish_with(End::AllJudged);
+        }
+        self.finish_with(End::Error(RunError::ConsoleClosed(why.to_string())))
+    }
+
+    /// Ends the run with an error from outside the console.
+    pub fn abort(&mut self, error: RunError) {
+        self.end.get_or_insert(End::Error(error));
+    }
+
+    /// The verdict of every VM, in the image's order, at `at` after power-on.
+    pub fn finish(mut self, at: Duration) -> Judgement {
+        let end = self
+            .end
+            .take()
+            .unwrap_or(End::Error(RunError::Target("the run ended early".into())));
+        let vms = self
+            .vms
+            .into_iter()
+            .map(|t| verdict_of(t, &end, at))
+            .collect();
+        Judgement {
+            vms,
+            end,
+            tail: self.tail,
+        }
+    }
+}
+
+fn verdict_of(t: Track, end: &End, at: Duration) -> VmResult {
+    let time = t
+        .started
+        .map_or(Duration::ZERO, |s| t.ended.unwrap_or(at).saturating_sub(s));
+    let code = match &t.reported {
+        Some(Reported::Exited(c)) | Some(Reported::Failed { code: c, .. }) => *c,
+        None => None,
+    };
+    let (verdict, kind, reason) = match (&t.decided, &t.reported) {
+        (Some(d), _) => (d.verdict, d.kind.to_string(), d.reason.clone()),
+        // `exited` without a code is a normal end: failures say `failed`.
+        (None, Some(Reported::Exited(None | Some(0)))) => {
+            let missing: Vec<String> = t
+                .plan
+                .expect
+                .iter()
+                .zip(&t.seen)
+                .filter(|(_, seen)| !**seen)
+                .map(|(re, _)| format!("/{re}/"))
+                .collect();
+            if missing.is_empty() {
+                (Verdict::Pass, String::new(), String::new())
+            } else {
+                (
+                    Verdict::Failure,
+                    "missing-expect".to_string(),
+                    format!(
+                        "it exited with code 0 but its console never matched {}",
+                        missing.join(", ")
+                    ),
+                )
+            }
+        }
+        (None, Some(Reported::Exited(Some(c)))) => (
+            Verdict::Failure,
+            "exit-code".to_string(),
+            format!("it exited with code {c}"),
+        ),
+        (None, Some(Reported::Failed { code, reason })) => {
+            let mut r = String::from("the runtime reported it failed");
+            if let Some(c) = code {
+                r.push_str(&format!(" with code {c}"));
+            }
+            if let Some(why) = reason {
+                r.push_str(&format!(": {why}"));
+            }
+            (Verdict::Failure, "vm-failed".to_string(), r)
+        }
+        (None, None) => match end {
+            End::Done { .. } | End::AllJudged => (
+                Verdict::Failure,
+                "never-reported".to_string(),
+                if t.started.is_some() {
+                    "it started but never reported an end before the appliance finished"
+                } else {
+                    "it never started before the appliance finished"
+                }
+                .to_string(),
+            ),
+            End::Error(e) if t.started.is_some() && e.blames_running_vms() => {
+                let kind = match e {
+                    RunError::HostPanic(_) => "panic",
+                    _ => "never-reported",
+                };
+                (
+                    Verdict::Failure,
+                    kind.to_string(),
+                    format!("it never reported an end: {e}"),
+                )
+            }
+            End::Error(e) => (
+                Verdict::Error,
+                e.kind().to_string(),
+                if t.started.is_some() {
+                    format!("no verdict: {e}")
+                } else {
+                    format!("it never started: {e}")
+                },
+            ),
+        },
+    };
+    VmResult {
+        name: t.plan.name,
+        verdict,
+        kind,
+        reason,
+        time,
+        code,
+        excerpt: t.lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_runtime::config::Duration as CfgDuration;
+
+    fn plan(name: &str, expect: &[&str], fail: &[&str], timeout: Option<u64>) -> VmPlan {
+        VmPlan::new(
+            name,
+            &TestExpectations {
+                expect: expect.iter().map(|s| s.to_string()).collect(),
+                fail: fail.iter().map(|s| s.to_string()).collect(),
+                timeout: timeout.map(CfgDuration::secs),
+            },
+        )
+        .unwrap()
+    }
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Feeds `(second, line)` pairs with a tick before each, like the run
+    /// loop does; returns the judgement at the end.
+    fn judge(plans: Vec<VmPlan>, script: &[(u64, &str)], end_at: u64) -> Judgement {
+        let mut j = Judge::new(plans, s(30), s(100));
+        for &(at, line) in script {
+            if j.tick(s(at)) == Step::End {
+                break;
+            }
+            if j.line(line, s(at)) == Step::End {
+                break;
+            }
+        }
+        if j.end().is_none() {
+            j.tick(s(end_at));
+        }
+        j.finish(s(end_at))
+    }
+
+    fn hello() -> VmPlan {
+        plan(
+            "hello",
+            &["hello: kiln hello", "hello: exit 0"],
+            &["ASSERT"],
+            Some(60),
+        )
+    }
+
+    #[test]
+    fn a_passing_guest() {
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "[    1.2] kvm: Nested Virtualization enabled"),
+                (2, "kiln: vm=hello state=starting"),
+                (3, "hello: kiln hello unikernel"),
+                (4, "hello: exit 0"),
+                (4, "kiln: vm=hello state=exited code=0"),
+                (5, "kiln: appliance done ok=1 failed=0"),
+            ],
+            5,
+        );
+        assert_eq!(j.end, End::Done { ok: 1, failed: 0 });
+        let v = &j.vms[0];
+        assert_eq!((v.verdict, v.kind.as_str()), (Verdict::Pass, ""));
+        assert_eq!(v.time, s(2));
+        assert_eq!(v.code, Some(0));
+        let text = v.excerpt.text();
+        assert!(text.contains("hello: exit 0"), "{text}");
+        assert!(
+            !text.contains("kvm: Nested"),
+            "a host line before start: {text}"
+        );
+    }
+
+    #[test]
+    fn a_nonzero_exit_code_fails() {
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (2, "hello: kiln hello unikernel"),
+                (2, "hello: exit 0"),
+                (3, "kiln: vm=hello state=exited code=3"),
+                (3, "kiln: appliance done ok=0 failed=1"),
+            ],
+            3,
+        );
+        let v = &j.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Failure, "exit-code")
+        );
+        assert_eq!(v.reason, "it exited with code 3");
+        assert_eq!(v.code, Some(3));
+    }
+
+    #[test]
+    fn state_failed_fails_with_its_reason() {
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (2, "kiln: vm=hello state=failed code=1 reason=triple fault"),
+                (2, "kiln: appliance done ok=0 failed=1"),
+            ],
+            2,
+        );
+        let v = &j.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Failure, "vm-failed")
+        );
+        assert!(
+            v.reason.ends_with("with code 1: triple fault"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn a_missing_expectation_fails_a_clean_exit() {
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (2, "hello: kiln hello unikernel"),
+                (3, "kiln: vm=hello state=exited code=0"),
+                (3, "kiln: appliance done ok=1 failed=0"),
+            ],
+            3,
+        );
+        let v = &j.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Failure, "missing-expect")
+        );
+        assert!(
+            v.reason.ends_with("never matched /hello: exit 0/"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn a_fail_pattern_fails_at_once() {
+        let mut j = Judge::new(vec![hello()], s(30), s(100));
+        j.line("kiln: vm=hello state=starting", s(1));
+        assert_eq!(
+            j.line("hello: ASSERT failed: dma mismatch", s(2)),
+            Step::End
+        );
+        assert_eq!(
+            j.line("kiln: vm=hello state=exited code=0", s(3)),
+            Step::End
+        );
+        let jd = j.finish(s(3));
+        assert_eq!(jd.end, End::AllJudged);
+        let v = &jd.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Failure, "fail-pattern")
+        );
+        assert!(
+            v.reason.contains("/ASSERT/: hello: ASSERT failed"),
+            "{}",
+            v.reason
+        );
+        assert_eq!(v.time, s(1), "the verdict came at the pattern");
+        assert_eq!(v.code, None, "nothing after the verdict counts");
+    }
+
+    #[test]
+    fn a_fail_pattern_survives_a_clean_exit_while_others_run() {
+        let other = plan("other", &[], &[], None);
+        let mut j = Judge::new(vec![hello(), other], s(30), s(100));
+        j.line("kiln: vm=hello state=starting", s(1));
+        j.line("kiln: vm=other state=starting", s(1));
+        j.line("[hello] hello: ASSERT failed", s(2));
+        j.line("kiln: vm=hello state=exited code=0", s(3));
+        assert_eq!(
+            j.line("kiln: vm=other state=exited code=0", s(4)),
+            Step::Continue
+        );
+        assert_eq!(
+            j.line("kiln: appliance done ok=2 failed=0", s(4)),
+            Step::End
+        );
+        let jd = j.finish(s(4));
+        assert_eq!(jd.vms[0].kind, "fail-pattern");
+        assert_eq!(jd.vms[1].verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn after_every_report_the_appliance_has_a_grace_period_to_say_done() {
+        let mut j = Judge::new(vec![plan("a", &[], &[], None)], s(30), s(100));
+        j.line("kiln: vm=a state=starting", s(1));
+        assert_eq!(
+            j.line("kiln: vm=a state=exited code=0", s(2)),
+            Step::Continue
+        );
+        assert_eq!(
+            j.tick(s(2) + GRACE - Duration::from_millis(1)),
+            Step::Continue
+        );
+        assert_eq!(j.tick(s(2) + GRACE), Step::End);
+        assert_eq!(j.finish(s(8)).end, End::AllJudged);
+    }
+
+    #[test]
+    fn a_hanging_guest_fails_at_its_own_timeout() {
+        let mut j = Judge::new(vec![hello()], s(30), s(300));
+        j.line("kiln: vm=hello state=starting", s(2));
+        j.line("hello: kiln hello unikernel", s(3));
+        assert_eq!(j.tick(s(61)), Step::Continue);
+        assert_eq!(j.tick(s(62)), Step::End, "nothing more to wait for");
+        let jd = j.finish(s(62));
+        assert_eq!(
+            jd.end,
+            End::AllJudged,
+            "a VM timeout is the VM's verdict, not a run error"
+        );
+        let v = &jd.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Failure, "never-reported")
+        );
+        assert!(v.reason.contains("within its timeout (60s"), "{}", v.reason);
+    }
+
+    #[test]
+    fn a_run_timeout_is_a_run_error_and_a_failure_for_the_running_vm() {
+        let j = judge(
+            vec![hello(), plan("late", &[], &[], Some(500))],
+            &[(2, "kiln: vm=late state=starting"), (50, "still busy")],
+            100,
+        );
+        assert_eq!(j.end, End::Error(RunError::RunTimeout(s(100))));
+        let hello = &j.vms[0];
+        assert_eq!(
+            (hello.verdict, hello.kind.as_str()),
+            (Verdict::Error, "run-timeout"),
+            "never started: the run, not the guest, is at fault"
+        );
+        let late = &j.vms[1];
+        assert_eq!(
+            (late.verdict, late.kind.as_str()),
+            (Verdict::Failure, "never-reported")
+        );
+        assert!(
+            late.reason.contains("timed out after 100s"),
+            "{}",
+            late.reason
+        );
+        assert!(late.excerpt.text().contains("still busy"));
+    }
+
+    #[test]
+    fn a_host_panic_ends_the_run_at_once() {
+        let j = judge(
+            vec![hello(), plan("other", &[], &[], None)],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (2, "kiln: vm=other state=starting"),
+                (2, "kiln: vm=other state=exited code=0"),
+                (3, "Kernel panic - not syncing: Attempted to kill init!"),
+                (4, "kiln: vm=hello state=exited code=0"),
+            ],
+            4,
+        );
+        assert_eq!(
+            j.end,
+            End::Error(RunError::HostPanic(
+                "Kernel panic - not syncing: Attempted to kill init!".into()
+            ))
+        );
+        let hello = &j.vms[0];
+        assert_eq!(
+            (hello.verdict, hello.kind.as_str()),
+            (Verdict::Failure, "panic")
+        );
+        assert_eq!(hello.code, None, "nothing after the panic counts");
+        assert_eq!(j.vms[1].verdict, Verdict::Pass, "it had already passed");
+    }
+
+    #[test]
+    fn oops_and_bug_are_panics_too() {
+        for line in [
+            "BUG: unable to handle page fault for address: 0000000000001000",
+            "Oops: 0000 [#1] PREEMPT SMP NOPTI",
+            "general protection fault, probably for non-canonical address",
+        ] {
+            let j = judge(vec![hello()], &[(1, line)], 1);
+            assert_eq!(j.end.clone(), End::Error(RunError::HostPanic(line.into())));
+            assert_eq!(j.vms[0].verdict, Verdict::Error, "never started");
+        }
+    }
+
+    #[test]
+    fn a_prefixed_guest_panic_fails_only_that_vm() {
+        let j = judge(
+            vec![plan("linux", &[], &[], None), plan("b", &[], &[], None)],
+            &[
+                (1, "kiln: vm=linux state=starting"),
+                (1, "kiln: vm=b state=starting"),
+                (2, "[linux] Kernel panic - not syncing: VFS"),
+                (2, "[b] fine"),
+                (3, "kiln: vm=b state=exited code=0"),
+                (4, "kiln: vm=linux state=exited code=0"),
+                (4, "kiln: appliance done ok=2 failed=0"),
+            ],
+            4,
+        );
+        // Every VM has its verdict once b exits: no need to wait for linux.
+        assert_eq!(j.end, End::AllJudged);
+        assert_eq!(
+            (j.vms[0].verdict, j.vms[0].kind.as_str()),
+            (Verdict::Failure, "panic")
+        );
+        assert_eq!(j.vms[1].verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn prefixes_attribute_lines_to_their_vm_only() {
+        let a = plan("a", &["a-ok"], &["ERR"], None);
+        let b = plan("b", &["b-ok"], &["ERR"], None);
+        let j = judge(
+            vec![a, b],
+            &[
+                (1, "kiln: vm=a state=starting"),
+                (1, "kiln: vm=b state=starting"),
+                (2, "[a] a-ok"),
+                (2, "[b] a-ok"),
+                (2, "[b] ERR in b"),
+                (2, "host says b-ok ERR"),
+                (3, "kiln: vm=a state=exited code=0"),
+                (3, "kiln: vm=b state=exited code=0"),
+                (3, "kiln: appliance done ok=2 failed=0"),
+            ],
+            3,
+        );
+        assert_eq!(j.vms[0].verdict, Verdict::Pass, "{}", j.vms[0].reason);
+        assert_eq!(j.vms[1].kind, "fail-pattern");
+        assert!(!j.vms[0].excerpt.text().contains("host says"));
+        assert!(j.vms[1].excerpt.text().contains("ERR in b"));
+    }
+
+    #[test]
+    fn unprefixed_lines_belong_to_every_started_vm() {
+        let a = plan("a", &["shared"], &[], None);
+        let b = plan("b", &["shared"], &["BAD"], None);
+        let j = judge(
+            vec![a, b],
+            &[
+                (1, "shared before start"),
+                (1, "kiln: vm=a state=starting"),
+                (2, "kiln: vm=a state=exited code=0"),
+                (2, "kiln: vm=b state=starting"),
+                (3, "shared"),
+                (3, "BAD thing"),
+                (4, "kiln: vm=b state=exited code=0"),
+                (4, "kiln: appliance done ok=2 failed=0"),
+            ],
+            4,
+        );
+        // a had exited when "shared" came, but expectations see every line;
+        // the fail pattern only hits the VM still running.
+        assert_eq!(j.vms[0].verdict, Verdict::Pass, "{}", j.vms[0].reason);
+        assert_eq!(j.vms[1].kind, "fail-pattern");
+    }
+
+    #[test]
+    fn done_without_a_report_is_a_failure() {
+        let j = judge(
+            vec![hello(), plan("ghost", &[], &[], None)],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (2, "kiln: vm=hello state=exited code=0"),
+                (2, "hello: kiln hello"),
+                (2, "hello: exit 0"),
+                (3, "kiln: appliance done ok=1 failed=0"),
+            ],
+            3,
+        );
+        assert_eq!(j.vms[0].verdict, Verdict::Pass, "{}", j.vms[0].reason);
+        let g = &j.vms[1];
+        assert_eq!(
+            (g.verdict, g.kind.as_str()),
+            (Verdict::Failure, "never-reported")
+        );
+        assert_eq!(g.reason, "it never started before the appliance finished");
+    }
+
+    #[test]
+    fn no_vm_starting_is_a_boot_timeout_error() {
+        let j = judge(vec![hello()], &[(5, "Linux version 6.1")], 31);
+        assert_eq!(j.end, End::Error(RunError::BootTimeout(s(30))));
+        let v = &j.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Error, "boot-timeout")
+        );
+        assert_eq!(v.time, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_console_closing_early_is_an_error_not_a_failure() {
+        let mut j = Judge::new(vec![hello()], s(30), s(100));
+        j.line("kiln: vm=hello state=starting", s(1));
+        assert_eq!(j.console_closed("QEMU exited with status 1"), Step::End);
+        let jd = j.finish(s(2));
+        assert_eq!(jd.vms[0].verdict, Verdict::Error);
+        assert_eq!(jd.vms[0].kind, "console-closed");
+        assert!(jd.vms[0].reason.contains("QEMU exited with status 1"));
+    }
+
+    #[test]
+    fn a_console_closing_after_every_verdict_is_a_normal_end() {
+        let mut j = Judge::new(vec![plan("a", &[], &[], None)], s(30), s(100));
+        j.line("kiln: vm=a state=starting", s(1));
+        j.line("kiln: vm=a state=exited code=0", s(2));
+        assert_eq!(j.console_closed("end of file"), Step::End);
+        let jd = j.finish(s(2));
+        assert_eq!(jd.end, End::AllJudged);
+        assert_eq!(jd.vms[0].verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn an_interrupt_leaves_errors_even_for_running_vms() {
+        let mut j = Judge::new(vec![hello()], s(30), s(100));
+        j.line("kiln: vm=hello state=starting", s(1));
+        j.abort(RunError::Interrupted);
+        let v = &j.finish(s(2)).vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Error, "interrupted")
+        );
+    }
+
+    #[test]
+    fn a_restart_reopens_a_reported_end() {
+        let j = judge(
+            vec![plan("r", &[], &[], None)],
+            &[
+                (1, "kiln: vm=r state=starting"),
+                (2, "kiln: vm=r state=exited code=1"),
+                (
+                    2,
+                    "kiln: vm=r state=restarting reason=attempt 1 of 3 in 1000ms",
+                ),
+                (3, "kiln: vm=r state=starting"),
+                (4, "kiln: vm=r state=exited code=0"),
+                (4, "kiln: appliance done ok=1 failed=0"),
+            ],
+            4,
+        );
+        assert_eq!(j.vms[0].verdict, Verdict::Pass, "{}", j.vms[0].reason);
+        assert_eq!(j.vms[0].time, s(3), "from the first start");
+    }
+
+    #[test]
+    fn an_undeclared_vm_is_judged_by_its_status() {
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (1, "kiln: vm=extra state=starting"),
+                (2, "kiln: vm=extra state=exited code=4"),
+                (2, "kiln: vm=hello state=exited code=0"),
+                (3, "kiln: appliance done ok=1 failed=1"),
+            ],
+            3,
+        );
+        assert_eq!(j.vms.len(), 2);
+        assert_eq!(j.vms[1].name, "extra");
+        assert_eq!(j.vms[1].kind, "exit-code");
+    }
+
+    #[test]
+    fn invalid_patterns_are_named() {
+        let e = VmPlan::new(
+            "x",
+            &TestExpectations {
+                fail: vec!["ok".into(), "(".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("VM x: test.fail[1] \"(\" is not a valid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn verdicts_order_from_best_to_worst() {
+        assert!(Verdict::Pass < Verdict::Error && Verdict::Error < Verdict::Failure);
+    }
+}
