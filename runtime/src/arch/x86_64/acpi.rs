@@ -1,14 +1,15 @@
 //! Minimal ACPI for a hardware-reduced platform: RSDP → XSDT → FADT (with
 //! the sleep control/status registers on ports the VMM traps) and MADT
-//! (CPUs and the IOAPIC); the DSDT declares only \_S5_, so that Linux's
+//! (CPUs and the IOAPIC); the DSDT declares \_S5_, so that Linux's
 //! `poweroff` writes SLP_TYP 5 | SLP_EN to the sleep control port and the VM
-//! ends as `poweroff`.
+//! ends as `poweroff`, and COM1, so that its IRQ gets mapped.
 //!
 //! Written by hand: the tables are a few hundred bytes of fixed layout, and
 //! rust-vmm's acpi_tables is not published in a form kiln can depend on.
 
 use super::layout::{
-    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, APIC_ADDR, IOAPIC_ADDR, RSDP_START,
+    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, APIC_ADDR, COM1_IRQ, COM1_PORT,
+    IOAPIC_ADDR, RSDP_START,
 };
 use super::mptable::ioapic_id;
 use crate::devices::acpi_pm::S5_SLP_TYP;
@@ -24,9 +25,11 @@ const MADT_START: u64 = RSDP_START + 0x400;
 
 const FADT_LEN: usize = 276;
 const FADT_FLAG_HW_REDUCED_ACPI: u32 = 1 << 20;
-/// IAPC_BOOT_ARCH: the platform has an 8042 (its reset line is how kiln
-/// guests reboot).
-const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH: no legacy devices, no 8042 for the OS to drive. The
+/// 8042's reset line is still there (Linux's `reboot=k` writes it directly);
+/// declaring the keyboard controller would make Linux probe it and wait
+/// seconds for a keyboard that kiln does not model.
+const IAPC_BOOT_ARCH: u16 = 0;
 const GAS_SYSTEM_IO: u8 = 1;
 const GAS_ACCESS_BYTE: u8 = 1;
 /// The SCI an ACPI OS expects; no event ever arrives on it.
@@ -91,7 +94,7 @@ fn fadt() -> Vec<u8> {
     let at = |off: usize| off - 36;
     put(&mut body, at(40), &(DSDT_START as u32).to_le_bytes());
     put(&mut body, at(46), &SCI_IRQ.to_le_bytes());
-    put(&mut body, at(109), &IAPC_BOOT_ARCH_8042.to_le_bytes());
+    put(&mut body, at(109), &IAPC_BOOT_ARCH.to_le_bytes());
     put(&mut body, at(112), &FADT_FLAG_HW_REDUCED_ACPI.to_le_bytes());
     put(&mut body, at(131), &[0]); // FADT minor version
     put(&mut body, at(140), &DSDT_START.to_le_bytes()); // X_DSDT
@@ -101,14 +104,108 @@ fn fadt() -> Vec<u8> {
     sdt(b"FACP", 6, &body)
 }
 
-/// AML: `Name (_S5_, Package (4) { 5, 0, 0, 0 })`.
+/// AML encoders for the few constructs the DSDT uses (ACPI 6, chapter 20).
+mod aml {
+    /// PkgLength for `len` bytes that follow it.
+    pub fn pkg_length(len: usize) -> Vec<u8> {
+        if len + 1 < 0x40 {
+            vec![(len + 1) as u8]
+        } else {
+            let total = len + 2;
+            vec![0x40 | (total & 0xf) as u8, (total >> 4) as u8]
+        }
+    }
+
+    pub fn name(seg: &[u8; 4], value: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x08];
+        v.extend_from_slice(seg);
+        v.extend_from_slice(value);
+        v
+    }
+
+    pub fn scope(seg: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x10];
+        v.extend(pkg_length(4 + body.len()));
+        v.extend_from_slice(seg);
+        v.extend_from_slice(body);
+        v
+    }
+
+    pub fn device(seg: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x5b, 0x82];
+        v.extend(pkg_length(4 + body.len()));
+        v.extend_from_slice(seg);
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// A buffer of fewer than 256 bytes.
+    pub fn buffer(bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x11];
+        v.extend(pkg_length(2 + bytes.len()));
+        v.extend_from_slice(&[0x0a, bytes.len() as u8]);
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// A package of byte constants.
+    pub fn byte_package(items: &[u8]) -> Vec<u8> {
+        let mut body = vec![items.len() as u8];
+        for i in items {
+            match i {
+                0 => body.push(0x00),
+                1 => body.push(0x01),
+                n => body.extend_from_slice(&[0x0a, *n]),
+            }
+        }
+        let mut v = vec![0x12];
+        v.extend(pkg_length(body.len()));
+        v.extend(body);
+        v
+    }
+
+    /// EisaId("PNPxxxx") as a DWordConst: three 5-bit letters, four hex digits.
+    pub fn eisa_id(id: &[u8; 7]) -> Vec<u8> {
+        let letter = |c: u8| u16::from(c.wrapping_sub(b'@') & 0x1f);
+        let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
+        let [v0, v1] = vendor.to_be_bytes();
+        vec![
+            0x0c,
+            v0,
+            v1,
+            (hex(id[3]) << 4) | hex(id[4]),
+            (hex(id[5]) << 4) | hex(id[6]),
+        ]
+    }
+}
+
+/// The DSDT: `\_S5_` for poweroff, and COM1 as a PNP0501 device with its
+/// ports and IRQ 4. A hardware-reduced platform has no legacy PIC, so
+/// Linux maps a legacy IRQ only for a device ACPI describes; without this
+/// the serial port would have no interrupt and user-space output would stall.
 fn dsdt() -> Vec<u8> {
-    let aml = [
-        0x08, b'_', b'S', b'5', b'_', // NameOp "_S5_"
-        0x12, 0x07, 0x04, // PackageOp, PkgLength 7, 4 elements
-        0x0a, S5_SLP_TYP, // BytePrefix 5
-        0x00, 0x00, 0x00, // ZeroOp x3
+    let mut aml = aml::name(b"_S5_", &aml::byte_package(&[S5_SLP_TYP, 0, 0, 0]));
+    let [lo, hi] = COM1_PORT.to_le_bytes();
+    let resources = [
+        0x47,
+        0x01,
+        lo,
+        hi,
+        lo,
+        hi,
+        0x01,
+        0x08, // IO (Decode16, port, port, 1, 8)
+        0x22,
+        (1u16 << COM1_IRQ) as u8,
+        ((1u16 << COM1_IRQ) >> 8) as u8, // IRQNoFlags {4}
+        0x79,
+        0x00, // EndTag
     ];
+    let mut com1 = aml::name(b"_HID", &aml::eisa_id(b"PNP0501"));
+    com1.extend(aml::name(b"_UID", &[0x00]));
+    com1.extend(aml::name(b"_CRS", &aml::buffer(&resources)));
+    aml.extend(aml::scope(b"_SB_", &aml::device(b"COM1", &com1)));
     sdt(b"DSDT", 2, &aml)
 }
 
@@ -234,8 +331,36 @@ mod tests {
         assert_eq!(u64::from_le_bytes(f[248..256].try_into().unwrap()), 0x600);
         assert_eq!(u64::from_le_bytes(f[260..268].try_into().unwrap()), 0x601);
         let d = dsdt();
-        assert_eq!(&d[36..41], b"\x08_S5_");
-        assert_eq!(d[45], S5_SLP_TYP);
+        // Name (_S5_, Package (4) { 5, 0, 0, 0 })
+        assert_eq!(&d[36..49], b"\x08_S5_\x12\x07\x04\x0a\x05\x00\x00\x00");
+    }
+
+    #[test]
+    fn dsdt_describes_com1() {
+        let d = dsdt();
+        let body = &d[49..];
+        // Scope (_SB_) { Device (COM1) { ... } }, lengths consistent.
+        assert_eq!(body[0], 0x10);
+        assert_eq!(body[1] as usize, body.len() - 1);
+        assert_eq!(&body[2..6], b"_SB_");
+        assert_eq!(&body[6..8], &[0x5b, 0x82]);
+        assert_eq!(body[8] as usize, body.len() - 8);
+        assert_eq!(&body[9..13], b"COM1");
+        // EisaId ("PNP0501") is 0x0105d041.
+        assert_eq!(&body[13..23], b"\x08_HID\x0c\x41\xd0\x05\x01");
+        let crs = body.windows(4).position(|w| w == b"_CRS").unwrap();
+        let res = &body[crs + 8..];
+        assert_eq!(&res[..8], &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]);
+        assert_eq!(&res[8..11], &[0x22, 0x10, 0x00]);
+        assert_eq!(&res[11..], &[0x79, 0x00]);
+    }
+
+    #[test]
+    fn pkg_length_forms() {
+        assert_eq!(aml::pkg_length(5), vec![6]);
+        assert_eq!(aml::pkg_length(62), vec![63]);
+        // 63 bytes follow: total 65 = 0x41 in the two-byte form.
+        assert_eq!(aml::pkg_length(63), vec![0x41, 0x04]);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use kvm_bindings::kvm_msr_entry;
 
-pub const MSR_IA32_TSC: u32 = 0x10;
 pub const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 pub const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
 pub const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
@@ -20,7 +19,8 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// Without it a guest that honours MTRRs maps all RAM uncached.
 pub const MTRR_DEF_TYPE_WB_ENABLED: u64 = (1 << 11) | 6;
 
-/// The MSRs kiln sets on each vCPU before it runs, filtered to those the
+/// The MSRs kiln sets on each vCPU before it runs (the TSC is left to KVM,
+/// which starts all vCPUs of a VM synchronized), filtered to those the
 /// hypervisor reports it can save and restore (`supported`); MTRRdefType is
 /// always included because KVM emulates it even where it does not list it.
 pub fn boot_msrs(supported: &[u32]) -> Vec<kvm_msr_entry> {
@@ -33,7 +33,6 @@ pub fn boot_msrs(supported: &[u32]) -> Vec<kvm_msr_entry> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
     ];
     wanted
