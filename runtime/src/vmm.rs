@@ -413,6 +413,116 @@ fn resident_guest_kib(vm: &Vm) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::pvh::tests::fake_elf;
+    use crate::config::parse;
+    use std::sync::mpsc;
+
+    /// A VM config around a tiny PVH guest of raw 32-bit code at 1 MiB,
+    /// written to a temporary directory, with the console in a log file.
+    /// Runs on any KVM node, including this build machine's software one.
+    fn tiny_guest(code: &[u8], vcpus: u8) -> (tempfile::TempDir, VmConfig) {
+        crate::vac::tests::kvm_path();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("g.elf"),
+            fake_elf(0x10_0000, code, Some(0x10_0000)),
+        )
+        .unwrap();
+        let src = format!(
+            "name = \"tiny\"\nvcpus = {vcpus}\nmemory = \"16M\"\n[boot]\nkernel = \"g.elf\"\n[console]\necho = false\nlog = \"console.log\"\n"
+        );
+        let cfg = parse(Path::new("t.toml"), &src).unwrap();
+        (dir, cfg)
+    }
+
+    /// mov dx, 0x3f8; mov al, c; out dx, al (for each byte).
+    fn print(text: &[u8]) -> Vec<u8> {
+        let mut code = vec![0x66, 0xba, 0xf8, 0x03];
+        for c in text {
+            code.extend_from_slice(&[0xb0, *c, 0xee]);
+        }
+        code
+    }
+
+    #[test]
+    fn guest_output_and_exit_port_value() {
+        let mut code = print(b"ok\n");
+        code.extend_from_slice(&[0xb0, 42, 0xe6, 0xf4, 0xf4]); // mov al, 42; out 0xf4, al; hlt
+        let (dir, cfg) = tiny_guest(&code, 2);
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert_eq!(exit, VmExit::Exited(42));
+        assert_eq!(exit.exit_code(), 42);
+        assert_eq!(
+            std::fs::read(dir.path().join("console.log")).unwrap(),
+            b"ok\n"
+        );
+    }
+
+    #[test]
+    fn wide_exit_port_write() {
+        // mov eax, 0x12345; out 0xf4, eax
+        let code = [0xb8, 0x45, 0x23, 0x01, 0x00, 0xe7, 0xf4];
+        let (dir, cfg) = tiny_guest(&code, 1);
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert_eq!(exit, VmExit::Exited(0x12345));
+        assert_eq!(exit.exit_code(), 127);
+    }
+
+    #[test]
+    fn triple_fault_ends_the_vm() {
+        // ud2 with an empty IDT: #UD → #GP → #DF → shutdown.
+        let (dir, cfg) = tiny_guest(&[0x0f, 0x0b], 1);
+        assert_eq!(run(&cfg, dir.path()).unwrap(), VmExit::TripleFault);
+    }
+
+    #[test]
+    fn keyboard_controller_reset_is_a_reboot() {
+        // mov al, 0xfe; out 0x64, al; jmp $
+        let (dir, cfg) = tiny_guest(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe], 1);
+        assert_eq!(run(&cfg, dir.path()).unwrap(), VmExit::Reboot);
+    }
+
+    #[test]
+    fn acpi_sleep_s5_is_a_poweroff() {
+        // mov dx, 0x600; mov al, 0x34; out dx, al; jmp $
+        let code = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xeb, 0xfe];
+        let (dir, cfg) = tiny_guest(&code, 1);
+        assert_eq!(run(&cfg, dir.path()).unwrap(), VmExit::Poweroff);
+    }
+
+    #[test]
+    fn sigterm_stops_a_spinning_guest_and_joins_every_vcpu() {
+        let (dir, cfg) = tiny_guest(&[0xeb, 0xfe], 2); // jmp $
+        let (tx, rx) = mpsc::channel();
+        let base = dir.path().to_path_buf();
+        let runner = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            run_observed(&cfg, &base, &mut || tx.send(me).unwrap())
+        });
+        let thread = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Signals are blocked in the runner from before `on_running`, so
+        // this SIGTERM is taken by its signalfd, not by the process.
+        // SAFETY: the runner thread is alive (it has not returned: it only
+        // returns once the VM stops, which this signal causes).
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
+        let exit = runner.join().unwrap().unwrap();
+        assert_eq!(exit, VmExit::Signal(libc::SIGTERM));
+        assert_eq!(exit.exit_code(), 143);
+    }
+
+    #[test]
+    fn config_sources_that_are_not_files_are_refused() {
+        let src = "name = \"x\"\nmemory = \"16M\"\n[boot]\nkernel = \"cargo:kiln-hello\"\n";
+        let cfg: VmConfig = parse(Path::new("t.toml"), src).unwrap();
+        let e = run(&cfg, Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`boot.kernel` is \"cargo:kiln-hello\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn exit_code_table() {

@@ -225,6 +225,20 @@ mod tests {
     }
 
     #[test]
+    fn a_vcpu_keeps_its_vm_and_vac_alive() {
+        let vm = Vm::new(Vac::open(kvm_path()).unwrap(), &config(2, "16M")).unwrap();
+        let vcpu = vcpu::Vcpu::new(&vm, 1).unwrap();
+        let (weak_vm, weak_vac) = (Arc::downgrade(&vm), Arc::downgrade(vm.vac()));
+        drop(vm);
+        assert!(weak_vm.upgrade().is_some(), "the vCPU holds the VM");
+        assert!(weak_vac.upgrade().is_some());
+        assert_eq!(vcpu.index(), 1);
+        drop(vcpu);
+        assert!(weak_vm.upgrade().is_none());
+        assert!(weak_vac.upgrade().is_none(), "teardown reached the vac");
+    }
+
+    #[test]
     fn two_vms_on_two_vacs_share_no_state() {
         let a = Vm::new(Vac::open(kvm_path()).unwrap(), &config(1, "16M")).unwrap();
         let b = Vm::new(Vac::open(kvm_path()).unwrap(), &config(1, "16M")).unwrap();
