@@ -1,8 +1,13 @@
 //! kiln: builds appliance images (a kernel and an initramfs whose PID 1 is
 //! the kiln runtime), boots them on an emulated target, and judges them.
 
+pub mod build;
 pub mod compress;
 pub mod cpio;
+pub mod image;
 pub mod inspect;
 pub mod kernel;
+pub mod manifest;
+pub mod payload;
 pub mod progress;
+pub mod qemu;

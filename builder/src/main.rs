@@ -1,1 +1,183 @@
-fn main() {}
+//! The `kiln` command line.
+
+use clap::{Parser, Subcommand};
+use kiln::build;
+use kiln::image::Image;
+use kiln::progress;
+use kiln::qemu::{self, Accel};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build, run and test appliance images whose PID 1 is the kiln VMM runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an image; with no IMAGE, the built-in default appliance (hello).
+    Build {
+        /// An image config (images/*.toml).
+        image: Option<PathBuf>,
+        /// Output directory [default: out/<image name>].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print a machine-readable summary (the manifest) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an image's contents and its manifest (an output DIR or an initramfs FILE).
+    Inspect {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot an image on the emulated target, console on this terminal (Ctrl-C stops it).
+    Run {
+        /// An image config (built first) or a built output directory.
+        image: Option<PathBuf>,
+        /// QEMU accelerator: auto, tcg or kvm.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn run(cli: Cli) -> Result<ExitCode, BoxError> {
+    match cli.command {
+        Cmd::Build {
+            image,
+            output,
+            json,
+        } => {
+            progress::set_quiet(json);
+            let (image, out) = load_image(image.as_deref(), output)?;
+            let built = build::build(&image, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&built.manifest)?);
+            } else {
+                print_summary(&built);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { path, json } => {
+            kiln::inspect::inspect(&path, json, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { image, accel } => {
+            let accel = match accel.as_str() {
+                "auto" => Accel::detect(),
+                "tcg" => Accel::Tcg,
+                "kvm" => Accel::Kvm,
+                other => return Err(format!("--accel {other}: expected auto, tcg or kvm").into()),
+            };
+            let qemu = qemu::find()?;
+            let (dir, target) = match image.as_deref() {
+                Some(p) if p.is_dir() => (p.to_path_buf(), target_of_dir(p)?),
+                other => {
+                    let (image, out) = load_image(other, None)?;
+                    let built = build::build(&image, &out)?;
+                    (built.out_dir, image.config.target.clone())
+                }
+            };
+            let files = qemu::BootFiles::from_dir(&dir)?;
+            let mut cmd = qemu::command(&qemu, &files, &target, accel);
+            progress::note(format!(
+                "booting {} on QEMU ({}); Ctrl-C stops it",
+                dir.display(),
+                accel.as_str()
+            ));
+            // Ctrl-C reaches QEMU (same process group) which stops; kiln stays
+            // to report and clean up instead of dying first.
+            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
+            signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
+            let mut child = cmd.spawn()?;
+            let status = loop {
+                if let Some(s) = child.try_wait()? {
+                    break s;
+                }
+                if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    if child.try_wait()?.is_none() {
+                        let _ = child.kill();
+                    }
+                    break child.wait()?;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            };
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                progress::note("interrupted; QEMU stopped");
+                return Ok(ExitCode::from(130));
+            }
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Loads IMAGE (or the built-in default) and picks its output directory.
+fn load_image(image: Option<&Path>, output: Option<PathBuf>) -> Result<(Image, PathBuf), BoxError> {
+    let image = match image {
+        Some(p) => Image::load(p)?,
+        None => {
+            progress::note("no IMAGE given: building the built-in default appliance (hello)");
+            Image::load_default()?
+        }
+    };
+    let out = output.unwrap_or_else(|| Path::new("out").join(&image.config.name));
+    Ok((image, out))
+}
+
+/// The target section of a built image, from the image config its manifest
+/// names when it is still there, else the defaults.
+fn target_of_dir(dir: &Path) -> Result<kiln::image::TargetSection, BoxError> {
+    let manifest: kiln::manifest::Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    Ok(manifest.target.unwrap_or_default())
+}
+
+fn print_summary(built: &build::Built) {
+    let m = &built.manifest;
+    println!("built {} in {}", m.name, built.out_dir.display());
+    for a in &m.artifacts {
+        println!(
+            "  {:<24} {:>10}  sha256:{}",
+            a.file,
+            progress::human_bytes(a.size),
+            &a.sha256[..16]
+        );
+    }
+    println!(
+        "  kernel {}; {} modules; {} payloads",
+        m.kernel.release,
+        m.modules.len(),
+        m.payloads.len()
+    );
+}

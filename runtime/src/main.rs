@@ -14,7 +14,6 @@ const USAGE: &str = "usage: kiln-runtime run CONFIG.toml\n       kiln-runtime --
 fn main() {
     if std::process::id() == 1 {
         kiln_runtime::init::main();
-        return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args

@@ -1,1 +1,62 @@
-fn main() {}
+//! kiln-guest-init: `/init` of a Linux guest's one-binary initramfs.
+//!
+//! It mounts the kernel's pseudo filesystems, reports what the guest sees
+//! (kernel release, online CPUs, PCI devices) on the console, and ends the
+//! VM with the status code from `guest_init.exit=<n>` on the kernel command
+//! line: through the kiln exit port, or by powering off when not under kiln.
+//! It runs as PID 1, where a panic is a kernel panic: every error is printed
+//! and the program still reaches the exit.
+
+mod cmdline;
+mod console;
+mod cpus;
+mod mounts;
+mod pci;
+mod power;
+
+use std::path::Path;
+
+use cmdline::Options;
+
+fn main() {
+    for error in mounts::mount_all() {
+        say!("error: {error}");
+        console::causes(&error);
+    }
+
+    match nix::sys::utsname::uname() {
+        Ok(uts) => say!("hello from Linux {}", uts.release().to_string_lossy()),
+        Err(e) => say!("hello from Linux (unknown release: uname failed: {e})"),
+    }
+
+    match cpus::online(Path::new(cpus::ONLINE_PATH)) {
+        Ok(n) => say!("cpus online {n}"),
+        Err(e) => {
+            say!("error: {e}");
+            console::causes(&e);
+        }
+    }
+
+    match pci::devices(Path::new(pci::SYSFS_DEVICES)) {
+        Ok(devices) => {
+            for device in devices {
+                say!("{device}");
+            }
+        }
+        Err(e) => {
+            say!("error: {e}");
+            console::causes(&e);
+        }
+    }
+
+    let code = match cmdline::read(Path::new(cmdline::PROC_CMDLINE)) {
+        Ok(Options { exit_code }) => exit_code.unwrap_or(0),
+        Err(e) => {
+            say!("error: {e}");
+            console::causes(&e);
+            cmdline::BAD_OPTIONS_CODE
+        }
+    };
+    say!("exit {code}");
+    power::exit(code)
+}

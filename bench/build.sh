@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Benchmark: `kiln build` (kernel already cached) against the two baselines
+# named in the foundation issue, on the same content:
+#   1. `find | cpio -o -H newc | zstd -T0` over kiln's own staged tree;
+#   2. Debian's mkinitramfs for the same kernel with the same modules.
+# Prints a table of wall time and initramfs size. Needs root (mkinitramfs
+# reads /lib/modules/<release>; a temporary link is made and removed).
+#
+# Usage: bench/build.sh [IMAGE.toml] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+image=${1:-images/hello.toml}
+runs=${2:-5}
+tests/setup >/dev/null
+
+cargo build --release -q -p kiln
+kiln=target/x86_64-unknown-linux-gnu/release/kiln
+work=$(mktemp -d)
+cleanup() {
+  [[ -n ${linked:-} ]] && rm -f "/lib/modules/$release"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Warm up: download/unpack the kernel and build the runtime once.
+$kiln build "$image" -o "$work/out" --json >"$work/manifest.json" 2>/dev/null
+release=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel"]["release"])' "$work/manifest.json")
+cache=${KILN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
+initramfs=$(ls "$work/out"/initramfs.cpio.*)
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+time_runs() { # label, command...
+  local t0 t1
+  for _ in $(seq "$runs"); do
+    t0=$(now); "$@" >/dev/null 2>&1; t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'
+  done | median
+}
+
+# kiln, assembling the initramfs each time (its archive cache cleared).
+kiln_full() { rm -rf "$cache/initramfs"; $kiln build "$image" -o "$work/out" --json; }
+kiln_full_t=$(time_runs kiln_full)
+# kiln, unchanged rebuild (archive cache hit).
+kiln_warm_t=$(time_runs $kiln build "$image" -o "$work/out" --json)
+kiln_size=$(stat -c %s "$initramfs")
+
+# Baseline 1: the classic pipeline over the same tree.
+mkdir "$work/tree"
+(cd "$work/tree" && zstd -dc "$initramfs" | cpio -idm --quiet 2>/dev/null)
+pipeline() { (cd "$work/tree" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -T0 -q -f -o "$work/pipeline.cpio.zst"); }
+pipe_t=$(time_runs pipeline)
+pipe_size=$(stat -c %s "$work/pipeline.cpio.zst")
+
+# Baseline 2: mkinitramfs with the same modules (MODULES=list).
+mods_src=$(ls -d "$cache"/kernels/*/lib/modules/"$release" | head -n1)
+mods=$(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["modules"]))' "$work/manifest.json")
+mkdir -p "$work/mkroot/lib/modules" "$work/conf/scripts" "$work/conf/hooks" "$work/conf/conf.d"
+cp -a "$mods_src" "$work/mkroot/lib/modules/"
+depmod -b "$work/mkroot" "$release"
+if [[ ! -e /lib/modules/$release ]]; then
+  ln -s "$work/mkroot/lib/modules/$release" "/lib/modules/$release"
+  linked=1
+fi
+printf 'MODULES=list\nBUSYBOX=auto\nCOMPRESS=zstd\nRESUME=none\n' >"$work/conf/initramfs.conf"
+echo "$mods" >"$work/conf/modules"
+mkinit() { mkinitramfs -d "$work/conf" -o "$work/mkinitramfs.img" "$release"; }
+mk_t=$(time_runs mkinit)
+mk_size=$(stat -c %s "$work/mkinitramfs.img")
+
+printf '\n%s (%s), median of %s runs, kernel %s\n\n' "$(basename "$image")" "$(nproc) cores" "$runs" "$release"
+printf '| %-44s | %9s | %12s |\n' "method" "time (s)" "size (bytes)"
+printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..14})"
+printf '| %-44s | %9.3f | %12d |\n' "kiln build (archive assembled)" "$kiln_full_t" "$kiln_size"
+printf '| %-44s | %9.3f | %12d |\n' "kiln build (unchanged rebuild)" "$kiln_warm_t" "$kiln_size"
+printf '| %-44s | %9.3f | %12d |\n' "find | cpio -o -H newc | zstd -T0" "$pipe_t" "$pipe_size"
+printf '| %-44s | %9.3f | %12d |\n' "mkinitramfs (MODULES=list, zstd)" "$mk_t" "$mk_size"

@@ -1,0 +1,482 @@
+//! The image config (`images/*.toml`): which kernel, which modules, how the
+//! initramfs is packed, which VMs the appliance runs, and the target that
+//! `kiln run` / `kiln test` boot it on.
+
+use crate::compress::Compression;
+use kiln_runtime::config::{self, ByteSize, ConfigError, KeyPath, ModulesConfig, OnDone, VmConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Names the image; `[a-z0-9_-]`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub kernel: KernelSection,
+    #[serde(default)]
+    pub modules: Option<ModulesConfig>,
+    #[serde(default)]
+    pub initramfs: InitramfsSection,
+    #[serde(default)]
+    pub output: OutputSection,
+    #[serde(default)]
+    pub appliance: ApplianceSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// VM configs by path, relative to this file.
+    #[serde(default)]
+    pub vms: Vec<PathBuf>,
+    /// VMs written inline.
+    #[serde(default)]
+    pub vm: Vec<VmConfig>,
+    #[serde(default)]
+    pub target: TargetSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSection {
+    /// `debian:<package>`, `host`, or a path to a bzImage.
+    pub source: String,
+    /// For a bzImage path: its `lib/modules/<release>` directory.
+    #[serde(default)]
+    pub modules_dir: Option<PathBuf>,
+    /// For a bzImage path: its kernel config (checks the initramfs compression).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+pub fn default_cmdline() -> String {
+    "console=ttyS0 panic=-1 quiet".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitramfsSection {
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Compression level; the format's default when absent.
+    #[serde(default)]
+    pub level: Option<i32>,
+}
+
+fn default_compression() -> Compression {
+    Compression::Zstd
+}
+
+impl Default for InitramfsSection {
+    fn default() -> Self {
+        InitramfsSection {
+            compression: default_compression(),
+            level: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `vmlinuz` + `initramfs.cpio.<ext>` + `cmdline` (always produced).
+    Initramfs,
+    /// `kiln.efi`: a unified kernel image.
+    Uki,
+    /// `disk.img`: a GPT disk with an EFI system partition.
+    Disk,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    #[serde(default = "default_formats")]
+    pub formats: Vec<Format>,
+}
+
+fn default_formats() -> Vec<Format> {
+    vec![Format::Initramfs]
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection {
+            formats: default_formats(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceSection {
+    #[serde(default)]
+    pub on_done: OnDone,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// A prebuilt static kiln-runtime; by default it is built from the
+    /// workspace holding the image, or taken from beside the kiln binary.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+}
+
+/// The machine `kiln run` and `kiln test` boot the image on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    #[serde(default = "default_target_memory")]
+    pub memory: ByteSize,
+    #[serde(default = "default_smp")]
+    pub smp: u8,
+    /// Extra QEMU `-device` arguments, e.g. `"edu,dma_mask=0xffffffffffffffff"`.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Any other QEMU arguments, appended last.
+    #[serde(default)]
+    pub qemu_args: Vec<String>,
+}
+
+fn default_target_memory() -> ByteSize {
+    ByteSize::mib(2048)
+}
+
+fn default_smp() -> u8 {
+    1
+}
+
+impl Default for TargetSection {
+    fn default() -> Self {
+        TargetSection {
+            memory: default_target_memory(),
+            smp: default_smp(),
+            devices: Vec::new(),
+            qemu_args: Vec::new(),
+        }
+    }
+}
+
+/// One VM of an image, with where it was written (for error locations and
+/// for resolving its relative paths).
+#[derive(Debug, Clone)]
+pub struct VmEntry {
+    pub config: VmConfig,
+    /// The file it came from: a VM config, or the image file itself.
+    pub file: PathBuf,
+    pub src: String,
+    /// Its place in `file` (root for a VM config file, `vm[i]` inline).
+    pub at: KeyPath,
+    pub base_dir: PathBuf,
+}
+
+/// A loaded, checked image with all its VMs.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub config: ImageConfig,
+    pub file: PathBuf,
+    pub src: String,
+    pub dir: PathBuf,
+    pub vms: Vec<VmEntry>,
+}
+
+/// The built-in default appliance: `kiln build` with no IMAGE builds this.
+pub const DEFAULT_IMAGE: &str = include_str!("../../images/hello.toml");
+
+impl Image {
+    /// Loads an image file, its VM configs, and checks every value and path.
+    pub fn load(file: &Path) -> Result<Image, ConfigError> {
+        let (config, src): (ImageConfig, String) = config::load(file)?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        Self::from_parts(config, file, src, dir)
+    }
+
+    /// The built-in default image, resolved against the kiln source tree it
+    /// was compiled from (its `configs/` and guest packages live there).
+    pub fn load_default() -> Result<Image, ConfigError> {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/hello.toml");
+        if file.is_file() {
+            return Image::load(&file);
+        }
+        let file = PathBuf::from("<built-in>/images/hello.toml");
+        let config = config::parse(&file, DEFAULT_IMAGE)?;
+        Self::from_parts(
+            config,
+            &file,
+            DEFAULT_IMAGE.to_string(),
+            PathBuf::from("images"),
+        )
+    }
+
+    fn from_parts(
+        config: ImageConfig,
+        file: &Path,
+        src: String,
+        dir: PathBuf,
+    ) -> Result<Image, ConfigError> {
+        let err = |key: KeyPath, msg: String| ConfigError::at_key(file, &src, &key, msg);
+        if kiln_runtime::config::VmName::new(&config.name).is_err() {
+            return Err(err(
+                KeyPath::parse("name"),
+                format!(
+                    "\"{}\" is not a valid image name; expected a-z, 0-9, '_' and '-'",
+                    config.name
+                ),
+            ));
+        }
+        if !config.output.formats.contains(&Format::Initramfs) {
+            return Err(err(
+                KeyPath::parse("output.formats"),
+                "expected \"initramfs\" among the formats: every other format is built from it"
+                    .into(),
+            ));
+        }
+        if config.target.smp == 0 {
+            return Err(err(
+                KeyPath::parse("target.smp"),
+                "expected at least 1 CPU".into(),
+            ));
+        }
+        let mut vms = Vec::new();
+        for (i, path) in config.vms.iter().enumerate() {
+            let full = dir.join(path);
+            let at = KeyPath::root().key("vms").index(i);
+            if !full.is_file() {
+                return Err(err(
+                    at,
+                    format!(
+                        "VM config {} does not exist; expected a path relative to {}",
+                        full.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+            let (vm, vsrc): (VmConfig, String) = config::load(&full)?;
+            let base_dir = full
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.clone());
+            vm.check(&full, &vsrc, &KeyPath::root(), &base_dir)?;
+            vms.push(VmEntry {
+                config: vm,
+                file: full,
+                src: vsrc,
+                at: KeyPath::root(),
+                base_dir,
+            });
+        }
+        for (i, vm) in config.vm.iter().enumerate() {
+            let at = KeyPath::root().key("vm").index(i);
+            vm.check(file, &src, &at, &dir)?;
+            vms.push(VmEntry {
+                config: vm.clone(),
+                file: file.to_path_buf(),
+                src: src.clone(),
+                at,
+                base_dir: dir.clone(),
+            });
+        }
+        // Names must be unique across both ways of declaring VMs: point at the
+        // second declaration, in the image file.
+        let mut seen = std::collections::BTreeMap::new();
+        for (n, entry) in vms.iter().enumerate() {
+            let name = entry.config.name.as_str();
+            if let Some(first) = seen.insert(name.to_string(), n) {
+                let key = if n < config.vms.len() {
+                    KeyPath::root().key("vms").index(n)
+                } else {
+                    KeyPath::root()
+                        .key("vm")
+                        .index(n - config.vms.len())
+                        .key("name")
+                };
+                let first_file = vms[first].file.display();
+                return Err(err(
+                    key,
+                    format!("VM name \"{name}\" is used twice (first in {first_file}); expected each VM to have its own name"),
+                ));
+            }
+        }
+        if vms.is_empty() {
+            return Err(err(
+                KeyPath::root(),
+                "the image declares no VM; expected `vms = [\"../configs/x.toml\"]` or a `[[vm]]` table".into(),
+            ));
+        }
+        Ok(Image {
+            config,
+            file: file.to_path_buf(),
+            src,
+            dir,
+            vms,
+        })
+    }
+
+    /// Where a key of the image file is, for errors found later in the build.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at_key(&self.file, &self.src, &KeyPath::parse(key), message)
+    }
+
+    /// Whether any VM passes a PCI device through.
+    pub fn uses_pci(&self) -> bool {
+        self.vms.iter().any(|v| !v.config.pci.is_empty())
+    }
+
+    /// The modules to load: the image's list, or KVM for both vendors plus
+    /// VFIO when a VM assigns a device.
+    pub fn modules(&self) -> ModulesConfig {
+        if let Some(m) = &self.config.modules {
+            return m.clone();
+        }
+        let mut load = vec!["kvm-amd".to_string(), "kvm-intel".to_string()];
+        if self.uses_pci() {
+            load.extend(["vfio-pci".to_string(), "vfio-iommu-type1".to_string()]);
+        }
+        ModulesConfig {
+            load,
+            params: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const VM: &str = "name = \"a\"\nmemory = \"64M\"\n[boot]\nkernel = \"cargo:kiln-hello\"\n";
+
+    fn image(extra: &str) -> String {
+        format!("name = \"t\"\nkernel = {{ source = \"debian:linux-image-cloud-amd64\" }}\n{extra}")
+    }
+
+    #[test]
+    fn loads_vms_by_path_and_inline() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "configs/a.toml", VM);
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("vms = [\"../configs/a.toml\"]\n[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n"),
+        );
+        let i = Image::load(&img).unwrap();
+        let names: Vec<_> = i.vms.iter().map(|v| v.config.name.to_string()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(i.config.initramfs.compression, Compression::Zstd);
+        assert_eq!(i.modules().load, ["kvm-amd", "kvm-intel"]);
+    }
+
+    #[test]
+    fn missing_vm_config_is_located_in_the_image() {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("vms = [\n  \"../configs/nope.toml\",\n]\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(e.contains("t.toml:4:3: key `vms[0]`: VM config "), "{e}");
+        assert!(e.contains("nope.toml does not exist"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_vm_name_across_files() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "configs/a.toml", VM);
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("vms = [\"../configs/a.toml\"]\n[[vm]]\nname = \"a\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:5:1: key `vm[0].name`: VM name \"a\" is used twice (first in "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_inside_a_referenced_vm_config_name_that_file() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "configs/a.toml",
+            "name = \"a\"\nmemory = \"64\"\n[boot]\nkernel = \"k\"\n",
+        );
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("vms = [\"../configs/a.toml\"]\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("configs/a.toml:2:10: key `memory`: \"64\" has no unit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_kernel_file_of_an_inline_vm() {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"guests/missing.elf\"\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:7:1: key `vm[0].boot.kernel`: file "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_in_the_image() {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("[initramfs]\ncompression = \"bzip2\"\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:4:15: key `initramfs.compression`"),
+            "{e}"
+        );
+        let img = write(
+            d.path(),
+            "images/u.toml",
+            &image("[target]\nmemroy = \"1G\"\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("u.toml:4:1: key `target.memroy`: unknown key; expected one of"),
+            "{e}"
+        );
+        let img = write(d.path(), "images/v.toml", &image("[[vm]]\nname = \"b\"\nmemory = \"32M\"\nvcpus = -1\n[vm.boot]\nkernel = \"cargo:x\"\n"));
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(e.contains("v.toml:6:9: key `vm[0].vcpus`"), "{e}");
+    }
+
+    #[test]
+    fn no_vms_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(d.path(), "images/t.toml", &image(""));
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(e.contains("declares no VM"), "{e}");
+    }
+}

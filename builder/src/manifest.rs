@@ -1,0 +1,88 @@
+//! `manifest.json`: what an image is made of, so a build can be audited,
+//! compared and reproduced.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub kiln_version: String,
+    pub source_date_epoch: u64,
+    pub kernel: KernelInfo,
+    pub cmdline: String,
+    pub compression: String,
+    /// Every file of the output directory but the manifest itself.
+    pub artifacts: Vec<Artifact>,
+    /// Modules in the initramfs, in load order.
+    pub modules: Vec<String>,
+    /// Guest files in the initramfs.
+    pub payloads: Vec<Payload>,
+    /// What the build read, with hashes: a different hash means a different build.
+    pub inputs: Vec<Input>,
+    /// The machine `kiln run`/`kiln test` boot this image on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::image::TargetSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    pub release: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub vm: String,
+    /// Its path inside the initramfs.
+    pub path: String,
+    pub source: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    pub kind: String,
+    /// A path relative to the image file, a package name, or a source string.
+    pub name: String,
+    pub sha256: String,
+}
+
+/// SHA-256 of a file, streamed, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex(&h.finalize()), size))
+}
+
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

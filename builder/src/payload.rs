@@ -1,0 +1,217 @@
+//! The binaries an image carries: the runtime as `/init`, and guest payloads
+//! named `cargo:<package>`, built from the workspace that holds the config.
+
+use object::elf;
+use object::read::elf::{ElfFile64, ProgramHeader};
+use object::Endianness;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The cargo profile payloads are built with: release, no unwinding, size-optimised.
+pub const PROFILE: &str = "guest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("No cargo workspace above {} to build `cargo:{package}` in; use a file path instead", near.display())]
+    NoWorkspace { near: PathBuf, package: String },
+    #[error("Cannot run cargo to build `{package}`; is cargo on PATH (or $CARGO set)?")]
+    CargoSpawn {
+        package: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "Building `{package}` failed (cargo exited with {status}); see cargo's messages above"
+    )]
+    CargoFailed {
+        package: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("Cargo built `{package}` but named no executable for it; is it a binary package?")]
+    NoExecutable { package: String },
+    #[error("Cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not an x86-64 ELF executable: {reason}", path.display())]
+    NotElf { path: PathBuf, reason: String },
+    #[error(
+        "{} is dynamically linked (it asks for {interp}), but the initramfs has no libc; \
+         build it static: cargo build --release --target x86_64-unknown-linux-gnu with \
+         RUSTFLAGS=\"-C target-feature=+crt-static\"",
+        path.display()
+    )]
+    Dynamic { path: PathBuf, interp: String },
+    #[error(
+        "No kiln-runtime found: not in a kiln source tree, not beside {}, and KILN_RUNTIME is unset; \
+         build it with `cargo build --release -p kiln-runtime` or set [runtime] binary in the image",
+        kiln.display()
+    )]
+    NoRuntime { kiln: PathBuf },
+}
+
+/// Finds the cargo workspace root at or above `near`.
+pub fn workspace_root(near: &Path) -> Option<PathBuf> {
+    let start = std::fs::canonicalize(near).ok()?;
+    start.ancestors().find_map(|dir| {
+        let manifest = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).ok()?;
+        text.lines()
+            .any(|l| l.trim() == "[workspace]")
+            .then(|| dir.to_path_buf())
+    })
+}
+
+/// Builds the binary of `package` in the workspace above `near` with the
+/// payload profile and returns the executable's path.
+pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> {
+    let root = workspace_root(near).ok_or_else(|| PayloadError::NoWorkspace {
+        near: near.to_path_buf(),
+        package: package.to_string(),
+    })?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let task = crate::progress::Task::step(format!("building {package}"));
+    let output = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--quiet", "--profile", PROFILE, "-p", package])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| PayloadError::CargoSpawn {
+            package: package.to_string(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(PayloadError::CargoFailed {
+            package: package.to_string(),
+            status: output.status,
+        });
+    }
+    let exe = executable_from_messages(&output.stdout, package).ok_or_else(|| {
+        PayloadError::NoExecutable {
+            package: package.to_string(),
+        }
+    })?;
+    task.finish(exe.display().to_string());
+    Ok(exe)
+}
+
+/// Picks the executable of `package`'s binary target from cargo's JSON messages.
+fn executable_from_messages(stdout: &[u8], package: &str) -> Option<PathBuf> {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["name"]
+                .as_str()
+                .map(|n| n == package)
+                .unwrap_or(false)
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+}
+
+/// Refuses an executable that needs a dynamic loader: nothing in the
+/// initramfs provides one.
+pub fn check_static(path: &Path) -> Result<(), PayloadError> {
+    let data = std::fs::read(path).map_err(|source| PayloadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let not_elf = |reason: String| PayloadError::NotElf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = ElfFile64::<Endianness>::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
+    let endian = file.endian();
+    if file.elf_header().e_machine.get(endian) != elf::EM_X86_64 {
+        return Err(not_elf("its machine type is not x86-64".into()));
+    }
+    for ph in file.elf_program_headers() {
+        if ph.p_type(endian) == elf::PT_INTERP {
+            let interp = ph
+                .data(endian, &*data)
+                .ok()
+                .map(|d| {
+                    String::from_utf8_lossy(d)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
+                .unwrap_or_else(|| "an interpreter".into());
+            return Err(PayloadError::Dynamic {
+                path: path.to_path_buf(),
+                interp,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Finds the runtime to install as `/init`, in this order: the image's
+/// `[runtime] binary`; `$KILN_RUNTIME`; built from the kiln workspace that
+/// holds the image; beside the running kiln binary.
+pub fn runtime_binary(
+    configured: Option<&Path>,
+    image_dir: &Path,
+) -> Result<PathBuf, PayloadError> {
+    let found = if let Some(p) = configured {
+        p.to_path_buf()
+    } else if let Some(p) = std::env::var_os("KILN_RUNTIME") {
+        PathBuf::from(p)
+    } else if workspace_root(image_dir).is_some_and(|r| r.join("runtime/Cargo.toml").is_file()) {
+        cargo_build("kiln-runtime", image_dir)?
+    } else {
+        let kiln = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kiln"));
+        let beside = kiln.with_file_name("kiln-runtime");
+        if !beside.is_file() {
+            return Err(PayloadError::NoRuntime { kiln });
+        }
+        beside
+    };
+    check_static(&found)?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_executable_in_cargo_messages() {
+        let msgs = br#"{"reason":"compiler-artifact","target":{"name":"dep"},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"kiln-hello","kind":["bin"]},"executable":"/t/guest/kiln-hello"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            executable_from_messages(msgs, "kiln-hello"),
+            Some(PathBuf::from("/t/guest/kiln-hello"))
+        );
+        assert_eq!(executable_from_messages(msgs, "other"), None);
+    }
+
+    #[test]
+    fn refuses_a_dynamic_executable_and_accepts_a_static_one() {
+        // /bin/true on this Debian host is dynamically linked.
+        let e = check_static(Path::new("/bin/true"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is dynamically linked (it asks for /lib64/ld-linux-x86-64.so.2)"),
+            "{e}"
+        );
+        // The test binary itself is built with +crt-static by the workspace config.
+        let me = std::env::current_exe().unwrap();
+        check_static(&me).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_non_elf() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        assert!(matches!(check_static(&p), Err(PayloadError::NotElf { .. })));
+    }
+}

@@ -1,0 +1,44 @@
+//! Console output that never panics (`println!` panics when a write fails,
+//! and a panic in PID 1 is a kernel panic).
+//!
+//! The initramfs must hold /dev/console: the kernel opens it as init's fds
+//! 0-2, and Rust's runtime aborts before `main` when those are closed and
+//! /dev/null cannot be opened in their place.
+
+use std::fmt;
+use std::io::Write;
+
+/// Prefix of every line, so the lines stand out among kernel messages.
+pub const PREFIX: &str = "guest-init: ";
+
+/// Writes `guest-init: <args>\n` to stdout; a write error loses the line.
+pub fn line(args: fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{PREFIX}{args}");
+    let _ = out.flush();
+}
+
+/// Prints one line with the `guest-init: ` prefix.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::console::line(format_args!($($arg)*))
+    };
+}
+
+/// Prints the cause chain of `error`, one `caused by` line each.
+pub fn causes(error: &dyn std::error::Error) {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line(format_args!("  caused by: {cause}"));
+        source = cause.source();
+    }
+}
+
+/// Waits until everything written to the console has left the UART, so the
+/// last lines are not lost when the VM ends right after.
+pub fn drain() {
+    let stdout = std::io::stdout();
+    // Not a terminal (a pipe in tests): nothing to wait for.
+    let _ = nix::sys::termios::tcdrain(&stdout);
+}

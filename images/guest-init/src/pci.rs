@@ -1,0 +1,190 @@
+//! PCI devices as the guest kernel sees them in sysfs.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Where the kernel lists PCI functions (one symlink per BDF).
+pub const SYSFS_DEVICES: &str = "/sys/bus/pci/devices";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot list PCI devices in {path}; is /sys mounted and PCI enabled in the guest kernel?"
+    )]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One PCI function's identity and resources. Fields are `None` when their
+/// sysfs file is absent or unreadable; they print as `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub bdf: String,
+    pub vendor: Option<u16>,
+    pub device: Option<u16>,
+    pub class: Option<u32>,
+    pub irq: Option<u32>,
+    /// BAR0 as (start, end) inclusive; `Some((0, 0))` when unused.
+    pub bar0: Option<(u64, u64)>,
+}
+
+/// Formats a present value with `show`, or `?` when absent.
+struct Field<T>(Option<T>, fn(&T, &mut fmt::Formatter<'_>) -> fmt::Result);
+
+impl<T> fmt::Display for Field<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => (self.1)(v, f),
+            None => f.write_str("?"),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pci {} {}:{} class {} irq {} bar0 {}",
+            self.bdf,
+            Field(self.vendor, |v, f| write!(f, "{v:04x}")),
+            Field(self.device, |v, f| write!(f, "{v:04x}")),
+            Field(self.class, |v, f| write!(f, "{v:06x}")),
+            Field(self.irq, |v, f| write!(f, "{v}")),
+            Field(self.bar0, |&(start, end), f| {
+                if start == 0 && end == 0 {
+                    f.write_str("none")
+                } else {
+                    write!(f, "{start:#x}-{end:#x}")
+                }
+            }),
+        )
+    }
+}
+
+fn read_trimmed(dir: &Path, name: &str) -> Option<String> {
+    fs::read_to_string(dir.join(name))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
+}
+
+/// BAR0 from the `resource` file: the first line is "start end flags" in hex.
+fn parse_bar0(resource: &str) -> Option<(u64, u64)> {
+    let mut fields = resource.lines().next()?.split_whitespace();
+    Some((hex(fields.next()?)?, hex(fields.next()?)?))
+}
+
+/// Reads one function's directory (e.g. `/sys/bus/pci/devices/0000:00:03.0`).
+pub fn read_device(dir: &Path, bdf: String) -> Device {
+    let hex_field = |name| read_trimmed(dir, name).as_deref().and_then(hex);
+    Device {
+        bdf,
+        vendor: hex_field("vendor").and_then(|v| u16::try_from(v).ok()),
+        device: hex_field("device").and_then(|v| u16::try_from(v).ok()),
+        class: hex_field("class").and_then(|v| u32::try_from(v).ok()),
+        irq: read_trimmed(dir, "irq").and_then(|s| s.parse().ok()),
+        bar0: fs::read_to_string(dir.join("resource"))
+            .ok()
+            .as_deref()
+            .and_then(parse_bar0),
+    }
+}
+
+/// All functions under `root`, sorted by address.
+pub fn devices(root: &Path) -> Result<Vec<Device>, Error> {
+    let entries = fs::read_dir(root).map_err(|source| Error::List {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut devices: Vec<Device> = entries
+        .filter_map(Result::ok)
+        .map(|entry| {
+            read_device(
+                &entry.path(),
+                entry.file_name().to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    devices.sort_by(|a, b| a.bdf.cmp(&b.bdf));
+    Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn lists_devices_in_address_order_with_their_resources() {
+        let root = tempfile::tempdir().unwrap();
+        let edu = root.path().join("0000:00:03.0");
+        fs::create_dir(&edu).unwrap();
+        write(&edu, "vendor", "0x1234\n");
+        write(&edu, "device", "0x11e8\n");
+        write(&edu, "class", "0x00ff00\n");
+        write(&edu, "irq", "11\n");
+        write(
+            &edu,
+            "resource",
+            "0x00000000fea00000 0x00000000feafffff 0x0000000000040200\n\
+             0x0000000000000000 0x0000000000000000 0x0000000000000000\n",
+        );
+        let host = root.path().join("0000:00:00.0");
+        fs::create_dir(&host).unwrap();
+        write(&host, "vendor", "0x8086\n");
+        write(&host, "device", "0x29c0\n");
+        write(&host, "class", "0x060000\n");
+        write(&host, "irq", "0\n");
+        write(
+            &host,
+            "resource",
+            "0x0000000000000000 0x0000000000000000 0x0000000000000000\n",
+        );
+
+        let lines: Vec<String> = devices(root.path())
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "pci 0000:00:00.0 8086:29c0 class 060000 irq 0 bar0 none",
+                "pci 0000:00:03.0 1234:11e8 class 00ff00 irq 11 bar0 0xfea00000-0xfeafffff",
+            ]
+        );
+    }
+
+    #[test]
+    fn absent_or_garbled_files_print_as_question_marks() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("0000:00:1f.3");
+        fs::create_dir(&dev).unwrap();
+        write(&dev, "vendor", "0x8086\n");
+        write(&dev, "device", "0x123456\n");
+        let d = read_device(&dev, "0000:00:1f.3".into());
+        assert_eq!(
+            d.to_string(),
+            "pci 0000:00:1f.3 8086:? class ? irq ? bar0 ?"
+        );
+    }
+
+    #[test]
+    fn a_missing_bus_directory_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            devices(&root.path().join("absent")),
+            Err(Error::List { .. })
+        ));
+    }
+}

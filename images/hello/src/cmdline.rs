@@ -1,0 +1,96 @@
+//! The unikernel's options on the command line.
+//!
+//! Words are separated by ASCII whitespace, as on a Linux command line; the
+//! last occurrence of an option wins. Unknown words are left alone (a VMM may
+//! add its own).
+
+/// Option that overrides the exit code.
+pub const EXIT_OPTION: &[u8] = b"hello.exit=";
+
+/// Why an option's value is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("hello.exit needs a decimal number from 0 to 4294967295")]
+    BadExitCode,
+}
+
+/// The options the unikernel understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// `hello.exit=<n>`: the status code to leave with.
+    pub exit_code: Option<u32>,
+}
+
+fn parse_u32(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |acc, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    })
+}
+
+impl Options {
+    /// Reads the options from a raw command line.
+    pub fn parse(cmdline: &[u8]) -> Result<Self, Error> {
+        let mut options = Self::default();
+        for word in cmdline.split(u8::is_ascii_whitespace) {
+            if let Some(value) = word.strip_prefix(EXIT_OPTION) {
+                options.exit_code = Some(parse_u32(value).ok_or(Error::BadExitCode)?);
+            }
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_exit_code_among_other_words() {
+        let o = Options::parse(b"console=ttyS0  hello.exit=3\tquiet").unwrap();
+        assert_eq!(o.exit_code, Some(3));
+    }
+
+    #[test]
+    fn last_occurrence_wins_and_absence_is_none() {
+        assert_eq!(
+            Options::parse(b"hello.exit=1 hello.exit=42")
+                .unwrap()
+                .exit_code,
+            Some(42)
+        );
+        assert_eq!(Options::parse(b"").unwrap().exit_code, None);
+        assert_eq!(
+            Options::parse(b"xhello.exit=5 hello.exitx=5")
+                .unwrap()
+                .exit_code,
+            None
+        );
+    }
+
+    #[test]
+    fn accepts_the_full_u32_range_only() {
+        assert_eq!(
+            Options::parse(b"hello.exit=4294967295").unwrap().exit_code,
+            Some(u32::MAX)
+        );
+        for bad in [
+            &b"hello.exit=4294967296"[..],
+            b"hello.exit=",
+            b"hello.exit=-1",
+            b"hello.exit=0x10",
+        ] {
+            assert_eq!(
+                Options::parse(bad),
+                Err(Error::BadExitCode),
+                "{}",
+                bad.escape_ascii()
+            );
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The shared console: each VM's output goes to it line by line, prefixed
+//! with the VM's name, and to a per-VM log under /run/kiln/. Status lines
+//! pass through unprefixed so they stay at column 0 for `kiln test`, LAVA
+//! and labgrid.
+
+use crate::status::StatusLine;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Serialises whole lines from several VM threads onto one console.
+static CONSOLE: Mutex<()> = Mutex::new(());
+
+pub const LOG_DIR: &str = "/run/kiln";
+
+pub fn log_path(vm: &str) -> PathBuf {
+    PathBuf::from(LOG_DIR).join(format!("{vm}.log"))
+}
+
+/// Formats one line of a VM's output for the console.
+pub fn console_line(vm: &str, line: &str) -> String {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if StatusLine::parse(line).is_some_and(|s| {
+        line.trim_start().starts_with("kiln: ") && !matches!(s, StatusLine::Done { .. })
+    }) {
+        format!("{}\n", line.trim_start())
+    } else {
+        format!("[{vm}] {line}\n")
+    }
+}
+
+/// Copies `from` (a VMM process's output) to the console and the VM's log
+/// until it closes. Runs on its own thread per VM.
+pub fn pump(vm: String, from: impl Read, echo: bool) {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(&vm))
+        .ok();
+    let mut reader = BufReader::new(from);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(f) = log.as_mut() {
+            let _ = f.write_all(&buf);
+        }
+        let line = console_line(&vm, &text);
+        let is_status = !line.starts_with('[');
+        if echo || is_status {
+            let _guard = CONSOLE.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_lines_are_prefixed_and_status_lines_are_not() {
+        assert_eq!(
+            console_line("hello", "hello: exit 0\r\n"),
+            "[hello] hello: exit 0\n"
+        );
+        assert_eq!(
+            console_line("hello", "kiln: vm=hello state=exited code=0\n"),
+            "kiln: vm=hello state=exited code=0\n"
+        );
+        // A guest that prints something status-like mid-line stays attributed to it.
+        assert_eq!(
+            console_line("a", "x kiln: vm=b state=exited code=0"),
+            "[a] x kiln: vm=b state=exited code=0\n"
+        );
+        // Only init may print the appliance's done line.
+        assert_eq!(
+            console_line("a", "kiln: appliance done ok=9 failed=0"),
+            "[a] kiln: appliance done ok=9 failed=0\n"
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! The runtime as PID 1: bring the box up, run every VM of the appliance in
+//! its own process, and bring the box down when they are done.
+//!
+//! Init must never die (that is a kernel panic), so every step here reports
+//! its error on the console and carries on to a controlled power-off.
+
+mod console;
+mod modules;
+mod mounts;
+mod passthrough;
+mod power;
+mod supervise;
+
+use crate::config::{self, ApplianceConfig, APPLIANCE_PATH};
+use std::path::Path;
+
+/// Everything PID 1 does; never returns.
+pub fn main() -> ! {
+    mounts::mount_early();
+    power::install_signal_handlers();
+    let appliance = match load() {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!("error: {e}"));
+            say("error: the appliance config is unusable; powering off");
+            power::finish(config::OnDone::Poweroff);
+        }
+    };
+    if let Err(e) = modules::load_all(&appliance) {
+        say(&format!("error: {e}"));
+    }
+    supervise::wait_for_nodes(&appliance);
+    let (vms, refused, bound) = passthrough::bind(&appliance.vms);
+    let (ok, failed) = supervise::run_all(&vms);
+    passthrough::release(bound);
+    crate::status::StatusLine::Done {
+        ok,
+        failed: failed + refused,
+    }
+    .print();
+    power::finish(appliance.on_done)
+}
+
+fn load() -> Result<ApplianceConfig, config::ConfigError> {
+    let path = Path::new(APPLIANCE_PATH);
+    let (appliance, src): (ApplianceConfig, String) = config::load(path)?;
+    appliance.check(path, &src, Path::new("/"))?;
+    Ok(appliance)
+}
+
+/// A line from init itself on the console, whole and at column 0.
+pub(crate) fn say(msg: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(format!("\nkiln: {msg}\n").as_bytes());
+}

@@ -1,0 +1,62 @@
+//! Init's device step: bind every VM's PCI devices to vfio-pci before the
+//! VMs start, and give them back to their drivers once all VMs are done.
+
+use crate::config::VmConfig;
+use crate::pci::Sysfs;
+use crate::status::{StatusLine, VmState};
+use crate::vfio::{self, Bound};
+use std::path::Path;
+
+/// Binds the devices of `vms` and returns the VMs to start (each with its
+/// devices pinned to their bus addresses), how many VMs failed here, and
+/// the bindings to give back at the end. A VM whose devices cannot be bound
+/// gets a `state=failed` line and is left out; the others still run.
+pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
+    let binding = vfio::bind_all(&Sysfs::host(), Path::new(vfio::DEV_VFIO), vms);
+    let mut runnable = Vec::with_capacity(vms.len());
+    let mut failed = 0;
+    for (vm, result) in vms.iter().zip(binding.vms) {
+        match result {
+            Ok(devices) => {
+                for d in &devices {
+                    super::say(&format!(
+                        "vm {}: {:04x}:{:04x} at {} bound to vfio-pci ({})",
+                        vm.name,
+                        d.vendor,
+                        d.device,
+                        d.bdf,
+                        d.dev_vfio.display()
+                    ));
+                }
+                runnable.push(vfio::pin_addresses(vm, &devices));
+            }
+            Err(e) => {
+                StatusLine::vm(vm.name.as_str(), VmState::Failed)
+                    .with_reason(with_causes(&e))
+                    .print();
+                failed += 1;
+            }
+        }
+    }
+    (runnable, failed, binding.bound)
+}
+
+/// Gives the devices back; call once no VMM process holds them.
+pub fn release(bound: Bound) {
+    if let Err(failures) = bound.restore() {
+        for e in failures {
+            super::say(&format!("error: {}", with_causes(&e)));
+        }
+    }
+}
+
+/// An error with its causes, for a one-line reason on the console.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}

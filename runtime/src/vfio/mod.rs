@@ -1,0 +1,18 @@
+//! VFIO device assignment on the host: the IOMMU group checks, moving
+//! devices to vfio-pci and back, and the per-VM assignment PID 1 runs before
+//! it starts the VMs.
+//!
+//! - [`group`]: is an IOMMU active, which group a device is in, can the
+//!   group be handed to a VM.
+//! - [`bind`]: `driver_override` binding and [`Bound`], which owns what was
+//!   bound and gives it back.
+//! - [`assign`]: [`bind_all`] for an appliance's VMs, and [`pin_addresses`]
+//!   for the config each VMM process gets.
+
+pub mod assign;
+pub mod bind;
+pub mod group;
+
+pub use assign::{bind_all, pin_addresses, AssignError, AssignedDevice, Binding};
+pub use bind::{BindError, Bound, DEV_VFIO, VFIO_PCI};
+pub use group::GroupError;
