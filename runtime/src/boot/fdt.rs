@@ -9,9 +9,11 @@
 //!     cpus { cpu@N { device_type = "cpu"; reg = <N>; }; };     (reg = APIC id)
 //!     serial@3f8 { compatible = "ns16550a"; reg = <0 0x3f8 0 8>; interrupts = <4>; kiln,io-port; };
 //!     exit@f4 { compatible = "kiln,exit-port"; reg = <0 0xf4 0 4>; kiln,io-port; };
-//!     pci { compatible = "kiln,pci-assigned"; #address-cells = <1>; #size-cells = <0>;
-//!         device@<bdf> { reg = <bus << 16 | device << 11 | function << 8>;
-//!                        vendor-id = <v>; device-id = <d>; kiln,domain = <seg>; }; };
+//!     pci { device_type = "pci"; compatible = "kiln,pci-assigned";
+//!           #address-cells = <3>; #size-cells = <2>;
+//!         device@<dev>,<fn> { compatible = "pci<vendor>,<device>";
+//!                             reg = <(bus << 16 | dev << 11 | fn << 8) 0 0 0 0>;
+//!                             vendor-id = <v>; device-id = <d>; kiln,domain = <seg>; }; };
 //! };
 //! ```
 
@@ -97,13 +99,21 @@ pub fn build(
     w.property_null("kiln,io-port")?;
     w.end_node(exit)?;
 
+    // The PCI bus binding (IEEE 1275): 3-cell addresses whose first cell
+    // (phys.hi) holds bus, device and function; config space, size 0.
     let pci_node = w.begin_node("pci")?;
+    w.property_string("device_type", "pci")?;
     w.property_string("compatible", "kiln,pci-assigned")?;
-    w.property_u32("#address-cells", 1)?;
-    w.property_u32("#size-cells", 0)?;
+    w.property_u32("#address-cells", 3)?;
+    w.property_u32("#size-cells", 2)?;
     for dev in pci {
-        let node = w.begin_node(&format!("device@{:x}", dev.reg()))?;
-        w.property_u32("reg", dev.reg())?;
+        let name = format!("device@{:x},{:x}", dev.bdf.device, dev.bdf.function);
+        let node = w.begin_node(&name)?;
+        w.property_string(
+            "compatible",
+            &format!("pci{:x},{:x}", dev.vendor, dev.device),
+        )?;
+        w.property_array_u32("reg", &[dev.reg(), 0, 0, 0, 0])?;
         w.property_u32("vendor-id", u32::from(dev.vendor))?;
         w.property_u32("device-id", u32::from(dev.device))?;
         w.property_u32("kiln,domain", u32::from(dev.bdf.domain))?;
@@ -230,21 +240,23 @@ mod tests {
         };
         let blob = build(64 << 20, 1, "", &[edu, other]).unwrap();
         let p = properties(&blob);
+        assert_eq!(get(&p, "/pci", "device_type"), Some(&b"pci\0"[..]));
+        assert_eq!(u32s(get(&p, "/pci", "#address-cells").unwrap()), vec![3]);
+        let edu_node = "/pci/device@4,0";
         assert_eq!(
-            u32s(get(&p, "/pci/device@2000", "reg").unwrap()),
-            vec![0x2000]
+            u32s(get(&p, edu_node, "reg").unwrap()),
+            vec![0x2000, 0, 0, 0, 0]
         );
         assert_eq!(
-            u32s(get(&p, "/pci/device@2000", "vendor-id").unwrap()),
-            vec![0x1234]
+            get(&p, edu_node, "compatible"),
+            Some(&b"pci1234,11e8\0"[..])
         );
-        assert_eq!(
-            u32s(get(&p, "/pci/device@2000", "device-id").unwrap()),
-            vec![0x11e8]
-        );
+        assert_eq!(u32s(get(&p, edu_node, "vendor-id").unwrap()), vec![0x1234]);
+        assert_eq!(u32s(get(&p, edu_node, "device-id").unwrap()), vec![0x11e8]);
+        let node = "/pci/device@1f,7";
         let reg = (2 << 16) | (0x1f << 11) | (7 << 8);
-        let node = format!("/pci/device@{reg:x}");
-        assert_eq!(u32s(get(&p, &node, "kiln,domain").unwrap()), vec![1]);
-        assert_eq!(u32s(get(&p, &node, "vendor-id").unwrap()), vec![0x8086]);
+        assert_eq!(u32s(get(&p, node, "reg").unwrap())[0], reg);
+        assert_eq!(u32s(get(&p, node, "kiln,domain").unwrap()), vec![1]);
+        assert_eq!(u32s(get(&p, node, "vendor-id").unwrap()), vec![0x8086]);
     }
 }
