@@ -53,10 +53,14 @@ pub fn create(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, MemoryError
     let mut regions = Vec::new();
     for (start, len) in ram_ranges(size) {
         let len_usize = usize::try_from(len).map_err(|_| MemoryError::TooLarge(size))?;
-        let mut flags = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE;
-        if hugepages {
-            flags |= libc::MAP_HUGETLB;
-        }
+        // Huge pages are reserved at mmap time (no MAP_NORESERVE), so a host
+        // without enough of them fails here instead of with SIGBUS when the
+        // guest first touches a page.
+        let flags = if hugepages {
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_HUGETLB
+        } else {
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE
+        };
         let mapping = MmapRegionBuilder::new(len_usize)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(flags)
@@ -103,6 +107,19 @@ mod tests {
             .collect();
         assert_eq!(regions, vec![(0, 3 << 30), (4 << 30, 64 << 20)]);
         assert!(!m.address_in_range(GuestAddress(MMIO_HOLE_START)));
+    }
+
+    #[test]
+    fn missing_huge_pages_fail_at_creation() {
+        let free: u64 =
+            std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+        // Ask for more than the host has free: creation must fail cleanly.
+        let size = (free + 1) * HUGE_PAGE;
+        let e = create(size, true).unwrap_err();
+        assert!(e.to_string().contains("nr_hugepages"), "{e}");
     }
 
     #[test]
