@@ -373,7 +373,7 @@ fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .unwrap_or(0);
-    let guest_kib = resident_guest_kib(vm);
+    let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
     let first = vm
         .first_output()
         .map(|t| format!("{}", t.saturating_duration_since(vm.created()).as_millis()))
@@ -387,13 +387,15 @@ fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
         counts.pio,
         counts.mmio,
         counts.interrupted,
-        rss_kib.saturating_sub(guest_kib),
+        rss_kib.saturating_sub(guest_in_rss_kib),
     );
 }
 
-fn resident_guest_kib(vm: &Vm) -> u64 {
+/// Resident guest RAM, in total and in the part VmRSS counts (huge pages
+/// are not counted there).
+fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
     let page = 4096usize;
-    let mut pages = 0u64;
+    let (mut pages, mut in_rss) = (0u64, 0u64);
     for region in vm.memory().iter() {
         let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
             continue;
@@ -404,10 +406,14 @@ fn resident_guest_kib(vm: &Vm) -> u64 {
         // memory, and `vec` has one byte per page of it.
         let r = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
         if r == 0 {
-            pages += vec.iter().filter(|b| *b & 1 == 1).count() as u64;
+            let n = vec.iter().filter(|b| *b & 1 == 1).count() as u64;
+            pages += n;
+            if region.is_hugetlbfs() != Some(true) {
+                in_rss += n;
+            }
         }
     }
-    pages * 4
+    (pages * 4, in_rss * 4)
 }
 
 #[cfg(test)]
