@@ -109,7 +109,9 @@ pub fn kernel_footprint_end(hdr: &setup_header, file_payload: u64) -> u64 {
         pref
     };
     let init = u64::from(hdr.init_size).max(file_payload);
-    (base + init).max(HIMEM_START + file_payload)
+    // Saturating: pref_address comes from the file and may be anything.
+    base.saturating_add(init)
+        .max(HIMEM_START.saturating_add(file_payload))
 }
 
 pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, BootError> {
@@ -122,7 +124,8 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, Boo
     } else {
         u64::from(hdr.setup_sects)
     };
-    let payload = size - (setup_sects + 1) * 512;
+    // read_header checked that the file holds the setup sectors and more.
+    let payload = size.saturating_sub((setup_sects + 1) * 512);
     let kernel_end = kernel_footprint_end(&hdr, payload);
     let ram = low_ram_end(spec.mem_size);
     if kernel_end > ram {

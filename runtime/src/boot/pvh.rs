@@ -29,6 +29,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The module command line that marks the device tree module.
 pub const FDT_MODULE_CMDLINE: &str = "kiln,fdt";
+// The string and its NUL fit in the module strings area.
+const _: () = assert!(PVH_MODSTR_START + FDT_MODULE_CMDLINE.len() as u64 + 1 <= PVH_MODSTR_END);
 
 const ELFCLASS64: u8 = 2;
 
@@ -138,7 +140,6 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, Boo
             what: "PVH module list",
             source,
         })?;
-    debug_assert!(PVH_MODSTR_START + fdt_cmdline.len() as u64 <= PVH_MODSTR_END);
     modules.push(hvm_modlist_entry {
         paddr: FDT_START,
         size: dtb.len() as u64,

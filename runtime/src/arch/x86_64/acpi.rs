@@ -74,6 +74,7 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
 
 /// A Generic Address Structure for a byte-wide I/O port.
 fn gas_io_byte(port: u16) -> [u8; 12] {
+    // Constant indices into a fixed-size array: checked at compile time.
     let mut g = [0u8; 12];
     g[0] = GAS_SYSTEM_IO;
     g[1] = 8; // bit width
@@ -166,6 +167,8 @@ mod aml {
 
     /// EisaId("PNPxxxx") as a DWordConst: three 5-bit letters, four hex digits.
     pub fn eisa_id(id: &[u8; 7]) -> Vec<u8> {
+        // `id` is a fixed-size array; its constant indices are checked at
+        // compile time.
         let letter = |c: u8| u16::from(c.wrapping_sub(b'@') & 0x1f);
         let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
         let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
