@@ -30,7 +30,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 /// The module command line that marks the device tree module.
 pub const FDT_MODULE_CMDLINE: &str = "kiln,fdt";
 // The string and its NUL fit in the module strings area.
-const _: () = assert!(PVH_MODSTR_START + FDT_MODULE_CMDLINE.len() as u64 + 1 <= PVH_MODSTR_END);
+const _: () = assert!(PVH_MODSTR_START + (FDT_MODULE_CMDLINE.len() as u64) < PVH_MODSTR_END);
 
 const ELFCLASS64: u8 = 2;
 
