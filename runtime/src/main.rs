@@ -1,5 +1,88 @@
+//! `kiln-runtime run CONFIG.toml`: run one VM on this host's KVM.
+//! As PID 1 it is the appliance's init instead.
+
+use kiln_runtime::config::{self, KeyPath, VmConfig};
+use kiln_runtime::status::{StatusLine, VmState};
+use kiln_runtime::vmm::{self, CODE_VMM_ERROR};
+use std::path::Path;
+
+/// Usage errors and configs that do not load.
+const CODE_USAGE: i32 = 2;
+
+const USAGE: &str = "usage: kiln-runtime run CONFIG.toml\n       kiln-runtime --version";
+
 fn main() {
     if std::process::id() == 1 {
         kiln_runtime::init::main();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["--version" | "-V"] => {
+            println!("kiln-runtime {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            0
+        }
+        ["run", file] => run(Path::new(file)),
+        _ => {
+            eprintln!("{USAGE}");
+            CODE_USAGE
+        }
+    };
+    std::process::exit(code);
+}
+
+/// The error and its causes, outermost first.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
+fn run(file: &Path) -> i32 {
+    let (cfg, src) = match config::load::<VmConfig>(file) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("kiln-runtime: {}", chain(&e));
+            return CODE_USAGE;
+        }
+    };
+    let base_dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = cfg.name.as_str();
+    if let Err(e) = cfg.check(file, &src, &KeyPath::root(), base_dir) {
+        eprintln!("kiln-runtime: {}", chain(&e));
+        return CODE_USAGE;
+    }
+    StatusLine::vm(name, VmState::Starting).print();
+    let on_running = &mut || StatusLine::vm(name, VmState::Running).print();
+    match vmm::run_observed(&cfg, base_dir, on_running) {
+        Ok(exit) => {
+            exit.status_line(name).print();
+            exit.exit_code()
+        }
+        Err(e) => {
+            let why = chain(&e);
+            eprintln!("kiln-runtime: {why}");
+            StatusLine::vm(name, VmState::Failed)
+                .with_code(CODE_VMM_ERROR)
+                .with_reason(why)
+                .print();
+            CODE_VMM_ERROR
+        }
     }
 }

@@ -1,0 +1,78 @@
+//! The guest physical address map kiln gives every x86-64 guest.
+//!
+//! ```text
+//! 0x0000_0500  GDT (a few entries), IDT right after it (empty)
+//! 0x0000_6000  PVH hvm_start_info, module list at 0x6040, module strings at 0x6200
+//! 0x0000_7000  Linux zero page (bzImage) or PVH memory map
+//! 0x0000_8ff0  boot stack top (64-bit entry)
+//! 0x0000_9000  page tables: PML4, PDPT, four page directories (identity map of 4 GiB)
+//! 0x0002_0000  kernel command line
+//! 0x0003_0000  device tree (as bzImage setup_data, or as a PVH module)
+//! 0x0009_fc00  EBDA: MP table (reserved up to 1 MiB with the BIOS area)
+//! 0x000e_0000  ACPI tables, RSDP first
+//! 0x0010_0000  kernel load address (bzImage); ELF segments go where they ask
+//! 0xc000_0000  32-bit MMIO hole up to 4 GiB (PCI BARs, IOAPIC, LAPIC)
+//! 0x1_0000_0000  RAM above the hole when the guest has more than 3 GiB
+//! ```
+
+pub const GDT_START: u64 = 0x500;
+pub const IDT_START: u64 = 0x520;
+
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// Room for module entries between the list and the strings (32 bytes each).
+pub const PVH_MODLIST_MAX: usize = ((PVH_MODSTR_START - PVH_MODLIST_START) / 32) as usize;
+pub const PVH_MODSTR_START: u64 = 0x6200;
+pub const PVH_MODSTR_END: u64 = 0x7000;
+pub const PVH_MEMMAP_START: u64 = 0x7000;
+
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+/// Four page directories of 2 MiB pages map the first 4 GiB.
+pub const PDE_START: u64 = 0xb000;
+pub const PDE_COUNT: u64 = 4;
+
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+
+pub const FDT_START: u64 = 0x30000;
+pub const FDT_MAX_SIZE: usize = 0x10000;
+
+/// Start of the Extended BIOS Data Area. Linux scans the last KiB of base
+/// memory (639 KiB) for the MP floating pointer, so the MP table goes here.
+pub const EBDA_START: u64 = 0x9fc00;
+pub const MPTABLE_START: u64 = EBDA_START;
+
+/// Where Linux looks for an RSDP when no boot protocol field names it.
+pub const RSDP_START: u64 = 0xe0000;
+pub const ACPI_END: u64 = 0x100000;
+
+/// First byte above the legacy area; the bzImage protected-mode kernel loads here.
+pub const HIMEM_START: u64 = 0x100000;
+
+/// The 32-bit MMIO hole: from 3 GiB to 4 GiB nothing is RAM.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const APIC_ADDR: u32 = 0xfee0_0000;
+
+/// KVM's TSS and identity-map pages (needed on Intel), just below the IOAPIC.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// The I/O port where the ACPI sleep control register sits; a write of
+/// SLP_EN with SLP_TYP 5 (S5) powers the VM off.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+/// ACPI sleep status register (reads as "woken").
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+
+/// Serial COM1.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+
+/// The debug exit port: a write of N ends the VM with status N.
+pub const EXIT_PORT: u16 = 0xf4;

@@ -1,0 +1,29 @@
+//! The few emulated devices a kiln guest gets, and the port I/O bus that
+//! dispatches to them. Everything else a guest probes reads as all-ones
+//! (nothing there) and is counted, not logged.
+//!
+//! - [`serial`]: COM1, a 16550A at 0x3f8 on IRQ 4.
+//! - [`i8042`]: the keyboard controller's CPU reset line (reboot).
+//! - [`exit_port`]: the debug exit port at 0xf4.
+//! - [`cmos`]: the CMOS RTC at 0x70/0x71 (Linux reads the wall clock there).
+//! - [`acpi_pm`]: the ACPI sleep control register (poweroff).
+
+pub mod acpi_pm;
+pub mod bus;
+pub mod cmos;
+pub mod exit_port;
+pub mod i8042;
+pub mod serial;
+
+pub use bus::{PioBus, PioDevice};
+
+/// A guest action that ends the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// A write of this value to the exit port.
+    Exit(u32),
+    /// ACPI S5.
+    Poweroff,
+    /// A CPU reset through the keyboard controller.
+    Reboot,
+}

@@ -1,0 +1,177 @@
+//! COM1: vm-superio's 16550A at 0x3f8, its interrupt delivered on IRQ 4
+//! through an irqfd, its output copied to the console and/or a log file.
+//! Guest input is not wired (kiln guests are appliances, judged by output).
+
+use super::bus::PioDevice;
+use super::StopRequest;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("Cannot open the console log {}", path.display())]
+    OpenLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot create the serial port's interrupt eventfd")]
+    EventFd(#[source] io::Error),
+}
+
+/// Raises the serial IRQ by signalling an eventfd registered as an irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest's serial output goes.
+pub struct ConsoleSink {
+    echo: bool,
+    log: Option<File>,
+    first_output: Arc<OnceLock<Instant>>,
+}
+
+impl ConsoleSink {
+    /// Echoes to stdout when `echo`, and appends to `log` when given.
+    pub fn new(echo: bool, log: Option<&Path>) -> Result<Self, SerialError> {
+        let log = match log {
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|source| SerialError::OpenLog {
+                        path: p.to_path_buf(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(ConsoleSink {
+            echo,
+            log,
+            first_output: Arc::default(),
+        })
+    }
+
+    /// When the guest wrote its first byte (shared with the VM's stats).
+    pub fn first_output(&self) -> Arc<OnceLock<Instant>> {
+        self.first_output.clone()
+    }
+}
+
+impl Write for ConsoleSink {
+    /// A console that cannot be written (closed stdout, full disk) must not
+    /// stop the guest, so errors are dropped here.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.first_output.get_or_init(Instant::now);
+        if self.echo {
+            let _ = io::stdout().lock().write_all(buf);
+        }
+        if let Some(f) = &mut self.log {
+            let _ = f.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.echo {
+            let _ = io::stdout().lock().flush();
+        }
+        Ok(())
+    }
+}
+
+/// The UART on the port I/O bus.
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing to `out`.
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+        SerialDevice {
+            uart: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+}
+
+impl PioDevice for SerialDevice {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<StopRequest> {
+        if let (Some(value), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            // An output error is already dropped by the sink; an interrupt
+            // that cannot be raised only delays the guest's TX path.
+            let _ = self.uart.write(off, *value);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_bytes_and_raises_the_irq_when_enabled() {
+        let cap = Capture::default();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(cap.clone()));
+        for b in b"ok\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(&*cap.0.lock().unwrap(), b"ok\n");
+        // No interrupt while IER is 0.
+        assert!(irq.read().is_err());
+        dev.write(1, &[0x02]); // IER: THR empty
+        dev.write(0, b"!");
+        assert!(irq.read().unwrap() >= 1);
+        // LSR says the transmitter is empty.
+        let mut lsr = [0u8];
+        dev.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 0x60, 0x60);
+    }
+
+    #[test]
+    fn log_file_receives_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        let mut sink = ConsoleSink::new(false, Some(&p)).unwrap();
+        sink.write_all(b"hello\n").unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello\n");
+        let e = ConsoleSink::new(false, Some(&dir.path().join("no/such/dir/log")))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("console log"), "{e}");
+    }
+}

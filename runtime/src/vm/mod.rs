@@ -1,0 +1,271 @@
+//! `Vm`: one virtual machine on a [`Vac`]: its KVM VM file descriptor,
+//! guest memory, in-kernel interrupt controllers and PIT, and its devices.
+//!
+//! A `Vm` holds its `Vac` through an `Arc`, and each [`vcpu::Vcpu`] holds its
+//! `Vm` the same way: whoever has a handle keeps everything beneath it
+//! alive, and teardown runs from the leaves (vCPUs, devices) to the root
+//! (the device node) in the order ownership dictates. Nothing is global.
+
+pub mod memory;
+pub mod vcpu;
+
+use crate::arch::x86_64::layout::{
+    ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, EXIT_PORT, KVM_IDENTITY_MAP_ADDRESS,
+    KVM_TSS_ADDRESS,
+};
+use crate::config::VmConfig;
+use crate::devices::bus::BusError;
+use crate::devices::serial::{ConsoleSink, SerialDevice, SerialError};
+use crate::devices::{acpi_pm, cmos, exit_port, i8042, PioBus};
+use crate::vac::{Vac, VacError};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, VmFd};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Vac(#[from] VacError),
+    #[error("The VM asks for {asked} vCPUs but {} allows at most {max}; lower `vcpus`", path.display())]
+    TooManyVcpus {
+        asked: u8,
+        max: usize,
+        path: std::path::PathBuf,
+    },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// One VM. Fields drop in declaration order: devices (and their irqfds)
+/// first, then the KVM VM, then guest memory, and the `Vac` last.
+pub struct Vm {
+    bus: PioBus,
+    serial_irq: EventFd,
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+    vcpus: u8,
+    created: Instant,
+    first_output: Arc<OnceLock<Instant>>,
+    vac: Arc<Vac>,
+}
+
+impl Vm {
+    /// Creates the VM `cfg` describes on `vac`: memory registered with KVM,
+    /// in-kernel IOAPIC/PIC/LAPICs and PIT, and the legacy devices. No
+    /// kernel is loaded yet and no vCPU exists.
+    pub fn new(vac: Arc<Vac>, cfg: &VmConfig) -> Result<Arc<Vm>, VmError> {
+        if usize::from(cfg.vcpus) > vac.max_vcpus() {
+            return Err(VmError::TooManyVcpus {
+                asked: cfg.vcpus,
+                max: vac.max_vcpus(),
+                path: vac.path().to_path_buf(),
+            });
+        }
+        let created = Instant::now();
+        let fd = vac.create_vm()?;
+        let memory = memory::create(cfg.memory.bytes(), cfg.hugepages)?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| VmError::Kvm {
+                    what: "map guest memory",
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host` is the start of a live mapping of `region.len()`
+            // bytes that `memory` owns; `memory` is dropped only after `fd`
+            // (field order of `Vm`), so KVM never sees a dangling range.
+            unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
+        }
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        if fd.check_extension(Cap::SetIdentityMapAddr) {
+            fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+                .map_err(kvm_err("set the identity map address"))?;
+        }
+        fd.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
+        fd.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("register the serial port's irqfd"))?;
+        let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?;
+        let first_output = sink.first_output();
+        let sink: Box<dyn Write + Send> = Box::new(sink);
+        let serial = SerialDevice::new(serial_irq.try_clone().map_err(SerialError::EventFd)?, sink);
+        let mut bus = PioBus::new();
+        bus.insert(COM1_PORT, 8, Arc::new(Mutex::new(serial)))?;
+        let (kbd_data, kbd_cmd) = i8042::ports();
+        bus.insert(i8042::DATA_PORT, 1, Arc::new(Mutex::new(kbd_data)))?;
+        bus.insert(i8042::COMMAND_PORT, 1, Arc::new(Mutex::new(kbd_cmd)))?;
+        bus.insert(EXIT_PORT, 4, Arc::new(Mutex::new(exit_port::ExitPort)))?;
+        bus.insert(0x70, 2, Arc::new(Mutex::new(cmos::Cmos::default())))?;
+        bus.insert(
+            ACPI_SLEEP_CONTROL_PORT,
+            2,
+            Arc::new(Mutex::new(acpi_pm::AcpiPm)),
+        )?;
+
+        Ok(Arc::new(Vm {
+            bus,
+            serial_irq,
+            fd,
+            memory,
+            vcpus: cfg.vcpus,
+            created,
+            first_output,
+            vac,
+        }))
+    }
+
+    /// The `Vac` this VM runs on.
+    pub fn vac(&self) -> &Arc<Vac> {
+        &self.vac
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM, for attaching devices (VFIO) to it.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The port I/O bus.
+    pub fn bus(&self) -> &PioBus {
+        &self.bus
+    }
+
+    /// When the VM was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// When the guest first wrote to its console, if it has.
+    pub fn first_output(&self) -> Option<Instant> {
+        self.first_output.get().copied()
+    }
+
+    /// How many vCPUs the VM has.
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpus
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Best effort: the VM fd closes right after, which drops the irqfd too.
+        let _ = self.fd.unregister_irqfd(&self.serial_irq, COM1_IRQ);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, VmConfig};
+    use crate::vac::tests::kvm_path;
+    use std::path::Path;
+    use std::sync::Weak;
+    use vm_memory::{Bytes, GuestAddress};
+
+    pub(crate) fn config(vcpus: u8, memory: &str) -> VmConfig {
+        let src = format!(
+            "name = \"t\"\nvcpus = {vcpus}\nmemory = \"{memory}\"\n[boot]\nkernel = \"k\"\n[console]\necho = false\n"
+        );
+        parse(Path::new("t.toml"), &src).unwrap()
+    }
+
+    #[test]
+    fn a_vm_keeps_its_vac_alive_and_drops_it_last() {
+        let vac = Vac::open(kvm_path()).unwrap();
+        let weak_vac: Weak<Vac> = Arc::downgrade(&vac);
+        let vm = Vm::new(vac, &config(1, "16M")).unwrap();
+        // The caller's handle is gone; the VM's keeps the node open.
+        assert!(weak_vac.upgrade().is_some());
+        assert_eq!(vm.vac().path(), Path::new("/dev/kvm"));
+        let weak_vm = Arc::downgrade(&vm);
+        drop(vm);
+        assert!(weak_vm.upgrade().is_none());
+        assert!(
+            weak_vac.upgrade().is_none(),
+            "dropping the VM released its vac"
+        );
+    }
+
+    #[test]
+    fn a_vcpu_keeps_its_vm_and_vac_alive() {
+        let vm = Vm::new(Vac::open(kvm_path()).unwrap(), &config(2, "16M")).unwrap();
+        let vcpu = vcpu::Vcpu::new(&vm, 1).unwrap();
+        let (weak_vm, weak_vac) = (Arc::downgrade(&vm), Arc::downgrade(vm.vac()));
+        drop(vm);
+        assert!(weak_vm.upgrade().is_some(), "the vCPU holds the VM");
+        assert!(weak_vac.upgrade().is_some());
+        assert_eq!(vcpu.index(), 1);
+        drop(vcpu);
+        assert!(weak_vm.upgrade().is_none());
+        assert!(weak_vac.upgrade().is_none(), "teardown reached the vac");
+    }
+
+    #[test]
+    fn two_vms_on_two_vacs_share_no_state() {
+        let a = Vm::new(Vac::open(kvm_path()).unwrap(), &config(1, "16M")).unwrap();
+        let b = Vm::new(Vac::open(kvm_path()).unwrap(), &config(1, "16M")).unwrap();
+        assert!(!Arc::ptr_eq(a.vac(), b.vac()));
+        a.memory()
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        let seen: u32 = b.memory().read_obj(GuestAddress(0x1000)).unwrap();
+        assert_eq!(seen, 0);
+        let weak_a = Arc::downgrade(a.vac());
+        drop(a);
+        assert!(weak_a.upgrade().is_none());
+        // B is untouched by A's teardown.
+        b.bus().write(0x80, &[1]);
+        assert_eq!(b.bus().unclaimed().get(&0x80), Some(&1));
+        let seen: u32 = b.memory().read_obj(GuestAddress(0x1000)).unwrap();
+        assert_eq!(seen, 0);
+    }
+
+    #[test]
+    fn too_many_vcpus_is_refused() {
+        let vac = Vac::open(kvm_path()).unwrap();
+        let max = vac.max_vcpus();
+        if max >= 255 {
+            return;
+        }
+        let e = Vm::new(vac, &config(255, "16M")).err().unwrap();
+        assert!(e.to_string().contains("lower `vcpus`"), "{e}");
+    }
+}

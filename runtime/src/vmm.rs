@@ -1,0 +1,586 @@
+//! Running one VM to its end: open the hypervisor, build the VM, load the
+//! kernel, start one thread per vCPU, and wait for the guest to leave (exit
+//! port, poweroff, reboot), fail (triple fault, KVM internal error) or be
+//! stopped (SIGTERM, SIGINT). Every vCPU thread is stopped and joined
+//! before [`run`] returns.
+//!
+//! Process exit codes (documented in docs/runtime.md):
+//!
+//! | end                        | status line   | exit code        |
+//! |----------------------------|---------------|------------------|
+//! | exit port value N <= 127   | exited        | N                |
+//! | exit port value N >= 128   | exited        | 127              |
+//! | guest poweroff (ACPI S5)   | exited        | 0                |
+//! | guest reboot               | failed        | 193              |
+//! | triple fault               | failed        | 194              |
+//! | KVM internal error         | failed        | 195              |
+//! | the VMM could not run it   | failed        | 196              |
+//! | signal S (SIGTERM, SIGINT) | failed        | 128 + S          |
+
+use crate::arch::x86_64::acpi::{self, AcpiError};
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::boot::{self, BootError, BootSpec};
+use crate::config::{InitrdSource, Source, VmConfig};
+use crate::status::{StatusLine, VmState};
+use crate::vac::{Vac, VacError};
+use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
+use crate::vm::{Vm, VmError};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+pub const CODE_EXIT_PORT_MAX: i32 = 127;
+pub const CODE_REBOOT: i32 = 193;
+pub const CODE_TRIPLE_FAULT: i32 = 194;
+pub const CODE_INTERNAL_ERROR: i32 = 195;
+/// The VMM could not set the VM up or keep it running.
+pub const CODE_VMM_ERROR: i32 = 196;
+/// Signals end the VM with 128 + the signal number, as shells report them.
+pub const CODE_SIGNAL_BASE: i32 = 128;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest wrote this value to the exit port.
+    Exited(u32),
+    /// The guest powered off (ACPI S5, or a final HLT without an irqchip).
+    Poweroff,
+    /// The guest reset the machine (i8042 reset, or KVM's reset event).
+    Reboot,
+    /// A vCPU hit a triple fault (KVM_EXIT_SHUTDOWN).
+    TripleFault,
+    /// KVM could not go on running the guest.
+    InternalError(String),
+    /// The runtime received this signal and stopped the VM.
+    Signal(i32),
+}
+
+impl VmExit {
+    /// The process exit code for this end (see the table in the module docs).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmExit::Exited(n) => i32::try_from(*n)
+                .unwrap_or(i32::MAX)
+                .min(CODE_EXIT_PORT_MAX),
+            VmExit::Poweroff => 0,
+            VmExit::Reboot => CODE_REBOOT,
+            VmExit::TripleFault => CODE_TRIPLE_FAULT,
+            VmExit::InternalError(_) => CODE_INTERNAL_ERROR,
+            VmExit::Signal(s) => CODE_SIGNAL_BASE + s,
+        }
+    }
+
+    /// A one-word name for the reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            VmExit::Exited(_) => "exit-port",
+            VmExit::Poweroff => "poweroff",
+            VmExit::Reboot => "reboot",
+            VmExit::TripleFault => "triple-fault",
+            VmExit::InternalError(_) => "internal-error",
+            VmExit::Signal(_) => "signal",
+        }
+    }
+
+    /// Whether the guest ended on its own terms (exit port or poweroff).
+    pub fn guest_finished(&self) -> bool {
+        matches!(self, VmExit::Exited(_) | VmExit::Poweroff)
+    }
+
+    /// The status line announcing this end for VM `name`.
+    pub fn status_line(&self, name: &str) -> StatusLine {
+        let state = if self.guest_finished() {
+            VmState::Exited
+        } else {
+            VmState::Failed
+        };
+        let line = StatusLine::vm(name, state).with_code(self.exit_code());
+        match self {
+            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => line,
+            VmExit::Exited(n) => line.with_reason(format!("exit-port value {n}")),
+            other => line.with_reason(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Exited(n) => write!(f, "exit-port value {n}"),
+            VmExit::Poweroff => f.write_str("poweroff"),
+            VmExit::Reboot => f.write_str("reboot"),
+            VmExit::TripleFault => f.write_str("triple-fault"),
+            VmExit::InternalError(why) => write!(f, "internal-error: {why}"),
+            VmExit::Signal(s) => {
+                let name = Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
+                write!(f, "signal {name}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Vac(#[from] VacError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("`{key}` is {source_text}, which `kiln build` resolves; `kiln-runtime run` boots files only: give a path")]
+    NotAFile {
+        key: &'static str,
+        source_text: String,
+    },
+    #[error("Cannot set up signal handling for the VM")]
+    Signals(#[source] nix::Error),
+    #[error("Cannot create the VM's stop eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Runs the VM `cfg` describes to its end. Relative paths in `cfg` are
+/// relative to `base_dir`.
+pub fn run(cfg: &VmConfig, base_dir: &Path) -> Result<VmExit, VmmError> {
+    run_observed(cfg, base_dir, &mut || {})
+}
+
+/// Like [`run`], calling `on_running` once the VM is built and its vCPUs are
+/// about to start (when `state=running` is due).
+pub fn run_observed(
+    cfg: &VmConfig,
+    base_dir: &Path,
+    on_running: &mut dyn FnMut(),
+) -> Result<VmExit, VmmError> {
+    let started = Instant::now();
+    let kernel = file_source(base_dir, &cfg.boot.kernel, "boot.kernel")?;
+    let initrd = match &cfg.boot.initrd {
+        None => None,
+        Some(InitrdSource::File(s)) => Some(file_source(base_dir, s, "boot.initrd")?),
+        Some(InitrdSource::Build(b)) => {
+            return Err(VmmError::NotAFile {
+                key: "boot.initrd",
+                source_text: format!("an initrd built around {}", b.init),
+            })
+        }
+    };
+    let mut vm_cfg = cfg.clone();
+    vm_cfg.console.log = cfg.console.log.as_ref().map(|p| base_dir.join(p));
+    let hypervisor = base_dir.join(&cfg.hypervisor);
+
+    let vac = Vac::open(&hypervisor)?;
+    let vm = Vm::new(vac, &vm_cfg)?;
+    let rsdp = acpi::write(vm.memory(), cfg.vcpus)?;
+    mptable::write(vm.memory(), cfg.vcpus)?;
+    let spec = BootSpec {
+        kernel: &kernel,
+        initrd: initrd.as_deref(),
+        cmdline: &cfg.boot.cmdline,
+        mem_size: cfg.memory.bytes(),
+        cpus: cfg.vcpus,
+        pci: &[],
+        rsdp: Some(rsdp),
+    };
+    let loaded = boot::load(vm.memory(), &spec)?;
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+    for i in 0..cfg.vcpus {
+        vcpus.push(Vcpu::new(&vm, i)?);
+    }
+    if let Some(boot_cpu) = vcpus.first() {
+        boot_cpu.set_entry(loaded.entry)?;
+    }
+
+    let ctl = Arc::new(RunControl::new().map_err(VmmError::EventFd)?);
+    install_kick_handler()?;
+    let signals = SignalGuard::block_stop_signals()?;
+    let setup = started.elapsed();
+    on_running();
+
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let thread_ctl = ctl.clone();
+        let name = format!("vcpu{}", vcpu.index());
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            // The stop signals stay blocked (the waiting thread takes them),
+            // the kick signal must get through.
+            let mut kick = SigSet::empty();
+            if let Ok(s) = Signal::try_from(kick_signal()) {
+                kick.add(s);
+            }
+            let _ = kick.thread_unblock();
+            vcpu.run(&thread_ctl)
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                ctl.request_stop(VmExit::InternalError(format!(
+                    "cannot start a vCPU thread: {e}"
+                )));
+                break;
+            }
+        }
+    }
+
+    wait_for_stop(&ctl, &signals);
+    let counts = stop_and_join(threads);
+    drop(signals);
+    let exit = ctl
+        .exit()
+        .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
+    if std::env::var_os("KILN_VMM_STATS").is_some() {
+        print_stats(&vm, setup, started.elapsed(), counts);
+    }
+    Ok(exit)
+}
+
+fn file_source(base_dir: &Path, src: &Source, key: &'static str) -> Result<PathBuf, VmmError> {
+    match src {
+        Source::Path(p) => Ok(base_dir.join(p)),
+        other => Err(VmmError::NotAFile {
+            key,
+            source_text: format!("\"{other}\""),
+        }),
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (the vCPU threads
+/// inherit that) and reads them from a signalfd instead; restores the
+/// previous mask when dropped.
+struct SignalGuard {
+    fd: SignalFd,
+    previous: SigSet,
+}
+
+impl SignalGuard {
+    fn block_stop_signals() -> Result<Self, VmmError> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        let previous = set
+            .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+            .map_err(VmmError::Signals)?;
+        match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+            Ok(fd) => Ok(SignalGuard { fd, previous }),
+            Err(e) => {
+                let _ = previous.thread_set_mask();
+                Err(VmmError::Signals(e))
+            }
+        }
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        let _ = self.previous.thread_set_mask();
+    }
+}
+
+/// Sleeps until the VM stops or a stop signal arrives (which stops it).
+fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
+    while !ctl.stopping() {
+        let mut fds = [
+            libc::pollfd {
+                fd: ctl.wake_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of
+        // the call, and both descriptors stay open (owned by `ctl` and
+        // `signals`, which outlive it).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            ctl.request_stop(VmExit::InternalError(format!(
+                "cannot wait for the VM: {err}"
+            )));
+            break;
+        }
+        if let Ok(Some(info)) = signals.fd.read_signal() {
+            ctl.request_stop(VmExit::Signal(info.ssi_signo as i32));
+        }
+    }
+}
+
+fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal's only purpose is to make KVM_RUN return.
+}
+
+fn install_kick_handler() -> Result<(), VmmError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| VmmError::Signals(nix::Error::from_raw(e.errno())));
+    });
+    result
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it notices the stop flag,
+/// then joins them all. Kicks repeat because one can land just before a
+/// thread enters KVM_RUN.
+fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCounts {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the thread has not been joined (we hold its handle),
+            // so its pthread_t is valid; the signal's handler is a no-op.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut total = ExitCounts::default();
+    for t in threads {
+        if let Ok(c) = t.join() {
+            total += c;
+        }
+    }
+    total
+}
+
+/// One line on stderr with timings, exit counts and the VMM's own memory
+/// (resident set minus the guest RAM pages that are resident).
+fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
+    let first = vm
+        .first_output()
+        .map(|t| format!("{}", t.saturating_duration_since(vm.created()).as_millis()))
+        .unwrap_or_else(|| "-".into());
+    let unclaimed: u64 = vm.bus().unclaimed().values().sum();
+    eprintln!(
+        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}",
+        setup.as_millis(),
+        total.as_millis(),
+        counts.total,
+        counts.pio,
+        counts.mmio,
+        counts.interrupted,
+        rss_kib.saturating_sub(guest_in_rss_kib),
+    );
+}
+
+/// Resident guest RAM, in total and in the part VmRSS counts (huge pages
+/// are not counted there).
+fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
+    let page = 4096usize;
+    let (mut pages, mut in_rss) = (0u64, 0u64);
+    for region in vm.memory().iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `host..host+len` is a live mapping owned by the VM's guest
+        // memory, and `vec` has one byte per page of it.
+        let r = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if r == 0 {
+            let n = vec.iter().filter(|b| *b & 1 == 1).count() as u64;
+            pages += n;
+            if region.is_hugetlbfs() != Some(true) {
+                in_rss += n;
+            }
+        }
+    }
+    (pages * 4, in_rss * 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::pvh::tests::fake_elf;
+    use crate::config::parse;
+    use std::sync::mpsc;
+
+    /// A VM config around a tiny PVH guest of raw 32-bit code at 1 MiB,
+    /// written to a temporary directory, with the console in a log file.
+    /// Runs on any KVM node, including this build machine's software one.
+    fn tiny_guest(code: &[u8], vcpus: u8) -> (tempfile::TempDir, VmConfig) {
+        crate::vac::tests::kvm_path();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("g.elf"),
+            fake_elf(0x10_0000, code, Some(0x10_0000)),
+        )
+        .unwrap();
+        let src = format!(
+            "name = \"tiny\"\nvcpus = {vcpus}\nmemory = \"16M\"\n[boot]\nkernel = \"g.elf\"\n[console]\necho = false\nlog = \"console.log\"\n"
+        );
+        let cfg = parse(Path::new("t.toml"), &src).unwrap();
+        (dir, cfg)
+    }
+
+    /// mov dx, 0x3f8; mov al, c; out dx, al (for each byte).
+    fn print(text: &[u8]) -> Vec<u8> {
+        let mut code = vec![0x66, 0xba, 0xf8, 0x03];
+        for c in text {
+            code.extend_from_slice(&[0xb0, *c, 0xee]);
+        }
+        code
+    }
+
+    #[test]
+    fn guest_output_and_exit_port_value() {
+        let mut code = print(b"ok\n");
+        code.extend_from_slice(&[0xb0, 42, 0xe6, 0xf4, 0xf4]); // mov al, 42; out 0xf4, al; hlt
+        let (dir, cfg) = tiny_guest(&code, 2);
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert_eq!(exit, VmExit::Exited(42));
+        assert_eq!(exit.exit_code(), 42);
+        assert_eq!(
+            std::fs::read(dir.path().join("console.log")).unwrap(),
+            b"ok\n"
+        );
+    }
+
+    #[test]
+    fn wide_exit_port_write() {
+        // mov eax, 0x12345; out 0xf4, eax
+        let code = [0xb8, 0x45, 0x23, 0x01, 0x00, 0xe7, 0xf4];
+        let (dir, cfg) = tiny_guest(&code, 1);
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert_eq!(exit, VmExit::Exited(0x12345));
+        assert_eq!(exit.exit_code(), 127);
+    }
+
+    #[test]
+    fn triple_fault_ends_the_vm() {
+        // ud2 with an empty IDT: #UD → #GP → #DF → shutdown.
+        let (dir, cfg) = tiny_guest(&[0x0f, 0x0b], 1);
+        assert_eq!(run(&cfg, dir.path()).unwrap(), VmExit::TripleFault);
+    }
+
+    #[test]
+    fn keyboard_controller_reset_is_a_reboot() {
+        // mov al, 0xfe; out 0x64, al; jmp $
+        let (dir, cfg) = tiny_guest(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe], 1);
+        assert_eq!(run(&cfg, dir.path()).unwrap(), VmExit::Reboot);
+    }
+
+    #[test]
+    fn acpi_sleep_s5_is_a_poweroff() {
+        // mov dx, 0x600; mov al, 0x34; out dx, al; jmp $
+        let code = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xeb, 0xfe];
+        let (dir, cfg) = tiny_guest(&code, 1);
+        assert_eq!(run(&cfg, dir.path()).unwrap(), VmExit::Poweroff);
+    }
+
+    #[test]
+    fn sigterm_stops_a_spinning_guest_and_joins_every_vcpu() {
+        let (dir, cfg) = tiny_guest(&[0xeb, 0xfe], 2); // jmp $
+        let (tx, rx) = mpsc::channel();
+        let base = dir.path().to_path_buf();
+        let runner = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            run_observed(&cfg, &base, &mut || tx.send(me).unwrap())
+        });
+        let thread = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Signals are blocked in the runner from before `on_running`, so
+        // this SIGTERM is taken by its signalfd, not by the process.
+        // SAFETY: the runner thread is alive (it has not returned: it only
+        // returns once the VM stops, which this signal causes).
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
+        let exit = runner.join().unwrap().unwrap();
+        assert_eq!(exit, VmExit::Signal(libc::SIGTERM));
+        assert_eq!(exit.exit_code(), 143);
+    }
+
+    #[test]
+    fn config_sources_that_are_not_files_are_refused() {
+        let src = "name = \"x\"\nmemory = \"16M\"\n[boot]\nkernel = \"cargo:kiln-hello\"\n";
+        let cfg: VmConfig = parse(Path::new("t.toml"), src).unwrap();
+        let e = run(&cfg, Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`boot.kernel` is \"cargo:kiln-hello\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn exit_code_table() {
+        assert_eq!(VmExit::Exited(0).exit_code(), 0);
+        assert_eq!(VmExit::Exited(42).exit_code(), 42);
+        assert_eq!(VmExit::Exited(127).exit_code(), 127);
+        assert_eq!(VmExit::Exited(128).exit_code(), 127);
+        assert_eq!(VmExit::Exited(u32::MAX).exit_code(), 127);
+        assert_eq!(VmExit::Poweroff.exit_code(), 0);
+        assert_eq!(VmExit::Reboot.exit_code(), 193);
+        assert_eq!(VmExit::TripleFault.exit_code(), 194);
+        assert_eq!(VmExit::InternalError("x".into()).exit_code(), 195);
+        assert_eq!(VmExit::Signal(libc::SIGTERM).exit_code(), 143);
+        assert_eq!(VmExit::Signal(libc::SIGINT).exit_code(), 130);
+        // Every non-guest reason is distinct and above the exit port range.
+        let codes = [
+            VmExit::Reboot.exit_code(),
+            VmExit::TripleFault.exit_code(),
+            VmExit::InternalError(String::new()).exit_code(),
+            CODE_VMM_ERROR,
+            VmExit::Signal(libc::SIGTERM).exit_code(),
+            VmExit::Signal(libc::SIGINT).exit_code(),
+        ];
+        for (i, a) in codes.iter().enumerate() {
+            assert!(*a > CODE_EXIT_PORT_MAX && *a < 256);
+            assert!(codes[i + 1..].iter().all(|b| b != a), "{a} repeats");
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            VmExit::Exited(3).status_line("hello").to_string(),
+            "kiln: vm=hello state=exited code=3"
+        );
+        assert_eq!(
+            VmExit::Exited(300).status_line("hello").to_string(),
+            "kiln: vm=hello state=exited code=127 reason=exit-port value 300"
+        );
+        assert_eq!(
+            VmExit::Poweroff.status_line("l").to_string(),
+            "kiln: vm=l state=exited code=0 reason=poweroff"
+        );
+        assert_eq!(
+            VmExit::Signal(15).status_line("l").to_string(),
+            "kiln: vm=l state=failed code=143 reason=signal SIGTERM"
+        );
+        assert_eq!(
+            VmExit::TripleFault.status_line("l").to_string(),
+            "kiln: vm=l state=failed code=194 reason=triple-fault"
+        );
+        assert_eq!(VmExit::Reboot.reason(), "reboot");
+        assert_eq!(VmExit::InternalError("x".into()).reason(), "internal-error");
+    }
+}
