@@ -49,6 +49,12 @@ pub fn pump(vm: String, from: impl Read, echo: bool) {
         if let Some(f) = log.as_mut() {
             let _ = f.write_all(&buf);
         }
+        // Status lines start with a newline that ends any partial guest
+        // line; here lines are already whole, so empty ones only add noise
+        // to the shared console (the log keeps them).
+        if text.trim_end_matches(['\r', '\n']).is_empty() {
+            continue;
+        }
         let line = console_line(&vm, &text);
         let is_status = !line.starts_with('[');
         if echo || is_status {
