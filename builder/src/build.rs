@@ -191,8 +191,8 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     // is found first, so a missing one stops the build before the long work.
     let formats = &cfg.output.formats;
     let uki_stub = if formats.contains(&Format::Uki) || formats.contains(&Format::Disk) {
-        let stub = output::stub_path()?;
-        inputs.push(input_hash("uki-stub", "systemd-boot-efi", &stub)?);
+        let (stub, stub_name) = output::stub()?;
+        inputs.push(input_hash("uki-stub", &stub_name, &stub)?);
         Some(stub)
     } else {
         None

@@ -76,6 +76,7 @@ pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> 
     let output = Command::new(cargo)
         .current_dir(&root)
         .args(["build", "--quiet", "--profile", PROFILE, "-p", package])
+        .args(["--config", &remap_config(&root)])
         .args(["--message-format", "json-render-diagnostics"])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -97,6 +98,24 @@ pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> 
     })?;
     task.finish(exe.display().to_string());
     Ok(exe)
+}
+
+/// Rust embeds source paths (panic locations); map the ones that depend on
+/// this machine, the cargo home with the registry sources and the workspace
+/// itself, to fixed names so payloads are the same bytes on every machine.
+/// Passed with `--config`, which cargo appends to the workspace's own
+/// rustflags instead of replacing them (as RUSTFLAGS would).
+fn remap_config(root: &Path) -> String {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let flag = |from: &Path, to: &str| format!("'--remap-path-prefix={}={to}'", from.display());
+    format!(
+        "target.x86_64-unknown-linux-gnu.rustflags=[{}, {}]",
+        flag(&cargo_home, "/cargo"),
+        flag(root, "/kiln")
+    )
 }
 
 /// Picks the executable of `package`'s binary target from cargo's JSON messages.

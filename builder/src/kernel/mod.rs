@@ -240,6 +240,27 @@ pub enum KernelError {
     Modules(#[from] KmodError),
 }
 
+/// A Debian package other than a kernel (e.g. `systemd-boot-efi`, the UKI
+/// stub), fetched, checked and cached exactly like a kernel package.
+#[derive(Debug, Clone)]
+pub struct DebianPackage {
+    /// The unpacked package's root directory in the cache.
+    pub root: PathBuf,
+    pub package: String,
+    pub version: String,
+    pub deb_sha256: String,
+}
+
+pub fn fetch_package(name: &str) -> Result<DebianPackage, KernelError> {
+    let unpacked = debian::fetch(name, &cache_dir()?)?;
+    Ok(DebianPackage {
+        root: unpacked.root(),
+        package: unpacked.candidate.package,
+        version: unpacked.candidate.version,
+        deb_sha256: unpacked.deb_sha256,
+    })
+}
+
 /// kiln's cache: `$KILN_CACHE_DIR`, else `<XDG cache dir>/kiln`
 /// (`~/.cache/kiln`).
 pub fn cache_dir() -> Result<PathBuf, KernelError> {

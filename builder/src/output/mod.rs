@@ -20,8 +20,8 @@ pub const STUB_PATH: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("The UEFI stub {} is missing; install it with `apt-get install systemd-boot-efi`", path.display())]
-    StubMissing { path: PathBuf },
+    #[error("No UEFI stub: fetching systemd-boot-efi through apt failed ({fetch}) and {} is not installed; run `apt-get update` or `apt-get install systemd-boot-efi`", path.display())]
+    StubMissing { path: PathBuf, fetch: String },
     #[error("{} is not a valid PE image; expected an EFI application such as systemd-stub", path.display())]
     Pe {
         path: PathBuf,
@@ -73,16 +73,34 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| OutputError::Io { what, source }
 }
 
-/// The systemd-stub a UKI is built on.
-// TODO(lead): resolve through kernel::debian like the kernel (download
-// `systemd-boot-efi` with apt, unpack and cache it), so a build does not
-// depend on what this host has installed.
-pub fn stub_path() -> Result<PathBuf, OutputError> {
-    let path = PathBuf::from(STUB_PATH);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(OutputError::StubMissing { path })
+/// The Debian package that ships systemd-stub.
+pub const STUB_PACKAGE: &str = "systemd-boot-efi";
+
+/// The systemd-stub a UKI is built on, with the name and hash the manifest
+/// records. It comes from Debian's `systemd-boot-efi`, fetched and cached
+/// like the kernel, so the build does not depend on what this host has
+/// installed; a host without apt falls back to the installed stub.
+pub fn stub() -> Result<(PathBuf, String), OutputError> {
+    let rel = STUB_PATH.trim_start_matches('/');
+    match crate::kernel::fetch_package(STUB_PACKAGE) {
+        Ok(pkg) if pkg.root.join(rel).is_file() => Ok((
+            pkg.root.join(rel),
+            format!("{}={}", pkg.package, pkg.version),
+        )),
+        fetched => {
+            let path = PathBuf::from(STUB_PATH);
+            if path.is_file() {
+                crate::progress::note(format!("using the installed {STUB_PATH}"));
+                return Ok((path, STUB_PACKAGE.to_string()));
+            }
+            Err(OutputError::StubMissing {
+                path,
+                fetch: fetched
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "the package has no stub".into()),
+            })
+        }
     }
 }
 
@@ -179,6 +197,7 @@ mod tests {
             f.write_all(b"partial").unwrap();
             Err(OutputError::StubMissing {
                 path: PathBuf::from("x"),
+                fetch: "test".into(),
             })
         });
         assert!(r.is_err());
