@@ -53,7 +53,7 @@ pipe_t=$(time_runs pipeline)
 pipe_size=$(stat -c %s "$work/pipeline.cpio.zst")
 
 # Baseline 2: mkinitramfs with the same modules (MODULES=list).
-mods_src=$(ls -d "$cache"/kernels/*/lib/modules/"$release" | head -n1)
+mods_src=$(ls -d "$cache"/kernels/*/root/lib/modules/"$release" | head -n1)
 mods=$(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["modules"]))' "$work/manifest.json")
 mkdir -p "$work/mkroot/lib/modules" "$work/conf/scripts" "$work/conf/hooks" "$work/conf/conf.d"
 cp -a "$mods_src" "$work/mkroot/lib/modules/"

@@ -26,8 +26,11 @@ const ESP_START: u64 = MIB;
 /// Room after the ESP for the backup partition table (33 sectors), keeping
 /// the disk a whole number of MiB.
 const TAIL: u64 = MIB;
-/// Below about 4 MiB a FAT16 volume has too few clusters to be valid.
-const MIN_ESP: u64 = 8 * MIB;
+/// The UEFI specification asks for FAT32 on a fixed disk's system partition
+/// (FAT12/16 only on removable media), and some firmware holds to it; FAT32
+/// needs at least 65525 clusters, about 33 MiB with 512-byte clusters, so
+/// the ESP never gets smaller than this.
+const MIN_ESP: u64 = 40 * MIB;
 /// Where the UKI lives in the ESP: the removable-media boot path for x86-64.
 pub const BOOT_DIRS: [&str; 2] = ["EFI", "BOOT"];
 pub const BOOT_FILE: &str = "BOOTX64.EFI";
@@ -56,7 +59,7 @@ pub struct PartitionListing {
     pub first_lba: u64,
     pub last_lba: u64,
     pub name: String,
-    /// For an EFI system partition: its FAT type, e.g. "FAT16".
+    /// For an EFI system partition: its FAT type, e.g. "FAT32".
     pub filesystem: Option<String>,
     /// For an EFI system partition: every file in it.
     pub files: Vec<EspFile>,
@@ -536,7 +539,7 @@ mod tests {
         assert_eq!(p.type_guid, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
         assert_eq!((p.first_lba, p.last_lba), (2048, 2048 + esp / SECTOR - 1));
         assert_eq!(p.name, "EFI System Partition");
-        assert_eq!(p.filesystem.as_deref(), Some("FAT16"));
+        assert_eq!(p.filesystem.as_deref(), Some("FAT32"), "a fixed disk's ESP must be FAT32 by the UEFI spec");
         assert_eq!(
             p.files,
             [EspFile {
