@@ -59,6 +59,7 @@ mkdir -p "$work/mkroot/lib/modules" "$work/conf/scripts" "$work/conf/hooks" "$wo
 cp -a "$mods_src" "$work/mkroot/lib/modules/"
 depmod -b "$work/mkroot" "$release"
 if [[ ! -e /lib/modules/$release ]]; then
+  mkdir -p /lib/modules
   ln -s "$work/mkroot/lib/modules/$release" "/lib/modules/$release"
   linked=1
 fi

@@ -337,18 +337,10 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     );
 
     // Build in a temporary directory beside the destination, then swap it in.
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".kiln-build-")
-        .tempdir_in(parent)
-        .map_err(io(format!(
-            "create a temporary directory in {}",
-            parent.display()
-        )))?;
+    let tmp = crate::atomic::temp_dir_beside(out).map_err(io(format!(
+        "create a temporary directory beside {}",
+        out.display()
+    )))?;
 
     let initramfs_name = match compression.extension() {
         "" => "initramfs.cpio".to_string(),
@@ -478,15 +470,18 @@ fn replace_dir(new: PathBuf, out: &Path) -> Result<(), BuildError> {
 
 /// Best effort: a cache that cannot be written only costs time next build.
 fn store_in_cache(file: &Path, cache_file: &Path) {
-    let Some(dir) = cache_file.parent() else {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(mut tmp) = crate::atomic::temp_file_beside(cache_file) else {
         return;
     };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let tmp = cache_file.with_extension("partial");
-    if std::fs::copy(file, &tmp).is_ok() && std::fs::rename(&tmp, cache_file).is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let copied = std::fs::File::open(file)
+        .and_then(|mut f| std::io::copy(&mut f, tmp.as_file_mut()))
+        .and_then(|_| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+        });
+    if copied.is_ok() {
+        let _ = tmp.persist(cache_file);
     }
 }
 

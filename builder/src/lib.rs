@@ -1,6 +1,7 @@
 //! kiln: builds appliance images (a kernel and an initramfs whose PID 1 is
 //! the kiln runtime), boots them on an emulated target, and judges them.
 
+pub mod atomic;
 pub mod build;
 pub mod compress;
 pub mod cpio;

@@ -197,15 +197,7 @@ pub fn write(path: &Path, runs: &[RunOutcome], hostname: &str) -> Result<(), Jun
         path: path.to_path_buf(),
         source,
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-junit-")
-        .tempfile_in(dir)
-        .map_err(err)?;
+    let mut tmp = crate::atomic::temp_file_beside(path).map_err(err)?;
     tmp.write_all(render(runs, hostname).as_bytes())
         .map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;

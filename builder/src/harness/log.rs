@@ -30,15 +30,7 @@ impl ConsoleLog {
             path: path.to_path_buf(),
             source,
         };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".kiln-console-")
-            .tempfile_in(dir)
-            .map_err(err)?;
+        let tmp = crate::atomic::temp_file_beside(path).map_err(err)?;
         Ok(ConsoleLog {
             path: path.to_path_buf(),
             file: BufWriter::new(tmp),

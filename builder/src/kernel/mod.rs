@@ -559,11 +559,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, KernelError> {
 /// Writes the files into a temporary directory renamed to `cache`, so a
 /// reader sees all of them or none.
 fn write_index_cache(cache: &Path, files: &[(&str, &str)]) -> std::io::Result<()> {
-    let parent = cache.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".modindex-")
-        .tempdir_in(parent)?;
+    let tmp = crate::atomic::temp_dir_beside(cache)?;
     for (name, text) in files {
         std::fs::write(tmp.path().join(name), text)?;
     }

@@ -539,7 +539,11 @@ mod tests {
         assert_eq!(p.type_guid, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
         assert_eq!((p.first_lba, p.last_lba), (2048, 2048 + esp / SECTOR - 1));
         assert_eq!(p.name, "EFI System Partition");
-        assert_eq!(p.filesystem.as_deref(), Some("FAT32"), "a fixed disk's ESP must be FAT32 by the UEFI spec");
+        assert_eq!(
+            p.filesystem.as_deref(),
+            Some("FAT32"),
+            "a fixed disk's ESP must be FAT32 by the UEFI spec"
+        );
         assert_eq!(
             p.files,
             [EspFile {

@@ -141,21 +141,10 @@ pub(crate) fn write_atomically(
 ) -> Result<(), OutputError> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(parent)
-        .map_err(io_err(format!(
-            "create a temporary file in {}",
-            parent.display()
-        )))?;
+    let mut tmp = crate::atomic::temp_file_beside(out).map_err(io_err(format!(
+        "create a temporary file beside {}",
+        out.display()
+    )))?;
     write(tmp.as_file_mut())?;
     tmp.as_file_mut()
         .flush()
