@@ -6,10 +6,10 @@
 # Prints a table of wall time and initramfs size. Needs root (mkinitramfs
 # reads /lib/modules/<release>; a temporary link is made and removed).
 #
-# Usage: bench/build.sh [IMAGE.toml] [RUNS]
+# Usage: bench/build.sh [IMAGE.toml] [RUNS]   (default: bench/hello-initramfs.toml, 5 runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=${1:-images/hello.toml}
+image=${1:-bench/hello-initramfs.toml}
 runs=${2:-5}
 tests/setup >/dev/null
 
@@ -18,6 +18,7 @@ kiln=target/x86_64-unknown-linux-gnu/release/kiln
 work=$(mktemp -d)
 cleanup() {
   [[ -n ${linked:-} ]] && rm -f "/lib/modules/$release"
+  [[ -n ${linked_config:-} ]] && rm -f "/boot/config-$release"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -63,9 +64,16 @@ if [[ ! -e /lib/modules/$release ]]; then
   ln -s "$work/mkroot/lib/modules/$release" "/lib/modules/$release"
   linked=1
 fi
+# mkinitramfs reads the kernel config to check the compression.
+if [[ ! -e /boot/config-$release ]]; then
+  mkdir -p /boot
+  ln -s "$(dirname "$(dirname "$(dirname "$mods_src")")")/boot/config-$release" "/boot/config-$release"
+  linked_config=1
+fi
 printf 'MODULES=list\nBUSYBOX=auto\nCOMPRESS=zstd\nRESUME=none\n' >"$work/conf/initramfs.conf"
 echo "$mods" >"$work/conf/modules"
 mkinit() { mkinitramfs -d "$work/conf" -o "$work/mkinitramfs.img" "$release"; }
+mkinit >/dev/null 2>"$work/mkinit.err" || { echo "mkinitramfs failed:" >&2; cat "$work/mkinit.err" >&2; exit 1; }
 mk_t=$(time_runs mkinit)
 mk_size=$(stat -c %s "$work/mkinitramfs.img")
 

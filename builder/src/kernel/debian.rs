@@ -209,7 +209,10 @@ pub(super) fn versioned_image(depends: &str) -> Option<(String, Option<String>)>
 
 /// The candidate version's stanza of `apt-cache show`.
 fn show(package: &str) -> Result<BTreeMap<String, String>, KernelError> {
-    let out = run("apt-cache", &["show", "--no-all-versions", package], None)?;
+    let options = binary_cache_options();
+    let mut args: Vec<&str> = options.iter().map(String::as_str).collect();
+    args.extend(["show", "--no-all-versions", package]);
+    let out = run("apt-cache", &args, None)?;
     let stanza = parse_stanza(&String::from_utf8_lossy(&out.stdout));
     if out.status.success() && stanza.contains_key("Package") {
         return Ok(stanza);
@@ -221,6 +224,21 @@ fn show(package: &str) -> Result<BTreeMap<String, String>, KernelError> {
             package: package.to_string(),
         })
     }
+}
+
+/// apt's binary cache of its package lists makes a lookup about ten times
+/// faster (0.1 s instead of 1.4 s here); container images often switch it
+/// off (`Dir::Cache::pkgcache ""`). Keep one in kiln's cache: apt checks it
+/// against the lists and rebuilds it when they change.
+fn binary_cache_options() -> Vec<String> {
+    let Ok(dir) = super::cache_dir().map(|d| d.join("apt")) else {
+        return Vec::new();
+    };
+    if std::fs::create_dir_all(&dir).is_err() {
+        return Vec::new();
+    }
+    let opt = |key: &str, file: &str| ["-o".to_string(), format!("Dir::Cache::{key}={}", dir.join(file).display())];
+    opt("pkgcache", "pkgcache.bin").into_iter().chain(opt("srcpkgcache", "srcpkgcache.bin")).collect()
 }
 
 /// The first stanza of deb822 text: `Key: value`, continuation lines
