@@ -89,7 +89,11 @@ mod tests {
     #[test]
     fn edu_required_or_optional() {
         assert!(Options::parse(b"hello.edu=required").unwrap().edu_required);
-        assert!(!Options::parse(b"hello.edu=required hello.edu=optional").unwrap().edu_required);
+        assert!(
+            !Options::parse(b"hello.edu=required hello.edu=optional")
+                .unwrap()
+                .edu_required
+        );
         assert!(!Options::parse(b"").unwrap().edu_required);
         assert_eq!(Options::parse(b"hello.edu=yes"), Err(Error::BadEdu));
     }

@@ -74,7 +74,10 @@ pub fn msi_address(apic_id: u8) -> u32 {
 
 /// The IRR register (offset from the LAPIC base) and bit holding `vector`.
 pub fn irr_bit(vector: u8) -> (u32, u32) {
-    (LAPIC_IRR + 0x10 * u32::from(vector / 32), u32::from(vector % 32))
+    (
+        LAPIC_IRR + 0x10 * u32::from(vector / 32),
+        u32::from(vector % 32),
+    )
 }
 
 /// The byte pattern the DMA check sends.
@@ -86,10 +89,23 @@ pub fn pattern(i: usize) -> u8 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     Id(u32),
-    Liveness { wrote: u32, read: u32 },
-    Factorial { n: u32, got: Option<u32> },
-    Dma { bytes: usize, mismatch: Option<usize>, timed_out: bool },
-    Msi { vector: u8, seen: bool },
+    Liveness {
+        wrote: u32,
+        read: u32,
+    },
+    Factorial {
+        n: u32,
+        got: Option<u32>,
+    },
+    Dma {
+        bytes: usize,
+        mismatch: Option<usize>,
+        timed_out: bool,
+    },
+    Msi {
+        vector: u8,
+        seen: bool,
+    },
 }
 
 impl Check {
@@ -99,7 +115,9 @@ impl Check {
             Check::Liveness { wrote, read } => read == !wrote,
             Check::Factorial { n, got } => got == Some(factorial(n)),
             Check::Dma {
-                mismatch, timed_out, ..
+                mismatch,
+                timed_out,
+                ..
             } => mismatch.is_none() && !timed_out,
             Check::Msi { seen, .. } => seen,
         }
@@ -128,10 +146,13 @@ impl fmt::Display for Check {
                     write!(f, " differ at byte {at}")?;
                 }
             }
-            Check::Msi { vector, seen: true } => write!(f, "edu msi vector {vector:#04x} observed")?,
-            Check::Msi { vector, seen: false } => {
-                write!(f, "edu msi vector {vector:#04x} not observed")?
+            Check::Msi { vector, seen: true } => {
+                write!(f, "edu msi vector {vector:#04x} observed")?
             }
+            Check::Msi {
+                vector,
+                seen: false,
+            } => write!(f, "edu msi vector {vector:#04x} not observed")?,
         }
         f.write_str(if self.ok() { " ok" } else { " FAILED" })
     }
@@ -420,7 +441,10 @@ mod tests {
         let (pass, out) = lines(&mut m);
         assert!(!pass);
         assert_eq!(out[0], "edu id 0x010000ee FAILED");
-        assert_eq!(out[3], "edu dma round trip 4096 bytes differ at byte 100 FAILED");
+        assert_eq!(
+            out[3],
+            "edu dma round trip 4096 bytes differ at byte 100 FAILED"
+        );
     }
 
     #[test]

@@ -17,10 +17,10 @@ use core::ops::Range;
 use kiln_hello::cmdline::Options;
 use kiln_hello::exit::{exit, PANIC_CODE};
 use kiln_hello::memmap::{self, RamSummary};
+use kiln_hello::pci::ConfigAccess;
 use kiln_hello::pci::{self, Mechanism1};
 use kiln_hello::phys::PhysMemory;
 use kiln_hello::start_info::{self, StartInfo};
-use kiln_hello::pci::ConfigAccess;
 use kiln_hello::{devtree, edu, println, serial};
 
 /// Exit code when the VMM's boot data or the command line is unusable.

@@ -121,7 +121,7 @@ impl Container {
             st.mapped = true;
             st.stats.dma_map = t.elapsed();
             st.stats.dma_bytes = vm_memory::GuestMemoryBackend::iter(self.vm.memory())
-                .map(|r| vm_memory::GuestMemoryRegion::len(r))
+                .map(vm_memory::GuestMemoryRegion::len)
                 .sum();
         }
         st.devices += 1;

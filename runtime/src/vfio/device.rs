@@ -128,9 +128,7 @@ impl HostFunction for VfioFunction {
     }
 
     fn irq_count(&self, kind: IrqKind) -> u32 {
-        self.device
-            .get_irq_info(index(kind))
-            .map_or(0, |i| i.count)
+        self.device.get_irq_info(index(kind)).map_or(0, |i| i.count)
     }
 
     fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), HostError> {

@@ -22,8 +22,8 @@ pub mod device;
 pub mod group;
 
 pub use assign::{bind_all, pin_addresses, AssignError, AssignedDevice, Binding};
-pub use bind::{BindError, Bound, DEV_VFIO, VFIO_PCI};
 pub use attach::{attach_all, AttachError};
+pub use bind::{BindError, Bound, DEV_VFIO, VFIO_PCI};
 pub use container::{Container, ContainerError};
 pub use device::VfioFunction;
 pub use group::GroupError;

@@ -18,7 +18,9 @@ pub const MAX_GSI: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
-    #[error("All {MAX_GSI} interrupt routes of the VM are in use; assign fewer devices or vectors")]
+    #[error(
+        "All {MAX_GSI} interrupt routes of the VM are in use; assign fewer devices or vectors"
+    )]
     Exhausted,
     #[error("Cannot build the interrupt routing table")]
     Table,
@@ -121,7 +123,10 @@ mod tests {
         assert_eq!((last.gsi, last.type_), (g, KVM_IRQ_ROUTING_MSI));
         // SAFETY (test): the entry was written as an MSI route.
         let msi = unsafe { last.u.msi };
-        assert_eq!((msi.address_lo, msi.address_hi, msi.data), (0xfee0_1000, 1, 0x41));
+        assert_eq!(
+            (msi.address_lo, msi.address_hi, msi.data),
+            (0xfee0_1000, 1, 0x41)
+        );
         // COM1's pin is still routed to both PICs and the IOAPIC.
         assert_eq!(e.iter().filter(|x| x.gsi == 4).count(), 2);
         assert!(r.remove(g));

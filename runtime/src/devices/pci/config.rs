@@ -62,10 +62,17 @@ impl Bar {
     /// Whether the register holds a usable address rather than zero or the
     /// all-ones sizing pattern.
     pub fn placed(&self) -> bool {
-        let limit = if self.kind == BarKind::Io { 0x1_0000 } else { self.field_max() };
+        let limit = if self.kind == BarKind::Io {
+            0x1_0000
+        } else {
+            self.field_max()
+        };
         self.addr != 0
             && (self.addr | (self.size - 1)) != self.field_max()
-            && self.addr.checked_add(self.size).is_some_and(|end| end <= limit)
+            && self
+                .addr
+                .checked_add(self.size)
+                .is_some_and(|end| end <= limit)
     }
 }
 
@@ -197,7 +204,11 @@ impl VirtualConfig {
 
     /// Whether the guest lets the BAR decode (command register enables).
     pub fn decodes(&self, bar: &Bar) -> bool {
-        let bit = if bar.kind == BarKind::Io { CMD_IO } else { CMD_MEMORY };
+        let bit = if bar.kind == BarKind::Io {
+            CMD_IO
+        } else {
+            CMD_MEMORY
+        };
         self.command & bit != 0
     }
 
@@ -238,7 +249,7 @@ impl VirtualConfig {
             return 0;
         }
         if let Some((o, msi)) = &self.msi {
-            if reg >= *o && reg < o + msi.len() {
+            if reg >= *o && reg < o + msi.size() {
                 let next = self.next_of(*o);
                 return msi.read_dword(reg - o, u16::from(CAP_ID_MSI) | u16::from(next) << 8);
             }
@@ -246,7 +257,9 @@ impl VirtualConfig {
         if let Some((o, x)) = &self.msix {
             if reg == *o {
                 let next = self.next_of(*o);
-                return u32::from(CAP_ID_MSIX) | u32::from(next) << 8 | u32::from(x.control()) << 16;
+                return u32::from(CAP_ID_MSIX)
+                    | u32::from(next) << 8
+                    | u32::from(x.control()) << 16;
             }
         }
         match reg {
@@ -321,24 +334,27 @@ impl VirtualConfig {
         }
         if let Some((o, _)) = &self.msi {
             let o = *o;
-            let len = self.msi.as_ref().map_or(0, |(_, m)| m.len());
+            let len = self.msi.as_ref().map_or(0, |(_, m)| m.size());
             if reg >= o && reg < o + len {
                 let value = merge(self.read_dword(dev, reg));
                 let changed = self
                     .msi
                     .as_mut()
                     .is_some_and(|(_, m)| m.write_dword(reg - o, value));
-                return if changed { ConfigChange::Msi } else { ConfigChange::None };
+                return if changed {
+                    ConfigChange::Msi
+                } else {
+                    ConfigChange::None
+                };
             }
         }
         if let Some((o, _)) = &self.msix {
             let o = *o;
             if reg == o {
                 let value = merge(self.read_dword(dev, reg));
-                let change = self
-                    .msix
-                    .as_mut()
-                    .map_or(MsixChange::None, |(_, x)| x.write_control((value >> 16) as u16));
+                let change = self.msix.as_mut().map_or(MsixChange::None, |(_, x)| {
+                    x.write_control((value >> 16) as u16)
+                });
                 return ConfigChange::Msix(change);
             }
             if reg > o && reg < o + 12 {
@@ -444,7 +460,10 @@ pub(crate) mod tests {
         c.write(&f, 0x14, &[0xff; 4]);
         assert_eq!(rd(&c, &f, 0x14), 0);
         // A new address moves the BAR; low bits are dropped.
-        assert_eq!(c.write(&f, 0x10, &0xd012_3456u32.to_le_bytes()), ConfigChange::Bars);
+        assert_eq!(
+            c.write(&f, 0x10, &0xd012_3456u32.to_le_bytes()),
+            ConfigChange::Bars
+        );
         assert_eq!(c.bars()[0].addr, 0xd010_0000);
         assert!(c.bars()[0].placed());
         // Nothing reached the device's own BAR register.
@@ -459,7 +478,11 @@ pub(crate) mod tests {
         f.region_sizes.lock().unwrap()[0] = 1 << 32;
         f.region_sizes.lock().unwrap()[2] = 0x20;
         let mut c = VirtualConfig::new(&f);
-        let kinds: Vec<_> = c.bars().iter().map(|b| (b.index, b.kind, b.prefetchable)).collect();
+        let kinds: Vec<_> = c
+            .bars()
+            .iter()
+            .map(|b| (b.index, b.kind, b.prefetchable))
+            .collect();
         assert_eq!(kinds, [(0, BarKind::Mem64, true), (2, BarKind::Io, false)]);
         c.write(&f, 0x10, &[0xff; 4]);
         c.write(&f, 0x14, &[0xff; 4]);
@@ -492,9 +515,15 @@ pub(crate) mod tests {
         assert_eq!(rd(&c, &f, 0x60) & 0xffff, 0x0010);
         assert_eq!(rd(&c, &f, 0x100), 0);
         // MSI programming stays in the VMM.
-        assert_eq!(c.write(&f, 0x44, &0xfee0_0000u32.to_le_bytes()), ConfigChange::Msi);
+        assert_eq!(
+            c.write(&f, 0x44, &0xfee0_0000u32.to_le_bytes()),
+            ConfigChange::Msi
+        );
         assert_eq!(c.write(&f, 0x4c, &0x41u16.to_le_bytes()), ConfigChange::Msi);
-        assert_eq!(c.write(&f, 0x42, &0x0001u16.to_le_bytes()), ConfigChange::Msi);
+        assert_eq!(
+            c.write(&f, 0x42, &0x0001u16.to_le_bytes()),
+            ConfigChange::Msi
+        );
         let msi = c.msi().unwrap();
         assert!(msi.enabled());
         assert_eq!(msi.message(0).data, 0x41);
@@ -523,7 +552,10 @@ pub(crate) mod tests {
         f.region_sizes.lock().unwrap()[0] = 0x4000;
         let mut c = VirtualConfig::new(&f);
         let x = c.msix().unwrap();
-        assert_eq!((x.table_bar, x.table_offset, x.entries.len()), (0, 0x3000, 3));
+        assert_eq!(
+            (x.table_bar, x.table_offset, x.entries.len()),
+            (0, 0x3000, 3)
+        );
         assert_eq!(
             c.write(&f, 0x72, &0x8000u16.to_le_bytes()),
             ConfigChange::Msix(MsixChange::Control)

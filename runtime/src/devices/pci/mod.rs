@@ -99,13 +99,21 @@ pub(crate) mod tests {
             self.writes.lock().unwrap().push((offset, data.to_vec()));
         }
         fn region_size(&self, index: u32) -> u64 {
-            self.region_sizes.lock().unwrap().get(index as usize).copied().unwrap_or(0)
+            self.region_sizes
+                .lock()
+                .unwrap()
+                .get(index as usize)
+                .copied()
+                .unwrap_or(0)
         }
         fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
             data.fill(index as u8 + offset as u8);
         }
         fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
-            self.regions.lock().unwrap().push((index, offset, data.to_vec()));
+            self.regions
+                .lock()
+                .unwrap()
+                .push((index, offset, data.to_vec()));
         }
         fn region_mapping(&self, _: u32) -> Option<u64> {
             None

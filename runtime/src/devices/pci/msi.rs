@@ -67,7 +67,7 @@ impl MsiCap {
     }
 
     /// Length of the capability in config space, header included.
-    pub fn len(&self) -> u16 {
+    pub fn size(&self) -> u16 {
         match (self.is_64bit(), self.per_vector_mask()) {
             (false, false) => 10,
             (true, false) => 14,
@@ -107,7 +107,8 @@ impl MsiCap {
             0 => {
                 let ctl = (value >> 16) as u16;
                 // Only Enable and Multiple Message Enable are writable.
-                self.control = (self.control & !(MSI_CTL_ENABLE | 0x70)) | (ctl & (MSI_CTL_ENABLE | 0x70));
+                self.control =
+                    (self.control & !(MSI_CTL_ENABLE | 0x70)) | (ctl & (MSI_CTL_ENABLE | 0x70));
             }
             4 => self.address = (self.address & !0xffff_ffff) | u64::from(value & !3),
             8 if self.is_64bit() => {
@@ -245,7 +246,8 @@ impl Msix {
             match (at % MSIX_ENTRY_SIZE) / 4 {
                 0 => e.address = (e.address & !0xffff_ffff) | u64::from(put(e.address as u32)),
                 1 => {
-                    e.address = (e.address & 0xffff_ffff) | u64::from(put((e.address >> 32) as u32)) << 32
+                    e.address =
+                        (e.address & 0xffff_ffff) | u64::from(put((e.address >> 32) as u32)) << 32
                 }
                 2 => e.data = put(e.data),
                 _ => e.masked = put(u32::from(e.masked)) & 1 != 0,
@@ -273,9 +275,9 @@ mod tests {
         // edu's control: 64-bit capable, one vector.
         let mut m = MsiCap::new(0x0080);
         assert!(m.is_64bit() && !m.per_vector_mask() && !m.enabled());
-        assert_eq!(m.len(), 14);
+        assert_eq!(m.size(), 14);
         assert!(m.write_dword(4, 0xfee0_1000));
-        assert!(m.write_dword(8, 0));
+        assert!(!m.write_dword(8, 0), "the high half is already zero");
         assert!(m.write_dword(12, 0x41));
         assert!(!m.write_dword(12, 0x41), "same value: no change");
         assert!(m.write_dword(0, 0x0001_0000 | 0x1234));
@@ -297,7 +299,7 @@ mod tests {
     fn msi_multiple_vectors_and_masks() {
         // 32-bit, per-vector mask, 4 vectors capable (MMC = 2).
         let mut m = MsiCap::new(0x0104);
-        assert_eq!(m.len(), 20);
+        assert_eq!(m.size(), 20);
         m.write_dword(8, 0x60); // data at 8 for 32-bit
         m.write_dword(0, (0x0001 | 0x0030) << 16); // enable, MME = 3 (capped to 2)
         assert_eq!(m.vectors(), 4);
@@ -315,12 +317,18 @@ mod tests {
     fn msix_control_and_table() {
         // 3 entries, table in BAR 2 at 0x1000, PBA in BAR 2 at 0x2000.
         let mut x = Msix::new(0x0002_0011, 0x1002, 0x2002);
-        assert_eq!((x.table_bar, x.table_offset, x.entries.len()), (2, 0x1000, 3));
+        assert_eq!(
+            (x.table_bar, x.table_offset, x.entries.len()),
+            (2, 0x1000, 3)
+        );
         assert_eq!((x.pba_bar, x.pba_offset), (2, 0x2000));
         assert!(!x.live(0));
         assert_eq!(x.write_control(0x8000), MsixChange::Control);
         assert!(!x.live(0), "entries start masked");
-        assert_eq!(x.write_table(16, &0xfee0_0000u32.to_le_bytes()), MsixChange::Entry(1));
+        assert_eq!(
+            x.write_table(16, &0xfee0_0000u32.to_le_bytes()),
+            MsixChange::Entry(1)
+        );
         x.write_table(24, &0x33u32.to_le_bytes());
         assert_eq!(x.write_table(28, &0u32.to_le_bytes()), MsixChange::Entry(1));
         assert!(x.live(1) && !x.live(0));
@@ -339,6 +347,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 1, "entry 0 still masked");
         assert_eq!(x.write_control(0xc000), MsixChange::Control);
         assert!(!x.live(1), "function mask");
-        assert_eq!(x.write_table(0x1000, &[1]), MsixChange::None, "beyond the table");
+        assert_eq!(
+            x.write_table(0x1000, &[1]),
+            MsixChange::None,
+            "beyond the table"
+        );
     }
 }

@@ -93,14 +93,19 @@ impl PassthroughFunction {
     ) -> Result<Self, PassthroughError> {
         host.reset();
         let mut config = VirtualConfig::new(host.as_ref());
-        let wanted: Vec<(u8, BarKind, u64)> =
-            config.bars().iter().map(|b| (b.index, b.kind, b.size)).collect();
+        let wanted: Vec<(u8, BarKind, u64)> = config
+            .bars()
+            .iter()
+            .map(|b| (b.index, b.kind, b.size))
+            .collect();
         for (index, kind, size) in wanted {
-            let gpa = bars.allocate(kind, size).ok_or_else(|| PciRootError::NoSpace {
-                what: name.to_string(),
-                index,
-                size,
-            })?;
+            let gpa = bars
+                .allocate(kind, size)
+                .ok_or_else(|| PciRootError::NoSpace {
+                    what: name.to_string(),
+                    index,
+                    size,
+                })?;
             if let Some(b) = config.bar_mut(index) {
                 b.addr = gpa;
             }
@@ -265,7 +270,10 @@ impl PassthroughFunction {
             return false;
         };
         if let Some(x) = self.config.msix() {
-            if x.table_bar == index && offset >= x.table_offset && offset < x.table_offset + x.table_len() {
+            if x.table_bar == index
+                && offset >= x.table_offset
+                && offset < x.table_offset + x.table_len()
+            {
                 x.read_table(offset - x.table_offset, data);
                 return true;
             }
@@ -284,12 +292,18 @@ impl PassthroughFunction {
             return false;
         };
         if let Some(x) = self.config.msix_mut() {
-            if x.table_bar == index && offset >= x.table_offset && offset < x.table_offset + x.table_len() {
+            if x.table_bar == index
+                && offset >= x.table_offset
+                && offset < x.table_offset + x.table_len()
+            {
                 let change = x.write_table(offset - x.table_offset, data);
                 self.update_msix(change);
                 return true;
             }
-            if x.pba_bar == index && offset >= x.pba_offset && offset < x.pba_offset + MSIX_ENTRY_SIZE {
+            if x.pba_bar == index
+                && offset >= x.pba_offset
+                && offset < x.pba_offset + MSIX_ENTRY_SIZE
+            {
                 return true;
             }
         }
@@ -359,7 +373,10 @@ impl PassthroughFunction {
             if let Err(e) = self.set_intx(false) {
                 say("turn INTx off for MSI-X", &e);
             }
-            let n = x.entries.len().min(self.host.irq_count(IrqKind::Msix) as usize);
+            let n = x
+                .entries
+                .len()
+                .min(self.host.irq_count(IrqKind::Msix) as usize);
             let msgs = x.entries.iter().take(n).map(|e| MsiMessage {
                 address: e.address,
                 data: e.data,
@@ -396,7 +413,11 @@ impl PassthroughFunction {
                 .map_err(PassthroughError::EventFd)
                 .and_then(|fd| Ok((fd, self.vm.add_msi_route(msg)?)));
             match made {
-                Ok((fd, gsi)) => out.push(Vector { fd, gsi, live: false }),
+                Ok((fd, gsi)) => out.push(Vector {
+                    fd,
+                    gsi,
+                    live: false,
+                }),
                 Err(e) => {
                     self.drop_vectors(out);
                     return Err(e);
@@ -409,7 +430,11 @@ impl PassthroughFunction {
     /// Points vector `i` at `msg` and registers or removes its irqfd.
     fn refresh_vector(&mut self, kind: IrqKind, i: usize, msg: MsiMessage, live: bool) {
         let vm = self.vm.clone();
-        let list = if kind == IrqKind::Msi { &mut self.msi } else { &mut self.msix };
+        let list = if kind == IrqKind::Msi {
+            &mut self.msi
+        } else {
+            &mut self.msix
+        };
         let Some(v) = list.get_mut(i) else {
             return;
         };

@@ -68,7 +68,10 @@ impl BarAllocator {
     /// The 32-bit and 64-bit memory windows `(start, end)`, for ACPI.
     pub fn windows(mem_size: u64) -> [(u64, u64); 2] {
         let m64 = pci_mmio64_start(mem_size);
-        [(PCI_MMIO32_START, PCI_MMIO32_END), (m64, m64 + PCI_MMIO64_SIZE)]
+        [
+            (PCI_MMIO32_START, PCI_MMIO32_END),
+            (m64, m64 + PCI_MMIO64_SIZE),
+        ]
     }
 }
 
@@ -209,7 +212,11 @@ impl PciRoot {
 
     fn ecam(addr: u64) -> Option<(u8, u8, u16)> {
         let off = addr.checked_sub(PCI_ECAM_START)?;
-        (off < PCI_ECAM_SIZE).then(|| (((off >> 15) & 0x1f) as u8, ((off >> 12) & 7) as u8, (off & 0xfff) as u16))
+        (off < PCI_ECAM_SIZE).then_some((
+            ((off >> 15) & 0x1f) as u8,
+            ((off >> 12) & 7) as u8,
+            (off & 0xfff) as u16,
+        ))
     }
 
     /// Handles an MMIO read; false when no device claims `addr`.
@@ -291,8 +298,14 @@ mod tests {
     fn bars_are_aligned_and_stay_in_their_windows() {
         let mut a = BarAllocator::new(64 << 20);
         assert_eq!(a.allocate(BarKind::Mem32, 1 << 20), Some(PCI_MMIO32_START));
-        assert_eq!(a.allocate(BarKind::Mem32, 0x100), Some(PCI_MMIO32_START + (1 << 20)));
-        assert_eq!(a.allocate(BarKind::Mem64, 1 << 24), Some(PCI_MMIO32_START + (1 << 24)));
+        assert_eq!(
+            a.allocate(BarKind::Mem32, 0x100),
+            Some(PCI_MMIO32_START + (1 << 20))
+        );
+        assert_eq!(
+            a.allocate(BarKind::Mem64, 1 << 24),
+            Some(PCI_MMIO32_START + (1 << 24))
+        );
         // Too big for the 32-bit window: above RAM, aligned.
         let big = a.allocate(BarKind::Mem64, 1 << 30).unwrap();
         assert_eq!(big, 1 << 32);
