@@ -188,7 +188,7 @@ pub fn run_observed(
     // Devices drop before the VM: `attached` is declared after `vm`, and
     // each device holds the VM anyway.
     let attached = attach_all(&vm, cfg)?;
-    let rsdp = acpi::write(vm.memory(), cfg.vcpus)?;
+    let rsdp = acpi::write(vm.memory(), cfg.vcpus, cfg.memory.bytes())?;
     mptable::write(vm.memory(), cfg.vcpus)?;
     let spec = BootSpec {
         kernel: &kernel,
