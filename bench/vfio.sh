@@ -5,7 +5,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 sizes=${*:-128M 512M 1G 2G}
-work=$(mktemp -d)
+# Inside the workspace, so `cargo:` sources resolve.
+mkdir -p target
+work=$(mktemp -d "$PWD/target/vfio-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cargo build -q -p kiln
 kiln=target/x86_64-unknown-linux-gnu/debug/kiln
@@ -30,7 +32,7 @@ cmdline = "console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt KILN_VMM_STATS=1
 memory = "4G"
 devices = ["edu,dma_mask=0xffffffffffffffff"]
 EOT
-    (cd "$work" && "$OLDPWD/$kiln" build image.toml -o out >/dev/null 2>&1)
+    "$kiln" build "$work/image.toml" -o "$work/out" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
     line=$(timeout 600 "$kiln" run "$work/out" 2>&1 | tr -d '\r' | grep 'stats vfio' || true)
     get() { echo "$line" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
     printf '%-8s %10s %10s %12s %10s\n' "$size" "$(get attach_ms)" "$(get open_ms)" "$(get dma_map_ms)" "$(get dma_mib)"

@@ -1,6 +1,6 @@
-//! VFIO device assignment on the emulated target (QEMU q35 + intel-iommu
-//! + edu): the hello unikernel drives edu, a Linux guest sees it on its
-//! PCI bus, and bad assignments fail alone.
+//! VFIO device assignment on the emulated target (QEMU q35 with
+//! intel-iommu and edu): the hello unikernel drives edu, a Linux guest sees
+//! it on its PCI bus, and bad assignments fail alone.
 
 use kiln_tests::{kiln, require_qemu, root, run_kiln, run_with_timeout};
 use std::path::Path;
