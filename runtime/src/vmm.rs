@@ -23,6 +23,7 @@ use crate::boot::{self, BootError, BootSpec};
 use crate::config::{InitrdSource, Source, VmConfig};
 use crate::status::{StatusLine, VmState};
 use crate::vac::{Vac, VacError};
+use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -149,6 +150,8 @@ pub enum VmmError {
     Signals(#[source] nix::Error),
     #[error("Cannot create the VM's stop eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
 }
 
 /// Runs the VM `cfg` describes to its end. Relative paths in `cfg` are
@@ -182,7 +185,10 @@ pub fn run_observed(
 
     let vac = Vac::open(&hypervisor)?;
     let vm = Vm::new(vac, &vm_cfg)?;
-    let rsdp = acpi::write(vm.memory(), cfg.vcpus)?;
+    // Devices drop before the VM: `attached` is declared after `vm`, and
+    // each device holds the VM anyway.
+    let attached = attach_all(&vm, cfg)?;
+    let rsdp = acpi::write(vm.memory(), cfg.vcpus, cfg.memory.bytes())?;
     mptable::write(vm.memory(), cfg.vcpus)?;
     let spec = BootSpec {
         kernel: &kernel,
@@ -190,13 +196,13 @@ pub fn run_observed(
         cmdline: &cfg.boot.cmdline,
         mem_size: cfg.memory.bytes(),
         cpus: cfg.vcpus,
-        pci: &[],
+        pci: &attached.devices,
         rsdp: Some(rsdp),
     };
     let loaded = boot::load(vm.memory(), &spec)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for i in 0..cfg.vcpus {
-        vcpus.push(Vcpu::new(&vm, i)?);
+        vcpus.push(Vcpu::new(&vm, i)?.with_pci(attached.root.clone()));
     }
     if let Some(boot_cpu) = vcpus.first() {
         boot_cpu.set_entry(loaded.entry)?;
@@ -241,6 +247,7 @@ pub fn run_observed(
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
     if std::env::var_os("KILN_VMM_STATS").is_some() {
         print_stats(&vm, setup, started.elapsed(), counts);
+        print_attach_stats(&vm, &attached);
     }
     Ok(exit)
 }
@@ -389,6 +396,22 @@ fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
     );
+}
+
+/// One line on stderr with what attaching devices cost.
+fn print_attach_stats(vm: &Vm, attached: &Attached) {
+    if let Some(s) = attached.stats {
+        let mem: u64 = vm.memory().iter().map(|r| r.len()).sum();
+        eprintln!(
+            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={}",
+            attached.devices.len(),
+            mem >> 20,
+            attached.elapsed.as_secs_f64() * 1e3,
+            s.open.as_secs_f64() * 1e3,
+            s.dma_map.as_secs_f64() * 1e3,
+            s.dma_bytes >> 20,
+        );
+    }
 }
 
 /// Resident guest RAM, in total and in the part VmRSS counts (huge pages

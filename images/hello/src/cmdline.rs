@@ -6,12 +6,16 @@
 
 /// Option that overrides the exit code.
 pub const EXIT_OPTION: &[u8] = b"hello.exit=";
+/// `hello.edu=required`: fail when no edu device is found.
+pub const EDU_OPTION: &[u8] = b"hello.edu=";
 
 /// Why an option's value is unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("hello.exit needs a decimal number from 0 to 4294967295")]
     BadExitCode,
+    #[error("hello.edu takes `required` or `optional`")]
+    BadEdu,
 }
 
 /// The options the unikernel understands.
@@ -19,6 +23,8 @@ pub enum Error {
 pub struct Options {
     /// `hello.exit=<n>`: the status code to leave with.
     pub exit_code: Option<u32>,
+    /// `hello.edu=required`: an edu device must be present.
+    pub edu_required: bool,
 }
 
 fn parse_u32(digits: &[u8]) -> Option<u32> {
@@ -40,6 +46,13 @@ impl Options {
         for word in cmdline.split(u8::is_ascii_whitespace) {
             if let Some(value) = word.strip_prefix(EXIT_OPTION) {
                 options.exit_code = Some(parse_u32(value).ok_or(Error::BadExitCode)?);
+            }
+            if let Some(value) = word.strip_prefix(EDU_OPTION) {
+                options.edu_required = match value {
+                    b"required" => true,
+                    b"optional" => false,
+                    _ => return Err(Error::BadEdu),
+                };
             }
         }
         Ok(options)
@@ -71,6 +84,18 @@ mod tests {
                 .exit_code,
             None
         );
+    }
+
+    #[test]
+    fn edu_required_or_optional() {
+        assert!(Options::parse(b"hello.edu=required").unwrap().edu_required);
+        assert!(
+            !Options::parse(b"hello.edu=required hello.edu=optional")
+                .unwrap()
+                .edu_required
+        );
+        assert!(!Options::parse(b"").unwrap().edu_required);
+        assert_eq!(Options::parse(b"hello.edu=yes"), Err(Error::BadEdu));
     }
 
     #[test]

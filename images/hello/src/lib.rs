@@ -7,6 +7,7 @@
 
 pub mod cmdline;
 pub mod devtree;
+pub mod edu;
 pub mod exit;
 pub mod memmap;
 pub mod pci;

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod boot;
+mod edu_hw;
 mod exceptions;
 mod mem;
 
@@ -16,13 +17,16 @@ use core::ops::Range;
 use kiln_hello::cmdline::Options;
 use kiln_hello::exit::{exit, PANIC_CODE};
 use kiln_hello::memmap::{self, RamSummary};
+use kiln_hello::pci::ConfigAccess;
 use kiln_hello::pci::{self, Mechanism1};
 use kiln_hello::phys::PhysMemory;
 use kiln_hello::start_info::{self, StartInfo};
-use kiln_hello::{devtree, println, serial};
+use kiln_hello::{devtree, edu, println, serial};
 
 /// Exit code when the VMM's boot data or the command line is unusable.
 const BAD_INPUT_CODE: u32 = 1;
+/// Exit code when an edu check fails.
+const EDU_FAILED_CODE: u32 = 3;
 
 extern "C" {
     // Bounds of the loaded image, from linker.ld.
@@ -58,14 +62,53 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
     let mut code = 0;
 
     report_memory(&memory, &info);
+    let mut edu_required = false;
     match report_cmdline(&memory, &info) {
-        Some(Options { exit_code: Some(n) }) => code = n,
-        Some(_) => {}
+        Some(o) => {
+            if let Some(n) = o.exit_code {
+                code = n;
+            }
+            edu_required = o.edu_required;
+        }
         None => code = BAD_INPUT_CODE,
     }
     report_device_tree(&memory, &info);
-    report_pci();
+    let edu = report_pci();
+    if let Some(failed) = drive_edu(edu, edu_required) {
+        if failed {
+            code = EDU_FAILED_CODE;
+        }
+    }
     exit(code)
+}
+
+/// Runs the edu checks when an edu device is present (or required); `None`
+/// when there was nothing to check, `Some(failed)` otherwise.
+fn drive_edu(edu: Option<(Mechanism1, pci::Bdf)>, required: bool) -> Option<bool> {
+    let Some((cfg, bdf)) = edu else {
+        if required {
+            println!("hello: edu device not found FAILED");
+            println!("hello: edu verdict fail");
+            return Some(true);
+        }
+        return None;
+    };
+    let bar0 = u64::from(cfg.read32(bdf, pci::reg::BAR0) & !0xf);
+    let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+    // SAFETY: the device only masters the two DMA pages this program hands
+    // it (edu_hw::EduHw::dma_pages), and only while a check waits for it.
+    unsafe {
+        cfg.write16(
+            bdf,
+            pci::reg::COMMAND,
+            cmd | pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::INTX_DISABLE,
+        )
+    };
+    let msi = pci::find_capability(&cfg, bdf, pci::CAP_MSI);
+    let mut hw = edu_hw::EduHw::new(cfg, bdf, bar0, msi);
+    let pass = edu::run(&mut hw, |c| println!("hello: {c}"));
+    println!("hello: edu verdict {}", if pass { "pass" } else { "fail" });
+    Some(!pass)
 }
 
 /// Prints the cause chain of an error, one `caused by` line each.
@@ -156,12 +199,17 @@ fn report_device_tree(memory: &PhysMemory, info: &StartInfo) {
     println!("hello: no device tree");
 }
 
-fn report_pci() {
+/// Lists the PCI functions; returns the bus and the edu device, if any.
+fn report_pci() -> Option<(Mechanism1, pci::Bdf)> {
     let Some(cfg) = Mechanism1::probe() else {
         println!("hello: no PCI bus");
-        return;
+        return None;
     };
+    let mut edu_at = None;
     let found = pci::walk(&cfg, |f| {
+        if f.vendor == edu::VENDOR && f.device == edu::DEVICE && edu_at.is_none() {
+            edu_at = Some(f.bdf);
+        }
         println!(
             "hello: pci {} {:04x}:{:04x} class {:06x}",
             f.bdf, f.vendor, f.device, f.class
@@ -176,6 +224,7 @@ fn report_pci() {
     if found == 0 {
         println!("hello: no PCI bus");
     }
+    edu_at.map(|bdf| (cfg, bdf))
 }
 
 #[panic_handler]

@@ -2,7 +2,7 @@
 //! memory map table: RAM, with the EBDA and BIOS area (MP table, ACPI
 //! tables) reserved and the 32-bit MMIO hole left out.
 
-use crate::arch::x86_64::layout::{EBDA_START, HIMEM_START};
+use crate::arch::x86_64::layout::{EBDA_START, HIMEM_START, PCI_ECAM_SIZE, PCI_ECAM_START};
 use crate::vm::memory::ram_ranges;
 
 pub const E820_RAM: u32 = 1;
@@ -48,6 +48,17 @@ pub fn memory_map(mem_size: u64) -> Vec<E820Entry> {
             });
         }
     }
+    // The PCI ECAM window is reserved, as Linux wants MCFG areas to be
+    // before it trusts them.
+    let at = map.partition_point(|e| e.addr < PCI_ECAM_START);
+    map.insert(
+        at,
+        E820Entry {
+            addr: PCI_ECAM_START,
+            size: PCI_ECAM_SIZE,
+            kind: E820_RESERVED,
+        },
+    );
     map
 }
 
@@ -84,6 +95,11 @@ mod tests {
                     size: (128 << 20) - 0x100000,
                     kind: E820_RAM
                 },
+                E820Entry {
+                    addr: PCI_ECAM_START,
+                    size: PCI_ECAM_SIZE,
+                    kind: E820_RESERVED
+                },
             ]
         );
         assert_eq!(ram_total(&m), (128 << 20) - 0x60400);
@@ -93,10 +109,11 @@ mod tests {
     fn with_the_hole() {
         let size = 4u64 << 30;
         let m = memory_map(size);
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.len(), 5);
         assert_eq!(m[2].addr + m[2].size, MMIO_HOLE_START);
+        assert_eq!((m[3].addr, m[3].kind), (PCI_ECAM_START, E820_RESERVED));
         assert_eq!(
-            m[3],
+            m[4],
             E820Entry {
                 addr: MMIO_HOLE_END,
                 size: 1 << 30,
@@ -108,8 +125,8 @@ mod tests {
         for w in m.windows(2) {
             assert!(w[0].addr + w[0].size <= w[1].addr);
         }
-        assert!(m
-            .iter()
-            .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END));
+        assert!(m.iter().all(|e| e.kind != E820_RAM
+            || e.addr + e.size <= MMIO_HOLE_START
+            || e.addr >= MMIO_HOLE_END));
     }
 }

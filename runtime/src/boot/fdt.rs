@@ -10,6 +10,7 @@
 //!     serial@3f8 { compatible = "ns16550a"; reg = <0 0x3f8 0 8>; interrupts = <4>; kiln,io-port; };
 //!     exit@f4 { compatible = "kiln,exit-port"; reg = <0 0xf4 0 4>; kiln,io-port; };
 //!     pci { device_type = "pci"; compatible = "kiln,pci-assigned";
+//!           reg = <0 0xe0000000 0 0x100000>; bus-range = <0 0>;   (ECAM)
 //!           #address-cells = <3>; #size-cells = <2>;
 //!         device@<dev>,<fn> { compatible = "pci<vendor>,<device>";
 //!                             reg = <(bus << 16 | dev << 11 | fn << 8) 0 0 0 0>;
@@ -17,7 +18,7 @@
 //! };
 //! ```
 
-use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT};
+use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
 use crate::config::Bdf;
 use crate::vm::memory::ram_ranges;
 use vm_fdt::FdtWriter;
@@ -104,6 +105,9 @@ pub fn build(
     let pci_node = w.begin_node("pci")?;
     w.property_string("device_type", "pci")?;
     w.property_string("compatible", "kiln,pci-assigned")?;
+    // The bus's ECAM window (config space of bus 0), as for pci-host-ecam-generic.
+    w.property_array_u64("reg", &[PCI_ECAM_START, PCI_ECAM_SIZE])?;
+    w.property_array_u32("bus-range", &[0, 0])?;
     w.property_u32("#address-cells", 3)?;
     w.property_u32("#size-cells", 2)?;
     for dev in pci {

@@ -7,12 +7,14 @@
 //! - [`exit_port`]: the debug exit port at 0xf4.
 //! - [`cmos`]: the CMOS RTC at 0x70/0x71 (Linux reads the wall clock there).
 //! - [`acpi_pm`]: the ACPI sleep control register (poweroff).
+//! - [`pci`]: the PCI bus and the models of passed-through functions.
 
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod exit_port;
 pub mod i8042;
+pub mod pci;
 pub mod serial;
 
 pub use bus::{PioBus, PioDevice};

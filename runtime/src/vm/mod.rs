@@ -7,6 +7,7 @@
 //! (the device node) in the order ownership dictates. Nothing is global.
 
 pub mod memory;
+pub mod routing;
 pub mod vcpu;
 
 use crate::arch::x86_64::layout::{
@@ -20,8 +21,10 @@ use crate::devices::{acpi_pm, cmos, exit_port, i8042, PioBus};
 use crate::vac::{Vac, VacError};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
+use routing::{MsiMessage, Routing, RoutingError};
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -48,6 +51,10 @@ pub enum VmError {
     Serial(#[from] SerialError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    #[error("All KVM memory slots of the VM are in use; assign fewer devices")]
+    NoSlot,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -62,6 +69,9 @@ pub struct Vm {
     fd: VmFd,
     memory: GuestMemoryMmap,
     vcpus: u8,
+    /// KVM memory slots used by device memory (BARs), beyond guest RAM's.
+    slots: Mutex<BTreeSet<u32>>,
+    routing: Mutex<Routing>,
     created: Instant,
     first_output: Arc<OnceLock<Instant>>,
     vac: Arc<Vac>,
@@ -142,6 +152,8 @@ impl Vm {
             fd,
             memory,
             vcpus: cfg.vcpus,
+            slots: Mutex::new(BTreeSet::new()),
+            routing: Mutex::new(Routing::default()),
             created,
             first_output,
             vac,
@@ -181,6 +193,78 @@ impl Vm {
     /// How many vCPUs the VM has.
     pub fn vcpu_count(&self) -> u8 {
         self.vcpus
+    }
+
+    /// Maps `size` bytes of host memory at `host` (device memory: a BAR)
+    /// into the guest at `gpa`; returns the KVM slot, for [`Self::unmap_device_memory`].
+    ///
+    /// # Safety
+    /// `host .. host + size` must stay mapped until the slot is unmapped.
+    pub unsafe fn map_device_memory(&self, gpa: u64, size: u64, host: u64) -> Result<u32, VmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = self.memory.num_regions() as u32;
+        let slot = (first..u32::from(u16::MAX))
+            .find(|s| !slots.contains(s))
+            .ok_or(VmError::NoSlot)?;
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: the caller keeps the range mapped until the slot goes.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err("map device memory"))?;
+        slots.insert(slot);
+        Ok(slot)
+    }
+
+    /// Removes a slot made by [`Self::map_device_memory`].
+    pub fn unmap_device_memory(&self, slot: u32) -> Result<(), VmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if !slots.remove(&slot) {
+            return Ok(());
+        }
+        let r = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a size of zero deletes the slot; no memory is referenced.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err("unmap device memory"))
+    }
+
+    /// Routes a new GSI to `msg` and returns it.
+    pub fn add_msi_route(&self, msg: MsiMessage) -> Result<u32, VmError> {
+        let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
+        let gsi = r.allocate()?;
+        r.set_msi(gsi, msg);
+        if let Err(e) = self.commit_routes(&r) {
+            r.remove(gsi);
+            return Err(e);
+        }
+        Ok(gsi)
+    }
+
+    /// Points an existing MSI GSI at a new message.
+    pub fn update_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), VmError> {
+        let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
+        r.set_msi(gsi, msg);
+        self.commit_routes(&r)
+    }
+
+    /// Frees a GSI from [`Self::add_msi_route`].
+    pub fn remove_msi_route(&self, gsi: u32) -> Result<(), VmError> {
+        let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.remove(gsi) {
+            self.commit_routes(&r)?;
+        }
+        Ok(())
+    }
+
+    fn commit_routes(&self, r: &Routing) -> Result<(), VmError> {
+        self.fd
+            .set_gsi_routing(&r.to_kvm()?)
+            .map_err(kvm_err("set the interrupt routes"))
     }
 }
 

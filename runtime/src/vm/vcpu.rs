@@ -5,6 +5,7 @@ use super::Vm;
 use crate::arch::x86_64::cpuid::{self, Topology};
 use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
+use crate::devices::pci::PciRoot;
 use crate::devices::StopRequest;
 use crate::vmm::VmExit;
 use kvm_bindings::{
@@ -113,6 +114,10 @@ impl std::ops::AddAssign for ExitCounts {
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
+    /// The guest's PCI bus (config space, trapped BARs). It holds the
+    /// passed-through devices, which hold the VM: it is not part of `Vm`
+    /// so that no cycle keeps a VM alive.
+    pci: Option<Arc<PciRoot>>,
     vm: Arc<Vm>,
 }
 
@@ -171,8 +176,15 @@ impl Vcpu {
         Ok(Vcpu {
             fd,
             index,
+            pci: None,
             vm: vm.clone(),
         })
+    }
+
+    /// Routes PCI config space and trapped BAR accesses to `pci`.
+    pub fn with_pci(mut self, pci: Arc<PciRoot>) -> Self {
+        self.pci = Some(pci);
+        self
     }
 
     /// Puts the boot CPU at the kernel's entry point.
@@ -212,20 +224,31 @@ impl Vcpu {
                     match exit {
                         VcpuExit::IoOut(port, data) => {
                             counts.pio += 1;
-                            self.vm.bus().write(port, data).map(VmExit::from)
+                            if self.pci.as_ref().is_some_and(|p| p.pio_write(port, data)) {
+                                None
+                            } else {
+                                self.vm.bus().write(port, data).map(VmExit::from)
+                            }
                         }
                         VcpuExit::IoIn(port, data) => {
                             counts.pio += 1;
-                            self.vm.bus().read(port, data);
+                            if !self.pci.as_ref().is_some_and(|p| p.pio_read(port, data)) {
+                                self.vm.bus().read(port, data);
+                            }
                             None
                         }
-                        VcpuExit::MmioRead(_, data) => {
+                        VcpuExit::MmioRead(addr, data) => {
                             counts.mmio += 1;
-                            data.fill(0xff);
+                            if !self.pci.as_ref().is_some_and(|p| p.mmio_read(addr, data)) {
+                                data.fill(0xff);
+                            }
                             None
                         }
-                        VcpuExit::MmioWrite(..) => {
+                        VcpuExit::MmioWrite(addr, data) => {
                             counts.mmio += 1;
+                            if let Some(p) = &self.pci {
+                                p.mmio_write(addr, data);
+                            }
                             None
                         }
                         VcpuExit::Intr => {

@@ -8,11 +8,12 @@
 //! rust-vmm's acpi_tables is not published in a form kiln can depend on.
 
 use super::layout::{
-    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, APIC_ADDR, COM1_IRQ, COM1_PORT,
-    IOAPIC_ADDR, RSDP_START,
+    pci_intx_gsi, ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, APIC_ADDR, COM1_IRQ,
+    COM1_PORT, IOAPIC_ADDR, PCI_CONFIG_PORT, PCI_ECAM_START, PCI_IO_END, PCI_IO_START, RSDP_START,
 };
 use super::mptable::ioapic_id;
 use crate::devices::acpi_pm::S5_SLP_TYP;
+use crate::devices::pci::root::{BarAllocator, MAX_FUNCTIONS};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const OEM_ID: &[u8; 6] = b"KILN  ";
@@ -20,8 +21,10 @@ const OEM_TABLE_ID: &[u8; 8] = b"KILNVM  ";
 
 const XSDT_START: u64 = RSDP_START + 0x40;
 const FADT_START: u64 = RSDP_START + 0x100;
+const MCFG_START: u64 = RSDP_START + 0x280;
 const DSDT_START: u64 = RSDP_START + 0x300;
-const MADT_START: u64 = RSDP_START + 0x400;
+/// After the DSDT, which holds the PCI routing table (about 2 KiB).
+const MADT_START: u64 = RSDP_START + 0x1000;
 
 const FADT_LEN: usize = 276;
 const FADT_FLAG_HW_REDUCED_ACPI: u32 = 1 << 20;
@@ -165,6 +168,36 @@ mod aml {
         v
     }
 
+    /// An integer constant in its shortest form.
+    pub fn integer(n: u32) -> Vec<u8> {
+        match n {
+            0 => vec![0x00],
+            1 => vec![0x01],
+            2..=0xff => vec![0x0a, n as u8],
+            0x100..=0xffff => {
+                let [a, b] = (n as u16).to_le_bytes();
+                vec![0x0b, a, b]
+            }
+            _ => {
+                let mut v = vec![0x0c];
+                v.extend_from_slice(&n.to_le_bytes());
+                v
+            }
+        }
+    }
+
+    /// A package of already-encoded elements (fewer than 256).
+    pub fn package(items: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = vec![items.len() as u8];
+        for i in items {
+            body.extend_from_slice(i);
+        }
+        let mut v = vec![0x12];
+        v.extend(pkg_length(body.len()));
+        v.extend(body);
+        v
+    }
+
     /// EisaId("PNPxxxx") as a DWordConst: three 5-bit letters, four hex digits.
     pub fn eisa_id(id: &[u8; 7]) -> Vec<u8> {
         // `id` is a fixed-size array; its constant indices are checked at
@@ -187,7 +220,7 @@ mod aml {
 /// ports and IRQ 4. A hardware-reduced platform has no legacy PIC, so
 /// Linux maps a legacy IRQ only for a device ACPI describes; without this
 /// the serial port would have no interrupt and user-space output would stall.
-fn dsdt() -> Vec<u8> {
+fn dsdt(mem_size: u64) -> Vec<u8> {
     let mut aml = aml::name(b"_S5_", &aml::byte_package(&[S5_SLP_TYP, 0, 0, 0]));
     let [lo, hi] = COM1_PORT.to_le_bytes();
     let resources = [
@@ -208,8 +241,89 @@ fn dsdt() -> Vec<u8> {
     let mut com1 = aml::name(b"_HID", &aml::eisa_id(b"PNP0501"));
     com1.extend(aml::name(b"_UID", &[0x00]));
     com1.extend(aml::name(b"_CRS", &aml::buffer(&resources)));
-    aml.extend(aml::scope(b"_SB_", &aml::device(b"COM1", &com1)));
+    let mut sb = aml::device(b"COM1", &com1);
+    sb.extend(pci0(mem_size));
+    aml.extend(aml::scope(b"_SB_", &sb));
     sdt(b"DSDT", 2, &aml)
+}
+
+/// Word/DWord/QWord address space descriptors for a producer range
+/// `min..=max` with fixed ends (ACPI 6, 6.4.3.5).
+fn word_space(kind: u8, type_flags: u8, min: u16, max: u16) -> Vec<u8> {
+    let mut d = vec![0x88, 0x0d, 0x00, kind, 0x0c, type_flags];
+    for v in [0, min, max, 0, max - min + 1] {
+        d.extend_from_slice(&v.to_le_bytes());
+    }
+    d
+}
+
+fn dword_memory(min: u32, max: u32) -> Vec<u8> {
+    let mut d = vec![0x87, 0x17, 0x00, 0, 0x0c, 0x01];
+    for v in [0, min, max, 0, max - min + 1] {
+        d.extend_from_slice(&v.to_le_bytes());
+    }
+    d
+}
+
+fn qword_memory(min: u64, max: u64) -> Vec<u8> {
+    let mut d = vec![0x8a, 0x2b, 0x00, 0, 0x0c, 0x01];
+    for v in [0, min, max, 0, max - min + 1] {
+        d.extend_from_slice(&v.to_le_bytes());
+    }
+    d
+}
+
+/// The PCI host bridge (PNP0A08, compatible PNP0A03) for bus 0: its
+/// resources (bus 0, the config ports, the I/O and memory windows the VMM
+/// places BARs in) and a _PRT routing each slot's INTA-INTD to the IOAPIC
+/// pins the VMM wires INTx to.
+fn pci0(mem_size: u64) -> Vec<u8> {
+    let [w32, w64] = BarAllocator::windows(mem_size);
+    let [plo, phi] = PCI_CONFIG_PORT.to_le_bytes();
+    let mut crs = word_space(2, 0, 0, 0); // bus numbers 0..=0
+    crs.extend_from_slice(&[0x47, 0x01, plo, phi, plo, phi, 0x01, 0x08]);
+    crs.extend(word_space(1, 0x03, PCI_IO_START, (PCI_IO_END - 1) as u16));
+    crs.extend(dword_memory(w32.0 as u32, (w32.1 - 1) as u32));
+    crs.extend(qword_memory(w64.0, w64.1 - 1));
+    crs.extend_from_slice(&[0x79, 0x00]);
+    let mut prt = Vec::new();
+    for device in 1..=MAX_FUNCTIONS as u8 {
+        for pin in 0..4u8 {
+            prt.push(aml::package(&[
+                aml::integer(u32::from(device) << 16 | 0xffff),
+                aml::integer(u32::from(pin)),
+                aml::integer(0),
+                aml::integer(pci_intx_gsi(device, pin + 1)),
+            ]));
+        }
+    }
+    let mut body = aml::name(b"_HID", &aml::eisa_id(b"PNP0A08"));
+    body.extend(aml::name(b"_CID", &aml::eisa_id(b"PNP0A03")));
+    body.extend(aml::name(b"_ADR", &aml::integer(0)));
+    body.extend(aml::name(b"_SEG", &aml::integer(0)));
+    body.extend(aml::name(b"_BBN", &aml::integer(0)));
+    body.extend(aml::name(b"_UID", &aml::integer(0)));
+    body.extend(aml::name(b"_CRS", &aml::buffer(&crs)));
+    // A package of up to 255 elements: 31 slots x 4 pins = 124.
+    let mut pkg = vec![prt.len() as u8];
+    for p in &prt {
+        pkg.extend_from_slice(p);
+    }
+    let mut prt_pkg = vec![0x12];
+    prt_pkg.extend(aml::pkg_length(pkg.len()));
+    prt_pkg.extend(pkg);
+    body.extend(aml::name(b"_PRT", &prt_pkg));
+    aml::device(b"PCI0", &body)
+}
+
+/// MCFG: ECAM for segment 0, bus 0.
+fn mcfg() -> Vec<u8> {
+    let mut body = vec![0u8; 8];
+    body.extend_from_slice(&PCI_ECAM_START.to_le_bytes());
+    body.extend_from_slice(&0u16.to_le_bytes()); // segment
+    body.extend_from_slice(&[0, 0]); // buses 0..=0
+    body.extend_from_slice(&[0; 4]);
+    sdt(b"MCFG", 1, &body)
 }
 
 fn madt(cpus: u8) -> Vec<u8> {
@@ -258,19 +372,20 @@ fn rsdp() -> Vec<u8> {
 }
 
 /// Every table with its guest address.
-pub fn build(cpus: u8) -> Vec<(u64, Vec<u8>)> {
+pub fn build(cpus: u8, mem_size: u64) -> Vec<(u64, Vec<u8>)> {
     vec![
         (RSDP_START, rsdp()),
-        (XSDT_START, xsdt(&[FADT_START, MADT_START])),
+        (XSDT_START, xsdt(&[FADT_START, MADT_START, MCFG_START])),
         (FADT_START, fadt()),
-        (DSDT_START, dsdt()),
+        (MCFG_START, mcfg()),
+        (DSDT_START, dsdt(mem_size)),
         (MADT_START, madt(cpus)),
     ]
 }
 
 /// Writes the tables into guest memory and returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
-    for (addr, table) in build(cpus) {
+pub fn write(mem: &GuestMemoryMmap, cpus: u8, mem_size: u64) -> Result<u64, AcpiError> {
+    for (addr, table) in build(cpus, mem_size) {
         if addr + table.len() as u64 > ACPI_END {
             return Err(AcpiError::TooLarge(cpus));
         }
@@ -294,7 +409,7 @@ mod tests {
 
     #[test]
     fn tables_chain_and_checksum() {
-        let t = build(2);
+        let t = build(2, 64 << 20);
         let r = table(&t, RSDP_START);
         assert_eq!(&r[..8], b"RSD PTR ");
         assert_eq!(sum(&r[..20]), 0);
@@ -307,7 +422,7 @@ mod tests {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
         let sigs: Vec<&[u8]> = entries.iter().map(|a| &table(&t, *a)[..4]).collect();
-        assert_eq!(sigs, vec![&b"FACP"[..], &b"APIC"[..]]);
+        assert_eq!(sigs, vec![&b"FACP"[..], &b"APIC"[..], &b"MCFG"[..]]);
         for (_, tb) in t.iter().skip(1) {
             let len = u32::from_le_bytes(tb[4..8].try_into().unwrap()) as usize;
             assert_eq!(len, tb.len());
@@ -333,29 +448,80 @@ mod tests {
         assert_eq!(f[244], GAS_SYSTEM_IO);
         assert_eq!(u64::from_le_bytes(f[248..256].try_into().unwrap()), 0x600);
         assert_eq!(u64::from_le_bytes(f[260..268].try_into().unwrap()), 0x601);
-        let d = dsdt();
+        let d = dsdt(64 << 20);
         // Name (_S5_, Package (4) { 5, 0, 0, 0 })
         assert_eq!(&d[36..49], b"\x08_S5_\x12\x07\x04\x0a\x05\x00\x00\x00");
     }
 
+    /// Decodes a PkgLength at `b`: (length, bytes it took).
+    fn pkg_len(b: &[u8]) -> (usize, usize) {
+        match b[0] >> 6 {
+            0 => (b[0] as usize, 1),
+            1 => ((b[0] & 0xf) as usize | (b[1] as usize) << 4, 2),
+            n => panic!("{n}-byte PkgLength"),
+        }
+    }
+
     #[test]
     fn dsdt_describes_com1() {
-        let d = dsdt();
+        let d = dsdt(64 << 20);
         let body = &d[49..];
-        // Scope (_SB_) { Device (COM1) { ... } }, lengths consistent.
+        // Scope (_SB_) { Device (COM1) { ... } Device (PCI0) { ... } }.
         assert_eq!(body[0], 0x10);
-        assert_eq!(body[1] as usize, body.len() - 1);
-        assert_eq!(&body[2..6], b"_SB_");
-        assert_eq!(&body[6..8], &[0x5b, 0x82]);
-        assert_eq!(body[8] as usize, body.len() - 8);
-        assert_eq!(&body[9..13], b"COM1");
+        let (len, n) = pkg_len(&body[1..]);
+        assert_eq!(len, body.len() - 1);
+        assert_eq!(&body[1 + n..5 + n], b"_SB_");
+        let dev = &body[5 + n..];
+        assert_eq!(&dev[..2], &[0x5b, 0x82]);
+        let (len, n) = pkg_len(&dev[2..]);
+        assert_eq!(&dev[2 + n..6 + n], b"COM1");
+        let com1 = &dev[..2 + len];
         // EisaId ("PNP0501") is 0x0105d041.
-        assert_eq!(&body[13..23], b"\x08_HID\x0c\x41\xd0\x05\x01");
-        let crs = body.windows(4).position(|w| w == b"_CRS").unwrap();
-        let res = &body[crs + 8..];
+        assert_eq!(&com1[6 + n..16 + n], b"\x08_HID\x0c\x41\xd0\x05\x01");
+        let crs = com1.windows(4).position(|w| w == b"_CRS").unwrap();
+        let res = &com1[crs + 8..];
         assert_eq!(&res[..8], &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]);
         assert_eq!(&res[8..11], &[0x22, 0x10, 0x00]);
         assert_eq!(&res[11..], &[0x79, 0x00]);
+        // PCI0 follows, filling the scope exactly.
+        let pci = &dev[2 + len..];
+        assert_eq!(&pci[..2], &[0x5b, 0x82]);
+        let (plen, pn) = pkg_len(&pci[2..]);
+        assert_eq!(2 + plen, pci.len());
+        assert_eq!(&pci[2 + pn..6 + pn], b"PCI0");
+    }
+
+    #[test]
+    fn pci0_has_windows_and_routes_every_slot() {
+        let p = pci0(64 << 20);
+        // EisaId ("PNP0A08") = 0x080ad041, ("PNP0A03") = 0x030ad041.
+        assert!(p.windows(10).any(|w| w == b"\x08_HID\x0c\x41\xd0\x0a\x08"));
+        assert!(p.windows(10).any(|w| w == b"\x08_CID\x0c\x41\xd0\x0a\x03"));
+        // The 32-bit window 0xc0000000..=0xdfffffff as a DWordMemory.
+        let mut dw = vec![0x87, 0x17, 0x00, 0, 0x0c, 0x01, 0, 0, 0, 0];
+        dw.extend_from_slice(&0xc000_0000u32.to_le_bytes());
+        dw.extend_from_slice(&0xdfff_ffffu32.to_le_bytes());
+        assert!(p.windows(dw.len()).any(|w| w == dw.as_slice()));
+        // Slot 1 INTA -> GSI 17: Package (4) { 0x0001ffff, 0, 0, 17 }.
+        let entry = [
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 17,
+        ];
+        assert!(p.windows(entry.len()).any(|w| w == entry));
+        let prt = p.windows(4).position(|w| w == b"_PRT").unwrap();
+        assert_eq!(p[prt + 4], 0x12);
+        let (_, n) = pkg_len(&p[prt + 5..]);
+        assert_eq!(p[prt + 5 + n] as usize, MAX_FUNCTIONS * 4);
+    }
+
+    #[test]
+    fn mcfg_points_at_ecam_for_bus_zero() {
+        let m = mcfg();
+        assert_eq!(m.len(), 60);
+        assert_eq!(
+            u64::from_le_bytes(m[44..52].try_into().unwrap()),
+            PCI_ECAM_START
+        );
+        assert_eq!(&m[52..56], &[0, 0, 0, 0]);
     }
 
     #[test]
@@ -393,7 +559,7 @@ mod tests {
 
     #[test]
     fn fits_for_the_most_vcpus() {
-        let t = build(255);
+        let t = build(255, 64 << 20);
         let end = t.iter().map(|(a, b)| a + b.len() as u64).max().unwrap();
         assert!(end <= ACPI_END);
     }

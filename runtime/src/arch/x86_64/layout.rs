@@ -11,8 +11,10 @@
 //! 0x0009_fc00  EBDA: MP table (reserved up to 1 MiB with the BIOS area)
 //! 0x000e_0000  ACPI tables, RSDP first
 //! 0x0010_0000  kernel load address (bzImage); ELF segments go where they ask
-//! 0xc000_0000  32-bit MMIO hole up to 4 GiB (PCI BARs, IOAPIC, LAPIC)
+//! 0xc000_0000  32-bit MMIO hole up to 4 GiB: PCI BARs (32-bit window) to 0xe000_0000,
+//!              PCI ECAM (bus 0, 1 MiB) at 0xe000_0000, IOAPIC, LAPIC
 //! 0x1_0000_0000  RAM above the hole when the guest has more than 3 GiB
+//! above RAM      PCI 64-bit BAR window (1 GiB aligned, 64 GiB)
 //! ```
 
 pub const GDT_START: u64 = 0x500;
@@ -56,6 +58,41 @@ pub const HIMEM_START: u64 = 0x100000;
 /// The 32-bit MMIO hole: from 3 GiB to 4 GiB nothing is RAM.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+
+/// The PCI 32-bit memory window for BARs.
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO32_END: u64 = 0xe000_0000;
+/// PCI Express enhanced configuration access (ECAM/MMCONFIG), bus 0 only:
+/// 32 devices x 8 functions x 4 KiB.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// I/O port window for I/O BARs.
+pub const PCI_IO_START: u16 = 0xc000;
+pub const PCI_IO_END: u32 = 0x1_0000;
+/// Size of the 64-bit BAR window above RAM.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+/// The legacy PCI configuration mechanism #1 ports (0xCF8 address, 0xCFC data).
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+/// The first IOAPIC pin for PCI INTx (pins 16-23 are free of ISA IRQs).
+pub const PCI_INTX_FIRST_GSI: u32 = 16;
+pub const PCI_INTX_GSIS: u32 = 8;
+
+/// The 64-bit BAR window of a guest with `mem_size` bytes of RAM: above
+/// every RAM byte, 1 GiB aligned.
+pub fn pci_mmio64_start(mem_size: u64) -> u64 {
+    let ram_end = if mem_size <= MMIO_HOLE_START {
+        mem_size
+    } else {
+        MMIO_HOLE_END + (mem_size - MMIO_HOLE_START)
+    };
+    ram_end.max(MMIO_HOLE_END).next_multiple_of(1 << 30)
+}
+
+/// The GSI of INTx pin `pin` (1 = INTA) of device `device` on bus 0, as the
+/// ACPI _PRT describes it: the usual swizzle over eight IOAPIC pins.
+pub fn pci_intx_gsi(device: u8, pin: u8) -> u32 {
+    PCI_INTX_FIRST_GSI + (u32::from(device) + u32::from(pin.max(1)) - 1) % PCI_INTX_GSIS
+}
 
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const APIC_ADDR: u32 = 0xfee0_0000;

@@ -1,0 +1,140 @@
+//! The guest's PCI bus: a host bridge at 00:00.0, config space through
+//! 0xCF8/0xCFC and ECAM, and the passed-through functions behind it.
+//!
+//! - [`config`]: the config space a guest sees of a passed-through function.
+//! - [`msi`]: MSI and MSI-X capability and table state.
+//! - [`passthrough`]: one assigned function: BARs mapped or trapped,
+//!   interrupts wired to KVM.
+//! - [`root`]: the bus itself: config mechanisms, host bridge, BAR windows.
+//!
+//! The host device is reached through [`HostFunction`], which the VFIO code
+//! implements and unit tests fake.
+
+pub mod config;
+pub mod msi;
+pub mod passthrough;
+pub mod root;
+
+pub use passthrough::{PassthroughError, PassthroughFunction};
+pub use root::{PciRoot, PciRootError};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The interrupt kinds of a PCI function (VFIO's IRQ indexes 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqKind {
+    Intx,
+    Msi,
+    Msix,
+}
+
+/// A host error from the device, boxed so device backends stay opaque.
+pub type HostError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the guest-facing model needs of the real device.
+pub trait HostFunction: Send + Sync {
+    /// Reads the device's config space (VFIO's config region).
+    fn config_read(&self, offset: u16, data: &mut [u8]);
+    fn config_write(&self, offset: u16, data: &[u8]);
+    /// The size of region `index` (BAR 0-5), 0 when absent.
+    fn region_size(&self, index: u32) -> u64;
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]);
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]);
+    /// The host address of region `index` mapped whole, if it can be; the
+    /// mapping lives as long as `self`.
+    fn region_mapping(&self, index: u32) -> Option<u64>;
+    /// How many vectors of `kind` the device has.
+    fn irq_count(&self, kind: IrqKind) -> u32;
+    /// Signals `fds[i]` when vector `i` of `kind` fires.
+    fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), HostError>;
+    fn disable_irqs(&self, kind: IrqKind) -> Result<(), HostError>;
+    /// Unmasks INTx whenever `fd` is signalled (the guest's EOI).
+    fn intx_unmask_on(&self, fd: &EventFd) -> Result<(), HostError>;
+    /// Resets the function, where it supports it.
+    fn reset(&self);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A device that is 256 bytes of config space and records writes.
+    pub struct FakeFunction {
+        pub space: Mutex<[u8; 256]>,
+        pub region_sizes: Mutex<[u64; 6]>,
+        pub writes: Mutex<Vec<(u16, Vec<u8>)>>,
+        pub regions: Mutex<Vec<(u32, u64, Vec<u8>)>>,
+        pub irqs: Mutex<Vec<(IrqKind, usize)>>,
+    }
+
+    impl FakeFunction {
+        pub fn new(vendor: u16, device: u16) -> Self {
+            let f = FakeFunction {
+                space: Mutex::new([0; 256]),
+                region_sizes: Mutex::new([0; 6]),
+                writes: Mutex::new(Vec::new()),
+                regions: Mutex::new(Vec::new()),
+                irqs: Mutex::new(Vec::new()),
+            };
+            f.set32(0, u32::from(vendor) | u32::from(device) << 16);
+            f
+        }
+
+        pub fn set32(&self, offset: usize, v: u32) {
+            self.space.lock().unwrap()[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
+        }
+
+        pub fn writes(&self) -> Vec<(u16, Vec<u8>)> {
+            self.writes.lock().unwrap().clone()
+        }
+    }
+
+    impl HostFunction for FakeFunction {
+        fn config_read(&self, offset: u16, data: &mut [u8]) {
+            let s = self.space.lock().unwrap();
+            let o = usize::from(offset);
+            data.copy_from_slice(&s[o..o + data.len()]);
+        }
+        fn config_write(&self, offset: u16, data: &[u8]) {
+            self.writes.lock().unwrap().push((offset, data.to_vec()));
+        }
+        fn region_size(&self, index: u32) -> u64 {
+            self.region_sizes
+                .lock()
+                .unwrap()
+                .get(index as usize)
+                .copied()
+                .unwrap_or(0)
+        }
+        fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
+            data.fill(index as u8 + offset as u8);
+        }
+        fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
+            self.regions
+                .lock()
+                .unwrap()
+                .push((index, offset, data.to_vec()));
+        }
+        fn region_mapping(&self, _: u32) -> Option<u64> {
+            None
+        }
+        fn irq_count(&self, kind: IrqKind) -> u32 {
+            match kind {
+                IrqKind::Intx | IrqKind::Msi => 1,
+                IrqKind::Msix => 0,
+            }
+        }
+        fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), HostError> {
+            self.irqs.lock().unwrap().push((kind, fds.len()));
+            Ok(())
+        }
+        fn disable_irqs(&self, kind: IrqKind) -> Result<(), HostError> {
+            self.irqs.lock().unwrap().push((kind, 0));
+            Ok(())
+        }
+        fn intx_unmask_on(&self, _: &EventFd) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn reset(&self) {}
+    }
+}

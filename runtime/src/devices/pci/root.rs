@@ -1,0 +1,319 @@
+//! The guest's PCI bus 0: a host bridge at 00:00.0 and the passed-through
+//! functions at 00:01.0, 00:02.0, ... in config order; config space through
+//! mechanism #1 (0xCF8/0xCFC) and ECAM; BARs placed in the windows of
+//! arch/x86_64/layout.rs, trapped accesses dispatched to their function.
+
+use super::config::BarKind;
+use super::passthrough::PassthroughFunction;
+use crate::arch::x86_64::layout::{
+    pci_mmio64_start, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_IO_END, PCI_IO_START,
+    PCI_MMIO32_END, PCI_MMIO32_START, PCI_MMIO64_SIZE,
+};
+use std::sync::{Mutex, PoisonError};
+
+/// The host bridge's identity: Red Hat's generic PCIe host bridge, which
+/// no OS has quirks for.
+pub const HOST_BRIDGE_VENDOR: u16 = 0x1b36;
+pub const HOST_BRIDGE_DEVICE: u16 = 0x0008;
+/// Bus 0 has 32 device numbers; 0 is the host bridge.
+pub const MAX_FUNCTIONS: usize = 31;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PciRootError {
+    #[error("The VM has {0} PCI devices; at most {MAX_FUNCTIONS} fit on its bus")]
+    TooMany(usize),
+    #[error("BAR {index} ({size:#x} bytes) of {what} does not fit in the guest's PCI windows; assign fewer or smaller devices")]
+    NoSpace { what: String, index: u8, size: u64 },
+}
+
+/// Hands out guest addresses for BARs, naturally aligned.
+#[derive(Debug, Clone)]
+pub struct BarAllocator {
+    mmio32: (u64, u64),
+    mmio64: (u64, u64),
+    io: (u64, u64),
+}
+
+fn bump(window: &mut (u64, u64), size: u64) -> Option<u64> {
+    let start = window.0.checked_next_multiple_of(size)?;
+    let end = start.checked_add(size)?;
+    (end <= window.1).then(|| {
+        window.0 = end;
+        start
+    })
+}
+
+impl BarAllocator {
+    pub fn new(mem_size: u64) -> Self {
+        let m64 = pci_mmio64_start(mem_size);
+        BarAllocator {
+            mmio32: (PCI_MMIO32_START, PCI_MMIO32_END),
+            mmio64: (m64, m64 + PCI_MMIO64_SIZE),
+            io: (u64::from(PCI_IO_START), u64::from(PCI_IO_END)),
+        }
+    }
+
+    /// A place for a BAR. 64-bit BARs go below 4 GiB while they fit there
+    /// (so guests with a 4 GiB identity map reach them) and above RAM
+    /// otherwise.
+    pub fn allocate(&mut self, kind: BarKind, size: u64) -> Option<u64> {
+        match kind {
+            BarKind::Io => bump(&mut self.io, size.max(4)),
+            BarKind::Mem32 => bump(&mut self.mmio32, size.max(4096)),
+            BarKind::Mem64 => bump(&mut self.mmio32, size.max(4096))
+                .or_else(|| bump(&mut self.mmio64, size.max(4096))),
+        }
+    }
+
+    /// The 32-bit and 64-bit memory windows `(start, end)`, for ACPI.
+    pub fn windows(mem_size: u64) -> [(u64, u64); 2] {
+        let m64 = pci_mmio64_start(mem_size);
+        [
+            (PCI_MMIO32_START, PCI_MMIO32_END),
+            (m64, m64 + PCI_MMIO64_SIZE),
+        ]
+    }
+}
+
+/// The host bridge's config space: identity and class, nothing writable.
+fn host_bridge_dword(reg: u16) -> u32 {
+    match reg {
+        0x00 => u32::from(HOST_BRIDGE_VENDOR) | u32::from(HOST_BRIDGE_DEVICE) << 16,
+        0x08 => 0x0600_0000, // class 06 (bridge), subclass 00 (host)
+        _ => 0,
+    }
+}
+
+pub struct PciRoot {
+    /// CONFIG_ADDRESS as last written to 0xCF8.
+    address: Mutex<u32>,
+    /// Device number 1 + i holds `functions[i]`.
+    functions: Vec<Mutex<PassthroughFunction>>,
+}
+
+impl PciRoot {
+    pub fn new(functions: Vec<PassthroughFunction>) -> Result<Self, PciRootError> {
+        if functions.len() > MAX_FUNCTIONS {
+            return Err(PciRootError::TooMany(functions.len()));
+        }
+        Ok(PciRoot {
+            address: Mutex::new(0),
+            functions: functions.into_iter().map(Mutex::new).collect(),
+        })
+    }
+
+    /// The device number of the function at index `i` (in config order).
+    pub fn device_number(i: usize) -> u8 {
+        (i + 1) as u8
+    }
+
+    /// The functions, with their device numbers.
+    pub fn functions(&self) -> impl Iterator<Item = (u8, &Mutex<PassthroughFunction>)> {
+        self.functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (Self::device_number(i), f))
+    }
+
+    fn function(&self, device: u8) -> Option<&Mutex<PassthroughFunction>> {
+        self.functions.get(usize::from(device).checked_sub(1)?)
+    }
+
+    fn config_read(&self, device: u8, function: u8, reg: u16, data: &mut [u8]) {
+        if function != 0 {
+            data.fill(0xff);
+            return;
+        }
+        if device == 0 {
+            let v = host_bridge_dword(reg & !3).to_le_bytes();
+            let start = usize::from(reg & 3);
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = v.get(start + i).copied().unwrap_or(0xff);
+            }
+            return;
+        }
+        match self.function(device) {
+            Some(f) => f
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .config_read(reg, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn config_write(&self, device: u8, function: u8, reg: u16, data: &[u8]) {
+        if function != 0 || device == 0 {
+            return;
+        }
+        if let Some(f) = self.function(device) {
+            f.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .config_write(reg, data);
+        }
+    }
+
+    /// The (device, function, register) mechanism #1 selects for a data
+    /// access at 0xCFC + `byte`, if enabled and on bus 0.
+    fn selected(&self, byte: u16) -> Option<(u8, u8, u16)> {
+        let a = *self.address.lock().unwrap_or_else(PoisonError::into_inner);
+        let enabled = a & 0x8000_0000 != 0;
+        let bus = (a >> 16) & 0xff;
+        (enabled && bus == 0).then(|| {
+            (
+                ((a >> 11) & 0x1f) as u8,
+                ((a >> 8) & 7) as u8,
+                (a & 0xfc) as u16 + byte,
+            )
+        })
+    }
+
+    /// Handles an `in`; false when the port is not the bus's.
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
+        match port {
+            PCI_CONFIG_PORT if data.len() == 4 => {
+                let a = *self.address.lock().unwrap_or_else(PoisonError::into_inner);
+                data.copy_from_slice(&a.to_le_bytes());
+                true
+            }
+            p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
+                match self.selected(p - PCI_CONFIG_PORT - 4) {
+                    Some((d, f, r)) => self.config_read(d, f, r, data),
+                    None => data.fill(0xff),
+                }
+                true
+            }
+            p if p >= PCI_IO_START => self.bar_read(true, u64::from(p), data),
+            _ => false,
+        }
+    }
+
+    /// Handles an `out`; false when the port is not the bus's.
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        match port {
+            // Only dword writes reach CONFIG_ADDRESS (byte writes to 0xCF9
+            // are a chipset reset register elsewhere).
+            PCI_CONFIG_PORT if data.len() == 4 => {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(data);
+                *self.address.lock().unwrap_or_else(PoisonError::into_inner) =
+                    u32::from_le_bytes(b) & 0x80ff_fffc;
+                true
+            }
+            p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
+                if let Some((d, f, r)) = self.selected(p - PCI_CONFIG_PORT - 4) {
+                    self.config_write(d, f, r, data);
+                }
+                true
+            }
+            p if p >= PCI_IO_START => self.bar_write(true, u64::from(p), data),
+            _ => false,
+        }
+    }
+
+    fn ecam(addr: u64) -> Option<(u8, u8, u16)> {
+        let off = addr.checked_sub(PCI_ECAM_START)?;
+        (off < PCI_ECAM_SIZE).then_some((
+            ((off >> 15) & 0x1f) as u8,
+            ((off >> 12) & 7) as u8,
+            (off & 0xfff) as u16,
+        ))
+    }
+
+    /// Handles an MMIO read; false when no device claims `addr`.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        if let Some((d, f, r)) = Self::ecam(addr) {
+            self.config_read(d, f, r, data);
+            return true;
+        }
+        self.bar_read(false, addr, data)
+    }
+
+    /// Handles an MMIO write; false when no device claims `addr`.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        if let Some((d, f, r)) = Self::ecam(addr) {
+            self.config_write(d, f, r, data);
+            return true;
+        }
+        self.bar_write(false, addr, data)
+    }
+
+    fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
+        self.functions.iter().any(|f| {
+            f.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .bar_read(io, addr, data)
+        })
+    }
+
+    fn bar_write(&self, io: bool, addr: u64, data: &[u8]) -> bool {
+        self.functions.iter().any(|f| {
+            f.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .bar_write(io, addr, data)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanism_one_latches_and_reads_the_host_bridge() {
+        let root = PciRoot::new(Vec::new()).unwrap();
+        assert!(root.pio_write(0xcf8, &0x8000_0000u32.to_le_bytes()));
+        let mut d = [0u8; 4];
+        assert!(root.pio_read(0xcf8, &mut d));
+        assert_eq!(u32::from_le_bytes(d), 0x8000_0000);
+        root.pio_read(0xcfc, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0008_1b36);
+        let mut w = [0u8; 2];
+        root.pio_write(0xcf8, &0x8000_0008u32.to_le_bytes());
+        root.pio_read(0xcfe, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x0600);
+        // An empty slot and another bus read all-ones.
+        root.pio_write(0xcf8, &0x8000_1800u32.to_le_bytes());
+        root.pio_read(0xcfc, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        root.pio_write(0xcf8, &0x8001_0000u32.to_le_bytes());
+        root.pio_read(0xcfc, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        // Byte access to 0xCF8 is not the address register.
+        assert!(!root.pio_write(0xcf9, &[6]));
+        assert!(!root.pio_read(0x80, &mut [0]));
+    }
+
+    #[test]
+    fn ecam_reaches_the_same_config_space() {
+        let root = PciRoot::new(Vec::new()).unwrap();
+        let mut d = [0u8; 4];
+        assert!(root.mmio_read(PCI_ECAM_START, &mut d));
+        assert_eq!(u32::from_le_bytes(d), 0x0008_1b36);
+        assert!(root.mmio_read(PCI_ECAM_START + (3 << 15), &mut d));
+        assert_eq!(d, [0xff; 4]);
+        assert!(!root.mmio_read(PCI_ECAM_START + PCI_ECAM_SIZE, &mut d));
+    }
+
+    #[test]
+    fn bars_are_aligned_and_stay_in_their_windows() {
+        let mut a = BarAllocator::new(64 << 20);
+        assert_eq!(a.allocate(BarKind::Mem32, 1 << 20), Some(PCI_MMIO32_START));
+        assert_eq!(
+            a.allocate(BarKind::Mem32, 0x100),
+            Some(PCI_MMIO32_START + (1 << 20))
+        );
+        assert_eq!(
+            a.allocate(BarKind::Mem64, 1 << 24),
+            Some(PCI_MMIO32_START + (1 << 24))
+        );
+        // Too big for the 32-bit window: above RAM, aligned.
+        let big = a.allocate(BarKind::Mem64, 1 << 30).unwrap();
+        assert_eq!(big, 1 << 32);
+        assert_eq!(a.allocate(BarKind::Mem32, 1 << 30), None);
+        assert_eq!(a.allocate(BarKind::Io, 0x20), Some(0xc000));
+        assert_eq!(a.allocate(BarKind::Io, 0x100), Some(0xc100));
+        // A big guest's 64-bit window starts above its RAM.
+        let [_, w64] = BarAllocator::windows(5 << 30);
+        assert_eq!(w64.0, 6 << 30);
+    }
+}

@@ -1,0 +1,94 @@
+//! In the VMM process: opening every device a VM config assigns (already
+//! bound to vfio-pci by init) and putting each on the guest's PCI bus.
+
+use super::container::{AttachStats, Container, ContainerError};
+use crate::boot::fdt::PciDeviceInfo;
+use crate::config::{Bdf, VmConfig};
+use crate::devices::pci::root::BarAllocator;
+use crate::devices::pci::{PassthroughError, PassthroughFunction, PciRoot, PciRootError};
+use crate::pci::{self, SelectError, Sysfs, SysfsError};
+use crate::vm::Vm;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("Cannot put {bdf} on the guest's PCI bus")]
+    Passthrough {
+        bdf: Bdf,
+        #[source]
+        source: PassthroughError,
+    },
+    #[error(transparent)]
+    Root(#[from] PciRootError),
+}
+
+/// The guest's PCI bus with the VM's devices on it.
+pub struct Attached {
+    pub root: Arc<PciRoot>,
+    /// What the guest's device tree lists: guest addresses and ids.
+    pub devices: Vec<PciDeviceInfo>,
+    /// Set when devices were attached.
+    pub stats: Option<AttachStats>,
+    pub elapsed: Duration,
+}
+
+/// Opens the devices of `cfg.pci` for `vm` and builds its PCI bus. A VM
+/// without devices gets the bus with only its host bridge.
+pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError> {
+    let started = Instant::now();
+    if cfg.pci.is_empty() {
+        return Ok(Attached {
+            root: Arc::new(PciRoot::new(Vec::new())?),
+            devices: Vec::new(),
+            stats: None,
+            elapsed: started.elapsed(),
+        });
+    }
+    let sysfs = Sysfs::host();
+    let present = sysfs.devices()?;
+    let container = Container::new(vm.clone())?;
+    let mut bars = BarAllocator::new(cfg.memory.bytes());
+    let mut functions = Vec::with_capacity(cfg.pci.len());
+    let mut devices = Vec::with_capacity(cfg.pci.len());
+    for (i, entry) in cfg.pci.iter().enumerate() {
+        let host = pci::select(&present, &entry.device, entry.index)?;
+        let device = PciRoot::device_number(i);
+        let opened = container.open(host.bdf)?;
+        let f = PassthroughFunction::new(
+            vm.clone(),
+            Box::new(opened),
+            device,
+            &mut bars,
+            &host.bdf.to_string(),
+        )
+        .map_err(|source| AttachError::Passthrough {
+            bdf: host.bdf,
+            source,
+        })?;
+        functions.push(f);
+        devices.push(PciDeviceInfo {
+            bdf: Bdf {
+                domain: 0,
+                bus: 0,
+                device,
+                function: 0,
+            },
+            vendor: host.vendor,
+            device: host.device,
+        });
+    }
+    let stats = container.stats();
+    Ok(Attached {
+        root: Arc::new(PciRoot::new(functions)?),
+        devices,
+        stats: Some(stats),
+        elapsed: started.elapsed(),
+    })
+}
