@@ -76,8 +76,9 @@ fn run(file: &Path) -> i32 {
             exit.exit_code()
         }
         Err(e) => {
+            // The status line carries the whole error; a copy on stderr
+            // would reach the appliance console unordered with it.
             let why = chain(&e);
-            eprintln!("kiln-runtime: {why}");
             StatusLine::vm(name, VmState::Failed)
                 .with_code(CODE_VMM_ERROR)
                 .with_reason(why)

@@ -26,7 +26,9 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum VacError {
-    #[error("Cannot open the hypervisor device {}; load the KVM modules (kvm and kvm-intel or kvm-amd) and check that the node exists and is accessible", path.display())]
+    #[error("The hypervisor device {} does not exist; is the kvm module loaded? It appears once kvm and the vendor module that matches the CPU (kvm-intel or kvm-amd) load: list both in the image's modules.load and look for a `module` error earlier on the console", path.display())]
+    Missing { path: PathBuf },
+    #[error("Cannot open the hypervisor device {}; check that it is a KVM device node this process may read and write", path.display())]
     Open {
         path: PathBuf,
         #[source]
@@ -75,9 +77,19 @@ impl Vac {
         let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| VacError::BadPath {
             path: path.to_path_buf(),
         })?;
-        let kvm = Kvm::new_with_path(&c_path).map_err(|source| VacError::Open {
-            path: path.to_path_buf(),
-            source,
+        let kvm = Kvm::new_with_path(&c_path).map_err(|source| {
+            // Without KVM loaded the node is simply absent: say that, not
+            // just ENOENT.
+            if source.errno() == libc::ENOENT {
+                VacError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                VacError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         let found = kvm.get_api_version();
         if found != KVM_API_VERSION as i32 {
@@ -187,9 +199,13 @@ pub(crate) mod tests {
     #[test]
     fn missing_node_names_the_path_and_the_fix() {
         let e = Vac::open(Path::new("/dev/kvm-does-not-exist")).unwrap_err();
+        assert!(matches!(e, VacError::Missing { .. }), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("/dev/kvm-does-not-exist"), "{msg}");
-        assert!(msg.contains("load the KVM modules"), "{msg}");
+        assert!(
+            msg.starts_with("The hypervisor device /dev/kvm-does-not-exist does not exist; is the kvm module loaded?"),
+            "{msg}"
+        );
+        assert!(msg.contains("modules.load"), "{msg}");
     }
 
     #[test]

@@ -246,7 +246,7 @@ pub fn run_observed(
         .exit()
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
     if std::env::var_os("KILN_VMM_STATS").is_some() {
-        print_stats(&vm, setup, started.elapsed(), counts);
+        print_stats(&vm, started, setup, counts);
         print_attach_stats(&vm, &attached);
     }
     Ok(exit)
@@ -369,9 +369,11 @@ fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCount
     total
 }
 
-/// One line on stderr with timings, exit counts and the VMM's own memory
-/// (resident set minus the guest RAM pages that are resident).
-fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
+/// One line on stderr with timings (from `started`, the start of the run),
+/// exit counts and the VMM's own memory (resident set minus the guest RAM
+/// pages that are resident).
+fn print_stats(vm: &Vm, started: Instant, setup: Duration, counts: ExitCounts) {
+    let total = started.elapsed();
     let rss_kib = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -383,11 +385,12 @@ fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
     let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
     let first = vm
         .first_output()
-        .map(|t| format!("{}", t.saturating_duration_since(vm.created()).as_millis()))
+        .map(|t| format!("{}", t.saturating_duration_since(started).as_millis()))
         .unwrap_or_else(|| "-".into());
     let unclaimed: u64 = vm.bus().unclaimed().values().sum();
-    eprintln!(
-        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}",
+    // One write, so the line stays whole on a console shared with other VMs.
+    let line = format!(
+        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
@@ -396,14 +399,16 @@ fn print_stats(vm: &Vm, setup: Duration, total: Duration, counts: ExitCounts) {
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
 
 /// One line on stderr with what attaching devices cost.
 fn print_attach_stats(vm: &Vm, attached: &Attached) {
     if let Some(s) = attached.stats {
         let mem: u64 = vm.memory().iter().map(|r| r.len()).sum();
-        eprintln!(
-            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={}",
+        // One write, like the other stats line.
+        let line = format!(
+            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={}\n",
             attached.devices.len(),
             mem >> 20,
             attached.elapsed.as_secs_f64() * 1e3,
@@ -411,6 +416,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
             s.dma_map.as_secs_f64() * 1e3,
             s.dma_bytes >> 20,
         );
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
 }
 

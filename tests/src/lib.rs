@@ -1,6 +1,7 @@
 //! Helpers for kiln's end-to-end tests: build the `kiln` binary once, run it,
 //! and boot images on the emulated target with a deadline.
 
+pub mod images;
 pub mod qemu;
 
 use std::io::Read;
@@ -62,6 +63,23 @@ pub struct Finished {
     pub status: Option<std::process::ExitStatus>,
     pub timed_out: bool,
     pub elapsed: Duration,
+}
+
+impl Finished {
+    /// The output's lines, without carriage returns.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        lines(&self.output)
+    }
+
+    /// Whether some line of the output equals `line`.
+    pub fn has_line(&self, line: &str) -> bool {
+        self.lines().any(|l| l == line)
+    }
+}
+
+/// The lines of a console, without carriage returns.
+pub fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(|l| l.trim_end_matches('\r'))
 }
 
 /// Runs `cmd` until it exits or `timeout` passes (then kills it), reading

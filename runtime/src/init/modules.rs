@@ -81,14 +81,27 @@ fn load_one(path: &Path, name: &str, params: &str) {
             ))
         }
     };
-    let Ok(params) = CString::new(params) else {
+    let Ok(c_params) = CString::new(params) else {
         return super::say(&format!(
             "error: module {name}: its parameters contain a NUL byte"
         ));
     };
-    match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
+    match nix::kmod::finit_module(&file, &c_params, nix::kmod::ModuleInitFlags::empty()) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => super::say(&format!("error: module {name}: {e}")),
+        Err(e) => super::say(&refused(name, params, e)),
+    }
+}
+
+/// The console line for a module the kernel would not load; the
+/// parameters are named because a bad value is the usual cause (the
+/// kernel's own message, just above, says which).
+fn refused(name: &str, params: &str, e: nix::errno::Errno) -> String {
+    if params.is_empty() {
+        format!("error: module {name}: the kernel refused to load it: {e}")
+    } else {
+        format!(
+            "error: module {name}: the kernel refused to load it with parameters \"{params}\": {e}; check modules.params"
+        )
     }
 }
 
@@ -102,5 +115,17 @@ mod tests {
         assert!(skip_for_vendor("kvm_intel", "AuthenticAMD"));
         assert!(!skip_for_vendor("kvm-amd", "AuthenticAMD"));
         assert!(!skip_for_vendor("kvm", "GenuineIntel"));
+    }
+
+    #[test]
+    fn a_refused_module_names_its_parameters() {
+        assert_eq!(
+            refused("kvm_amd", "nested=maybe", nix::errno::Errno::EINVAL),
+            "error: module kvm_amd: the kernel refused to load it with parameters \"nested=maybe\": EINVAL: Invalid argument; check modules.params"
+        );
+        assert_eq!(
+            refused("kvm", "", nix::errno::Errno::ENOEXEC),
+            "error: module kvm: the kernel refused to load it: ENOEXEC: Exec format error"
+        );
     }
 }
