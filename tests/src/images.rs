@@ -37,8 +37,13 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Builds the image config `image` into `out` with `kiln build --json` and
 /// returns its manifest.
 pub fn build(image: &Path, out: &Path) -> serde_json::Value {
+    build_in(&root(), image, out)
+}
+
+/// [`build`] with kiln started in `cwd`.
+pub fn build_in(cwd: &Path, image: &Path, out: &Path) -> serde_json::Value {
     let o = run_kiln(
-        &root(),
+        cwd,
         &[
             "build",
             &image.to_string_lossy(),

@@ -206,20 +206,7 @@ fn kiln_test(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> kiln_tests::Fi
 }
 
 fn build(image: &str, out: &Path) {
-    let o = run_kiln(
-        &root(),
-        &[
-            "build",
-            &root().join(image).to_string_lossy(),
-            "-o",
-            &out.to_string_lossy(),
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "kiln build {image} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    kiln_tests::images::build(&root().join(image), out);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! emulated target (QEMU TCG q35, SVM, Intel IOMMU), where the runtime runs
 //! as PID 1 and reports on the console.
 
+use kiln_tests::images::build_in;
 use kiln_tests::{require_qemu, root, run_kiln, run_with_timeout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,18 +12,6 @@ use std::time::Duration;
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json exists"))
         .expect("manifest.json is JSON")
-}
-
-fn build(image: &str, out: &Path, cwd: &Path) -> serde_json::Value {
-    let out_s = out.to_string_lossy().into_owned();
-    let o = run_kiln(cwd, &["build", image, "-o", &out_s, "--json"]);
-    assert!(
-        o.status.success(),
-        "kiln build {image} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("--json prints the manifest")
 }
 
 /// The hello image, built once for the tests of this file.
@@ -36,7 +25,7 @@ fn hello() -> &'static PathBuf {
             .keep();
         let out = dir.join("hello");
         let image = root().join("images/hello.toml");
-        build(&image.to_string_lossy(), &out, &root());
+        build_in(&root(), &image, &out);
         out
     })
 }
@@ -111,7 +100,7 @@ fn builds_are_reproducible_from_any_working_directory() {
     let other_cwd = tempfile::tempdir().expect("tempdir");
     let out = other_cwd.path().join("again");
     let image = root().join("images/hello.toml");
-    build(&image.to_string_lossy(), &out, other_cwd.path());
+    build_in(other_cwd.path(), &image, &out);
     let (a, b) = (manifest(first), manifest(&out));
     assert_eq!(
         a["artifacts"], b["artifacts"],

@@ -22,24 +22,7 @@ fn require_ovmf() -> PathBuf {
 }
 
 fn build(out: &Path) -> serde_json::Value {
-    let image = root().join("images/hello.toml");
-    let o = run_kiln(
-        &root(),
-        &[
-            "build",
-            &image.to_string_lossy(),
-            "-o",
-            &out.to_string_lossy(),
-            "--json",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "kiln build failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("--json prints the manifest")
+    kiln_tests::images::build(&root().join("images/hello.toml"), out)
 }
 
 fn inspect(path: &Path) -> String {

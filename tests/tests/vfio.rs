@@ -2,26 +2,13 @@
 //! intel-iommu and edu): the hello unikernel drives edu, a Linux guest sees
 //! it on its PCI bus, and bad assignments fail alone.
 
-use kiln_tests::{kiln, require_qemu, root, run_kiln, run_with_timeout};
+use kiln_tests::{kiln, require_qemu, root, run_with_timeout};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 fn build(image: &str, out: &Path) {
-    let o = run_kiln(
-        &root(),
-        &[
-            "build",
-            &root().join(image).to_string_lossy(),
-            "-o",
-            &out.to_string_lossy(),
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "kiln build {image} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    kiln_tests::images::build(&root().join(image), out);
 }
 
 /// Builds `image` and runs `kiln test` on it; returns the exit code and

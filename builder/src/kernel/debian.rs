@@ -237,8 +237,16 @@ fn binary_cache_options() -> Vec<String> {
     if std::fs::create_dir_all(&dir).is_err() {
         return Vec::new();
     }
-    let opt = |key: &str, file: &str| ["-o".to_string(), format!("Dir::Cache::{key}={}", dir.join(file).display())];
-    opt("pkgcache", "pkgcache.bin").into_iter().chain(opt("srcpkgcache", "srcpkgcache.bin")).collect()
+    let opt = |key: &str, file: &str| {
+        [
+            "-o".to_string(),
+            format!("Dir::Cache::{key}={}", dir.join(file).display()),
+        ]
+    };
+    opt("pkgcache", "pkgcache.bin")
+        .into_iter()
+        .chain(opt("srcpkgcache", "srcpkgcache.bin"))
+        .collect()
 }
 
 /// The first stanza of deb822 text: `Key: value`, continuation lines
