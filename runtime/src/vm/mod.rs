@@ -67,7 +67,7 @@ pub struct Vm {
     bus: PioBus,
     serial_irq: EventFd,
     fd: VmFd,
-    memory: GuestMemoryMmap,
+    memory: memory::GuestRam,
     vcpus: u8,
     /// KVM memory slots used by device memory (BARs), beyond guest RAM's.
     slots: Mutex<BTreeSet<u32>>,
