@@ -37,11 +37,12 @@ fn hello_drives_edu_through_vfio() {
     for line in [
         "hello: pci 00:01.0 1234:11e8 class 00ff00",
         "hello: fdt pci 00:01.0 device@1,0 compatible pci1234,11e8",
-        "hello: edu id 0x010000ed ok",
-        "hello: edu liveness ok",
-        "hello: edu factorial 5! = 120 ok",
-        "hello: edu dma round trip 4096 bytes ok",
-        "hello: edu msi vector 0x51 observed ok",
+        "hello: edu 00:01.0 id 0x010000ed ok",
+        "hello: edu 00:01.0 liveness ok",
+        "hello: edu 00:01.0 factorial 5! = 120 ok",
+        "hello: edu 00:01.0 dma round trip 4096 bytes ok",
+        "hello: edu 00:01.0 msi vector 0x51 observed ok",
+        "hello: edu devices 1",
         "hello: edu verdict pass",
         "hello: exit 0",
     ] {
