@@ -1,6 +1,7 @@
 //! VFIO device assignment on the emulated target (QEMU q35 with
-//! intel-iommu and edu): the hello unikernel drives edu, a Linux guest sees
-//! it on its PCI bus, and bad assignments fail alone.
+//! intel-iommu and edu): the hello unikernel drives edu, two edus in one VM
+//! and one each in two VMs side by side, a Linux guest sees edu on its PCI
+//! bus, and bad assignments fail alone.
 
 use kiln_tests::{kiln, require_qemu, root, run_with_timeout};
 use std::path::Path;
@@ -37,16 +38,116 @@ fn hello_drives_edu_through_vfio() {
     for line in [
         "hello: pci 00:01.0 1234:11e8 class 00ff00",
         "hello: fdt pci 00:01.0 device@1,0 compatible pci1234,11e8",
-        "hello: edu id 0x010000ed ok",
-        "hello: edu liveness ok",
-        "hello: edu factorial 5! = 120 ok",
-        "hello: edu dma round trip 4096 bytes ok",
-        "hello: edu msi vector 0x51 observed ok",
+        "hello: edu 00:01.0 id 0x010000ed ok",
+        "hello: edu 00:01.0 liveness ok",
+        "hello: edu 00:01.0 factorial 5! = 120 ok",
+        "hello: edu 00:01.0 dma round trip 4096 bytes ok",
+        "hello: edu 00:01.0 msi vector 0x51 observed ok",
+        "hello: edu devices 1",
         "hello: edu verdict pass",
         "hello: exit 0",
     ] {
         assert!(out.contains(line), "missing {line:?}:\n{out}");
     }
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+/// The lines hello prints for the edu device it drives at guest address
+/// `bdf` with MSI vector `vector`, each prefixed with the VM's name.
+fn edu_lines(vm: &str, bdf: &str, vector: u8) -> Vec<String> {
+    [
+        "id 0x010000ed ok".to_string(),
+        "liveness ok".to_string(),
+        "factorial 5! = 120 ok".to_string(),
+        "dma round trip 4096 bytes ok".to_string(),
+        format!("msi vector {vector:#04x} observed ok"),
+    ]
+    .into_iter()
+    .map(|check| format!("[{vm}] hello: edu {bdf} {check}"))
+    .collect()
+}
+
+/// The host addresses PID 1 bound to vfio-pci for `vm`, in its order.
+fn bound_for(out: &str, vm: &str) -> Vec<String> {
+    let prefix = format!("kiln: vm {vm}: 1234:11e8 at ");
+    out.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_has(out: &str, lines: &[String]) {
+    for line in lines {
+        assert!(out.lines().any(|l| l == line), "missing {line:?}:\n{out}");
+    }
+}
+
+#[test]
+fn hello_drives_two_edus_in_one_vm() {
+    let (code, out) = kiln_test("images/edu-two-devices.toml");
+    assert_eq!(code, Some(0), "{out}");
+    let bound = bound_for(&out, "edu-two");
+    assert_eq!(bound.len(), 2, "{out}");
+    assert_ne!(bound[0], bound[1], "{out}");
+    let mut lines = vec![
+        "[edu-two] hello: pci 00:01.0 1234:11e8 class 00ff00".to_string(),
+        "[edu-two] hello: pci 00:02.0 1234:11e8 class 00ff00".to_string(),
+    ];
+    // Distinct vectors: the second device's message must not land on the
+    // first one's (still pending) vector.
+    lines.extend(edu_lines("edu-two", "00:01.0", 0x51));
+    lines.extend(edu_lines("edu-two", "00:02.0", 0x52));
+    lines.extend(
+        [
+            "[edu-two] hello: edu 00:01.0 liveness 0x12345651 kept ok",
+            "[edu-two] hello: edu 00:02.0 liveness 0x12345652 kept ok",
+            "[edu-two] hello: edu devices 2",
+            "[edu-two] hello: edu verdict pass",
+            "[edu-two] hello: exit 0",
+            "kiln: appliance done ok=1 failed=0",
+        ]
+        .map(String::from),
+    );
+    assert_has(&out, &lines);
+    // Two guest BARs, one per device, side by side in the 32-bit window.
+    let bar = |bdf: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("[edu-two] hello: pci {bdf} bar0 mem32 ")))
+            .unwrap_or_else(|| panic!("no BAR0 for {bdf}:\n{out}"))
+            .trim_end()
+            .to_string()
+    };
+    assert_ne!(bar("00:01.0"), bar("00:02.0"), "{out}");
+    assert_eq!(out.matches("hello: edu verdict").count(), 1, "{out}");
+    assert!(out.contains("1 passed, 0 failed, 0 errors"), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
+fn two_vms_each_drive_their_own_edu() {
+    let (code, out) = kiln_test("images/edu-two-vms.toml");
+    assert_eq!(code, Some(0), "{out}");
+    let (a, b) = (bound_for(&out, "edu-a"), bound_for(&out, "edu-b"));
+    assert_eq!(a.len(), 1, "{out}");
+    assert_eq!(b.len(), 1, "{out}");
+    assert_ne!(a, b, "the VMs got the same device:\n{out}");
+    for vm in ["edu-a", "edu-b"] {
+        let mut lines = vec![format!("[{vm}] hello: pci 00:01.0 1234:11e8 class 00ff00")];
+        lines.extend(edu_lines(vm, "00:01.0", 0x51));
+        lines.extend(
+            [
+                "hello: edu devices 1",
+                "hello: edu verdict pass",
+                "hello: exit 0",
+            ]
+            .map(|l| format!("[{vm}] {l}")),
+        );
+        lines.push(format!("kiln: vm={vm} state=exited code=0"));
+        assert_has(&out, &lines);
+    }
+    assert_has(&out, &["kiln: appliance done ok=2 failed=0".to_string()]);
+    assert!(out.contains("2 passed, 0 failed, 0 errors"), "{out}");
     assert!(!out.contains("FAILED"), "{out}");
 }
 

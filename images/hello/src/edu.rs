@@ -1,10 +1,13 @@
 //! A driver for QEMU's `edu` teaching device (1234:11e8), as QEMU's
 //! docs/specs/edu.rst describes it: identification, liveness, factorial, a
 //! DMA round trip through guest RAM and an MSI observed in the local APIC.
+//! Every edu on the bus is driven, one after the other, each with its own
+//! MSI vector, so a message routed to the wrong vector shows.
 //!
 //! The checks run against [`Hardware`], which the unikernel implements with
 //! real MMIO and memory and the unit tests with a model of the device.
 
+use crate::pci::Bdf;
 use core::fmt;
 
 pub const VENDOR: u16 = 0x1234;
@@ -38,8 +41,12 @@ pub const DMA_SIZE: usize = 4096;
 /// whole machine), so the 4 KiB round trip goes in two halves, each
 /// through the start of the buffer.
 pub const DMA_CHUNK: usize = 2048;
-/// The vector the MSI check asks for.
+/// The vector the MSI check of the first device asks for; the next devices
+/// take the vectors after it.
 pub const MSI_VECTOR: u8 = 0x51;
+/// How many edu devices are driven; more are listed but skipped. Keeps the
+/// vectors within 0x51..0x59, clear of the exception and legacy IRQ ranges.
+pub const MAX_DEVICES: usize = 8;
 const LAPIC_ID: u32 = 0x20;
 const LAPIC_TPR: u32 = 0x80;
 const LAPIC_SVR: u32 = 0xf0;
@@ -72,6 +79,60 @@ pub fn msi_address(apic_id: u8) -> u32 {
     LAPIC_BASE | u32::from(apic_id) << 12
 }
 
+/// The MSI vector of the `index`-th device driven (`index < MAX_DEVICES`).
+pub fn msi_vector(index: usize) -> Option<u8> {
+    (index < MAX_DEVICES)
+        .then(|| u8::try_from(index).ok())
+        .flatten()
+        .and_then(|i| MSI_VECTOR.checked_add(i))
+}
+
+/// The value the device driven with `vector` writes to its liveness
+/// register: distinct per device, so re-reading it once the other devices
+/// ran shows whether they really are other devices.
+pub fn liveness_value(vector: u8) -> u32 {
+    0x1234_5600 | u32::from(vector)
+}
+
+/// The edu functions found on the bus, in bus order: the first
+/// [`MAX_DEVICES`] are kept, the rest only counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    at: [Option<Bdf>; MAX_DEVICES],
+    len: usize,
+    skipped: usize,
+}
+
+impl Found {
+    pub fn push(&mut self, bdf: Bdf) {
+        match self.at.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(bdf);
+                self.len += 1;
+            }
+            None => self.skipped += 1,
+        }
+    }
+
+    /// The kept devices with their index (which picks the MSI vector).
+    pub fn iter(&self) -> impl Iterator<Item = (usize, Bdf)> + '_ {
+        self.at.iter().flatten().copied().enumerate()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Devices found beyond [`MAX_DEVICES`].
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+}
+
 /// The IRR register (offset from the LAPIC base) and bit holding `vector`.
 pub fn irr_bit(vector: u8) -> (u32, u32) {
     (
@@ -85,7 +146,8 @@ pub fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(7) + 13) as u8
 }
 
-/// One check's outcome, printed as `edu <what> ok|FAILED`.
+/// One check's outcome, printed as `<what> ok|FAILED` (the caller names
+/// the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     Id(u32),
@@ -102,8 +164,16 @@ pub enum Check {
         mismatch: Option<usize>,
         timed_out: bool,
     },
+    /// The liveness register re-read after the other devices ran.
+    Kept {
+        wrote: u32,
+        read: u32,
+    },
     Msi {
         vector: u8,
+        /// The vector was already pending before the device raised it (an
+        /// earlier device's message landed on it): nothing can be observed.
+        pending_before: bool,
         seen: bool,
     },
 }
@@ -112,14 +182,18 @@ impl Check {
     pub fn ok(&self) -> bool {
         match *self {
             Check::Id(id) => id == EXPECTED_ID,
-            Check::Liveness { wrote, read } => read == !wrote,
+            Check::Liveness { wrote, read } | Check::Kept { wrote, read } => read == !wrote,
             Check::Factorial { n, got } => got == Some(factorial(n)),
             Check::Dma {
                 mismatch,
                 timed_out,
                 ..
             } => mismatch.is_none() && !timed_out,
-            Check::Msi { seen, .. } => seen,
+            Check::Msi {
+                seen,
+                pending_before,
+                ..
+            } => seen && !pending_before,
         }
     }
 }
@@ -127,32 +201,42 @@ impl Check {
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Check::Id(id) => write!(f, "edu id {id:#010x}")?,
+            Check::Id(id) => write!(f, "id {id:#010x}")?,
             Check::Liveness { wrote, read } if read != !wrote => {
-                write!(f, "edu liveness wrote {wrote:#x} read {read:#x}")?
+                write!(f, "liveness wrote {wrote:#x} read {read:#x}")?
             }
-            Check::Liveness { .. } => write!(f, "edu liveness")?,
-            Check::Factorial { n, got: Some(v) } => write!(f, "edu factorial {n}! = {v}")?,
-            Check::Factorial { n, got: None } => write!(f, "edu factorial {n}! timed out")?,
+            Check::Liveness { .. } => write!(f, "liveness")?,
+            Check::Kept { wrote, read } if read == !wrote => write!(f, "liveness {wrote:#x} kept")?,
+            Check::Kept { wrote, read } => {
+                write!(f, "liveness {wrote:#x} overwritten, reads {read:#x}")?
+            }
+            Check::Factorial { n, got: Some(v) } => write!(f, "factorial {n}! = {v}")?,
+            Check::Factorial { n, got: None } => write!(f, "factorial {n}! timed out")?,
             Check::Dma {
                 bytes,
                 mismatch,
                 timed_out,
             } => {
-                write!(f, "edu dma round trip {bytes} bytes")?;
+                write!(f, "dma round trip {bytes} bytes")?;
                 if timed_out {
                     write!(f, " timed out")?;
                 } else if let Some(at) = mismatch {
                     write!(f, " differ at byte {at}")?;
                 }
             }
-            Check::Msi { vector, seen: true } => {
-                write!(f, "edu msi vector {vector:#04x} observed")?
-            }
+            Check::Msi {
+                vector,
+                pending_before: true,
+                ..
+            } => write!(f, "msi vector {vector:#04x} already pending")?,
+            Check::Msi {
+                vector, seen: true, ..
+            } => write!(f, "msi vector {vector:#04x} observed")?,
             Check::Msi {
                 vector,
                 seen: false,
-            } => write!(f, "edu msi vector {vector:#04x} not observed")?,
+                ..
+            } => write!(f, "msi vector {vector:#04x} not observed")?,
         }
         f.write_str(if self.ok() { " ok" } else { " FAILED" })
     }
@@ -185,8 +269,9 @@ fn dma(hw: &mut impl Hardware, src: u64, dst: u64, to_ram: bool) -> bool {
     wait_until(hw, |h| h.read32(reg::DMA_CMD) & DMA_START as u32 == 0)
 }
 
-/// Runs every check, handing each to `report` as it finishes.
-pub fn run(hw: &mut impl Hardware, mut report: impl FnMut(Check)) -> bool {
+/// Runs every check on one device, handing each to `report` as it
+/// finishes; the MSI check asks for `vector`.
+pub fn run(hw: &mut impl Hardware, vector: u8, mut report: impl FnMut(Check)) -> bool {
     let mut all = true;
     let mut note = |c: Check| {
         all &= c.ok();
@@ -195,7 +280,7 @@ pub fn run(hw: &mut impl Hardware, mut report: impl FnMut(Check)) -> bool {
 
     note(Check::Id(hw.read32(reg::ID)));
 
-    let wrote = 0x1234_5678;
+    let wrote = liveness_value(vector);
     hw.write32(reg::LIVENESS, wrote);
     note(Check::Liveness {
         wrote,
@@ -242,19 +327,30 @@ pub fn run(hw: &mut impl Hardware, mut report: impl FnMut(Check)) -> bool {
     let apic_id = (hw.lapic_read(LAPIC_ID) >> 24) as u8;
     hw.lapic_write(LAPIC_TPR, 0);
     hw.lapic_write(LAPIC_SVR, 0x100 | 0xff);
+    let (irr, bit) = irr_bit(vector);
+    let pending_before = hw.lapic_read(irr) & (1 << bit) != 0;
     let mut seen = false;
-    if hw.enable_msi(msi_address(apic_id), u16::from(MSI_VECTOR)) {
+    if !pending_before && hw.enable_msi(msi_address(apic_id), u16::from(vector)) {
         hw.write32(reg::IRQ_RAISE, 1);
-        let (irr, bit) = irr_bit(MSI_VECTOR);
         seen = wait_until(hw, |h| h.lapic_read(irr) & (1 << bit) != 0);
         let status = hw.read32(reg::IRQ_STATUS);
         hw.write32(reg::IRQ_ACK, status);
     }
     note(Check::Msi {
-        vector: MSI_VECTOR,
+        vector,
+        pending_before,
         seen,
     });
     all
+}
+
+/// Re-reads the liveness register of the device driven with `vector`,
+/// after the other devices ran: it must still hold what [`run`] wrote.
+pub fn recheck(hw: &mut impl Hardware, vector: u8) -> Check {
+    Check::Kept {
+        wrote: liveness_value(vector),
+        read: hw.read32(reg::LIVENESS),
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +375,9 @@ mod tests {
         irq_status: u32,
         clock: u64,
         break_dma: bool,
+        /// Added to the MSI data on delivery: a VMM routing the message
+        /// to the wrong vector.
+        misroute: u8,
     }
 
     const PAGE0: u64 = 0x10_0000;
@@ -300,6 +399,7 @@ mod tests {
                 irq_status: 0,
                 clock: 0,
                 break_dma: false,
+                misroute: 0,
             }
         }
         fn page(&mut self, addr: u64) -> &mut [u8; DMA_SIZE] {
@@ -365,7 +465,7 @@ mod tests {
                     if let Some((addr, data)) = self.msi {
                         let apic = (self.lapic_read(LAPIC_ID) >> 24) as u32;
                         if addr == LAPIC_BASE | apic << 12 {
-                            let (irr, bit) = irr_bit(data as u8);
+                            let (irr, bit) = irr_bit(data as u8 + self.misroute);
                             let old = self.lapic_read(irr);
                             self.lapic_write(irr, old | 1 << bit);
                         }
@@ -408,7 +508,7 @@ mod tests {
 
     fn lines(m: &mut Model) -> (bool, Vec<std::string::String>) {
         let mut out = Vec::new();
-        let pass = run(m, |c| out.push(std::format!("{c}")));
+        let pass = run(m, MSI_VECTOR, |c| out.push(std::format!("{c}")));
         (pass, out)
     }
 
@@ -419,11 +519,11 @@ mod tests {
         assert_eq!(
             out,
             [
-                "edu id 0x010000ed ok",
-                "edu liveness ok",
-                "edu factorial 5! = 120 ok",
-                "edu dma round trip 4096 bytes ok",
-                "edu msi vector 0x51 observed ok",
+                "id 0x010000ed ok",
+                "liveness ok",
+                "factorial 5! = 120 ok",
+                "dma round trip 4096 bytes ok",
+                "msi vector 0x51 observed ok",
             ]
         );
         assert!(pass);
@@ -440,10 +540,10 @@ mod tests {
         m.break_dma = true;
         let (pass, out) = lines(&mut m);
         assert!(!pass);
-        assert_eq!(out[0], "edu id 0x010000ee FAILED");
+        assert_eq!(out[0], "id 0x010000ee FAILED");
         assert_eq!(
             out[3],
-            "edu dma round trip 4096 bytes differ at byte 100 FAILED"
+            "dma round trip 4096 bytes differ at byte 100 FAILED"
         );
     }
 
@@ -459,7 +559,83 @@ mod tests {
     }
 
     #[test]
+    fn a_second_device_is_seen_on_its_own_vector() {
+        let mut m = Model::new();
+        assert!(run(&mut m, msi_vector(0).unwrap(), |_| {}));
+        // The first vector stays pending (interrupts are off): the second
+        // device must not be judged by it.
+        let mut out = Vec::new();
+        let pass = run(&mut m, msi_vector(1).unwrap(), |c| {
+            out.push(std::format!("{c}"))
+        });
+        assert!(pass, "{out:?}");
+        assert_eq!(out[4], "msi vector 0x52 observed ok");
+        assert_eq!(m.msi, Some((0xfee0_3000, 0x52)));
+        assert_eq!(m.lapic_read(0x220), (1 << 17) | (1 << 18));
+    }
+
+    #[test]
+    fn two_devices_keep_their_own_registers() {
+        let (mut a, mut b) = (Model::new(), Model::new());
+        assert!(run(&mut a, 0x51, |_| {}));
+        assert!(run(&mut b, 0x52, |_| {}));
+        let kept = recheck(&mut a, 0x51);
+        assert_eq!(std::format!("{kept}"), "liveness 0x12345651 kept ok");
+        // One device behind both addresses: the second run overwrote it.
+        let mut shared = Model::new();
+        assert!(run(&mut shared, 0x51, |_| {}));
+        assert!(run(&mut shared, 0x52, |_| {}));
+        assert_eq!(
+            std::format!("{}", recheck(&mut shared, 0x51)),
+            "liveness 0x12345651 overwritten, reads 0xedcba9ad FAILED"
+        );
+    }
+
+    #[test]
+    fn a_vector_already_pending_cannot_prove_delivery() {
+        let mut m = Model::new();
+        assert!(run(&mut m, MSI_VECTOR, |_| {}));
+        let mut last = None;
+        assert!(!run(&mut m, MSI_VECTOR, |c| last = Some(c)));
+        assert_eq!(
+            std::format!("{}", last.unwrap()),
+            "msi vector 0x51 already pending FAILED"
+        );
+    }
+
+    #[test]
+    fn a_message_on_the_wrong_vector_is_not_observed() {
+        let mut m = Model::new();
+        m.misroute = 1;
+        let mut last = None;
+        assert!(!run(&mut m, MSI_VECTOR, |c| last = Some(c)));
+        assert_eq!(
+            std::format!("{}", last.unwrap()),
+            "msi vector 0x51 not observed FAILED"
+        );
+    }
+
+    #[test]
+    fn found_keeps_the_first_devices_in_order_and_counts_the_rest() {
+        let mut found = Found::default();
+        assert!(found.is_empty());
+        for d in 1..=10 {
+            found.push(Bdf::new(0, d, 0).unwrap());
+        }
+        assert_eq!(found.len(), MAX_DEVICES);
+        assert_eq!(found.skipped(), 2);
+        let kept: Vec<_> = found.iter().collect();
+        assert_eq!(kept.len(), MAX_DEVICES);
+        assert_eq!(kept[0], (0, Bdf::new(0, 1, 0).unwrap()));
+        assert_eq!(kept[7], (7, Bdf::new(0, 8, 0).unwrap()));
+    }
+
+    #[test]
     fn helpers() {
+        assert_eq!(msi_vector(0), Some(0x51));
+        assert_eq!(msi_vector(1), Some(0x52));
+        assert_eq!(msi_vector(MAX_DEVICES - 1), Some(0x58));
+        assert_eq!(msi_vector(MAX_DEVICES), None);
         assert_eq!(factorial(5), 120);
         assert_eq!(factorial(0), 1);
         assert_eq!(factorial(13), 1_932_053_504); // wraps like the device

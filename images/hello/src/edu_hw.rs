@@ -1,6 +1,7 @@
 //! The machine side of the edu driver: BAR0 MMIO, the local APIC, two
 //! DMA pages in `.bss`, the MSI capability and the TSC.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_hello::edu::{Hardware, DMA_SIZE};
 use kiln_hello::pci::{Bdf, ConfigAccess, Mechanism1};
 
@@ -9,33 +10,58 @@ const LAPIC_BASE: u64 = 0xfee0_0000;
 #[repr(C, align(4096))]
 struct Pages([[u8; DMA_SIZE]; 2]);
 
-/// The DMA pages. Only `EduHw::dma_pages` hands them out, one borrow at a
-/// time (it takes `&mut self`, and there is one `EduHw`).
+/// The DMA pages. Only [`DmaPages::take`] hands them out, once.
 static mut PAGES: Pages = Pages([[0; DMA_SIZE]; 2]);
+static PAGES_TAKEN: AtomicBool = AtomicBool::new(false);
 
-pub struct EduHw {
-    cfg: Mechanism1,
+/// The one handle on the DMA pages. Each [`EduHw`] borrows it mutably, so
+/// the devices, driven one after the other, share the pages and no two
+/// borrows of them live at once.
+pub struct DmaPages(&'static mut Pages);
+
+impl DmaPages {
+    /// The pages, the first time; `None` after.
+    pub fn take() -> Option<Self> {
+        if PAGES_TAKEN.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the flag lets this line run once, so this is the only
+        // reference to `PAGES` ever made.
+        Some(DmaPages(unsafe { &mut *core::ptr::addr_of_mut!(PAGES) }))
+    }
+}
+
+pub struct EduHw<'p> {
+    cfg: &'p Mechanism1,
     bdf: Bdf,
     bar0: u64,
+    pages: &'p mut DmaPages,
     msi: Option<u8>,
     /// TSC ticks per microsecond, assumed (1 GHz: a slower TSC only makes
     /// the timeouts longer).
     ticks_per_us: u64,
 }
 
-impl EduHw {
-    pub fn new(cfg: Mechanism1, bdf: Bdf, bar0: u64, msi: Option<u8>) -> Self {
+impl<'p> EduHw<'p> {
+    pub fn new(
+        cfg: &'p Mechanism1,
+        bdf: Bdf,
+        bar0: u64,
+        msi: Option<u8>,
+        pages: &'p mut DmaPages,
+    ) -> Self {
         EduHw {
             cfg,
             bdf,
             bar0,
+            pages,
             msi,
             ticks_per_us: 1000,
         }
     }
 }
 
-impl Hardware for EduHw {
+impl Hardware for EduHw<'_> {
     fn read32(&mut self, offset: u64) -> u32 {
         // SAFETY: BAR0 (1 MiB) lies in the identity-mapped 32-bit hole and
         // `offset` is one of the driver's register offsets within it.
@@ -63,10 +89,8 @@ impl Hardware for EduHw {
     }
 
     fn dma_pages(&mut self) -> (&mut [u8; DMA_SIZE], u64, &mut [u8; DMA_SIZE], u64) {
-        // SAFETY: see `PAGES`: the borrow is tied to `&mut self`, so no
-        // two live at once. The addresses are physical (identity map).
-        let pages = unsafe { &mut *core::ptr::addr_of_mut!(PAGES) };
-        let [a, b] = &mut pages.0;
+        // The addresses are physical (identity map).
+        let [a, b] = &mut self.pages.0 .0;
         let (pa, pb) = (a.as_ptr() as u64, b.as_ptr() as u64);
         (a, pa, b, pb)
     }

@@ -73,8 +73,8 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
         None => code = BAD_INPUT_CODE,
     }
     report_device_tree(&memory, &info);
-    let edu = report_pci();
-    if let Some(failed) = drive_edu(edu, edu_required) {
+    let (bus, edus) = report_pci();
+    if let Some(failed) = drive_edus(bus.as_ref(), &edus, edu_required) {
         if failed {
             code = EDU_FAILED_CODE;
         }
@@ -82,18 +82,62 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
     exit(code)
 }
 
-/// Runs the edu checks when an edu device is present (or required); `None`
-/// when there was nothing to check, `Some(failed)` otherwise.
-fn drive_edu(edu: Option<(Mechanism1, pci::Bdf)>, required: bool) -> Option<bool> {
-    let Some((cfg, bdf)) = edu else {
-        if required {
-            println!("hello: edu device not found FAILED");
-            println!("hello: edu verdict fail");
-            return Some(true);
+/// Runs the edu checks on every edu device found, one after the other, each
+/// with its own MSI vector; `None` when there was nothing to check (and
+/// nothing was required), `Some(failed)` otherwise. One verdict line covers
+/// all devices: pass only if every device passed.
+fn drive_edus(bus: Option<&Mechanism1>, found: &edu::Found, required: bool) -> Option<bool> {
+    let cfg = match bus {
+        Some(cfg) if !found.is_empty() => cfg,
+        _ => {
+            if required {
+                println!("hello: edu device not found FAILED");
+                println!("hello: edu verdict fail");
+                return Some(true);
+            }
+            return None;
         }
-        return None;
     };
-    let bar0 = u64::from(cfg.read32(bdf, pci::reg::BAR0) & !0xf);
+    let Some(mut pages) = edu_hw::DmaPages::take() else {
+        println!("hello: edu dma pages already in use FAILED");
+        println!("hello: edu verdict fail");
+        return Some(true);
+    };
+    if found.skipped() > 0 {
+        println!(
+            "hello: edu {} more devices skipped (at most {})",
+            found.skipped(),
+            edu::MAX_DEVICES
+        );
+    }
+    let mut pass = true;
+    for (index, bdf) in found.iter() {
+        // `Found` keeps at most MAX_DEVICES, each of which has a vector.
+        let Some(vector) = edu::msi_vector(index) else {
+            continue;
+        };
+        pass &= drive_edu(cfg, bdf, vector, &mut pages);
+    }
+    // Each device wrote its own liveness value; with more than one, each
+    // must still hold it (the guest addresses reach distinct devices).
+    if found.len() > 1 {
+        for (index, bdf) in found.iter() {
+            let Some(vector) = edu::msi_vector(index) else {
+                continue;
+            };
+            let mut hw = edu_hw::EduHw::new(cfg, bdf, bar0(cfg, bdf), None, &mut pages);
+            let kept = edu::recheck(&mut hw, vector);
+            pass &= kept.ok();
+            println!("hello: edu {bdf} {kept}");
+        }
+    }
+    println!("hello: edu devices {}", found.len());
+    println!("hello: edu verdict {}", if pass { "pass" } else { "fail" });
+    Some(!pass)
+}
+
+/// Runs the edu checks on the device at `bdf`; true when all passed.
+fn drive_edu(cfg: &Mechanism1, bdf: pci::Bdf, vector: u8, pages: &mut edu_hw::DmaPages) -> bool {
     let cmd = cfg.read16(bdf, pci::reg::COMMAND);
     // SAFETY: the device only masters the two DMA pages this program hands
     // it (edu_hw::EduHw::dma_pages), and only while a check waits for it.
@@ -104,11 +148,14 @@ fn drive_edu(edu: Option<(Mechanism1, pci::Bdf)>, required: bool) -> Option<bool
             cmd | pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::INTX_DISABLE,
         )
     };
-    let msi = pci::find_capability(&cfg, bdf, pci::CAP_MSI);
-    let mut hw = edu_hw::EduHw::new(cfg, bdf, bar0, msi);
-    let pass = edu::run(&mut hw, |c| println!("hello: {c}"));
-    println!("hello: edu verdict {}", if pass { "pass" } else { "fail" });
-    Some(!pass)
+    let msi = pci::find_capability(cfg, bdf, pci::CAP_MSI);
+    let mut hw = edu_hw::EduHw::new(cfg, bdf, bar0(cfg, bdf), msi, pages);
+    edu::run(&mut hw, vector, |c| println!("hello: edu {bdf} {c}"))
+}
+
+/// Where edu's BAR0 (32-bit memory) is.
+fn bar0(cfg: &Mechanism1, bdf: pci::Bdf) -> u64 {
+    u64::from(cfg.read32(bdf, pci::reg::BAR0) & !0xf)
 }
 
 /// Prints the cause chain of an error, one `caused by` line each.
@@ -199,16 +246,16 @@ fn report_device_tree(memory: &PhysMemory, info: &StartInfo) {
     println!("hello: no device tree");
 }
 
-/// Lists the PCI functions; returns the bus and the edu device, if any.
-fn report_pci() -> Option<(Mechanism1, pci::Bdf)> {
+/// Lists the PCI functions; returns the bus and the edu devices on it.
+fn report_pci() -> (Option<Mechanism1>, edu::Found) {
+    let mut edus = edu::Found::default();
     let Some(cfg) = Mechanism1::probe() else {
         println!("hello: no PCI bus");
-        return None;
+        return (None, edus);
     };
-    let mut edu_at = None;
     let found = pci::walk(&cfg, |f| {
-        if f.vendor == edu::VENDOR && f.device == edu::DEVICE && edu_at.is_none() {
-            edu_at = Some(f.bdf);
+        if f.vendor == edu::VENDOR && f.device == edu::DEVICE {
+            edus.push(f.bdf);
         }
         println!(
             "hello: pci {} {:04x}:{:04x} class {:06x}",
@@ -224,7 +271,7 @@ fn report_pci() -> Option<(Mechanism1, pci::Bdf)> {
     if found == 0 {
         println!("hello: no PCI bus");
     }
-    edu_at.map(|bdf| (cfg, bdf))
+    (Some(cfg), edus)
 }
 
 #[panic_handler]
