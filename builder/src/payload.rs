@@ -10,6 +10,10 @@ use std::process::{Command, Stdio};
 /// The cargo profile payloads are built with: release, no unwinding, size-optimised.
 pub const PROFILE: &str = "guest";
 
+/// The runtime's profile: like [`PROFILE`], but unwinding, so PID 1 can
+/// survive a panic instead of taking the kernel down with it.
+pub const RUNTIME_PROFILE: &str = "runtime";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     #[error("No cargo workspace above {} to build `cargo:{package}` in; use a file path instead", near.display())]
@@ -67,6 +71,10 @@ pub fn workspace_root(near: &Path) -> Option<PathBuf> {
 /// Builds the binary of `package` in the workspace above `near` with the
 /// payload profile and returns the executable's path.
 pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> {
+    cargo_build_with(package, near, PROFILE)
+}
+
+fn cargo_build_with(package: &str, near: &Path, profile: &str) -> Result<PathBuf, PayloadError> {
     let root = workspace_root(near).ok_or_else(|| PayloadError::NoWorkspace {
         near: near.to_path_buf(),
         package: package.to_string(),
@@ -75,7 +83,7 @@ pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> 
     let task = crate::progress::Task::step(format!("building {package}"));
     let output = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--quiet", "--profile", PROFILE, "-p", package])
+        .args(["build", "--quiet", "--profile", profile, "-p", package])
         .args(["--config", &remap_config(&root)])
         .args(["--message-format", "json-render-diagnostics"])
         .stdin(Stdio::null())
@@ -182,7 +190,7 @@ pub fn runtime_binary(
     } else if let Some(p) = std::env::var_os("KILN_RUNTIME") {
         PathBuf::from(p)
     } else if workspace_root(image_dir).is_some_and(|r| r.join("runtime/Cargo.toml").is_file()) {
-        cargo_build("kiln-runtime", image_dir)?
+        cargo_build_with("kiln-runtime", image_dir, RUNTIME_PROFILE)?
     } else {
         let kiln = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kiln"));
         let beside = kiln.with_file_name("kiln-runtime");

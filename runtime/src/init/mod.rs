@@ -18,12 +18,27 @@ use std::path::Path;
 pub fn main() -> ! {
     mounts::mount_early();
     power::install_signal_handlers();
+    // Nothing here should panic; should something still do, init reports
+    // it and powers off instead of dying (an exiting init panics the
+    // kernel). The runtime is built with unwinding for this.
+    std::panic::set_hook(Box::new(|info| {
+        say(&format!("error: internal error: {info}"))
+    }));
+    let on_done = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        say("error: init stopped after an internal error; powering off");
+        config::OnDone::Poweroff
+    });
+    power::finish(on_done)
+}
+
+/// Brings the appliance up, runs it and returns what to do at the end.
+fn run() -> config::OnDone {
     let appliance = match load() {
         Ok(a) => a,
         Err(e) => {
             say(&format!("error: {e}"));
             say("error: the appliance config is unusable; powering off");
-            power::finish(config::OnDone::Poweroff);
+            return config::OnDone::Poweroff;
         }
     };
     if let Err(e) = modules::load_all(&appliance) {
@@ -38,7 +53,7 @@ pub fn main() -> ! {
         failed: failed + refused,
     }
     .print();
-    power::finish(appliance.on_done)
+    appliance.on_done
 }
 
 fn load() -> Result<ApplianceConfig, config::ConfigError> {
