@@ -31,6 +31,25 @@ pub(crate) struct FakeHost {
 }
 
 impl FakeHost {
+    /// QEMU's q35 ICH9 functions in IOMMU group 4, plus a PCI serial card
+    /// in the same slot that the built-in 8250 driver holds (what the
+    /// end-to-end tests add with `-device pci-serial,addr=1f.4`).
+    pub fn ich9() -> Self {
+        let host = FakeHost::new();
+        host.driver("serial");
+        host.device("0000:00:1f.0", 0x8086, 0x2918, 0x060100, None, Some(4));
+        host.device("0000:00:1f.2", 0x8086, 0x2922, 0x010601, None, Some(4));
+        host.device(
+            "0000:00:1f.4",
+            0x1b36,
+            0x0002,
+            0x070002,
+            Some("serial"),
+            Some(4),
+        );
+        host
+    }
+
     /// A tree with the vfio-pci driver registered and no devices.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -212,21 +212,11 @@ mod tests {
     /// q35 as the emulated target has it: edu alone in group 3, the ICH9
     /// functions plus a PCI serial card (bound to the 8250 driver) in group 4,
     /// the host bridge alone in group 0.
+    /// The ICH9 group with the q35 host bridge and an edu device beside it.
     fn q35() -> FakeHost {
-        let host = FakeHost::new();
-        host.driver("serial");
+        let host = FakeHost::ich9();
         host.device("0000:00:00.0", 0x8086, 0x29c0, 0x060000, None, Some(0));
         host.device("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, None, Some(3));
-        host.device("0000:00:1f.0", 0x8086, 0x2918, 0x060100, None, Some(4));
-        host.device("0000:00:1f.2", 0x8086, 0x2922, 0x010601, None, Some(4));
-        host.device(
-            "0000:00:1f.4",
-            0x1b36,
-            0x0002,
-            0x070002,
-            Some("serial"),
-            Some(4),
-        );
         host
     }
 

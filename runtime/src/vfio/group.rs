@@ -118,24 +118,6 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// QEMU's q35 ICH9 functions in one group, plus a PCI serial card in
-    /// the same slot that the built-in 8250 driver holds.
-    fn ich9() -> FakeHost {
-        let host = FakeHost::new();
-        host.driver("serial");
-        host.device("0000:00:1f.0", 0x8086, 0x2918, 0x060100, None, Some(4));
-        host.device("0000:00:1f.2", 0x8086, 0x2922, 0x010601, None, Some(4));
-        host.device(
-            "0000:00:1f.4",
-            0x1b36,
-            0x0002,
-            0x070002,
-            Some("serial"),
-            Some(4),
-        );
-        host
-    }
-
     #[test]
     fn no_iommu_says_how_to_enable_it() {
         let host = FakeHost::new();
@@ -170,7 +152,7 @@ mod tests {
 
     #[test]
     fn group_with_a_bound_endpoint_is_refused_naming_group_and_members() {
-        let host = ich9();
+        let host = FakeHost::ich9();
         let members = members(&host.sysfs, 4).unwrap();
         let ours = BTreeSet::from([bdf("00:1f.2")]);
         let busy = in_use(&members, &ours);
@@ -216,7 +198,7 @@ mod tests {
 
     #[test]
     fn assigning_the_bound_member_itself_clears_the_group() {
-        let host = ich9();
+        let host = FakeHost::ich9();
         let members = members(&host.sysfs, 4).unwrap();
         let ours = BTreeSet::from([bdf("00:1f.2"), bdf("00:1f.4")]);
         assert!(in_use(&members, &ours).is_empty());
