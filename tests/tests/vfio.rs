@@ -79,7 +79,11 @@ fn bound_for(out: &str, vm: &str) -> Vec<String> {
 
 fn assert_has(out: &str, lines: &[String]) {
     for line in lines {
-        assert!(out.lines().any(|l| l == line), "missing {line:?}:\n{out}");
+        // Console lines end in CR LF, and the last may end in a bare CR.
+        assert!(
+            kiln_tests::lines(out).any(|l| l == line),
+            "missing {line:?}:\n{out}"
+        );
     }
 }
 
