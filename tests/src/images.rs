@@ -82,7 +82,7 @@ pub struct Tested {
 impl Tested {
     /// kiln test's exit code (`None` when it was killed).
     pub fn code(&self) -> Option<i32> {
-        self.run.status.and_then(|s| s.code())
+        self.run.code()
     }
 }
 

@@ -66,6 +66,11 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// The process's exit code; `None` when it was killed (timeout or signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
     /// The output's lines, without carriage returns.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         lines(&self.output)

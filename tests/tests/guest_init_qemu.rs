@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_tests::qemu::{cargo_build, run_qemu};
+use kiln_tests::qemu::run_qemu;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,7 +37,8 @@ fn initramfs(init: &Path, dir: &Path) -> PathBuf {
 #[test]
 fn reports_the_guest_and_exits_through_the_port() {
     let kernel = kernel();
-    let init = cargo_build("kiln-guest-init", "release", "kiln-guest-init");
+    let init = kiln::payload::cargo_build("kiln-guest-init", &kiln_tests::root())
+        .unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
     let initrd = initramfs(&init, dir.path());
 
@@ -68,7 +69,9 @@ fn reports_the_guest_and_exits_through_the_port() {
     );
     eprintln!(
         "QEMU ran {:.2?}, exit {:?}; console:\n{}",
-        run.elapsed, run.code, run.console
+        run.elapsed,
+        run.code(),
+        run.output
     );
     assert!(!run.timed_out, "QEMU did not exit within {TIMEOUT:?}");
 
@@ -90,5 +93,5 @@ fn reports_the_guest_and_exits_through_the_port() {
     );
     assert!(run.has_line("guest-init: exit 5"));
     // isa-debug-exit: (5 << 1) | 1.
-    assert_eq!(run.code, Some(11));
+    assert_eq!(run.code(), Some(11));
 }

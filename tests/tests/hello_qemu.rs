@@ -8,17 +8,21 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kiln_tests::qemu::{cargo_build, run_qemu, Run};
+use kiln_tests::qemu::run_qemu;
+use kiln_tests::Finished;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn hello() -> &'static PathBuf {
     static HELLO: OnceLock<PathBuf> = OnceLock::new();
-    HELLO.get_or_init(|| cargo_build("kiln-hello", "guest", "kiln-hello"))
+    HELLO.get_or_init(|| {
+        kiln::payload::cargo_build("kiln-hello", &kiln_tests::root())
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
 }
 
 /// Boots hello on q35 with 64 MiB, the exit device and an edu device.
-fn boot(append: &str, extra: &[&str]) -> Run {
+fn boot(append: &str, extra: &[&str]) -> Finished {
     let kernel = hello().to_str().expect("target path is UTF-8");
     let mut args = vec![
         "-machine",
@@ -44,7 +48,9 @@ fn boot(append: &str, extra: &[&str]) -> Run {
     let run = run_qemu(&args, TIMEOUT);
     eprintln!(
         "QEMU ran {:.2?}, exit {:?}; console:\n{}",
-        run.elapsed, run.code, run.console
+        run.elapsed,
+        run.code(),
+        run.output
     );
     assert!(!run.timed_out, "QEMU did not exit within {TIMEOUT:?}");
     run
@@ -98,7 +104,7 @@ fn reports_memory_cmdline_pci_and_propagates_the_exit_code() {
         Some("hello: exit 3"),
         "exit line must come last"
     );
-    assert_eq!(run.code, qemu_status(3));
+    assert_eq!(run.code(), qemu_status(3));
 }
 
 #[test]
@@ -109,7 +115,7 @@ fn rejects_a_malformed_exit_option_with_code_1() {
         .lines()
         .any(|l| l.starts_with("hello: bad command line: ")));
     assert!(run.has_line("hello: exit 1"));
-    assert_eq!(run.code, qemu_status(1));
+    assert_eq!(run.code(), qemu_status(1));
 }
 
 /// A device tree shaped like the kiln VMM's.
@@ -156,5 +162,5 @@ fn lists_the_devices_of_a_device_tree_module() {
     assert!(run.has_line("hello: fdt pci 00:03.0 edu@3,0 compatible pci1234,11e8"));
     assert!(!run.has_line("hello: no device tree"));
     assert!(run.has_line("hello: exit 0"));
-    assert_eq!(run.code, qemu_status(0));
+    assert_eq!(run.code(), qemu_status(0));
 }
