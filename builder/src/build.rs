@@ -71,6 +71,25 @@ pub fn source_date_epoch() -> Result<u64, BuildError> {
     }
 }
 
+/// SHA-256 and size of files, each read once per build: the runtime and
+/// every payload are both a manifest record and part of the archive's cache
+/// key, and a `debian:` guest kernel is also the image's own kernel.
+#[derive(Default)]
+struct FileHashes(std::cell::RefCell<std::collections::HashMap<PathBuf, (String, u64)>>);
+
+impl FileHashes {
+    fn of(&self, path: &Path) -> Result<(String, u64), BuildError> {
+        if let Some(known) = self.0.borrow().get(path) {
+            return Ok(known.clone());
+        }
+        let hashed = manifest::sha256_file(path).map_err(io(format!("read {}", path.display())))?;
+        self.0
+            .borrow_mut()
+            .insert(path.to_path_buf(), hashed.clone());
+        Ok(hashed)
+    }
+}
+
 /// A file of the initramfs before it is written.
 enum Content {
     File(PathBuf),
@@ -94,15 +113,11 @@ impl Staging {
     }
 
     /// A hash of every path, mode and content: the cache key of the archive.
-    fn digest(&self, extra: &str) -> Result<String, BuildError> {
+    fn digest(&self, extra: &str, hashes: &FileHashes) -> Result<String, BuildError> {
         let mut listing = String::from(extra);
         for (dest, (content, mode)) in &self.files {
             let hash = match content {
-                Content::File(p) => {
-                    manifest::sha256_file(p)
-                        .map_err(io(format!("read {}", p.display())))?
-                        .0
-                }
+                Content::File(p) => hashes.of(p)?.0,
                 Content::Bytes(b) => manifest::sha256_bytes(b),
             };
             listing.push_str(&format!("\n{dest} {mode:o} {hash}"));
@@ -184,6 +199,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     }
 
     let mut staging = Staging::default();
+    let hashes = FileHashes::default();
     let mut inputs = vec![input_file("image", &image.file, &image.dir)?];
     inputs.extend(kernel_inputs(&kernel));
 
@@ -192,7 +208,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     let formats = &cfg.output.formats;
     let uki_stub = if formats.contains(&Format::Uki) || formats.contains(&Format::Disk) {
         let (stub, stub_name) = output::stub()?;
-        inputs.push(input_hash("uki-stub", &stub_name, &stub)?);
+        inputs.push(input_hash(&hashes, "uki-stub", &stub_name, &stub)?);
         Some(stub)
     } else {
         None
@@ -256,7 +272,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             .as_deref(),
         &image.dir,
     )?;
-    inputs.push(input_hash("runtime", "kiln-runtime", &runtime)?);
+    inputs.push(input_hash(&hashes, "runtime", "kiln-runtime", &runtime)?);
     staging.file("init", &runtime, 0o755);
 
     // Guests, each under /guests/<vm>/, with paths rewritten to those places.
@@ -273,6 +289,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             resolve_source(&vm.boot.kernel, entry, &at.clone().key("kernel"), &kernel)?;
         let dest = format!("{dir}/kernel");
         payloads.push(payload_record(
+            &hashes,
             &vm,
             &dest,
             &vm.boot.kernel.to_string(),
@@ -286,12 +303,20 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             match &initrd {
                 InitrdSource::File(s) => {
                     let p = resolve_source(s, entry, &at.clone().key("initrd"), &kernel)?;
-                    payloads.push(payload_record(&vm, &dest, &s.to_string(), Some(&p), None)?);
+                    payloads.push(payload_record(
+                        &hashes,
+                        &vm,
+                        &dest,
+                        &s.to_string(),
+                        Some(&p),
+                        None,
+                    )?);
                     staging.file(&dest, &p, 0o644);
                 }
                 InitrdSource::Build(b) => {
                     let bytes = guest_initrd(b, entry, &at.clone().key("initrd"), &kernel, epoch)?;
                     payloads.push(payload_record(
+                        &hashes,
                         &vm,
                         &dest,
                         &format!("initramfs of {}", b.init),
@@ -346,11 +371,14 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         "" => "initramfs.cpio".to_string(),
         ext => format!("initramfs.cpio.{ext}"),
     };
-    let key = staging.digest(&format!(
-        "kiln {} epoch {epoch} compression {compression} level {:?}",
-        env!("CARGO_PKG_VERSION"),
-        cfg.initramfs.level
-    ))?;
+    let key = staging.digest(
+        &format!(
+            "kiln {} epoch {epoch} compression {compression} level {:?}",
+            env!("CARGO_PKG_VERSION"),
+            cfg.initramfs.level
+        ),
+        &hashes,
+    )?;
     let cache_file = kernel::cache_dir()?
         .join("initramfs")
         .join(format!("{key}-{initramfs_name}"));
@@ -398,8 +426,12 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
 
     let mut artifacts = Vec::new();
     for file in files {
-        let (sha256, size) =
-            manifest::sha256_file(&tmp.path().join(file)).map_err(io(format!("hash {file}")))?;
+        // vmlinuz is a byte copy of the kernel, which was hashed already.
+        let path = match file {
+            "vmlinuz" => kernel.vmlinuz.clone(),
+            _ => tmp.path().join(file),
+        };
+        let (sha256, size) = hashes.of(&path)?;
         artifacts.push(Artifact {
             file: file.to_string(),
             size,
@@ -545,6 +577,7 @@ fn guest_initrd(
 }
 
 fn payload_record(
+    hashes: &FileHashes,
     vm: &VmConfig,
     dest: &str,
     source: &str,
@@ -552,7 +585,7 @@ fn payload_record(
     bytes: Option<&[u8]>,
 ) -> Result<Payload, BuildError> {
     let (sha256, size) = match (file, bytes) {
-        (Some(p), _) => manifest::sha256_file(p).map_err(io(format!("read {}", p.display())))?,
+        (Some(p), _) => hashes.of(p)?,
         (None, Some(b)) => (manifest::sha256_bytes(b), b.len() as u64),
         (None, None) => (String::new(), 0),
     };
@@ -594,9 +627,13 @@ fn input_file(kind: &str, path: &Path, image_dir: &Path) -> Result<Input, BuildE
     })
 }
 
-fn input_hash(kind: &str, name: &str, path: &Path) -> Result<Input, BuildError> {
-    let (sha256, _) =
-        manifest::sha256_file(path).map_err(io(format!("read {}", path.display())))?;
+fn input_hash(
+    hashes: &FileHashes,
+    kind: &str,
+    name: &str,
+    path: &Path,
+) -> Result<Input, BuildError> {
+    let (sha256, _) = hashes.of(path)?;
     Ok(Input {
         kind: kind.to_string(),
         name: name.to_string(),
