@@ -181,7 +181,7 @@ fn a_linux_guest_lists_edu_with_its_bar_and_irq() {
 #[test]
 fn bad_assignments_fail_alone() {
     let (code, out) = kiln_test("images/vfio-isolation.toml");
-    // Two VMs fail by design; hello still passes.
+    // Three VMs fail by design; hello and edu still pass.
     assert_eq!(code, Some(1), "{out}");
     // kiln test's verdict table: IMAGE VM VERDICT TIME REASON.
     let row = |vm: &str| {
@@ -190,27 +190,28 @@ fn bad_assignments_fail_alone() {
             .unwrap_or_else(|| panic!("no verdict for {vm}:\n{out}"))
             .to_string()
     };
-    assert_eq!(
-        row("hello").split_whitespace().nth(2),
-        Some("pass"),
-        "{out}"
+    let verdict = |vm: &str| row(vm).split_whitespace().nth(2).map(str::to_string);
+    assert_eq!(verdict("hello").as_deref(), Some("pass"), "{out}");
+    // The device in use stays with its first owner, which drives it.
+    assert_eq!(verdict("edu").as_deref(), Some("pass"), "{out}");
+    let taken = row("taken");
+    assert_eq!(verdict("taken").as_deref(), Some("fail"), "{taken}");
+    assert!(
+        taken.contains("which VM \"edu\" already has; VM \"taken\" cannot have it too"),
+        "{taken}"
     );
     let missing = row("missing");
-    assert_eq!(missing.split_whitespace().nth(2), Some("fail"), "{missing}");
+    assert_eq!(verdict("missing").as_deref(), Some("fail"), "{missing}");
     assert!(
         missing.contains("No PCI device matches `pci.device = \"1234:dead\"`"),
         "{missing}"
     );
     let nonviable = row("nonviable");
-    assert_eq!(
-        nonviable.split_whitespace().nth(2),
-        Some("fail"),
-        "{nonviable}"
-    );
+    assert_eq!(verdict("nonviable").as_deref(), Some("fail"), "{nonviable}");
     assert!(nonviable.contains("IOMMU group"), "{nonviable}");
     assert!(
         nonviable.contains("0000:00:1f.4 (serial) is still bound to a host driver"),
         "{nonviable}"
     );
-    assert!(out.contains("1 passed, 2 failed, 0 errors"), "{out}");
+    assert!(out.contains("2 passed, 3 failed, 0 errors"), "{out}");
 }
