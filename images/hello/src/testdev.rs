@@ -321,7 +321,7 @@ impl Check {
                 ..
             } => got.is_some_and(|b| matches(want, b)) && !upper_listed,
             Check::Restored { changed } => changed.is_none(),
-            Check::Moved { run, answers, .. } => answers && run.map_or(true, |r| r.ok()),
+            Check::Moved { run, answers, .. } => answers && run.is_none_or(|r| r.ok()),
             Check::OldPlace { read, .. } => read == u32::MAX,
         }
     }

@@ -32,7 +32,7 @@ impl Window for Mmio {
     }
 
     fn read32(&mut self, offset: u32) -> u32 {
-        if !inside(offset, 4, self.size) || offset % 4 != 0 {
+        if !inside(offset, 4, self.size) || !offset.is_multiple_of(4) {
             return u32::MAX;
         }
         // SAFETY: as in `read8`; the dword is aligned.
@@ -40,7 +40,7 @@ impl Window for Mmio {
     }
 
     fn write(&mut self, offset: u32, width: u8, value: u32) {
-        let aligned = offset % u32::from(width.max(1)) == 0;
+        let aligned = offset.is_multiple_of(u32::from(width.max(1)));
         if !aligned || !inside(offset, u32::from(width), self.size) {
             return;
         }
