@@ -8,6 +8,8 @@
 pub const EXIT_OPTION: &[u8] = b"hello.exit=";
 /// `hello.edu=required`: fail when no edu device is found.
 pub const EDU_OPTION: &[u8] = b"hello.edu=";
+/// `hello.testdev=required`: fail when no pci-testdev device is found.
+pub const TESTDEV_OPTION: &[u8] = b"hello.testdev=";
 
 /// Why an option's value is unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +18,8 @@ pub enum Error {
     BadExitCode,
     #[error("hello.edu takes `required` or `optional`")]
     BadEdu,
+    #[error("hello.testdev takes `required` or `optional`")]
+    BadTestdev,
 }
 
 /// The options the unikernel understands.
@@ -25,6 +29,8 @@ pub struct Options {
     pub exit_code: Option<u32>,
     /// `hello.edu=required`: an edu device must be present.
     pub edu_required: bool,
+    /// `hello.testdev=required`: a pci-testdev device must be present.
+    pub testdev_required: bool,
 }
 
 fn parse_u32(digits: &[u8]) -> Option<u32> {
@@ -52,6 +58,13 @@ impl Options {
                     b"required" => true,
                     b"optional" => false,
                     _ => return Err(Error::BadEdu),
+                };
+            }
+            if let Some(value) = word.strip_prefix(TESTDEV_OPTION) {
+                options.testdev_required = match value {
+                    b"required" => true,
+                    b"optional" => false,
+                    _ => return Err(Error::BadTestdev),
                 };
             }
         }
@@ -96,6 +109,9 @@ mod tests {
         );
         assert!(!Options::parse(b"").unwrap().edu_required);
         assert_eq!(Options::parse(b"hello.edu=yes"), Err(Error::BadEdu));
+        let o = Options::parse(b"hello.testdev=required").unwrap();
+        assert!(o.testdev_required && !o.edu_required);
+        assert_eq!(Options::parse(b"hello.testdev=1"), Err(Error::BadTestdev));
     }
 
     #[test]

@@ -463,7 +463,7 @@ mod tests {
                 reg::IRQ_RAISE => {
                     self.irq_status |= value;
                     if let Some((addr, data)) = self.msi {
-                        let apic = (self.lapic_read(LAPIC_ID) >> 24) as u32;
+                        let apic = self.lapic_read(LAPIC_ID) >> 24;
                         if addr == LAPIC_BASE | apic << 12 {
                             let (irr, bit) = irr_bit(data as u8 + self.misroute);
                             let old = self.lapic_read(irr);

@@ -15,3 +15,4 @@ pub mod phys;
 pub mod port;
 pub mod serial;
 pub mod start_info;
+pub mod testdev;

@@ -11,6 +11,7 @@ mod boot;
 mod edu_hw;
 mod exceptions;
 mod mem;
+mod testdev_hw;
 
 use core::ops::Range;
 
@@ -21,12 +22,21 @@ use kiln_hello::pci::ConfigAccess;
 use kiln_hello::pci::{self, Mechanism1};
 use kiln_hello::phys::PhysMemory;
 use kiln_hello::start_info::{self, StartInfo};
+use kiln_hello::testdev::{self, FreeSpace, Space, Window};
 use kiln_hello::{devtree, edu, println, serial};
 
 /// Exit code when the VMM's boot data or the command line is unusable.
 const BAD_INPUT_CODE: u32 = 1;
 /// Exit code when an edu check fails.
 const EDU_FAILED_CODE: u32 = 3;
+/// Exit code when a pci-testdev check fails (and no edu check did).
+const TESTDEV_FAILED_CODE: u32 = 4;
+/// Where guest-moved BARs may go up to: the end of kiln's 32-bit PCI
+/// window, where its ECAM starts. The moves take space above every BAR the
+/// VMM placed, which it fills from the window's start.
+const MOVE_MEM_END: u64 = 0xe000_0000;
+/// The end of the I/O space.
+const MOVE_IO_END: u64 = 0x1_0000;
 
 extern "C" {
     // Bounds of the loaded image, from linker.ld.
@@ -63,23 +73,228 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
 
     report_memory(&memory, &info);
     let mut edu_required = false;
+    let mut testdev_required = false;
     match report_cmdline(&memory, &info) {
         Some(o) => {
             if let Some(n) = o.exit_code {
                 code = n;
             }
             edu_required = o.edu_required;
+            testdev_required = o.testdev_required;
         }
         None => code = BAD_INPUT_CODE,
     }
     report_device_tree(&memory, &info);
-    let (bus, edus) = report_pci();
-    if let Some(failed) = drive_edus(bus.as_ref(), &edus, edu_required) {
+    let (bus, mut scan) = report_pci();
+    let testdev_failed = drive_testdevs(bus.as_ref(), &mut scan, testdev_required);
+    if testdev_failed == Some(true) {
+        code = TESTDEV_FAILED_CODE;
+    }
+    if let Some(failed) = drive_edus(bus.as_ref(), &scan.edus, edu_required) {
         if failed {
             code = EDU_FAILED_CODE;
         }
     }
     exit(code)
+}
+
+/// Runs the pci-testdev checks on every pci-testdev found; `None` when
+/// there was nothing to check (and nothing was required), `Some(failed)`
+/// otherwise. One verdict line covers all devices.
+fn drive_testdevs(bus: Option<&Mechanism1>, scan: &mut Scan, required: bool) -> Option<bool> {
+    let cfg = match bus {
+        Some(cfg) if scan.testdevs_found > 0 => cfg,
+        _ => {
+            if required {
+                println!("hello: pci-testdev device not found FAILED");
+                println!("hello: pci-testdev verdict fail");
+                return Some(true);
+            }
+            return None;
+        }
+    };
+    if scan.testdevs_found > testdev::MAX_DEVICES {
+        println!(
+            "hello: pci-testdev {} more devices skipped (at most {})",
+            scan.testdevs_found - testdev::MAX_DEVICES,
+            testdev::MAX_DEVICES
+        );
+    }
+    let mut pass = true;
+    let functions = scan.testdevs;
+    for f in functions.iter().flatten() {
+        pass &= drive_testdev(cfg, f, scan);
+    }
+    println!("hello: pci-testdev devices {}", scan.testdevs_found);
+    println!(
+        "hello: pci-testdev verdict {}",
+        if pass { "pass" } else { "fail" }
+    );
+    Some(!pass)
+}
+
+/// The BAR registers 0x10..0x28.
+fn bar_registers(cfg: &Mechanism1, bdf: pci::Bdf) -> [u32; 6] {
+    core::array::from_fn(|i| cfg.read32(bdf, pci::reg::BAR0 + 4 * i as u8))
+}
+
+/// Runs the checks on one pci-testdev: BAR sizing, the protocol through
+/// BAR0 and BAR1, then moves BAR0, BAR1 and BAR2 to free space and checks
+/// the device answers at the new places and not at the old ones.
+fn drive_testdev(cfg: &Mechanism1, f: &pci::Function, scan: &mut Scan) -> bool {
+    let bdf = f.bdf;
+    let mut pass = true;
+    let mut note = |c: testdev::Check| {
+        pass &= c.ok();
+        println!("hello: pci-testdev {bdf} {c}");
+    };
+    let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+    // SAFETY: pci-testdev masters nothing; decoding only makes its BARs
+    // answer where the VMM placed them.
+    unsafe {
+        cfg.write16(
+            bdf,
+            pci::reg::COMMAND,
+            cmd | pci::command::IO | pci::command::MEMORY,
+        )
+    };
+
+    // Sizing, as the guest sees it through the VMM.
+    let before = bar_registers(cfg, bdf);
+    let mut sized = [(0u8, pci::Bar::Io { port: 0, size: 0 }); 6];
+    let mut n = 0;
+    pci::for_each_bar(cfg, f, |index, bar| {
+        if let Some(slot) = sized.get_mut(n) {
+            *slot = (index, bar);
+            n += 1;
+        }
+    });
+    let after = bar_registers(cfg, bdf);
+    let changed = (0..6u8).find(|&i| before.get(usize::from(i)) != after.get(usize::from(i)));
+    let sized = sized.get(..n).unwrap_or(&[]);
+    for c in testdev::bar_checks(sized) {
+        note(c);
+    }
+    note(testdev::Check::Restored { changed });
+    let bar = |index: u8| sized.iter().find(|(i, _)| *i == index).map(|(_, b)| *b);
+
+    // The protocol through each BAR.
+    let mmio = match bar(0) {
+        Some(pci::Bar::Memory { addr, size, .. }) if addr + size <= MOVE_MEM_END => {
+            Some((addr, size))
+        }
+        _ => None,
+    };
+    if let Some((base, size)) = mmio {
+        let mut w = testdev_hw::Mmio {
+            base,
+            size: size as u32,
+        };
+        testdev::walk(&mut w, Space::Mem, &mut note);
+    }
+    let ports = match bar(1) {
+        Some(pci::Bar::Io { port, size }) => u16::try_from(port).ok().map(|p| (p, size)),
+        _ => None,
+    };
+    if let Some((base, size)) = ports {
+        testdev::walk(&mut testdev_hw::Ports { base, size }, Space::Io, &mut note);
+    }
+
+    // BAR0 (32-bit memory, mapped into a KVM slot) to free space.
+    if let (Some((from, size)), Some(b)) = (mmio, bar(0)) {
+        if let Some(to) = scan.free_mem.take(size) {
+            // SAFETY: `to` lies above every BAR the walk saw and below the
+            // ECAM, in the MMIO hole: no RAM, no other BAR.
+            unsafe { pci::move_bar(cfg, bdf, 0, &b, to) };
+            let mut w = testdev_hw::Mmio {
+                base: to,
+                size: size as u32,
+            };
+            let run = testdev::run_test(&mut w, 0);
+            w.write(testdev::hdr::TEST, 1, u32::from(testdev::MAX_TESTS));
+            note(testdev::Check::Moved {
+                index: 0,
+                from,
+                to,
+                run,
+                answers: run.is_some(),
+            });
+            let mut old = testdev_hw::Mmio {
+                base: from,
+                size: size as u32,
+            };
+            let read = old.read32(0);
+            note(testdev::Check::OldPlace {
+                index: 0,
+                at: from,
+                read,
+            });
+        }
+    }
+    // BAR1 (I/O, trapped and forwarded) to free ports.
+    if let (Some((from, size)), Some(b)) = (ports, bar(1)) {
+        let to = scan
+            .free_io
+            .take(u64::from(size))
+            .and_then(|p| u16::try_from(p).ok());
+        if let Some(to) = to {
+            // SAFETY: the ports lie above every I/O BAR the walk saw and
+            // below 0x10000; nothing else is there.
+            unsafe { pci::move_bar(cfg, bdf, 1, &b, u64::from(to)) };
+            let mut w = testdev_hw::Ports { base: to, size };
+            let run = testdev::run_test(&mut w, 0);
+            w.write(testdev::hdr::TEST, 1, u32::from(testdev::MAX_TESTS));
+            note(testdev::Check::Moved {
+                index: 1,
+                from: u64::from(from),
+                to: u64::from(to),
+                run,
+                answers: run.is_some(),
+            });
+            let read = testdev_hw::Ports { base: from, size }.read32(0);
+            note(testdev::Check::OldPlace {
+                index: 1,
+                at: u64::from(from),
+                read,
+            });
+        }
+    }
+    // BAR2 (64-bit prefetchable, nothing behind it: the device reads zero
+    // there) to free space, both halves written.
+    if let Some(
+        b @ pci::Bar::Memory {
+            addr: from,
+            size,
+            is_64bit: true,
+            ..
+        },
+    ) = bar(2)
+    {
+        let to = scan
+            .free_mem
+            .take(size)
+            .filter(|_| from + size <= MOVE_MEM_END);
+        if let Some(to) = to {
+            // SAFETY: as for BAR0.
+            unsafe { pci::move_bar(cfg, bdf, 2, &b, to) };
+            let window = |base| testdev_hw::Mmio { base, size: 4 };
+            let read = window(to).read32(0);
+            note(testdev::Check::Moved {
+                index: 2,
+                from,
+                to,
+                run: None,
+                answers: read != u32::MAX,
+            });
+            let read = window(from).read32(0);
+            note(testdev::Check::OldPlace {
+                index: 2,
+                at: from,
+                read,
+            });
+        }
+    }
+    pass
 }
 
 /// Runs the edu checks on every edu device found, one after the other, each
@@ -246,22 +461,60 @@ fn report_device_tree(memory: &PhysMemory, info: &StartInfo) {
     println!("hello: no device tree");
 }
 
-/// Lists the PCI functions; returns the bus and the edu devices on it.
-fn report_pci() -> (Option<Mechanism1>, edu::Found) {
-    let mut edus = edu::Found::default();
+/// What the PCI walk found: the devices hello drives, and the space above
+/// every BAR, where BARs can be moved to.
+struct Scan {
+    edus: edu::Found,
+    testdevs: [Option<pci::Function>; testdev::MAX_DEVICES],
+    testdevs_found: usize,
+    free_mem: FreeSpace,
+    free_io: FreeSpace,
+}
+
+/// Lists the PCI functions; returns the bus and what is on it.
+fn report_pci() -> (Option<Mechanism1>, Scan) {
+    let mut scan = Scan {
+        edus: edu::Found::default(),
+        testdevs: [None; testdev::MAX_DEVICES],
+        testdevs_found: 0,
+        free_mem: FreeSpace {
+            next: 0,
+            end: MOVE_MEM_END,
+        },
+        free_io: FreeSpace {
+            next: 0,
+            end: MOVE_IO_END,
+        },
+    };
     let Some(cfg) = Mechanism1::probe() else {
         println!("hello: no PCI bus");
-        return (None, edus);
+        return (None, scan);
     };
     let found = pci::walk(&cfg, |f| {
         if f.vendor == edu::VENDOR && f.device == edu::DEVICE {
-            edus.push(f.bdf);
+            scan.edus.push(f.bdf);
+        }
+        if f.vendor == testdev::VENDOR && f.device == testdev::DEVICE {
+            if let Some(slot) = scan.testdevs.get_mut(scan.testdevs_found) {
+                *slot = Some(*f);
+            }
+            scan.testdevs_found += 1;
         }
         println!(
             "hello: pci {} {:04x}:{:04x} class {:06x}",
             f.bdf, f.vendor, f.device, f.class
         );
         pci::for_each_bar(&cfg, f, |index, bar| {
+            match bar {
+                pci::Bar::Memory { addr, size, .. } if addr < MOVE_MEM_END => {
+                    scan.free_mem.next = scan.free_mem.next.max(addr.saturating_add(size));
+                }
+                pci::Bar::Io { port, size } => {
+                    let end = u64::from(port) + u64::from(size);
+                    scan.free_io.next = scan.free_io.next.max(end);
+                }
+                pci::Bar::Memory { .. } => {}
+            }
             println!("hello: pci {} bar{index} {bar}", f.bdf)
         });
         if let Some(msi) = pci::find_capability(&cfg, f.bdf, pci::CAP_MSI) {
@@ -271,7 +524,7 @@ fn report_pci() -> (Option<Mechanism1>, edu::Found) {
     if found == 0 {
         println!("hello: no PCI bus");
     }
-    (Some(cfg), edus)
+    (Some(cfg), scan)
 }
 
 #[panic_handler]

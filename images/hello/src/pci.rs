@@ -444,6 +444,32 @@ pub fn for_each_bar(cfg: &impl ConfigAccess, function: &Function, mut visit: imp
     }
 }
 
+/// Moves `bar`, BAR `index` of `bdf`, to `addr` (a port for an I/O BAR)
+/// the way an OS does: decoding of the BAR's space off, the register (both
+/// halves of a 64-bit BAR) written, the command register restored.
+///
+/// # Safety
+/// Nothing may use the BAR meanwhile, and at `addr` it must overlap no RAM
+/// and no other device's BAR.
+pub unsafe fn move_bar(cfg: &impl ConfigAccess, bdf: Bdf, index: u8, bar: &Bar, addr: u64) {
+    let offset = reg::BAR0 + 4 * index;
+    let (decode, is_64bit) = match *bar {
+        Bar::Io { .. } => (command::IO, false),
+        Bar::Memory { is_64bit, .. } => (command::MEMORY, is_64bit),
+    };
+    let cmd = cfg.read16(bdf, reg::COMMAND);
+    // SAFETY: with decoding off the BAR claims nothing while its halves
+    // change; the caller vouches for the new place.
+    unsafe {
+        cfg.write16(bdf, reg::COMMAND, cmd & !decode);
+        cfg.write32(bdf, offset, addr as u32);
+        if is_64bit {
+            cfg.write32(bdf, offset + 4, (addr >> 32) as u32);
+        }
+        cfg.write16(bdf, reg::COMMAND, cmd);
+    }
+}
+
 /// A capability in the list at 0x34: its ID and offset in config space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capability {
@@ -709,6 +735,38 @@ mod tests {
             bus.read16(at, reg::COMMAND),
             command::MEMORY | command::BUS_MASTER
         );
+    }
+
+    #[test]
+    fn moves_a_64_bit_bar_with_decoding_off_and_restores_the_command() {
+        let mut bus = FakeBus::default();
+        let at = bdf(0, 1, 0);
+        bus.add(at, 0x1b36, 0x0005, 0x00ff00, 0);
+        let cmd = command::MEMORY | command::IO;
+        bus.poke(at, reg::COMMAND, &cmd.to_le_bytes());
+        bus.bar(at, 2, 0xc100_000c, 0xff00_0000);
+        bus.bar(at, 3, 0, 0xffff_ffff);
+        let function = Function::read(&bus, at).unwrap();
+        let mut bars = Vec::new();
+        for_each_bar(&bus, &function, |i, bar| bars.push((i, bar)));
+        let (index, bar) = bars[0];
+        // SAFETY: a fake bus.
+        unsafe { move_bar(&bus, at, index, &bar, 0x1_c300_0000) };
+        let mut moved = Vec::new();
+        for_each_bar(&bus, &function, |i, bar| moved.push((i, bar)));
+        assert_eq!(
+            moved,
+            [(
+                2,
+                Bar::Memory {
+                    addr: 0x1_c300_0000,
+                    size: 0x100_0000,
+                    prefetchable: true,
+                    is_64bit: true
+                }
+            )]
+        );
+        assert_eq!(bus.read16(at, reg::COMMAND), cmd);
     }
 
     #[test]
