@@ -156,7 +156,7 @@ fn two_vms_each_drive_their_own_edu() {
 }
 
 #[test]
-fn a_linux_guest_lists_edu_with_its_bar_and_irq() {
+fn a_linux_guest_lists_edu_and_pci_testdev_with_their_bars_and_irq() {
     let (code, out) = kiln_test("images/linux-edu.toml");
     assert_eq!(code, Some(0), "{out}");
     let line = out
@@ -174,6 +174,34 @@ fn a_linux_guest_lists_edu_with_its_bar_and_irq() {
     assert!(
         bar0.starts_with("0x") && !bar0.starts_with("0x0-"),
         "{line}"
+    );
+    // pci-testdev beside it: Linux takes its I/O BAR and its 64-bit
+    // prefetchable BAR as the VMM placed them.
+    let testdev = out
+        .lines()
+        .find(|l| l.contains("guest-init: pci 0000:00:02.0 1b36:0005"))
+        .unwrap_or_else(|| panic!("pci-testdev not listed:\n{out}"));
+    let bar = |n: u8| {
+        let text = testdev.split(&format!(" bar{n} ")).nth(1).unwrap_or("");
+        let mut words = text.split_whitespace();
+        let range = words.next().unwrap_or("").to_string();
+        let kind = words.next().unwrap_or("").to_string();
+        (range, kind)
+    };
+    let span = |range: &str| -> u64 {
+        let (start, end) = range.split_once('-').unwrap_or_else(|| panic!("{testdev}"));
+        let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
+        hex(end) - hex(start) + 1
+    };
+    let (mmio, kind) = bar(0);
+    assert_eq!((span(&mmio), kind.as_str()), (0x1000, "mem32"), "{testdev}");
+    let (io, kind) = bar(1);
+    assert_eq!((span(&io), kind.as_str()), (0x100, "io"), "{testdev}");
+    let (membar, kind) = bar(2);
+    assert_eq!(
+        (span(&membar), kind.as_str()),
+        (16 << 20, "mem64-pref"),
+        "{testdev}"
     );
     assert!(!out.contains("PCI: Fatal"), "{out}");
 }

@@ -28,8 +28,50 @@ pub struct Device {
     pub device: Option<u16>,
     pub class: Option<u32>,
     pub irq: Option<u32>,
-    /// BAR0 as (start, end) inclusive; `Some((0, 0))` when unused.
-    pub bar0: Option<(u64, u64)>,
+    /// BARs 0 to 5 as the `resource` file gives them; `None` when it is
+    /// absent or unreadable.
+    pub bars: Option<Vec<Bar>>,
+}
+
+/// One BAR's range (inclusive) and kind, from a `resource` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bar {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+}
+
+// IORESOURCE_* bits of include/linux/ioport.h, as sysfs prints them.
+const IORESOURCE_IO: u64 = 0x100;
+const IORESOURCE_PREFETCH: u64 = 0x2000;
+const IORESOURCE_MEM_64: u64 = 0x10_0000;
+
+impl Bar {
+    fn unused(&self) -> bool {
+        self.start == 0 && self.end == 0
+    }
+}
+
+impl fmt::Display for Bar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unused() {
+            return f.write_str("none");
+        }
+        write!(f, "{:#x}-{:#x} ", self.start, self.end)?;
+        if self.flags & IORESOURCE_IO != 0 {
+            return f.write_str("io");
+        }
+        let width = if self.flags & IORESOURCE_MEM_64 != 0 {
+            64
+        } else {
+            32
+        };
+        write!(f, "mem{width}")?;
+        if self.flags & IORESOURCE_PREFETCH != 0 {
+            f.write_str("-pref")?;
+        }
+        Ok(())
+    }
 }
 
 /// Formats a present value with `show`, or `?` when absent.
@@ -54,14 +96,18 @@ impl fmt::Display for Device {
             Field(self.device, |v, f| write!(f, "{v:04x}")),
             Field(self.class, |v, f| write!(f, "{v:06x}")),
             Field(self.irq, |v, f| write!(f, "{v}")),
-            Field(self.bar0, |&(start, end), f| {
-                if start == 0 && end == 0 {
-                    f.write_str("none")
-                } else {
-                    write!(f, "{start:#x}-{end:#x}")
-                }
+            Field(self.bars.as_ref(), |bars, f| match bars.first() {
+                Some(bar) => write!(f, "{bar}"),
+                None => f.write_str("none"),
             }),
-        )
+        )?;
+        // The other BARs only when the device has them.
+        for (i, bar) in self.bars.iter().flatten().enumerate().skip(1) {
+            if !bar.unused() {
+                write!(f, " bar{i} {bar}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -75,10 +121,22 @@ fn hex(text: &str) -> Option<u64> {
     u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
 }
 
-/// BAR0 from the `resource` file: the first line is "start end flags" in hex.
-fn parse_bar0(resource: &str) -> Option<(u64, u64)> {
-    let mut fields = resource.lines().next()?.split_whitespace();
-    Some((hex(fields.next()?)?, hex(fields.next()?)?))
+/// BARs 0-5 from the `resource` file: a "start end flags" line in hex for
+/// each (then the ROM and bridge windows, which are not BARs).
+fn parse_bars(resource: &str) -> Option<Vec<Bar>> {
+    resource
+        .lines()
+        .take(6)
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            Some(Bar {
+                start: hex(fields.next()?)?,
+                end: hex(fields.next()?)?,
+                flags: hex(fields.next()?)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|bars| !bars.is_empty())
 }
 
 /// Reads one function's directory (e.g. `/sys/bus/pci/devices/0000:00:03.0`).
@@ -90,10 +148,10 @@ pub fn read_device(dir: &Path, bdf: String) -> Device {
         device: hex_field("device").and_then(|v| u16::try_from(v).ok()),
         class: hex_field("class").and_then(|v| u32::try_from(v).ok()),
         irq: read_trimmed(dir, "irq").and_then(|s| s.parse().ok()),
-        bar0: fs::read_to_string(dir.join("resource"))
+        bars: fs::read_to_string(dir.join("resource"))
             .ok()
             .as_deref()
-            .and_then(parse_bar0),
+            .and_then(parse_bars),
     }
 }
 
@@ -160,8 +218,38 @@ mod tests {
             lines,
             [
                 "pci 0000:00:00.0 8086:29c0 class 060000 irq 0 bar0 none",
-                "pci 0000:00:03.0 1234:11e8 class 00ff00 irq 11 bar0 0xfea00000-0xfeafffff",
+                "pci 0000:00:03.0 1234:11e8 class 00ff00 irq 11 bar0 0xfea00000-0xfeafffff mem32",
             ]
+        );
+    }
+
+    #[test]
+    fn io_and_64_bit_prefetchable_bars_are_told_apart() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("0000:00:01.0");
+        fs::create_dir(&dev).unwrap();
+        write(&dev, "vendor", "0x1b36\n");
+        write(&dev, "device", "0x0005\n");
+        write(&dev, "class", "0x00ff00\n");
+        write(&dev, "irq", "0\n");
+        // pci-testdev with membar: MMIO, I/O ports, then a 64-bit
+        // prefetchable BAR (which takes BAR2 and BAR3), then the ROM.
+        write(
+            &dev,
+            "resource",
+            "0x00000000c0000000 0x00000000c0000fff 0x0000000000040200\n\
+             0x000000000000c000 0x000000000000c0ff 0x0000000000040101\n\
+             0x00000000c1000000 0x00000000c1ffffff 0x000000000014220c\n\
+             0x0000000000000000 0x0000000000000000 0x0000000000000000\n\
+             0x0000000000000000 0x0000000000000000 0x0000000000000000\n\
+             0x0000000000000000 0x0000000000000000 0x0000000000000000\n\
+             0x00000000c2000000 0x00000000c203ffff 0x0000000000046200\n",
+        );
+        assert_eq!(
+            read_device(&dev, "0000:00:01.0".into()).to_string(),
+            "pci 0000:00:01.0 1b36:0005 class 00ff00 irq 0 \
+             bar0 0xc0000000-0xc0000fff mem32 bar1 0xc000-0xc0ff io \
+             bar2 0xc1000000-0xc1ffffff mem64-pref"
         );
     }
 
