@@ -308,12 +308,16 @@ fn state_digest(sources: &[String], keyring: Option<&[u8]>) -> String {
 }
 
 /// Writes `bytes` to `path` (atomically) unless it holds them already, so
-/// apt sees an unchanged file as unchanged.
+/// apt sees an unchanged file as unchanged. World-readable: apt run as
+/// root reads the keyring as its sandbox user `_apt`.
 fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     if std::fs::read(path).is_ok_and(|b| b == bytes) {
         return Ok(());
     }
     let mut tmp = crate::atomic::temp_file_beside(path)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     io::Write::write_all(&mut tmp, bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
