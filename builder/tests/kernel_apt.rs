@@ -155,3 +155,58 @@ fn a_package_not_in_the_sources_is_reported_after_an_update() {
     );
     assert!(err.to_string().contains("noble-updates main"), "{err}");
 }
+
+/// Debian 7.x kernels are split too, and keep everything under
+/// usr/lib/modules/<release>: trixie-backports' cloud kernel, checked with
+/// the host's Debian archive keyring. About 30 MB on the first run.
+#[test]
+fn resolves_a_debian_7_split_kernel() {
+    let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
+    if !keyring.is_file() {
+        eprintln!("skipped: no {}", keyring.display());
+        return;
+    }
+    let repo = AptRepo {
+        sources: vec!["deb http://deb.debian.org/debian trixie-backports main".into()],
+        keyring: Some(keyring.to_path_buf()),
+    };
+    let source = KernelSource::parse("debian:linux-image-cloud-amd64", None, None).unwrap();
+    let t = Instant::now();
+    let kernel = resolve_with(&source, Some(&repo)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("resolve: {:.2?}", t.elapsed());
+    let KernelOrigin::Debian {
+        package, packages, ..
+    } = &kernel.origin
+    else {
+        panic!("unexpected origin {:?}", kernel.origin)
+    };
+    assert_eq!(package, &format!("linux-image-{}", kernel.release));
+    let names: Vec<&str> = packages.iter().map(|p| p.package.as_str()).collect();
+    for part in ["base", "binary", "modules"] {
+        let name = format!("linux-{part}-{}", kernel.release);
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} missing from {names:?}"
+        );
+    }
+    let under = format!("usr/lib/modules/{}", kernel.release);
+    assert!(
+        kernel.vmlinuz.ends_with(format!("{under}/vmlinuz")),
+        "{}",
+        kernel.vmlinuz.display()
+    );
+    assert!(kernel.modules_dir.as_ref().unwrap().ends_with(&under));
+    let config = kernel.config.as_ref().expect("linux-base ships the config");
+    assert!(config.is_module("KVM"));
+    let head = std::fs::read(&kernel.vmlinuz).unwrap();
+    assert_eq!(&head[0x202..0x206], b"HdrS", "vmlinuz is a bzImage");
+    let tree = module_tree(&kernel).unwrap_or_else(|e| panic!("{e}"));
+    let closure = tree.index.closure(&["kvm-amd", "vfio-pci"]).unwrap();
+    assert!(
+        closure
+            .iter()
+            .any(|e| e.name == "kvm" && e.path.ends_with(".ko.xz")),
+        "{closure:?}"
+    );
+    tree.check(&["kvm-amd", "vfio-pci"], &closure).unwrap();
+}
