@@ -192,7 +192,8 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         cfg.kernel.config.as_ref().map(|p| image.dir.join(p)),
     )
     .map_err(|e| image.error_at("kernel.source", e.to_string()))?;
-    let kernel = kernel::resolve(&source)?;
+    let apt = image.apt_repo();
+    let kernel = kernel::resolve_with(&source, apt.as_ref())?;
     if let Some(kc) = &kernel.config {
         compress::check_kernel_support(compression, |sym| kc.is_enabled(sym))
             .map_err(|e| image.error_at("initramfs.compression", e.to_string()))?;
@@ -202,6 +203,9 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     let hashes = FileHashes::default();
     let mut inputs = vec![input_file("image", &image.file, &image.dir)?];
     inputs.extend(kernel_inputs(&kernel));
+    if let Some(keyring) = apt.as_ref().and_then(|a| a.keyring.as_ref()) {
+        inputs.push(input_file("apt-keyring", keyring, &image.dir)?);
+    }
 
     // A disk image boots the UKI, so `disk` builds `kiln.efi` too. The stub
     // is found first, so a missing one stops the build before the long work.
@@ -215,21 +219,35 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     };
 
     // Modules: the closure of what the appliance loads, with a matching modules.dep.
-    let modules = image.modules();
+    let mut modules = image.modules();
     let mut module_names = Vec::new();
     if !modules.load.is_empty() {
-        let index = kernel::module_index(&kernel)?;
+        let tree = kernel::module_tree(&kernel)?;
+        modules = image.modules_for(&tree.index);
+        let index = &tree.index;
         let names: Vec<&str> = modules.load.iter().map(String::as_str).collect();
-        let closure = index.closure(&names).map_err(|e| {
-            let pos = modules
-                .load
-                .iter()
-                .position(|m| e.to_string().contains(&format!("\"{m}\"")));
+        let locate = |e: &dyn std::fmt::Display, pos: Option<usize>| {
             let key = match (cfg.modules.is_some(), pos) {
                 (true, Some(i)) => format!("modules.load[{i}]"),
                 _ => "modules.load".to_string(),
             };
             image.error_at(&key, e.to_string())
+        };
+        let closure = index.closure(&names).map_err(|e| {
+            let pos = modules
+                .load
+                .iter()
+                .position(|m| e.to_string().contains(&format!("\"{m}\"")));
+            locate(&e, pos)
+        })?;
+        tree.check(&names, &closure).map_err(|e| {
+            let pos = match &e {
+                kernel::KernelError::MissingDependency { chain, .. } => {
+                    modules.load.iter().position(|m| chain.first() == Some(m))
+                }
+                _ => None,
+            };
+            locate(&e, pos)
         })?;
         let moddir = kernel.modules_dir.clone().ok_or_else(|| {
             image.error_at(
@@ -528,8 +546,11 @@ fn resolve_source(
         Source::Path(p) => Ok(vm.base_dir.join(p)),
         Source::Cargo(pkg) => Ok(payload::cargo_build(pkg, &vm.base_dir)?),
         Source::Debian(pkg) => {
+            // A guest's `debian:` is from the host's apt sources: the image's
+            // kernel is the same only if it came from there too.
             let same_as_host = matches!(&host.origin,
-                KernelOrigin::Debian { requested, package, .. } if requested == pkg || package == pkg);
+                KernelOrigin::Debian { requested, package, apt_sources, .. }
+                    if apt_sources.is_empty() && (requested == pkg || package == pkg));
             let k = if same_as_host {
                 host.vmlinuz.clone()
             } else {
@@ -663,12 +684,21 @@ fn kernel_inputs(kernel: &Kernel) -> Vec<Input> {
             package,
             version,
             deb_sha256,
+            packages,
             ..
-        } => vec![Input {
+        } if packages.is_empty() => vec![Input {
             kind: "kernel-package".into(),
             name: format!("{package}={version}"),
             sha256: deb_sha256.clone(),
         }],
+        KernelOrigin::Debian { packages, .. } => packages
+            .iter()
+            .map(|p| Input {
+                kind: "kernel-package".into(),
+                name: format!("{}={}", p.package, p.version),
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
         KernelOrigin::Host { files } | KernelOrigin::Path { files } => files
             .iter()
             .map(|f| Input {
@@ -695,6 +725,14 @@ fn kernel_info(kernel: &Kernel, source: &str) -> KernelInfo {
         version: match &kernel.origin {
             KernelOrigin::Debian { version, .. } => Some(version.clone()),
             _ => None,
+        },
+        packages: match &kernel.origin {
+            KernelOrigin::Debian { packages, .. } => packages.clone(),
+            _ => Vec::new(),
+        },
+        apt_sources: match &kernel.origin {
+            KernelOrigin::Debian { apt_sources, .. } => apt_sources.clone(),
+            _ => Vec::new(),
         },
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::compress::Compression;
 use kiln_runtime::config::{self, ByteSize, ConfigError, KeyPath, ModulesConfig, OnDone, VmConfig};
+use kiln_runtime::kmod::ModuleIndex;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,23 @@ pub struct KernelSection {
     pub config: Option<PathBuf>,
     #[serde(default = "default_cmdline")]
     pub cmdline: String,
+    /// For `debian:`: the apt sources to take the package from, instead of
+    /// the host's.
+    #[serde(default)]
+    pub apt: Option<AptSection>,
+}
+
+/// `[kernel.apt]`: where a `debian:` kernel comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSection {
+    /// One-line apt sources, e.g.
+    /// `"deb http://archive.ubuntu.com/ubuntu noble-updates main"`.
+    pub sources: Vec<String>,
+    /// The key that signs them (`.gpg` or `.asc`), relative to the image
+    /// file; without it, the host's apt keys are trusted.
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
 }
 
 pub fn default_cmdline() -> String {
@@ -237,6 +255,9 @@ impl Image {
                     .into(),
             ));
         }
+        if let Some(apt) = &config.kernel.apt {
+            check_apt(apt, &config.kernel.source, &dir).map_err(|(key, msg)| err(key, msg))?;
+        }
         if config.target.smp == 0 {
             return Err(err(
                 KeyPath::parse("target.smp"),
@@ -323,6 +344,18 @@ impl Image {
         ConfigError::at_key(&self.file, &self.src, &KeyPath::parse(key), message)
     }
 
+    /// The `[kernel.apt]` sources, the keyring's path resolved.
+    pub fn apt_repo(&self) -> Option<crate::kernel::AptRepo> {
+        self.config
+            .kernel
+            .apt
+            .as_ref()
+            .map(|a| crate::kernel::AptRepo {
+                sources: a.sources.clone(),
+                keyring: a.keyring.as_ref().map(|k| self.dir.join(k)),
+            })
+    }
+
     /// Whether any VM passes a PCI device through.
     pub fn uses_pci(&self) -> bool {
         self.vms.iter().any(|v| !v.config.pci.is_empty())
@@ -343,6 +376,59 @@ impl Image {
             params: Default::default(),
         }
     }
+
+    /// [`Image::modules`] for a kernel with this module index: by default
+    /// iommufd too, when a VM assigns a device and the kernel has it as a
+    /// module, as the runtime then uses VFIO's iommufd/cdev interface
+    /// (it looks for /dev/iommu, which only the loaded module makes).
+    pub fn modules_for(&self, index: &ModuleIndex) -> ModulesConfig {
+        let mut modules = self.modules();
+        if self.config.modules.is_none() && self.uses_pci() && index.get("iommufd").is_some() {
+            modules.load.push("iommufd".to_string());
+        }
+        modules
+    }
+}
+
+/// Checks `[kernel.apt]`; the error's key and message.
+fn check_apt(apt: &AptSection, source: &str, dir: &Path) -> Result<(), (KeyPath, String)> {
+    let at = KeyPath::root().key("kernel").key("apt");
+    if !source.trim().starts_with("debian:") {
+        return Err((
+            at,
+            format!("apt sources go with a \"debian:<package>\" kernel source, not \"{source}\"; remove [kernel.apt] or name a package"),
+        ));
+    }
+    if apt.sources.is_empty() {
+        return Err((
+            at.key("sources"),
+            "expected at least one source, e.g. \"deb http://archive.ubuntu.com/ubuntu noble-updates main\"".into(),
+        ));
+    }
+    for (i, line) in apt.sources.iter().enumerate() {
+        crate::kernel::check_source_line(line).map_err(|reason| {
+            (
+                at.clone().key("sources").index(i),
+                format!("\"{line}\" is not a valid apt source: {reason}"),
+            )
+        })?;
+    }
+    if let Some(k) = &apt.keyring {
+        let key = at.clone().key("keyring");
+        crate::kernel::check_keyring_name(k).map_err(|m| (key.clone(), m))?;
+        let full = dir.join(k);
+        if !full.is_file() {
+            return Err((
+                key,
+                format!(
+                    "keyring {} does not exist; expected a path relative to {}",
+                    full.display(),
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -470,6 +556,127 @@ mod tests {
         let img = write(d.path(), "images/v.toml", &image("[[vm]]\nname = \"b\"\nmemory = \"32M\"\nvcpus = -1\n[vm.boot]\nkernel = \"cargo:x\"\n"));
         let e = Image::load(&img).unwrap_err().to_string();
         assert!(e.contains("v.toml:6:9: key `vm[0].vcpus`"), "{e}");
+    }
+
+    #[test]
+    fn apt_sources_are_read_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "images/keys/u.gpg", "key");
+        let img = |name: &str, kernel: &str| {
+            write(
+                d.path(),
+                &format!("images/{name}.toml"),
+                &format!("name = \"t\"\n{kernel}\n[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n"),
+            )
+        };
+        let ok = img(
+            "ok",
+            "[kernel]\nsource = \"debian:linux-image-virtual\"\n[kernel.apt]\nsources = [\"deb http://archive.ubuntu.com/ubuntu noble-updates main\"]\nkeyring = \"keys/u.gpg\"",
+        );
+        let i = Image::load(&ok).unwrap();
+        let repo = i.apt_repo().unwrap();
+        assert_eq!(
+            repo.sources,
+            ["deb http://archive.ubuntu.com/ubuntu noble-updates main"]
+        );
+        assert_eq!(repo.keyring, Some(d.path().join("images/keys/u.gpg")));
+        assert!(Image::load(&img("none", "kernel = { source = \"host\" }"))
+            .unwrap()
+            .apt_repo()
+            .is_none());
+
+        let e = |name: &str, apt: &str| {
+            let f = img(
+                name,
+                &format!("[kernel]\nsource = \"debian:linux-image-virtual\"\n[kernel.apt]\n{apt}"),
+            );
+            Image::load(&f).unwrap_err().to_string()
+        };
+        let m = e(
+            "a",
+            "sources = [\"deb http://x/u noble main\"]\nkeyrings = \"k.gpg\"",
+        );
+        assert!(
+            m.contains("a.toml:6:1: key `kernel.apt.keyrings`: unknown key"),
+            "{m}"
+        );
+        let m = e(
+            "b",
+            "sources = [\n  \"deb http://x/u noble main\",\n  \"deb http://x/u noble\",\n]",
+        );
+        assert!(m.contains("b.toml:7:3: key `kernel.apt.sources[1]`: \"deb http://x/u noble\" is not a valid apt source: suite \"noble\" needs at least one component"), "{m}");
+        let m = e("c", "sources = []");
+        assert!(
+            m.contains("c.toml:5:1: key `kernel.apt.sources`: expected at least one source"),
+            "{m}"
+        );
+        let m = e(
+            "d",
+            "sources = [\"deb http://x/u noble main\"]\nkeyring = \"keys/missing.gpg\"",
+        );
+        assert!(
+            m.contains("d.toml:6:1: key `kernel.apt.keyring`: keyring ")
+                && m.contains("missing.gpg does not exist"),
+            "{m}"
+        );
+        let m = e(
+            "e",
+            "sources = [\"deb http://x/u noble main\"]\nkeyring = \"keys/u.key\"",
+        );
+        assert!(
+            m.contains("key `kernel.apt.keyring`: keys/u.key is not named .gpg or .asc"),
+            "{m}"
+        );
+        let f = img(
+            "f",
+            "[kernel]\nsource = \"host\"\n[kernel.apt]\nsources = [\"deb http://x/u noble main\"]",
+        );
+        let m = Image::load(&f).unwrap_err().to_string();
+        assert!(m.contains("f.toml:4:9: key `kernel.apt`: apt sources go with a \"debian:<package>\" kernel source"), "{m}");
+    }
+
+    #[test]
+    fn iommufd_is_loaded_for_passthrough_when_the_kernel_has_it() {
+        let d = tempfile::tempdir().unwrap();
+        let vm = |pci: &str| {
+            format!(
+                "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n{pci}[vm.boot]\nkernel = \"cargo:x\"\n"
+            )
+        };
+        let pci = "pci = [{ device = \"1234:11e8\" }]\n";
+        let passthrough = Image::load(&write(d.path(), "images/p.toml", &image(&vm(pci)))).unwrap();
+        let plain = Image::load(&write(d.path(), "images/q.toml", &image(&vm("")))).unwrap();
+        let listed = Image::load(&write(
+            d.path(),
+            "images/r.toml",
+            &image(&format!("[modules]\nload = [\"vfio-pci\"]\n{}", vm(pci))),
+        ))
+        .unwrap();
+        let with = ModuleIndex::from_modules_dep(
+            "kernel/vfio.ko: kernel/iommufd.ko\nkernel/iommufd.ko:\n",
+            None,
+            None,
+        )
+        .unwrap();
+        let builtin =
+            ModuleIndex::from_modules_dep("kernel/vfio.ko:\n", None, Some("kernel/iommufd.ko\n"))
+                .unwrap();
+        assert_eq!(
+            passthrough.modules_for(&with).load,
+            [
+                "kvm-amd",
+                "kvm-intel",
+                "vfio-pci",
+                "vfio-iommu-type1",
+                "iommufd"
+            ]
+        );
+        assert_eq!(
+            passthrough.modules_for(&builtin).load,
+            passthrough.modules().load
+        );
+        assert_eq!(plain.modules_for(&with).load, ["kvm-amd", "kvm-intel"]);
+        assert_eq!(listed.modules_for(&with).load, ["vfio-pci"]);
     }
 
     #[test]

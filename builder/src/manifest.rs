@@ -47,6 +47,14 @@ pub struct KernelInfo {
     pub package: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// For `debian:`: every package of the kernel (a split kernel has
+    /// several), with the SHA-256 of its .deb.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<crate::kernel::DebPackage>,
+    /// The `[kernel.apt]` sources the packages came from; absent: the
+    /// build host's apt sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apt_sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

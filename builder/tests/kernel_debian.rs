@@ -78,8 +78,15 @@ fn resolves_the_current_cloud_kernel() {
             package,
             version,
             deb_sha256,
+            packages,
+            apt_sources,
         } => {
             assert_eq!(requested, "linux-image-cloud-amd64");
+            // Debian 12's kernel is one package, from the host's sources.
+            assert_eq!(packages.len(), 1);
+            assert_eq!(&packages[0].package, package);
+            assert_eq!(&packages[0].sha256, deb_sha256);
+            assert!(apt_sources.is_empty());
             assert_eq!(package, &format!("linux-image-{}", kernel.release));
             assert!(!version.is_empty());
             assert!(deb_sha256.len() == 64 && deb_sha256.bytes().all(|b| b.is_ascii_hexdigit()));

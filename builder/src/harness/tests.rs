@@ -117,6 +117,8 @@ fn image_dir(root: &Path, name: &str, vms: &[(&str, TestExpectations)]) -> PathB
             source: "test".into(),
             package: None,
             version: None,
+            packages: Vec::new(),
+            apt_sources: Vec::new(),
         },
         cmdline: String::new(),
         compression: "zstd".into(),

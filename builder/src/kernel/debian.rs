@@ -1,21 +1,30 @@
 //! `debian:<package>` kernels: the package's current version from apt, the
-//! .deb downloaded once into the cache, unpacked once per .deb digest.
+//! .debs downloaded once into the cache, unpacked once per set of .debs.
+//!
+//! A kernel may come in several packages: Ubuntu's `linux-image-<rel>`
+//! depends on `linux-modules-<rel>`, Debian 7.x's on `linux-base-<rel>`,
+//! `linux-binary-<rel>` and `linux-modules-<rel>`. Every dependency named
+//! `linux-*-<rel>` (the image's release) is fetched with it and unpacked
+//! into the same tree.
 //!
 //! Cache layout (under [`super::cache_dir`]):
 //! - `debs/<file>.deb`: downloaded packages, as apt names them;
-//! - `kernels/<sha256 of the .deb>/root/`: the unpacked package tree;
-//! - `kernels/<sha256 of the .deb>/modindex-v1/`: the derived module index.
+//! - `kernels/<key>/root/`: the unpacked tree, `<key>` being the .deb's
+//!   SHA-256 for a kernel in one package, else a digest of all the .debs';
+//! - `kernels/<key>/modindex-v1/`: the derived module index;
+//! - `kernels/by-version/[<apt state>/]<package>_<version>`: the key of the
+//!   tree a versioned image package went into, and its packages.
 //!
 //! Everything is written under a temporary name and renamed into place, so
 //! an interrupted or concurrent build never sees half an entry.
 
-use super::KernelError;
+use super::apt::{output_text, Apt};
+use super::{DebPackage, KernelError};
 use crate::progress::{human_bytes, CountingReader, Task};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 /// A package version apt can download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +35,12 @@ pub(super) struct Candidate {
     pub sha256: Option<String>,
 }
 
-/// An unpacked package in the cache.
+/// An unpacked set of packages in the cache.
 #[derive(Debug, Clone)]
 pub(super) struct Unpacked {
-    pub candidate: Candidate,
-    pub deb_sha256: String,
-    /// `kernels/<sha256>/`.
+    /// Every package in the tree, the one `requested` resolved to first.
+    pub packages: Vec<DebPackage>,
+    /// `kernels/<key>/`.
     pub dir: PathBuf,
 }
 
@@ -39,105 +48,186 @@ impl Unpacked {
     pub fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
+
+    /// The package `requested` resolved to.
+    pub fn main(&self) -> DebPackage {
+        self.packages.first().cloned().unwrap_or_default()
+    }
 }
 
 /// Resolves `requested` to the versioned package it stands for, downloads
-/// and unpacks it (each only if not cached). When apt has no package lists
-/// or the download fails (old versions leave the archive), root runs
-/// `apt-get update` once and tries again.
-pub(super) fn fetch(requested: &str, cache: &Path) -> Result<Unpacked, KernelError> {
-    match fetch_once(requested, cache) {
-        Err(e @ (KernelError::AptNoLists | KernelError::DownloadFailed { .. }))
-            if nix::unistd::geteuid().is_root() =>
-        {
-            let task = Task::step("Updating apt package lists");
-            let out = run("apt-get", &["update"], None)?;
-            if !out.status.success() {
-                return Err(KernelError::AptFailed {
-                    command: "apt-get update".into(),
-                    output: output_text(&out),
-                    after: Box::new(e),
-                });
-            }
-            task.finish("done");
-            fetch_once(requested, cache)
+/// and unpacks it with its split-off parts (each only if not cached).
+/// A private apt state is updated when it has no lists yet, and once more
+/// when the package is not found or its download fails (old versions leave
+/// the archive); the host's lists are updated in that case only by root.
+pub(super) fn fetch(requested: &str, cache: &Path, apt: &Apt) -> Result<Unpacked, KernelError> {
+    let mut updated = false;
+    if apt.is_private() && apt.has_no_lists() {
+        apt.update(None)?;
+        updated = true;
+    }
+    match fetch_once(requested, cache, apt) {
+        Err(e) if !updated && may_update(apt, &e) => {
+            apt.update(Some(e))?;
+            fetch_once(requested, cache, apt)
         }
         other => other,
     }
 }
 
-fn fetch_once(requested: &str, cache: &Path) -> Result<Unpacked, KernelError> {
+fn may_update(apt: &Apt, e: &KernelError) -> bool {
+    if apt.is_private() {
+        matches!(
+            e,
+            KernelError::NotInSources { .. } | KernelError::DownloadFailed { .. }
+        )
+    } else {
+        matches!(
+            e,
+            KernelError::AptNoLists | KernelError::DownloadFailed { .. }
+        ) && nix::unistd::geteuid().is_root()
+    }
+}
+
+fn fetch_once(requested: &str, cache: &Path, apt: &Apt) -> Result<Unpacked, KernelError> {
     let kernels = cache.join("kernels");
-    let first = show(requested)?;
+    let records = apt.records(&kernels);
+    let first = apt.show(requested)?;
     // A metapackage pins its image's version (`(= 6.1.192-2)`): if that
     // version is unpacked already, one apt query was enough.
     if let Some((package, Some(version))) = first.get("Depends").and_then(|d| versioned_image(d)) {
-        if let Some(hit) = cached_by_version(&kernels, &package, &version) {
+        if let Some(hit) = cached_by_version(&records, &kernels, &package, &version) {
             return Ok(hit);
         }
     }
-    let candidate = resolve(requested, first)?;
-    // The index gives the digest: a cached tree needs neither the .deb
-    // nor hashing it.
-    let cached = candidate
-        .sha256
-        .clone()
-        .filter(|sha| kernels.join(sha).join("root").is_dir());
-    let deb_sha256 = match cached {
-        Some(sha) => sha,
+    let (main, stanza) = resolve(apt, requested, first)?;
+    let mut wanted = vec![main];
+    if let Some(release) = wanted[0].package.strip_prefix("linux-image-") {
+        let depends = stanza.get("Depends").map(String::as_str).unwrap_or("");
+        for (name, pin) in split_parts(release, depends) {
+            let spec = pin.map_or_else(|| name.clone(), |v| format!("{name}={v}"));
+            wanted.push(candidate(&name, &apt.show(&spec)?)?);
+        }
+    }
+    // The index gives the digests: a cached tree needs neither the .debs
+    // nor hashing them.
+    let indexed: Option<Vec<String>> = wanted.iter().map(|c| c.sha256.clone()).collect();
+    let cached = indexed.filter(|shas| kernels.join(tree_key(shas)).join("root").is_dir());
+    let shas = match cached {
+        Some(shas) => shas,
         None => {
-            let (deb, sha) = download(&candidate, &cache.join("debs"))?;
-            let dir = kernels.join(&sha);
-            if !dir.join("root").is_dir() {
-                unpack(&deb, &candidate.package, &kernels, &dir)?;
+            let debs_dir = cache.join("debs");
+            let mut debs = Vec::new();
+            for c in &wanted {
+                debs.push((download(apt, c, &debs_dir)?, c.package.as_str()));
             }
-            sha
+            let shas: Vec<String> = debs.iter().map(|((_, sha), _)| sha.clone()).collect();
+            let dir = kernels.join(tree_key(&shas));
+            if !dir.join("root").is_dir() {
+                let files: Vec<(&Path, &str)> = debs
+                    .iter()
+                    .map(|((deb, _), package)| (deb.as_path(), *package))
+                    .collect();
+                unpack(&files, &kernels, &dir)?;
+            }
+            shas
         }
     };
-    record_version(&kernels, &candidate, &deb_sha256);
+    let packages: Vec<DebPackage> = wanted
+        .iter()
+        .zip(&shas)
+        .map(|(c, sha)| DebPackage {
+            package: c.package.clone(),
+            version: c.version.clone(),
+            sha256: sha.clone(),
+        })
+        .collect();
+    let key = tree_key(&shas);
+    record_version(&records, &key, &packages);
     Ok(Unpacked {
-        dir: kernels.join(&deb_sha256),
-        candidate,
-        deb_sha256,
+        dir: kernels.join(&key),
+        packages,
     })
 }
 
-/// `kernels/by-version/<package>_<version>` holds the digest of that
-/// version's .deb. The Debian archive never reuses a version number for
-/// other contents, so name and version identify the file.
-fn version_record(kernels: &Path, package: &str, version: &str) -> PathBuf {
-    kernels
-        .join("by-version")
-        .join(format!("{package}_{}", version.replace(':', "%3a")))
+/// The name of the tree holding .debs with these digests: the digest
+/// itself for one package (so trees cached before kernels came in several
+/// packages stay valid), else a digest of the sorted digests.
+pub(super) fn tree_key(shas: &[String]) -> String {
+    match shas {
+        [one] => one.clone(),
+        _ => {
+            let mut sorted: Vec<&String> = shas.iter().collect();
+            sorted.sort();
+            let mut h = Sha256::new();
+            h.update(b"kiln kernel tree\n");
+            for s in sorted {
+                h.update(s.as_bytes());
+                h.update(b"\n");
+            }
+            hex(&h.finalize())
+        }
+    }
 }
 
-fn cached_by_version(kernels: &Path, package: &str, version: &str) -> Option<Unpacked> {
-    let sha = std::fs::read_to_string(version_record(kernels, package, version)).ok()?;
-    let sha = sha.trim();
-    let valid = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
-    let dir = kernels.join(sha);
-    (valid && dir.join("root").is_dir()).then(|| Unpacked {
-        candidate: Candidate {
+/// `<records>/<package>_<version>` holds the key of the tree that version
+/// went into, then a line `<package> <version> <sha256>` per package. The
+/// archive never reuses a version number for other contents, so name and
+/// version identify the files.
+fn version_record(records: &Path, package: &str, version: &str) -> PathBuf {
+    records.join(format!("{package}_{}", version.replace(':', "%3a")))
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn cached_by_version(
+    records: &Path,
+    kernels: &Path,
+    package: &str,
+    version: &str,
+) -> Option<Unpacked> {
+    let text = std::fs::read_to_string(version_record(records, package, version)).ok()?;
+    let mut lines = text.lines();
+    let key = lines.next()?.trim();
+    let mut packages = Vec::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [p, v, sha] if is_digest(sha) => packages.push(DebPackage {
+                package: p.to_string(),
+                version: v.to_string(),
+                sha256: sha.to_string(),
+            }),
+            _ => return None,
+        }
+    }
+    // A record of one line (older kiln): the tree of that one .deb.
+    if packages.is_empty() {
+        packages.push(DebPackage {
             package: package.to_string(),
             version: version.to_string(),
-            sha256: Some(sha.to_string()),
-        },
-        deb_sha256: sha.to_string(),
-        dir,
-    })
+            sha256: key.to_string(),
+        });
+    }
+    let dir = kernels.join(key);
+    (is_digest(key) && dir.join("root").is_dir()).then_some(Unpacked { packages, dir })
 }
 
 /// Best effort: without the record the next build asks apt once more.
-fn record_version(kernels: &Path, candidate: &Candidate, sha: &str) {
-    let path = version_record(kernels, &candidate.package, &candidate.version);
-    if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == sha) {
+fn record_version(records: &Path, key: &str, packages: &[DebPackage]) {
+    let Some(main) = packages.first() else { return };
+    let path = version_record(records, &main.package, &main.version);
+    let mut text = format!("{key}\n");
+    for p in packages {
+        text.push_str(&format!("{} {} {}\n", p.package, p.version, p.sha256));
+    }
+    if std::fs::read_to_string(&path).is_ok_and(|s| s == text) {
         return;
     }
     let write = || -> io::Result<()> {
-        let dir = path.parent().unwrap_or(kernels);
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        io::Write::write_all(&mut tmp, format!("{sha}\n").as_bytes())?;
+        let mut tmp = crate::atomic::temp_file_beside(&path)?;
+        io::Write::write_all(&mut tmp, text.as_bytes())?;
         tmp.persist(&path).map_err(|e| e.error)?;
         Ok(())
     };
@@ -146,34 +236,40 @@ fn record_version(kernels: &Path, candidate: &Candidate, sha: &str) {
     }
 }
 
+fn candidate(name: &str, stanza: &BTreeMap<String, String>) -> Result<Candidate, KernelError> {
+    let field = |k: &str| stanza.get(k).map(String::as_str);
+    let version = field("Version").ok_or_else(|| KernelError::PackageNotFound {
+        package: name.to_string(),
+    })?;
+    Ok(Candidate {
+        package: field("Package").unwrap_or(name).to_string(),
+        version: version.to_string(),
+        sha256: field("SHA256").map(str::to_ascii_lowercase),
+    })
+}
+
 /// Follows a metapackage (`linux-image-cloud-amd64`), whose candidate
 /// stanza is `first`, to the versioned package it depends on
-/// (`linux-image-6.1.0-56-cloud-amd64`), with the candidate version apt
-/// would install. A versioned name resolves to itself.
-fn resolve(requested: &str, first: BTreeMap<String, String>) -> Result<Candidate, KernelError> {
+/// (`linux-image-6.1.0-56-cloud-amd64`), at the version the metapackage
+/// pins or else apt's candidate. A versioned name resolves to itself.
+/// Returns that package and its stanza.
+fn resolve(
+    apt: &Apt,
+    requested: &str,
+    first: BTreeMap<String, String>,
+) -> Result<(Candidate, BTreeMap<String, String>), KernelError> {
     let mut name = requested.to_string();
     let mut stanza = first;
     // Metapackages point straight at the image; a few hops are plenty and
     // bound the walk should a repository loop.
     for _ in 0..4 {
-        let field = |k: &str| stanza.get(k).map(String::as_str);
-        match field("Depends").and_then(versioned_image) {
-            Some((next, _)) if next != name => {
-                stanza = show(&next)?;
+        match stanza.get("Depends").and_then(|d| versioned_image(d)) {
+            Some((next, pin)) if next != name => {
+                let spec = pin.map_or_else(|| next.clone(), |v| format!("{next}={v}"));
+                stanza = apt.show(&spec)?;
                 name = next;
             }
-            _ => {
-                let version = field("Version")
-                    .ok_or_else(|| KernelError::PackageNotFound {
-                        package: name.clone(),
-                    })?
-                    .to_string();
-                return Ok(Candidate {
-                    version,
-                    sha256: field("SHA256").map(str::to_ascii_lowercase),
-                    package: name,
-                });
-            }
+            _ => return Ok((candidate(&name, &stanza)?, stanza)),
         }
     }
     Err(KernelError::PackageNotFound {
@@ -181,152 +277,66 @@ fn resolve(requested: &str, first: BTreeMap<String, String>) -> Result<Candidate
     })
 }
 
+/// One alternative of a Depends field: its name (without `:arch`) and the
+/// version it pins with `(= <version>)`, if any.
+fn alternative(alt: &str) -> (String, Option<String>) {
+    let alt = alt.trim();
+    let (name, rest) = alt.split_at(alt.find([' ', '(']).unwrap_or(alt.len()));
+    let name = name.split(':').next().unwrap_or(name);
+    let pinned = rest
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .and_then(|r| r.trim().strip_prefix('='))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    (name.to_string(), pinned)
+}
+
 /// The first dependency named `linux-image-<digit>...` (the versioned
 /// kernel image package a metapackage stands for), with the version it
-/// pins with `(= <version>)`, if any.
+/// pins, if any. Debian 7.x metapackages list `linux-base-<flavour>` first.
 pub(super) fn versioned_image(depends: &str) -> Option<(String, Option<String>)> {
     depends
         .split([',', '|'])
-        .filter_map(|alt| {
-            let alt = alt.trim();
-            let (name, rest) = alt.split_once([' ', '(']).unwrap_or((alt, ""));
-            let name = name.split(':').next().unwrap_or(name);
-            let image = name
-                .strip_prefix("linux-image-")
+        .map(alternative)
+        .find(|(name, _)| {
+            name.strip_prefix("linux-image-")
                 .and_then(|r| r.chars().next())
-                .is_some_and(|c| c.is_ascii_digit());
-            let pinned = rest
-                .trim()
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .and_then(|r| r.trim().strip_prefix('='))
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty());
-            image.then(|| (name.to_string(), pinned))
+                .is_some_and(|c| c.is_ascii_digit())
         })
-        .next()
 }
 
-/// The candidate version's stanza of `apt-cache show`.
-fn show(package: &str) -> Result<BTreeMap<String, String>, KernelError> {
-    let options = binary_cache_options();
-    let mut args: Vec<&str> = options.iter().map(String::as_str).collect();
-    args.extend(["show", "--no-all-versions", package]);
-    let out = run("apt-cache", &args, None)?;
-    let stanza = parse_stanza(&String::from_utf8_lossy(&out.stdout));
-    if out.status.success() && stanza.contains_key("Package") {
-        return Ok(stanza);
-    }
-    if apt_knows_nothing() {
-        Err(KernelError::AptNoLists)
-    } else {
-        Err(KernelError::PackageNotFound {
-            package: package.to_string(),
-        })
-    }
-}
-
-/// apt's binary cache of its package lists makes a lookup about ten times
-/// faster (0.1 s instead of 1.4 s here); container images often switch it
-/// off (`Dir::Cache::pkgcache ""`). Keep one in kiln's cache: apt checks it
-/// against the lists and rebuilds it when they change.
-fn binary_cache_options() -> Vec<String> {
-    let Ok(dir) = super::cache_dir().map(|d| d.join("apt")) else {
-        return Vec::new();
-    };
-    if std::fs::create_dir_all(&dir).is_err() {
-        return Vec::new();
-    }
-    let opt = |key: &str, file: &str| {
-        [
-            "-o".to_string(),
-            format!("Dir::Cache::{key}={}", dir.join(file).display()),
-        ]
-    };
-    opt("pkgcache", "pkgcache.bin")
-        .into_iter()
-        .chain(opt("srcpkgcache", "srcpkgcache.bin"))
-        .collect()
-}
-
-/// The first stanza of deb822 text: `Key: value`, continuation lines
-/// starting with a space.
-pub(super) fn parse_stanza(text: &str) -> BTreeMap<String, String> {
-    let mut fields = BTreeMap::new();
-    let mut last: Option<String> = None;
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if fields.is_empty() {
-                continue;
-            }
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(v) = last.as_ref().and_then(|k| fields.get_mut(k)) {
-                let v: &mut String = v;
-                v.push('\n');
-                v.push_str(line.trim());
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            fields.insert(k.trim().to_string(), v.trim().to_string());
-            last = Some(k.trim().to_string());
+/// The dependencies of `linux-image-<release>` that are parts of the same
+/// kernel: named `linux-<part>-<release>`, other than the image itself
+/// (`linux-modules-6.8.0-151-generic`, `linux-base-7.3.1-cloud-amd64`).
+/// Of alternatives, the first such name is taken.
+pub(super) fn split_parts(release: &str, depends: &str) -> Vec<(String, Option<String>)> {
+    let image = format!("linux-image-{release}");
+    let suffix = format!("-{release}");
+    let mut parts: Vec<(String, Option<String>)> = Vec::new();
+    for clause in depends.split(',') {
+        let found = clause.split('|').map(alternative).find(|(name, _)| {
+            *name != image
+                && name.starts_with("linux-")
+                && name
+                    .strip_suffix(&suffix)
+                    .is_some_and(|part| part.len() > "linux-".len())
+        });
+        if let Some(part) = found.filter(|(n, _)| !parts.iter().any(|(p, _)| p == n)) {
+            parts.push(part);
         }
     }
-    fields
-}
-
-/// True when apt has no package index at all (a fresh container).
-fn apt_knows_nothing() -> bool {
-    let lists = run("apt-config", &["shell", "D", "Dir::State::lists/d"], None)
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let v = text
-                .trim()
-                .strip_prefix("D=")?
-                .trim_matches('\'')
-                .to_string();
-            (!v.is_empty()).then_some(v)
-        })
-        .unwrap_or_else(|| "/var/lib/apt/lists/".into());
-    std::fs::read_dir(lists).map_or(true, |dir| {
-        !dir.flatten()
-            .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
-    })
-}
-
-/// Runs an apt tool with a stable locale, capturing its output.
-fn run(tool: &'static str, args: &[&str], cwd: Option<&Path>) -> Result<Output, KernelError> {
-    let mut cmd = Command::new(tool);
-    cmd.args(args).env("LC_ALL", "C");
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    cmd.output().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => KernelError::AptMissing { tool, source },
-        _ => KernelError::Io {
-            action: "run",
-            path: PathBuf::from(tool),
-            source,
-        },
-    })
-}
-
-fn output_text(out: &Output) -> String {
-    let mut text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !stdout.trim().is_empty() {
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        text.push_str(stdout.trim());
-    }
-    text
+    parts
 }
 
 /// The .deb of `candidate` in `debs` and its digest, downloaded unless
 /// already there with the digest the index gives.
-fn download(candidate: &Candidate, debs: &Path) -> Result<(PathBuf, String), KernelError> {
+fn download(
+    apt: &Apt,
+    candidate: &Candidate,
+    debs: &Path,
+) -> Result<(PathBuf, String), KernelError> {
     mkdir(debs)?;
     let spec = format!("{}={}", candidate.package, candidate.version);
     if let Some(cached) = cached_deb(candidate, debs)? {
@@ -345,7 +355,7 @@ fn download(candidate: &Candidate, debs: &Path) -> Result<(PathBuf, String), Ker
             source,
         })?;
     // apt prints its own progress; it is shown only when something fails.
-    let out = run("apt-get", &["download", &spec], Some(tmp.path()))?;
+    let out = apt.run("apt-get", &["download", &spec], Some(tmp.path()))?;
     if !out.status.success() {
         return Err(KernelError::DownloadFailed {
             package: candidate.package.clone(),
@@ -428,9 +438,10 @@ fn single_deb(dir: &Path) -> Result<Option<PathBuf>, KernelError> {
         .find(|p| p.extension().is_some_and(|x| x == "deb")))
 }
 
-/// Unpacks the `data.tar.*` member of `deb` into `dest/root`, through a
-/// temporary directory in `kernels` renamed into place.
-fn unpack(deb: &Path, package: &str, kernels: &Path, dest: &Path) -> Result<(), KernelError> {
+/// Unpacks the `data.tar.*` member of each .deb (with its package name)
+/// into `dest/root`, through a temporary directory in `kernels` renamed
+/// into place.
+fn unpack(debs: &[(&Path, &str)], kernels: &Path, dest: &Path) -> Result<(), KernelError> {
     mkdir(kernels)?;
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
@@ -440,13 +451,31 @@ fn unpack(deb: &Path, package: &str, kernels: &Path, dest: &Path) -> Result<(), 
             path: kernels.to_path_buf(),
             source,
         })?;
+    for (deb, package) in debs {
+        unpack_data(deb, package, &tmp.path().join("root"))?;
+    }
+    let tmp = tmp.keep();
+    if let Err(source) = std::fs::rename(&tmp, dest) {
+        // Another build may have put the same tree there first.
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dest.join("root").is_dir() {
+            return Err(KernelError::Io {
+                action: "move the unpacked kernel to",
+                path: dest.to_path_buf(),
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn unpack_data(deb: &Path, package: &str, root: &Path) -> Result<(), KernelError> {
     let unpack_err = |source| KernelError::Unpack {
         deb: deb.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(deb).map_err(unpack_err)?;
     let mut archive = ar::Archive::new(io::BufReader::new(file));
-    let mut unpacked = false;
     while let Some(entry) = archive.next_entry() {
         let entry = entry.map_err(unpack_err)?;
         let member = String::from_utf8_lossy(entry.header().identifier()).into_owned();
@@ -466,30 +495,15 @@ fn unpack(deb: &Path, package: &str, kernels: &Path, dest: &Path) -> Result<(), 
             })?;
         let mut tar = tar::Archive::new(tar);
         tar.set_preserve_mtime(true);
-        tar.unpack(tmp.path().join("root")).map_err(unpack_err)?;
+        tar.set_overwrite(true);
+        tar.unpack(root).map_err(unpack_err)?;
         drop(tar); // ends the borrow of `task` held by the counting reader
         task.finish(member);
-        unpacked = true;
-        break;
+        return Ok(());
     }
-    if !unpacked {
-        return Err(KernelError::NoDataMember {
-            deb: deb.to_path_buf(),
-        });
-    }
-    let tmp = tmp.keep();
-    if let Err(source) = std::fs::rename(&tmp, dest) {
-        // Another build may have put the same tree there first.
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !dest.join("root").is_dir() {
-            return Err(KernelError::Io {
-                action: "move the unpacked kernel to",
-                path: dest.to_path_buf(),
-                source,
-            });
-        }
-    }
-    Ok(())
+    Err(KernelError::NoDataMember {
+        deb: deb.to_path_buf(),
+    })
 }
 
 fn mkdir(dir: &Path) -> Result<(), KernelError> {
@@ -550,58 +564,167 @@ mod tests {
             image("linux-image-6.8.0-49-generic, linux-firmware"),
             Some(("linux-image-6.8.0-49-generic".into(), None))
         );
+        // Debian 7.x: the flavour's base metapackage comes first.
+        assert_eq!(
+            image("linux-base-cloud-amd64 (= 7.3.1-1~bpo13+1), linux-image-7.3.1+bpo-cloud-amd64 (= 7.3.1-1~bpo13+1)"),
+            Some((
+                "linux-image-7.3.1+bpo-cloud-amd64".into(),
+                Some("7.3.1-1~bpo13+1".into())
+            ))
+        );
         // A versioned package depends on tools, not on another image.
         assert_eq!(
             image("kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool"),
             None
         );
         assert_eq!(image("linux-image-cloud-amd64"), None);
+        assert_eq!(
+            alternative("linux-modules-6.8(=1)"),
+            ("linux-modules-6.8".into(), Some("1".into()))
+        );
+    }
+
+    #[test]
+    fn picks_the_parts_of_a_split_kernel() {
+        // Ubuntu noble.
+        assert_eq!(
+            split_parts(
+                "6.8.0-151-generic",
+                "kmod, linux-base (>= 4.5ubuntu1~16.04.1), linux-modules-6.8.0-151-generic"
+            ),
+            [("linux-modules-6.8.0-151-generic".to_string(), None)]
+        );
+        // Debian 7.x: pinned parts, alternatives, the image itself and
+        // other releases left out, no duplicates.
+        assert_eq!(
+            split_parts(
+                "7.3.1+bpo-cloud-amd64",
+                "linux-base-7.3.1+bpo-cloud-amd64 (= 7.3.1-1), linux-binary-7.3.1+bpo-cloud-amd64 (= 7.3.1-1), \
+                 linux-modules-7.3.1+bpo-cloud-amd64 (= 7.3.1-1) | linux-modules-7.3.1+bpo-cloud-amd64, \
+                 linux-image-7.3.1+bpo-cloud-amd64, linux-modules-7.2.0-cloud-amd64, linux-base, \
+                 linux--7.3.1+bpo-cloud-amd64"
+            ),
+            [
+                ("linux-base-7.3.1+bpo-cloud-amd64".to_string(), Some("7.3.1-1".to_string())),
+                ("linux-binary-7.3.1+bpo-cloud-amd64".to_string(), Some("7.3.1-1".to_string())),
+                ("linux-modules-7.3.1+bpo-cloud-amd64".to_string(), Some("7.3.1-1".to_string())),
+            ]
+        );
+        // Debian 12: one package.
+        assert!(split_parts(
+            "6.1.0-56-cloud-amd64",
+            "kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn tree_keys() {
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        assert_eq!(tree_key(std::slice::from_ref(&a)), a);
+        let ab = tree_key(&[a.clone(), b.clone()]);
+        assert!(is_digest(&ab) && ab != a && ab != b);
+        assert_eq!(ab, tree_key(&[b, a]));
     }
 
     #[test]
     fn version_records_find_an_unpacked_tree() {
         let dir = tempfile::tempdir().unwrap();
         let kernels = dir.path();
-        let sha = "ab".repeat(32);
-        let candidate = Candidate {
-            package: "linux-image-1.0-test".into(),
-            version: "1:1.0-1".into(),
-            sha256: None,
-        };
-        record_version(kernels, &candidate, &sha);
-        assert!(kernels
-            .join("by-version/linux-image-1.0-test_1%3a1.0-1")
-            .is_file());
+        let records = kernels.join("by-version");
+        let key = "cd".repeat(32);
+        let packages = vec![
+            DebPackage {
+                package: "linux-image-1.0-test".into(),
+                version: "1:1.0-1".into(),
+                sha256: "ab".repeat(32),
+            },
+            DebPackage {
+                package: "linux-modules-1.0-test".into(),
+                version: "1:1.0-1".into(),
+                sha256: "ef".repeat(32),
+            },
+        ];
+        record_version(&records, &key, &packages);
+        assert!(records.join("linux-image-1.0-test_1%3a1.0-1").is_file());
         // The record alone is not enough: the tree must be there.
-        assert!(cached_by_version(kernels, "linux-image-1.0-test", "1:1.0-1").is_none());
-        std::fs::create_dir_all(kernels.join(&sha).join("root")).unwrap();
-        let hit = cached_by_version(kernels, "linux-image-1.0-test", "1:1.0-1").unwrap();
-        assert_eq!(hit.deb_sha256, sha);
-        assert_eq!(hit.dir, kernels.join(&sha));
-        assert!(cached_by_version(kernels, "linux-image-1.0-test", "1.1").is_none());
+        assert!(cached_by_version(&records, kernels, "linux-image-1.0-test", "1:1.0-1").is_none());
+        std::fs::create_dir_all(kernels.join(&key).join("root")).unwrap();
+        let hit = cached_by_version(&records, kernels, "linux-image-1.0-test", "1:1.0-1").unwrap();
+        assert_eq!(hit.packages, packages);
+        assert_eq!(hit.dir, kernels.join(&key));
+        assert!(cached_by_version(&records, kernels, "linux-image-1.0-test", "1.1").is_none());
+        // A record written by an older kiln: one line, the .deb's digest.
+        let old = "12".repeat(32);
+        std::fs::write(records.join("linux-image-2.0_2.0"), format!("{old}\n")).unwrap();
+        std::fs::create_dir_all(kernels.join(&old).join("root")).unwrap();
+        let hit = cached_by_version(&records, kernels, "linux-image-2.0", "2.0").unwrap();
+        assert_eq!(
+            hit.packages,
+            [DebPackage {
+                package: "linux-image-2.0".into(),
+                version: "2.0".into(),
+                sha256: old
+            }]
+        );
+    }
+
+    /// A .deb (ar archive) whose data.tar.xz holds `files`.
+    fn fake_deb(path: &Path, files: &[(&str, &[u8])]) {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            tar.append_data(&mut h, name, *data).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+        io::Write::write_all(&mut xz, &tar).unwrap();
+        let data = xz.finish().unwrap();
+        let mut ar = ar::Builder::new(std::fs::File::create(path).unwrap());
+        ar.append(
+            &ar::Header::new(b"debian-binary".to_vec(), 4),
+            &b"2.0\n"[..],
+        )
+        .unwrap();
+        ar.append(
+            &ar::Header::new(b"data.tar.xz".to_vec(), data.len() as u64),
+            &data[..],
+        )
+        .unwrap();
     }
 
     #[test]
-    fn reads_the_first_stanza() {
-        let text = "Package: linux-image-cloud-amd64\nVersion: 6.1.192-2\nDescription: Linux\n more text\nSHA256: ABC\n\nPackage: other\n";
-        let s = parse_stanza(text);
-        assert_eq!(
-            s.get("Package").map(String::as_str),
-            Some("linux-image-cloud-amd64")
+    fn unpacks_several_debs_into_one_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.deb");
+        let modules = dir.path().join("modules.deb");
+        fake_deb(&image, &[("./boot/vmlinuz-1.0", b"kernel")]);
+        fake_deb(
+            &modules,
+            &[
+                ("./boot/config-1.0", b"CONFIG_X=y\n"),
+                ("./lib/modules/1.0/kernel/a.ko.zst", b"zst"),
+            ],
         );
+        let kernels = dir.path().join("kernels");
+        let dest = kernels.join("key");
+        unpack(&[(&image, "image"), (&modules, "modules")], &kernels, &dest).unwrap();
+        let root = dest.join("root");
         assert_eq!(
-            s.get("Description").map(String::as_str),
-            Some("Linux\nmore text")
+            std::fs::read(root.join("boot/vmlinuz-1.0")).unwrap(),
+            b"kernel"
         );
-        assert_eq!(s.get("SHA256").map(String::as_str), Some("ABC"));
-        assert_eq!(s.len(), 4);
-    }
-
-    #[test]
-    fn a_missing_apt_says_so() {
-        let err = run("kiln-test-no-such-apt-tool", &["show"], None).unwrap_err();
-        assert!(matches!(err, KernelError::AptMissing { .. }), "{err}");
-        assert!(err.to_string().contains("give the path of a bzImage"));
+        assert!(root.join("boot/config-1.0").is_file());
+        assert!(root.join("lib/modules/1.0/kernel/a.ko.zst").is_file());
+        let bad = dir.path().join("bad.deb");
+        std::fs::write(&bad, b"!<arch>\n").unwrap();
+        let err = unpack(&[(&bad, "bad")], &kernels, &kernels.join("other")).unwrap_err();
+        assert!(matches!(err, KernelError::NoDataMember { .. }), "{err}");
+        assert!(!kernels.join("other").exists());
     }
 
     #[test]

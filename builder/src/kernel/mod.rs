@@ -1,20 +1,24 @@
 //! Where an image's kernel comes from, and which modules it has.
 //!
 //! A kernel source is `debian:<package>` (a Debian kernel package, fetched
-//! with apt and cached), `host` (the running kernel) or a path to a bzImage
+//! with apt and cached; from the host's apt sources, or from the image's
+//! own `[kernel.apt]` sources through a private apt state), `host` (the running kernel) or a path to a bzImage
 //! with optional modules directory and config. [`resolve`] turns it into a
 //! [`Kernel`]: files on disk plus where they came from, for the manifest.
 //! [`module_index`] gives the kernel's module dependencies for
 //! [`kiln_runtime::kmod`].
 
+mod apt;
 mod debian;
 pub mod kconfig;
 mod modinfo;
 
+pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;
 
-use kiln_runtime::kmod::{KmodError, ModuleIndex};
+use kiln_runtime::kmod::{KmodError, ModuleEntry, ModuleIndex};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
@@ -130,6 +134,13 @@ pub enum KernelOrigin {
         package: String,
         version: String,
         deb_sha256: String,
+        /// Every package unpacked into the kernel's tree, `package` first
+        /// (a split kernel also has e.g. `linux-modules-<release>`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        packages: Vec<DebPackage>,
+        /// The apt sources of `[kernel.apt]`; empty: the host's.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        apt_sources: Vec<String>,
     },
     Host {
         files: Vec<FileDigest>,
@@ -137,6 +148,15 @@ pub enum KernelOrigin {
     Path {
         files: Vec<FileDigest>,
     },
+}
+
+/// One downloaded package.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebPackage {
+    pub package: String,
+    pub version: String,
+    /// Of the .deb file.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +204,12 @@ pub enum KernelError {
     },
     #[error("apt has no package lists yet; run `apt-get update` as root, then build again")]
     AptNoLists,
+    #[error("The [kernel.apt] table is not valid: {reason}")]
+    InvalidApt { reason: String },
+    #[error("`apt-get update` failed for the sources of [kernel.apt]; check their URLs and suites, and that the keyring signs them. Sources:\n{sources}\napt said:\n{output}")]
+    AptUpdateFailed { sources: String, output: String },
+    #[error("Package \"{package}\" is in none of the sources of [kernel.apt], even after `apt-get update`; check the name and the suites. Sources:\n{sources}")]
+    NotInSources { package: String, sources: String },
     #[error("apt knows no Debian package \"{package}\"; check the name (e.g. linux-image-cloud-amd64, see `apt-cache search linux-image`) or run `apt-get update`")]
     PackageNotFound { package: String },
     #[error("`{command}` failed:\n{output}")]
@@ -216,7 +242,7 @@ pub enum KernelError {
     NoDataMember { deb: PathBuf },
     #[error("{} packs its files as {member}, which kiln cannot unpack (it reads xz, zstd, gzip and plain tar)", deb.display())]
     UnsupportedCompression { deb: PathBuf, member: String },
-    #[error("Package {package} has no boot/vmlinuz-*: it is not a kernel image package; name one such as linux-image-cloud-amd64")]
+    #[error("Package {package} has no boot/vmlinuz-* nor usr/lib/modules/*/vmlinuz: it is not a kernel image package; name one such as linux-image-cloud-amd64")]
     NoVmlinuz { package: String },
     #[error("Package {package} holds several kernels ({}); name a package with one kernel or give a bzImage path", found.join(", "))]
     SeveralKernels { package: String, found: Vec<String> },
@@ -230,9 +256,11 @@ pub enum KernelError {
     NoModules { release: String },
     #[error("Cannot read the module information of {}: {reason}", path.display())]
     ModInfo { path: PathBuf, reason: String },
-    #[error("Module {module} depends on \"{dependency}\", which is not in {}; the module tree is incomplete", dir.display())]
+    #[error("Module {} needs \"{dependency}\", which is not in {}; that module ships in another package (e.g. linux-modules-extra-<release>): load another module, or give a kernel whose modules are complete", chain.join(" → "), dir.display())]
     MissingDependency {
-        module: String,
+        /// From the module the image asks for to the one that needs
+        /// `dependency`.
+        chain: Vec<String>,
         dependency: String,
         dir: PathBuf,
     },
@@ -252,12 +280,14 @@ pub struct DebianPackage {
 }
 
 pub fn fetch_package(name: &str) -> Result<DebianPackage, KernelError> {
-    let unpacked = debian::fetch(name, &cache_dir()?)?;
+    let cache = cache_dir()?;
+    let unpacked = debian::fetch(name, &cache, &apt::Apt::host(&cache))?;
+    let main = unpacked.main();
     Ok(DebianPackage {
         root: unpacked.root(),
-        package: unpacked.candidate.package,
-        version: unpacked.candidate.version,
-        deb_sha256: unpacked.deb_sha256,
+        package: main.package,
+        version: main.version,
+        deb_sha256: main.sha256,
     })
 }
 
@@ -281,8 +311,14 @@ fn cache_dir_from(env: Option<OsString>, xdg: Option<PathBuf>) -> Result<PathBuf
 
 /// Finds (and for `debian:` fetches and unpacks, once) the kernel's files.
 pub fn resolve(source: &KernelSource) -> Result<Kernel, KernelError> {
+    resolve_with(source, None)
+}
+
+/// [`resolve`], a `debian:` source taken from `apt`'s sources (through a
+/// private apt state in the cache) when given, else from the host's.
+pub fn resolve_with(source: &KernelSource, apt: Option<&AptRepo>) -> Result<Kernel, KernelError> {
     match source {
-        KernelSource::Debian(package) => resolve_debian(package),
+        KernelSource::Debian(package) => resolve_debian(package, apt),
         KernelSource::Host => resolve_host(),
         KernelSource::Path {
             bzimage,
@@ -292,52 +328,117 @@ pub fn resolve(source: &KernelSource) -> Result<Kernel, KernelError> {
     }
 }
 
-fn resolve_debian(requested: &str) -> Result<Kernel, KernelError> {
+fn resolve_debian(requested: &str, repo: Option<&AptRepo>) -> Result<Kernel, KernelError> {
     let cache = cache_dir()?;
-    let unpacked = debian::fetch(requested, &cache)?;
-    let root = unpacked.root();
-    let package = &unpacked.candidate.package;
-    let boot = root.join("boot");
-    let mut found: Vec<String> = std::fs::read_dir(&boot)
-        .map(|dir| {
-            dir.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let apt = match repo {
+        Some(r) => apt::Apt::private(&cache, r)?,
+        None => apt::Apt::host(&cache),
+    };
+    let unpacked = debian::fetch(requested, &cache, &apt)?;
+    let main = unpacked.main();
+    let layout = find_layout(&unpacked.root(), &main.package)?;
+    Ok(Kernel {
+        vmlinuz: layout.vmlinuz,
+        config: match &layout.config {
+            Some(c) => read_config(c, false)?,
+            None => None,
+        },
+        modules_dir: layout.modules_dir,
+        origin: KernelOrigin::Debian {
+            requested: requested.to_string(),
+            package: main.package.clone(),
+            version: main.version.clone(),
+            deb_sha256: main.sha256.clone(),
+            packages: unpacked.packages.clone(),
+            apt_sources: apt.sources.clone(),
+        },
+        index_cache: Some(unpacked.dir.join("modindex-v1")),
+        release: layout.release,
+    })
+}
+
+/// Where an unpacked kernel package keeps its files.
+#[derive(Debug, PartialEq, Eq)]
+struct Layout {
+    release: String,
+    vmlinuz: PathBuf,
+    config: Option<PathBuf>,
+    modules_dir: Option<PathBuf>,
+}
+
+/// Finds the one kernel in an unpacked tree: `boot/vmlinuz-<release>` and
+/// `boot/config-<release>` (Debian ≤ 6.x, Ubuntu), or
+/// `usr/lib/modules/<release>/{vmlinuz,config}` (Debian ≥ 7); modules in
+/// `lib/modules/<release>` or `usr/lib/modules/<release>`. Only regular
+/// files count: a symlink would point into the host's /usr or /boot.
+fn find_layout(root: &Path, package: &str) -> Result<Layout, KernelError> {
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let module_roots = ["usr/lib/modules", "lib/modules"].map(|d| root.join(d));
+    let mut found: Vec<String> = names(&root.join("boot"))
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_string))
+        .filter(|r| is_file(&root.join("boot").join(format!("vmlinuz-{r}"))))
+        .collect();
+    for dir in &module_roots {
+        found.extend(
+            names(dir)
+                .into_iter()
+                .filter(|r| is_file(&dir.join(r).join("vmlinuz"))),
+        );
+    }
     found.sort();
+    found.dedup();
     let release = match found.as_slice() {
         [] => {
             return Err(KernelError::NoVmlinuz {
-                package: package.clone(),
+                package: package.to_string(),
             })
         }
         [one] => one.clone(),
         _ => {
             return Err(KernelError::SeveralKernels {
-                package: package.clone(),
+                package: package.to_string(),
                 found,
             })
         }
     };
-    // Debian 12 ships lib/modules; merged-/usr packages ship usr/lib/modules.
-    let modules_dir = ["lib/modules", "usr/lib/modules"]
+    let first_file = |candidates: Vec<PathBuf>| candidates.into_iter().find(|p| is_file(p));
+    let in_boot = |kind: &str| root.join("boot").join(format!("{kind}-{release}"));
+    let candidates = |kind: &str| -> Vec<PathBuf> {
+        std::iter::once(in_boot(kind))
+            .chain(module_roots.iter().map(|d| d.join(&release).join(kind)))
+            .collect()
+    };
+    let vmlinuz = first_file(candidates("vmlinuz")).ok_or_else(|| KernelError::NoVmlinuz {
+        package: package.to_string(),
+    })?;
+    let config = first_file(candidates("config"));
+    // The directory with the modules themselves; a package may also leave
+    // an empty lib/modules/<release> beside usr/lib/modules/<release>.
+    let dirs: Vec<PathBuf> = module_roots
         .iter()
-        .map(|d| root.join(d).join(&release))
-        .find(|d| d.is_dir());
-    Ok(Kernel {
-        vmlinuz: boot.join(format!("vmlinuz-{release}")),
-        config: read_config(&boot.join(format!("config-{release}")), false)?,
-        modules_dir,
-        origin: KernelOrigin::Debian {
-            requested: requested.to_string(),
-            package: package.clone(),
-            version: unpacked.candidate.version.clone(),
-            deb_sha256: unpacked.deb_sha256.clone(),
-        },
-        index_cache: Some(unpacked.dir.join("modindex-v1")),
+        .map(|d| d.join(&release))
+        .filter(|d| d.is_dir())
+        .collect();
+    let modules_dir = dirs
+        .iter()
+        .find(|d| d.join("kernel").is_dir())
+        .or(dirs.first())
+        .cloned();
+    Ok(Layout {
         release,
+        vmlinuz,
+        config,
+        modules_dir,
     })
 }
 
@@ -472,32 +573,144 @@ fn bzimage_release(path: &Path) -> Result<String, KernelError> {
 const INDEX_DEP: &str = "modules.dep";
 const INDEX_SOFTDEP: &str = "modules.softdep";
 const INDEX_ALIAS: &str = "modules.alias";
+/// kiln's own: modules whose dependencies are not in the tree.
+const INDEX_MISSING: &str = "modules.missing";
+
+/// The kernel's module dependencies; see [`module_tree`].
+pub fn module_index(kernel: &Kernel) -> Result<ModuleIndex, KernelError> {
+    module_tree(kernel).map(|t| t.index)
+}
+
+/// A kernel's module index, with what its tree lacks.
+#[derive(Debug, Clone)]
+pub struct ModuleTree {
+    pub index: ModuleIndex,
+    /// Module name → the modules it needs that are not in the tree (they
+    /// ship in a package not unpacked, e.g. Ubuntu's linux-modules-extra).
+    pub missing: BTreeMap<String, Vec<String>>,
+    /// The modules directory, for errors.
+    pub dir: PathBuf,
+}
+
+impl ModuleTree {
+    /// Fails when a module of `closure` (the modules loaded for
+    /// `requested`) needs a module the tree lacks, naming the chain from
+    /// the requested module to it.
+    pub fn check(&self, requested: &[&str], closure: &[ModuleEntry]) -> Result<(), KernelError> {
+        let Some((broken, absent)) = closure
+            .iter()
+            .find_map(|e| self.missing.get(&e.name).map(|m| (e, m)))
+        else {
+            return Ok(());
+        };
+        let dependency = absent.first().cloned().unwrap_or_default();
+        let error = |chain: Vec<String>| KernelError::MissingDependency {
+            chain,
+            dependency: dependency.clone(),
+            dir: self.dir.clone(),
+        };
+        for r in requested {
+            let Ok(sub) = self.index.closure(&[r]) else {
+                continue;
+            };
+            if !sub.contains(broken) {
+                continue;
+            }
+            let mut chain = vec![r.to_string()];
+            chain.extend(self.path(&sub, r, &broken.name));
+            return Err(error(chain));
+        }
+        Err(error(vec![broken.name.clone()]))
+    }
+
+    /// The names after `from` on a shortest path of hard dependencies
+    /// from `from` to `to` within `sub`; just `to` when it is reached some
+    /// other way (a soft dependency).
+    fn path(&self, sub: &[ModuleEntry], from: &str, to: &str) -> Vec<String> {
+        let name_of: HashMap<&str, &str> = sub
+            .iter()
+            .map(|e| (e.path.as_str(), e.name.as_str()))
+            .collect();
+        let deps: HashMap<&str, Vec<&str>> = self
+            .index
+            .to_modules_dep(sub)
+            .lines()
+            .filter_map(|l| {
+                let (path, deps) = l.split_once(':')?;
+                let name = *name_of.get(path)?;
+                let deps = deps
+                    .split_whitespace()
+                    .filter_map(|d| name_of.get(d).copied())
+                    .collect();
+                Some((name, deps))
+            })
+            .collect();
+        let from = kiln_runtime::kmod::normalize_name(from);
+        let mut came_from: HashMap<&str, &str> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([from.as_str()]);
+        while let Some(at) = queue.pop_front() {
+            if at == to {
+                let mut path = vec![to.to_string()];
+                let mut cur = to;
+                while let Some(prev) = came_from.get(cur) {
+                    if *prev == from {
+                        break;
+                    }
+                    path.push(prev.to_string());
+                    cur = prev;
+                }
+                path.reverse();
+                if from == to {
+                    path.clear(); // the requested module itself lacks one
+                }
+                return path;
+            }
+            for d in deps.get(at).into_iter().flatten() {
+                if *d != from && !came_from.contains_key(d) {
+                    came_from.insert(d, at);
+                    queue.push_back(d);
+                }
+            }
+        }
+        vec![to.to_string()]
+    }
+}
 
 /// The kernel's module dependencies: from its `modules.dep` when there is
 /// one (an installed kernel), else from each module's `.modinfo` (a Debian
 /// package, which leaves modules.dep to depmod), kept in
 /// [`Kernel::index_cache`] so later builds skip the scan. Exact aliases
 /// (`modules.alias`) are included so soft dependencies such as
-/// `pre: crc32c` find their modules.
-pub fn module_index(kernel: &Kernel) -> Result<ModuleIndex, KernelError> {
+/// `pre: crc32c` find their modules. Modules may be compressed (`.ko.xz`,
+/// `.ko.zst`, `.ko.gz`); the index names them as they are in the tree.
+pub fn module_tree(kernel: &Kernel) -> Result<ModuleTree, KernelError> {
     let dir = kernel
         .modules_dir
         .as_deref()
         .ok_or_else(|| KernelError::NoModules {
             release: kernel.release.clone(),
         })?;
+    let tree = |index, missing: Option<String>| ModuleTree {
+        index,
+        missing: parse_missing(missing.as_deref().unwrap_or("")),
+        dir: dir.to_path_buf(),
+    };
     let builtin = read_optional(&dir.join("modules.builtin"))?;
     let stored = [Some(dir), kernel.index_cache.as_deref()];
     for from in stored.into_iter().flatten() {
         if let Some(dep) = read_optional(&from.join(INDEX_DEP))? {
             let softdep = read_optional(&from.join(INDEX_SOFTDEP))?;
             let alias = read_optional(&from.join(INDEX_ALIAS))?;
-            return index(
+            // Absent from indexes cached before kiln allowed incomplete
+            // trees (which it then refused): nothing missing.
+            let missing = read_optional(&from.join(INDEX_MISSING))?;
+            let index = index(
                 &dep,
                 softdep.as_deref(),
                 alias.as_deref(),
                 builtin.as_deref(),
-            );
+            )?;
+            return Ok(tree(index, missing));
         }
     }
     let task = crate::progress::Task::step(format!("Reading modules of {}", kernel.release));
@@ -520,6 +733,7 @@ pub fn module_index(kernel: &Kernel) -> Result<ModuleIndex, KernelError> {
             (INDEX_DEP, dep.as_str()),
             (INDEX_SOFTDEP, softdep.as_str()),
             (INDEX_ALIAS, scan.alias.as_str()),
+            (INDEX_MISSING, scan.missing.as_str()),
         ];
         if let Err(e) = write_index_cache(cache, &files) {
             crate::progress::note(format!(
@@ -528,7 +742,18 @@ pub fn module_index(kernel: &Kernel) -> Result<ModuleIndex, KernelError> {
             ));
         }
     }
-    Ok(index)
+    Ok(tree(index, Some(scan.missing)))
+}
+
+/// `<module>: <dependency>...` lines.
+fn parse_missing(text: &str) -> BTreeMap<String, Vec<String>> {
+    text.lines()
+        .filter_map(|l| {
+            let (module, deps) = l.split_once(':')?;
+            let deps: Vec<String> = deps.split_whitespace().map(str::to_string).collect();
+            (!deps.is_empty()).then(|| (module.trim().to_string(), deps))
+        })
+        .collect()
 }
 
 fn index(
@@ -845,24 +1070,56 @@ mod tests {
     }
 
     #[test]
-    fn module_index_reports_a_missing_dependency() {
+    fn a_missing_dependency_fails_only_the_modules_that_load_it() {
         let dir = tempfile::tempdir().unwrap();
         let modules = dir.path().join("m");
         synthetic_tree(&modules);
         std::fs::remove_file(modules.join("kernel/virt/lib/irqbypass.ko")).unwrap();
+        let cache = dir.path().join("modindex-v1");
         let kernel = Kernel {
             release: "x".into(),
             vmlinuz: dir.path().join("vmlinuz"),
             config: None,
-            modules_dir: Some(modules),
+            modules_dir: Some(modules.clone()),
             origin: KernelOrigin::Path { files: vec![] },
-            index_cache: None,
+            index_cache: Some(cache.clone()),
         };
-        let err = module_index(&kernel).unwrap_err();
-        assert!(
-            matches!(&err, KernelError::MissingDependency { module, dependency, .. } if module == "kvm" && dependency == "irqbypass"),
-            "{err}"
-        );
+        for pass in ["scanned", "cached"] {
+            let tree = module_tree(&kernel).unwrap();
+            assert_eq!(
+                tree.missing,
+                BTreeMap::from([("kvm".to_string(), vec!["irqbypass".to_string()])]),
+                "{pass}"
+            );
+            // ccp and libcrc32c do not need the missing module.
+            let fine = ["ccp", "libcrc32c"];
+            tree.check(&fine, &tree.index.closure(&fine).unwrap())
+                .unwrap();
+            let wanted = ["ccp", "kvm-amd"];
+            let closure = tree.index.closure(&wanted).unwrap();
+            let err = tree.check(&wanted, &closure).unwrap_err();
+            match &err {
+                KernelError::MissingDependency {
+                    chain, dependency, ..
+                } => {
+                    assert_eq!(chain, &["kvm-amd", "kvm"], "{pass}");
+                    assert_eq!(dependency, "irqbypass");
+                }
+                other => panic!("unexpected {other}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.starts_with("Module kvm-amd → kvm needs \"irqbypass\", which is not in "),
+                "{text}"
+            );
+            // The module asked for lacks one itself.
+            let err = tree.check(&["kvm"], &tree.index.closure(&["kvm"]).unwrap());
+            assert!(
+                matches!(&err, Err(KernelError::MissingDependency { chain, .. }) if chain == &["kvm"]),
+                "{err:?}"
+            );
+            assert!(cache.join("modules.missing").is_file());
+        }
         let none = Kernel {
             modules_dir: None,
             ..kernel
@@ -870,6 +1127,118 @@ mod tests {
         assert!(matches!(
             module_index(&none),
             Err(KernelError::NoModules { .. })
+        ));
+    }
+
+    #[test]
+    fn compressed_modules_are_read() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path().join("6.8.0-test");
+        let put = |rel: &str, data: Vec<u8>| {
+            let p = modules.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        };
+        let elf = |f: &[&str]| modinfo::tests::fake_module(f);
+        put(
+            "kernel/drivers/vfio/vfio.ko.zst",
+            zstd::encode_all(&elf(&["depends=iommufd", "name=vfio"])[..], 3).unwrap(),
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&elf(&["depends=", "name=iommufd"])).unwrap();
+        put(
+            "kernel/drivers/iommu/iommufd/iommufd.ko.gz",
+            gz.finish().unwrap(),
+        );
+        let kernel = Kernel {
+            release: "6.8.0-test".into(),
+            vmlinuz: dir.path().join("vmlinuz"),
+            config: None,
+            modules_dir: Some(modules),
+            origin: KernelOrigin::Path { files: vec![] },
+            index_cache: None,
+        };
+        let idx = module_index(&kernel).unwrap();
+        let c = idx.closure(&["vfio"]).unwrap();
+        let got: Vec<(&str, &str)> = c
+            .iter()
+            .map(|e| (e.name.as_str(), e.path.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("iommufd", "kernel/drivers/iommu/iommufd/iommufd.ko.gz"),
+                ("vfio", "kernel/drivers/vfio/vfio.ko.zst")
+            ]
+        );
+    }
+
+    #[test]
+    fn finds_each_package_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |root: &Path, rel: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, rel).unwrap();
+        };
+        // Debian 12 / Ubuntu: boot/, lib/modules (Ubuntu's modules in their
+        // own package, unpacked into the same tree).
+        let old = dir.path().join("old");
+        put(&old, "boot/vmlinuz-6.8.0-151-generic");
+        put(&old, "boot/config-6.8.0-151-generic");
+        put(&old, "boot/System.map-6.8.0-151-generic");
+        put(&old, "lib/modules/6.8.0-151-generic/kernel/a.ko.zst");
+        let l = find_layout(&old, "p").unwrap();
+        assert_eq!(
+            l,
+            Layout {
+                release: "6.8.0-151-generic".into(),
+                vmlinuz: old.join("boot/vmlinuz-6.8.0-151-generic"),
+                config: Some(old.join("boot/config-6.8.0-151-generic")),
+                modules_dir: Some(old.join("lib/modules/6.8.0-151-generic")),
+            }
+        );
+        // Debian 7.x: all under usr/lib/modules/<release>; a boot/ symlink
+        // (into the host's /usr) and an empty lib/modules/<release> are
+        // not taken.
+        let new = dir.path().join("new");
+        let rel = "7.3.1+bpo-cloud-amd64";
+        put(&new, &format!("usr/lib/modules/{rel}/vmlinuz"));
+        put(&new, &format!("usr/lib/modules/{rel}/config"));
+        put(&new, &format!("usr/lib/modules/{rel}/kernel/b.ko.xz"));
+        std::fs::create_dir_all(new.join(format!("lib/modules/{rel}"))).unwrap();
+        std::fs::create_dir_all(new.join("boot")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("/usr/lib/modules/{rel}/vmlinuz"),
+            new.join(format!("boot/vmlinuz-{rel}")),
+        )
+        .unwrap();
+        let l = find_layout(&new, "p").unwrap();
+        assert_eq!(l.release, rel);
+        assert_eq!(
+            l.vmlinuz,
+            new.join(format!("usr/lib/modules/{rel}/vmlinuz"))
+        );
+        assert_eq!(
+            l.config,
+            Some(new.join(format!("usr/lib/modules/{rel}/config")))
+        );
+        assert_eq!(
+            l.modules_dir,
+            Some(new.join(format!("usr/lib/modules/{rel}")))
+        );
+        // No kernel, or two.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(matches!(
+            find_layout(&empty, "p"),
+            Err(KernelError::NoVmlinuz { .. })
+        ));
+        put(&new, "boot/vmlinuz-7.2.0-cloud-amd64");
+        assert!(matches!(
+            find_layout(&new, "p"),
+            Err(KernelError::SeveralKernels { found, .. }) if found.len() == 2
         ));
     }
 }

@@ -66,6 +66,10 @@ pub(super) struct Scan {
     pub dep: String,
     pub softdep: String,
     pub alias: String,
+    /// `<module>: <dependency>...` for each module that needs modules the
+    /// tree does not have (a distribution's split-off extras): such a
+    /// module is in `dep` without them, and is an error only if loaded.
+    pub missing: String,
     pub modules: usize,
 }
 
@@ -108,6 +112,7 @@ pub(super) fn scan(dir: &Path) -> Result<Scan, KernelError> {
     let mut dep = String::new();
     let mut softdep = String::new();
     let mut alias = String::new();
+    let mut missing = String::new();
     let mut modules = 0;
     for (i, info) in infos {
         let info = info?;
@@ -121,19 +126,20 @@ pub(super) fn scan(dir: &Path) -> Result<Scan, KernelError> {
         modules += 1;
         dep.push_str(rel);
         dep.push(':');
+        let mut absent = Vec::new();
         for d in &info.depends {
-            let path =
-                by_name
-                    .get(&normalize_name(d))
-                    .ok_or_else(|| KernelError::MissingDependency {
-                        module: name.clone(),
-                        dependency: d.clone(),
-                        dir: dir.to_path_buf(),
-                    })?;
-            dep.push(' ');
-            dep.push_str(path);
+            match by_name.get(&normalize_name(d)) {
+                Some(path) => {
+                    dep.push(' ');
+                    dep.push_str(path);
+                }
+                None => absent.push(normalize_name(d)),
+            }
         }
         dep.push('\n');
+        if !absent.is_empty() {
+            let _ = writeln!(missing, "{name}: {}", absent.join(" "));
+        }
         for value in &info.softdeps {
             let _ = writeln!(softdep, "softdep {name} {value}");
         }
@@ -145,6 +151,7 @@ pub(super) fn scan(dir: &Path) -> Result<Scan, KernelError> {
         dep,
         softdep,
         alias,
+        missing,
         modules,
     })
 }
