@@ -20,6 +20,11 @@ struct Kernel {
     refuse_vfio: Vec<String>,
     /// devtmpfs never creates the group node.
     no_nodes: bool,
+    /// The kernel has VFIO device cdevs (CONFIG_VFIO_DEVICE_CDEV): binding
+    /// vfio-pci also makes `vfio-dev/vfioN` and `/dev/vfio/devices/vfioN`.
+    cdev: bool,
+    /// The next cdev number.
+    next_cdev: u32,
 }
 
 pub(crate) struct FakeHost {
@@ -140,6 +145,19 @@ impl FakeHost {
             .push(bdf.to_string());
     }
 
+    /// Gives the fake kernel VFIO device cdevs and /dev/iommu (what 6.6+
+    /// with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV has).
+    pub fn with_cdev(&self) {
+        self.kernel.lock().unwrap().cdev = true;
+        std::fs::create_dir_all(self.dev_vfio.join("devices")).unwrap();
+        std::fs::write(self.dev_dir().join("iommu"), "").unwrap();
+    }
+
+    /// The fake /dev.
+    pub fn dev_dir(&self) -> PathBuf {
+        self.dev_vfio.parent().unwrap().to_path_buf()
+    }
+
     pub fn no_nodes(&self) {
         self.kernel.lock().unwrap().no_nodes = true;
     }
@@ -186,13 +204,25 @@ fn react(root: &Path, dev_vfio: &Path, k: &mut Kernel, path: &Path, value: &str)
                 std::fs::write(dev_vfio.join(g.file_name().unwrap()), "").unwrap();
             }
         }
+        if target == "vfio-pci" && k.cdev {
+            let name = format!("vfio{}", k.next_cdev);
+            k.next_cdev += 1;
+            std::fs::create_dir_all(dev.join("vfio-dev").join(&name)).unwrap();
+            if !k.no_nodes {
+                std::fs::write(dev_vfio.join("devices").join(&name), "").unwrap();
+            }
+        }
     } else if let Some(drv) = rel
         .strip_prefix("bus/pci/drivers/")
         .and_then(|r| r.strip_suffix("/unbind"))
     {
-        let link = devices.join(value.trim()).join("driver");
+        let dev = devices.join(value.trim());
+        let link = dev.join("driver");
         if std::fs::read_link(&link).is_ok_and(|t| t.ends_with(drv)) {
             std::fs::remove_file(link).unwrap();
+            if drv == "vfio-pci" {
+                let _ = std::fs::remove_dir_all(dev.join("vfio-dev"));
+            }
         }
     } else if rel.ends_with("/driver_override") && value.trim().is_empty() {
         // The kernel clears the override on an empty write and shows "(null)".

@@ -183,6 +183,29 @@ impl Sysfs {
         }
     }
 
+    /// The name of `bdf`'s VFIO device cdev (`vfio0`), from the
+    /// `vfio-dev/vfioN` entry vfio-pci makes when the kernel has
+    /// CONFIG_VFIO_DEVICE_CDEV; `None` without one.
+    pub fn vfio_cdev(&self, bdf: Bdf) -> Result<Option<String>, SysfsError> {
+        let dir = self.device_dir(bdf).join("vfio-dev");
+        let names = match read_dir(&dir) {
+            Ok(n) => n,
+            Err(SysfsError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vfio"))
+            .collect();
+        names.sort();
+        Ok(names.into_iter().next())
+    }
+
     /// What `driver_override` holds; `None` when it is unset (the kernel
     /// shows that as `(null)`).
     pub fn driver_override(&self, bdf: Bdf) -> Result<Option<String>, SysfsError> {
