@@ -10,6 +10,19 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// A device's `vfio-dev/vfioN` entry, by kernel version.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum VfioDev {
+    /// Before 6.1: none.
+    #[default]
+    None,
+    /// 6.1 to 6.5: the entry, without a device number.
+    Entry,
+    /// 6.6+ with CONFIG_VFIO_DEVICE_CDEV: the entry with its `dev` file,
+    /// and `/dev/vfio/devices/vfioN`.
+    Cdev,
+}
+
 #[derive(Default)]
 struct Kernel {
     /// (path relative to the sysfs root, value), in order.
@@ -20,9 +33,8 @@ struct Kernel {
     refuse_vfio: Vec<String>,
     /// devtmpfs never creates the group node.
     no_nodes: bool,
-    /// The kernel has VFIO device cdevs (CONFIG_VFIO_DEVICE_CDEV): binding
-    /// vfio-pci also makes `vfio-dev/vfioN` and `/dev/vfio/devices/vfioN`.
-    cdev: bool,
+    /// What binding vfio-pci makes besides the group node.
+    vfio_dev: VfioDev,
     /// The next cdev number.
     next_cdev: u32,
 }
@@ -148,9 +160,15 @@ impl FakeHost {
     /// Gives the fake kernel VFIO device cdevs and /dev/iommu (what 6.6+
     /// with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV has).
     pub fn with_cdev(&self) {
-        self.kernel.lock().unwrap().cdev = true;
+        self.kernel.lock().unwrap().vfio_dev = VfioDev::Cdev;
         std::fs::create_dir_all(self.dev_vfio.join("devices")).unwrap();
         std::fs::write(self.dev_dir().join("iommu"), "").unwrap();
+    }
+
+    /// Makes the fake kernel a 6.1 one: `vfio-dev/vfioN` entries without
+    /// a device number, no cdevs, no /dev/iommu.
+    pub fn with_vfio_dev_entries(&self) {
+        self.kernel.lock().unwrap().vfio_dev = VfioDev::Entry;
     }
 
     /// The fake /dev.
@@ -204,12 +222,16 @@ fn react(root: &Path, dev_vfio: &Path, k: &mut Kernel, path: &Path, value: &str)
                 std::fs::write(dev_vfio.join(g.file_name().unwrap()), "").unwrap();
             }
         }
-        if target == "vfio-pci" && k.cdev {
+        if target == "vfio-pci" && k.vfio_dev != VfioDev::None {
             let name = format!("vfio{}", k.next_cdev);
             k.next_cdev += 1;
-            std::fs::create_dir_all(dev.join("vfio-dev").join(&name)).unwrap();
-            if !k.no_nodes {
-                std::fs::write(dev_vfio.join("devices").join(&name), "").unwrap();
+            let entry = dev.join("vfio-dev").join(&name);
+            std::fs::create_dir_all(&entry).unwrap();
+            if k.vfio_dev == VfioDev::Cdev {
+                std::fs::write(entry.join("dev"), format!("511:{}\n", k.next_cdev - 1)).unwrap();
+                if !k.no_nodes {
+                    std::fs::write(dev_vfio.join("devices").join(&name), "").unwrap();
+                }
             }
         }
     } else if let Some(drv) = rel

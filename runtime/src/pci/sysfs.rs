@@ -183,9 +183,10 @@ impl Sysfs {
         }
     }
 
-    /// The name of `bdf`'s VFIO device cdev (`vfio0`), from the
-    /// `vfio-dev/vfioN` entry vfio-pci makes when the kernel has
-    /// CONFIG_VFIO_DEVICE_CDEV; `None` without one.
+    /// The name of `bdf`'s VFIO device cdev (`vfio0`): the `vfio-dev/vfioN`
+    /// entry vfio-pci makes, when it has a device number (a `dev` file),
+    /// which only kernels with CONFIG_VFIO_DEVICE_CDEV (6.6+) give it;
+    /// 6.1 to 6.5 make the entry without one. `None` without a cdev.
     pub fn vfio_cdev(&self, bdf: Bdf) -> Result<Option<String>, SysfsError> {
         let dir = self.device_dir(bdf).join("vfio-dev");
         let names = match read_dir(&dir) {
@@ -200,7 +201,7 @@ impl Sysfs {
         let mut names: Vec<String> = names
             .into_iter()
             .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("vfio"))
+            .filter(|n| n.starts_with("vfio") && dir.join(n).join("dev").is_file())
             .collect();
         names.sort();
         Ok(names.into_iter().next())

@@ -30,7 +30,7 @@ pub enum BackendError {
     NoIommufd { path: PathBuf },
     #[error(
         "The VM asks for the iommufd VFIO backend (`vfio.backend = \"iommufd\"`), but {bdf} has \
-         no VFIO device cdev (no vfio-dev entry in sysfs): the host kernel needs \
+         no VFIO device cdev (no vfio-dev/vfioN/dev in sysfs): the host kernel needs \
          CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later); on this kernel set \
          `backend = \"legacy\"` (or \"auto\") in the VM's [vfio] table"
     )]
@@ -107,11 +107,14 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// Two edu devices, both bound to vfio-pci.
+    /// Two edu devices, both bound to vfio-pci, on a kernel with cdevs
+    /// (6.6+) or on a 6.1 one.
     fn host(cdev: bool) -> FakeHost {
         let host = FakeHost::new();
         if cdev {
             host.with_cdev();
+        } else {
+            host.with_vfio_dev_entries();
         }
         host.device("0000:00:02.0", 0x1234, 0x11e8, 0x00ff00, None, Some(2));
         host.device("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, None, Some(3));
@@ -160,8 +163,14 @@ mod tests {
 
     #[test]
     fn auto_falls_back_to_legacy_without_dev_iommu_or_a_cdev() {
-        // A 6.1 kernel: neither /dev/iommu nor cdevs.
+        // A 6.1 kernel: neither /dev/iommu nor cdevs (vfio-dev entries,
+        // but without device numbers).
         let host = host(false);
+        assert!(host
+            .sysfs
+            .device_dir(bdf("00:02.0"))
+            .join("vfio-dev/vfio0")
+            .is_dir());
         let c = choose(&host.sysfs, &host.dev_dir(), VfioBackend::Auto, &both()).unwrap();
         assert_eq!(c, Choice::Legacy);
         // iommufd there, but one device without its cdev node.
@@ -194,7 +203,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("0000:00:02.0 has no VFIO device cdev (no vfio-dev entry in sysfs)"),
+            e.contains("0000:00:02.0 has no VFIO device cdev (no vfio-dev/vfioN/dev in sysfs)"),
             "{e}"
         );
         assert!(e.contains("CONFIG_VFIO_DEVICE_CDEV"), "{e}");

@@ -437,6 +437,18 @@ mod tests {
         // A kernel without cdevs: nothing to wait for.
         assert_eq!(bound.wait_for_cdev(bdf("00:03.0")).unwrap(), None);
         bound.restore().unwrap();
+        // 6.1: a vfio-dev entry, but no cdev behind it.
+        host.with_vfio_dev_entries();
+        let mut bound =
+            Bound::new(host.sysfs.clone(), &host.dev_vfio).with_settle(Duration::from_millis(20));
+        bound.bind(bdf("00:03.0")).unwrap();
+        assert!(host
+            .sysfs
+            .device_dir(bdf("00:03.0"))
+            .join("vfio-dev/vfio0")
+            .is_dir());
+        assert_eq!(bound.wait_for_cdev(bdf("00:03.0")).unwrap(), None);
+        bound.restore().unwrap();
 
         host.with_cdev();
         let mut bound =
@@ -444,12 +456,12 @@ mod tests {
         bound.bind(bdf("00:03.0")).unwrap();
         assert_eq!(
             bound.wait_for_cdev(bdf("00:03.0")).unwrap(),
-            Some(host.dev_vfio.join("devices/vfio0"))
+            Some(host.dev_vfio.join("devices/vfio1"))
         );
-        std::fs::remove_file(host.dev_vfio.join("devices/vfio0")).unwrap();
+        std::fs::remove_file(host.dev_vfio.join("devices/vfio1")).unwrap();
         let e = bound.wait_for_cdev(bdf("00:03.0")).unwrap_err().to_string();
         assert!(
-            e.contains("dev/vfio/devices/vfio0 did not appear within 20 ms"),
+            e.contains("dev/vfio/devices/vfio1 did not appear within 20 ms"),
             "{e}"
         );
         // Giving the device back takes its cdev away.

@@ -49,7 +49,7 @@ pub enum ContainerError {
         #[source]
         source: VfioError,
     },
-    #[error("{bdf} has no VFIO device cdev (no vfio-dev entry in sysfs); is it bound to vfio-pci? Or set `backend = \"legacy\"` in the VM's [vfio] table")]
+    #[error("{bdf} has no VFIO device cdev (no vfio-dev/vfioN/dev in sysfs); is it bound to vfio-pci? Or set `backend = \"legacy\"` in the VM's [vfio] table")]
     NoCdev { bdf: Bdf },
     #[error("Cannot open {}, the VFIO device cdev of {bdf}; is it bound to vfio-pci and not used by another VM?", node.display())]
     OpenCdev {
