@@ -243,3 +243,44 @@ fn bad_assignments_fail_alone() {
     );
     assert!(out.contains("2 passed, 3 failed, 0 errors"), "{out}");
 }
+
+#[test]
+fn forced_iommufd_on_a_kernel_without_it_fails_alone() {
+    let (code, out) = kiln_test("images/edu-iommufd-refused.toml");
+    // edu-iommufd fails by design (Debian's 6.1 has no iommufd); edu-b passes.
+    assert_eq!(code, Some(1), "{out}");
+    let row = |vm: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(vm))
+            .unwrap_or_else(|| panic!("no verdict for {vm}:\n{out}"))
+            .to_string()
+    };
+    let refused = row("edu-iommufd");
+    assert_eq!(refused.split_whitespace().nth(2), Some("fail"), "{refused}");
+    for needed in [
+        "/dev/iommu does not exist",
+        "CONFIG_IOMMUFD",
+        "CONFIG_VFIO_DEVICE_CDEV",
+        "`backend = \"legacy\"`",
+    ] {
+        assert!(refused.contains(needed), "{needed}: {refused}");
+    }
+    assert_eq!(
+        row("edu-b").split_whitespace().nth(2),
+        Some("pass"),
+        "{out}"
+    );
+    // auto took the legacy path for edu-b: the kernel has no cdevs.
+    let attached: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("kiln: vm edu-b: ") && l.contains(" attached through "))
+        .collect();
+    assert_eq!(attached.len(), 1, "{out}");
+    assert!(
+        attached[0].contains(" attached through the legacy VFIO container (/dev/vfio/"),
+        "{}",
+        attached[0]
+    );
+    assert!(!out.contains("/dev/vfio/devices/"), "{out}");
+    assert!(out.contains("1 passed, 1 failed, 0 errors"), "{out}");
+}

@@ -22,7 +22,7 @@ pub use source::{InitrdBuild, InitrdSource, Source};
 pub use units::{ByteSize, Duration};
 pub use vm::{
     BootConfig, ConsoleConfig, PciAssignment, RestartConfig, RestartPolicy, TestExpectations,
-    VmConfig, VmName,
+    VfioBackend, VfioConfig, VmConfig, VmName,
 };
 
 use serde::de::DeserializeOwned;

@@ -33,6 +33,9 @@ pub struct VmConfig {
     /// PCI devices passed through with VFIO.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pci: Vec<PciAssignment>,
+    /// How the VMM reaches the assigned devices.
+    #[serde(default, skip_serializing_if = "VfioConfig::is_default")]
+    pub vfio: VfioConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
     #[serde(default)]
@@ -72,6 +75,44 @@ pub struct PciAssignment {
     /// Also bind the other endpoints of the device's IOMMU group to vfio-pci.
     #[serde(default)]
     pub bind_group: bool,
+}
+
+/// The `[vfio]` table: which kernel interface the VMM uses for the VM's
+/// `[[pci]]` devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfioConfig {
+    #[serde(default)]
+    pub backend: VfioBackend,
+}
+
+impl VfioConfig {
+    fn is_default(&self) -> bool {
+        *self == VfioConfig::default()
+    }
+}
+
+/// `vfio.backend`: the iommufd/cdev interface (Linux 6.6+ with
+/// CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV), the legacy container/group
+/// interface (type1v2), or whichever the host offers (`auto`: iommufd when
+/// it is there for every device, else legacy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VfioBackend {
+    #[default]
+    Auto,
+    Iommufd,
+    Legacy,
+}
+
+impl fmt::Display for VfioBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VfioBackend::Auto => "auto",
+            VfioBackend::Iommufd => "iommufd",
+            VfioBackend::Legacy => "legacy",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,6 +447,28 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("compresion"), "{e}");
+    }
+
+    #[test]
+    fn vfio_backend_defaults_to_auto_and_is_located_when_wrong() {
+        assert_eq!(vm(GOOD).unwrap().vfio.backend, VfioBackend::Auto);
+        let v = vm(&format!("{GOOD}[vfio]\nbackend = \"iommufd\"\n")).unwrap();
+        assert_eq!(v.vfio.backend, VfioBackend::Iommufd);
+        let text = toml::to_string(&v).unwrap();
+        assert!(text.contains("[vfio]\nbackend = \"iommufd\""), "{text}");
+        assert_eq!(vm(&text).unwrap(), v);
+        // The default is left out of what init hands the VMM.
+        assert!(!toml::to_string(&vm(GOOD).unwrap())
+            .unwrap()
+            .contains("vfio"));
+        let e = vm(&format!("{GOOD}[vfio]\nbackend = \"cdev\"\n")).unwrap_err();
+        assert!(
+            e.starts_with("configs/t.toml:6:11: key `vfio.backend`"),
+            "{e}"
+        );
+        assert!(e.contains("`auto`, `iommufd`, `legacy`"), "{e}");
+        let e = vm(&format!("{GOOD}[vfio]\nbakend = \"legacy\"\n")).unwrap_err();
+        assert!(e.contains("key `vfio.bakend`: unknown key"), "{e}");
     }
 
     #[test]

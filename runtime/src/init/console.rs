@@ -17,12 +17,20 @@ pub fn log_path(vm: &str) -> PathBuf {
     PathBuf::from(LOG_DIR).join(format!("{vm}.log"))
 }
 
-/// Formats one line of a VM's output for the console.
+/// Formats one line of a VM's output for the console. Status lines and
+/// the VMM's notes about this VM (`kiln: vm <name>: ...`, like init's own)
+/// stay unprefixed.
 pub fn console_line(vm: &str, line: &str) -> String {
     let line = line.trim_end_matches(['\r', '\n']);
-    if StatusLine::parse(line).is_some_and(|s| {
-        line.trim_start().starts_with("kiln: ") && !matches!(s, StatusLine::Done { .. })
-    }) {
+    let note = line
+        .strip_prefix("kiln: vm ")
+        .and_then(|rest| rest.strip_prefix(vm))
+        .is_some_and(|rest| rest.starts_with(": "));
+    if note
+        || StatusLine::parse(line).is_some_and(|s| {
+            line.trim_start().starts_with("kiln: ") && !matches!(s, StatusLine::Done { .. })
+        })
+    {
         format!("{}\n", line.trim_start())
     } else {
         format!("[{vm}] {line}\n")
@@ -82,6 +90,18 @@ mod tests {
         assert_eq!(
             console_line("a", "x kiln: vm=b state=exited code=0"),
             "[a] x kiln: vm=b state=exited code=0\n"
+        );
+        // The VMM's note about its own VM, but not about another one.
+        assert_eq!(
+            console_line(
+                "a",
+                "kiln: vm a: 0000:00:02.0 attached through iommufd (x)\n"
+            ),
+            "kiln: vm a: 0000:00:02.0 attached through iommufd (x)\n"
+        );
+        assert_eq!(
+            console_line("a", "kiln: vm ab: attached"),
+            "[a] kiln: vm ab: attached\n"
         );
         // Only init may print the appliance's done line.
         assert_eq!(

@@ -19,8 +19,13 @@ pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
         match result {
             Ok(devices) => {
                 for d in &devices {
+                    let cdev = d
+                        .cdev
+                        .as_ref()
+                        .map(|c| format!(", {}", c.display()))
+                        .unwrap_or_default();
                     super::say(&format!(
-                        "vm {}: {:04x}:{:04x} at {} bound to vfio-pci ({})",
+                        "vm {}: {:04x}:{:04x} at {} bound to vfio-pci ({}{cdev})",
                         vm.name,
                         d.vendor,
                         d.device,

@@ -10,6 +10,19 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// A device's `vfio-dev/vfioN` entry, by kernel version.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum VfioDev {
+    /// Before 6.1: none.
+    #[default]
+    None,
+    /// 6.1 to 6.5: the entry, without a device number.
+    Entry,
+    /// 6.6+ with CONFIG_VFIO_DEVICE_CDEV: the entry with its `dev` file,
+    /// and `/dev/vfio/devices/vfioN`.
+    Cdev,
+}
+
 #[derive(Default)]
 struct Kernel {
     /// (path relative to the sysfs root, value), in order.
@@ -20,6 +33,10 @@ struct Kernel {
     refuse_vfio: Vec<String>,
     /// devtmpfs never creates the group node.
     no_nodes: bool,
+    /// What binding vfio-pci makes besides the group node.
+    vfio_dev: VfioDev,
+    /// The next cdev number.
+    next_cdev: u32,
 }
 
 pub(crate) struct FakeHost {
@@ -140,6 +157,25 @@ impl FakeHost {
             .push(bdf.to_string());
     }
 
+    /// Gives the fake kernel VFIO device cdevs and /dev/iommu (what 6.6+
+    /// with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV has).
+    pub fn with_cdev(&self) {
+        self.kernel.lock().unwrap().vfio_dev = VfioDev::Cdev;
+        std::fs::create_dir_all(self.dev_vfio.join("devices")).unwrap();
+        std::fs::write(self.dev_dir().join("iommu"), "").unwrap();
+    }
+
+    /// Makes the fake kernel a 6.1 one: `vfio-dev/vfioN` entries without
+    /// a device number, no cdevs, no /dev/iommu.
+    pub fn with_vfio_dev_entries(&self) {
+        self.kernel.lock().unwrap().vfio_dev = VfioDev::Entry;
+    }
+
+    /// The fake /dev.
+    pub fn dev_dir(&self) -> PathBuf {
+        self.dev_vfio.parent().unwrap().to_path_buf()
+    }
+
     pub fn no_nodes(&self) {
         self.kernel.lock().unwrap().no_nodes = true;
     }
@@ -186,13 +222,29 @@ fn react(root: &Path, dev_vfio: &Path, k: &mut Kernel, path: &Path, value: &str)
                 std::fs::write(dev_vfio.join(g.file_name().unwrap()), "").unwrap();
             }
         }
+        if target == "vfio-pci" && k.vfio_dev != VfioDev::None {
+            let name = format!("vfio{}", k.next_cdev);
+            k.next_cdev += 1;
+            let entry = dev.join("vfio-dev").join(&name);
+            std::fs::create_dir_all(&entry).unwrap();
+            if k.vfio_dev == VfioDev::Cdev {
+                std::fs::write(entry.join("dev"), format!("511:{}\n", k.next_cdev - 1)).unwrap();
+                if !k.no_nodes {
+                    std::fs::write(dev_vfio.join("devices").join(&name), "").unwrap();
+                }
+            }
+        }
     } else if let Some(drv) = rel
         .strip_prefix("bus/pci/drivers/")
         .and_then(|r| r.strip_suffix("/unbind"))
     {
-        let link = devices.join(value.trim()).join("driver");
+        let dev = devices.join(value.trim());
+        let link = dev.join("driver");
         if std::fs::read_link(&link).is_ok_and(|t| t.ends_with(drv)) {
             std::fs::remove_file(link).unwrap();
+            if drv == "vfio-pci" {
+                let _ = std::fs::remove_dir_all(dev.join("vfio-dev"));
+            }
         }
     } else if rel.ends_with("/driver_override") && value.trim().is_empty() {
         // The kernel clears the override on an empty write and shows "(null)".

@@ -183,6 +183,30 @@ impl Sysfs {
         }
     }
 
+    /// The name of `bdf`'s VFIO device cdev (`vfio0`): the `vfio-dev/vfioN`
+    /// entry vfio-pci makes, when it has a device number (a `dev` file),
+    /// which only kernels with CONFIG_VFIO_DEVICE_CDEV (6.6+) give it;
+    /// 6.1 to 6.5 make the entry without one. `None` without a cdev.
+    pub fn vfio_cdev(&self, bdf: Bdf) -> Result<Option<String>, SysfsError> {
+        let dir = self.device_dir(bdf).join("vfio-dev");
+        let names = match read_dir(&dir) {
+            Ok(n) => n,
+            Err(SysfsError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vfio") && dir.join(n).join("dev").is_file())
+            .collect();
+        names.sort();
+        Ok(names.into_iter().next())
+    }
+
     /// What `driver_override` holds; `None` when it is unset (the kernel
     /// shows that as `(null)`).
     pub fn driver_override(&self, bdf: Bdf) -> Result<Option<String>, SysfsError> {

@@ -50,8 +50,11 @@ pub struct AssignedDevice {
     pub vendor: u16,
     pub device: u16,
     pub group: u32,
-    /// The group's node, which the VMM opens.
+    /// The group's node, which the VMM opens on the legacy path.
     pub dev_vfio: PathBuf,
+    /// The device's cdev (`/dev/vfio/devices/vfioN`), which the VMM opens
+    /// on the iommufd path; `None` when the kernel has no VFIO cdevs.
+    pub cdev: Option<PathBuf>,
 }
 
 /// The outcome of [`bind_all`].
@@ -184,6 +187,7 @@ fn assign(
                 device: d.device,
                 group,
                 dev_vfio: bound.wait_for_node(d.bdf, group)?,
+                cdev: bound.wait_for_cdev(d.bdf)?,
             })
         })
         .collect()
@@ -241,6 +245,7 @@ mod tests {
                 device: 0x11e8,
                 group: 3,
                 dev_vfio: host.dev_vfio.join("3"),
+                cdev: None,
             }]
         );
         assert!(result[1].as_ref().unwrap().is_empty());
@@ -257,6 +262,18 @@ mod tests {
         bound.restore().unwrap();
         assert_eq!(host.driver_of("0000:00:03.0"), None);
         assert_eq!(host.override_of("0000:00:03.0"), None);
+    }
+
+    #[test]
+    fn with_cdevs_each_device_gets_its_cdev_node() {
+        let host = q35();
+        host.with_cdev();
+        let vms = [vm("edu", &[("1234:11e8", 0, false)])];
+        let b = bind_all(&host.sysfs, &host.dev_vfio, &vms);
+        let devices = b.vms[0].as_ref().unwrap();
+        assert_eq!(devices[0].dev_vfio, host.dev_vfio.join("3"));
+        assert_eq!(devices[0].cdev, Some(host.dev_vfio.join("devices/vfio0")));
+        b.bound.restore().unwrap();
     }
 
     #[test]

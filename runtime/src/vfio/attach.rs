@@ -1,13 +1,17 @@
 //! In the VMM process: opening every device a VM config assigns (already
-//! bound to vfio-pci by init) and putting each on the guest's PCI bus.
+//! bound to vfio-pci by init) through the VFIO interface chosen for the VM,
+//! and putting each on the guest's PCI bus.
 
-use super::container::{AttachStats, Container, ContainerError};
+use super::backend::{self, BackendError, Choice, DEV};
+use super::container::{AttachStats, Container, ContainerError, Kind};
 use crate::boot::fdt::PciDeviceInfo;
 use crate::config::{Bdf, VmConfig};
 use crate::devices::pci::root::BarAllocator;
 use crate::devices::pci::{PassthroughError, PassthroughFunction, PciRoot, PciRootError};
 use crate::pci::{self, SelectError, Sysfs, SysfsError};
 use crate::vm::Vm;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,8 @@ pub enum AttachError {
     Sysfs(#[from] SysfsError),
     #[error(transparent)]
     Select(#[from] SelectError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error("Cannot put {bdf} on the guest's PCI bus")]
@@ -36,6 +42,8 @@ pub struct Attached {
     pub devices: Vec<PciDeviceInfo>,
     /// Set when devices were attached.
     pub stats: Option<AttachStats>,
+    /// The interface they were attached through.
+    pub kind: Option<Kind>,
     pub elapsed: Duration,
 }
 
@@ -48,19 +56,37 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
             root: Arc::new(PciRoot::new(Vec::new())?),
             devices: Vec::new(),
             stats: None,
+            kind: None,
             elapsed: started.elapsed(),
         });
     }
     let sysfs = Sysfs::host();
     let present = sysfs.devices()?;
-    let container = Container::new(vm.clone())?;
+    let hosts = cfg
+        .pci
+        .iter()
+        .map(|entry| pci::select(&present, &entry.device, entry.index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bdfs: Vec<Bdf> = hosts.iter().map(|h| h.bdf).collect();
+    let kind = match backend::choose(&sysfs, Path::new(DEV), cfg.vfio.backend, &bdfs)? {
+        Choice::Iommufd { .. } => Kind::Iommufd,
+        Choice::Legacy => Kind::Legacy,
+    };
+    let container = Container::new(vm.clone(), kind)?;
     let mut bars = BarAllocator::new(cfg.memory.bytes());
     let mut functions = Vec::with_capacity(cfg.pci.len());
     let mut devices = Vec::with_capacity(cfg.pci.len());
-    for (i, entry) in cfg.pci.iter().enumerate() {
-        let host = pci::select(&present, &entry.device, entry.index)?;
+    for (i, host) in hosts.into_iter().enumerate() {
         let device = PciRoot::device_number(i);
         let opened = container.open(host.bdf)?;
+        // One write, so the line stays whole on the shared console.
+        let note = format!(
+            "kiln: vm {}: {} attached through {kind} ({})\n",
+            cfg.name,
+            host.bdf,
+            opened.node().display()
+        );
+        let _ = std::io::stdout().lock().write_all(note.as_bytes());
         let f = PassthroughFunction::new(
             vm.clone(),
             Box::new(opened),
@@ -89,6 +115,7 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
         root: Arc::new(PciRoot::new(functions)?),
         devices,
         stats: Some(stats),
+        kind: Some(kind),
         elapsed: started.elapsed(),
     })
 }

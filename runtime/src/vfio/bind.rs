@@ -151,6 +151,25 @@ impl Bound {
         }
     }
 
+    /// Waits for the VFIO device cdev of `bdf` (`<dev_vfio>/devices/vfioN`)
+    /// and returns its path, when the kernel made one (a `vfio-dev` entry
+    /// in sysfs, CONFIG_VFIO_DEVICE_CDEV); `None` on kernels without cdevs.
+    pub fn wait_for_cdev(&self, bdf: Bdf) -> Result<Option<PathBuf>, BindError> {
+        let Some(name) = self.sysfs.vfio_cdev(bdf)? else {
+            return Ok(None);
+        };
+        let node = self.dev_vfio.join("devices").join(name);
+        if self.settle(|| Ok(node.exists()))? {
+            Ok(Some(node))
+        } else {
+            Err(BindError::NoNode {
+                bdf,
+                node,
+                waited: self.settle,
+            })
+        }
+    }
+
     /// Gives every device back to its original driver, in reverse order,
     /// and reports each one that did not go back. Call it once nothing uses
     /// the devices any more: vfio-pci waits for open devices to be closed.
@@ -407,6 +426,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dev/vfio/3 did not appear within 20 ms"), "{e}");
+    }
+
+    #[test]
+    fn the_cdev_node_is_awaited_when_the_kernel_makes_one() {
+        let host = host();
+        let mut bound =
+            Bound::new(host.sysfs.clone(), &host.dev_vfio).with_settle(Duration::from_millis(20));
+        bound.bind(bdf("00:03.0")).unwrap();
+        // A kernel without cdevs: nothing to wait for.
+        assert_eq!(bound.wait_for_cdev(bdf("00:03.0")).unwrap(), None);
+        bound.restore().unwrap();
+        // 6.1: a vfio-dev entry, but no cdev behind it.
+        host.with_vfio_dev_entries();
+        let mut bound =
+            Bound::new(host.sysfs.clone(), &host.dev_vfio).with_settle(Duration::from_millis(20));
+        bound.bind(bdf("00:03.0")).unwrap();
+        assert!(host
+            .sysfs
+            .device_dir(bdf("00:03.0"))
+            .join("vfio-dev/vfio0")
+            .is_dir());
+        assert_eq!(bound.wait_for_cdev(bdf("00:03.0")).unwrap(), None);
+        bound.restore().unwrap();
+
+        host.with_cdev();
+        let mut bound =
+            Bound::new(host.sysfs.clone(), &host.dev_vfio).with_settle(Duration::from_millis(20));
+        bound.bind(bdf("00:03.0")).unwrap();
+        assert_eq!(
+            bound.wait_for_cdev(bdf("00:03.0")).unwrap(),
+            Some(host.dev_vfio.join("devices/vfio1"))
+        );
+        std::fs::remove_file(host.dev_vfio.join("devices/vfio1")).unwrap();
+        let e = bound.wait_for_cdev(bdf("00:03.0")).unwrap_err().to_string();
+        assert!(
+            e.contains("dev/vfio/devices/vfio1 did not appear within 20 ms"),
+            "{e}"
+        );
+        // Giving the device back takes its cdev away.
+        bound.restore().unwrap();
+        assert_eq!(host.sysfs.vfio_cdev(bdf("00:03.0")).unwrap(), None);
     }
 
     #[test]

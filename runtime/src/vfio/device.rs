@@ -6,6 +6,7 @@ use super::container::Container;
 use crate::config::Bdf;
 use crate::devices::pci::{HostError, HostFunction, IrqKind};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
@@ -33,16 +34,23 @@ struct Mapping {
 /// the container handle goes.
 pub struct VfioFunction {
     bdf: Bdf,
+    node: PathBuf,
     maps: Vec<Option<Mapping>>,
     device: VfioDevice,
     container: Arc<Container>,
 }
 
 impl VfioFunction {
-    pub(crate) fn new(bdf: Bdf, device: VfioDevice, container: Arc<Container>) -> Self {
+    pub(crate) fn new(
+        bdf: Bdf,
+        node: PathBuf,
+        device: VfioDevice,
+        container: Arc<Container>,
+    ) -> Self {
         let maps = (0..6).map(|i| map_region(&device, i)).collect();
         VfioFunction {
             bdf,
+            node,
             maps,
             device,
             container,
@@ -52,6 +60,12 @@ impl VfioFunction {
     /// The device's host address.
     pub fn bdf(&self) -> Bdf {
         self.bdf
+    }
+
+    /// The node the device was reached through: its cdev on the iommufd
+    /// path, its group node on the legacy path.
+    pub fn node(&self) -> &Path {
+        &self.node
     }
 
     /// The container (and through it the VM) this device belongs to.

@@ -8,14 +8,17 @@
 //!   bound and gives it back.
 //! - [`assign`]: [`bind_all`] for an appliance's VMs, and [`pin_addresses`]
 //!   for the config each VMM process gets.
-//! - [`container`]: in the VMM, the VM's VFIO container and KVM-VFIO device,
-//!   and guest RAM mapped for DMA.
+//! - [`backend`]: which kernel interface a VM's devices go through
+//!   (iommufd with device cdevs, or the legacy container/group).
+//! - [`container`]: in the VMM, the VM's VFIO container (either interface)
+//!   and KVM-VFIO device, and guest RAM mapped for DMA.
 //! - [`device`]: one open VFIO PCI device, the host half of a passed-through
 //!   function (the guest half is `devices::pci`).
 //! - [`attach`]: everything a VM config assigns, opened and modelled.
 
 pub mod assign;
 pub mod attach;
+pub mod backend;
 pub mod bind;
 pub mod container;
 pub mod device;
@@ -23,7 +26,8 @@ pub mod group;
 
 pub use assign::{bind_all, pin_addresses, AssignError, AssignedDevice, Binding};
 pub use attach::{attach_all, AttachError};
+pub use backend::{BackendError, Choice};
 pub use bind::{BindError, Bound, DEV_VFIO, VFIO_PCI};
-pub use container::{Container, ContainerError};
+pub use container::{Container, ContainerError, Kind};
 pub use device::VfioFunction;
 pub use group::GroupError;
