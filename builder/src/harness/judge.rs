@@ -381,6 +381,13 @@ impl Judge {
         Some((i, text))
     }
 
+    /// The VM a `kiln: vm <vm>: ...` line (the runtime's own message about
+    /// one VM: binding, attaching) is about, if it is one of the image's.
+    fn named(&self, line: &str) -> Option<usize> {
+        let (name, _) = line.strip_prefix("kiln: vm ")?.split_once(": ")?;
+        self.vms.iter().position(|t| t.plan.name == name)
+    }
+
     /// Feeds one cleaned console line seen `at` after power-on.
     pub fn line(&mut self, line: &str, at: Duration) -> Step {
         if self.end.is_some() {
@@ -419,8 +426,11 @@ impl Judge {
             }
         }
 
+        // Unprefixed but naming its VM: that VM's alone, whatever else has
+        // been seen.
+        let owner = owner.map(|(i, _)| i).or_else(|| self.named(line));
         match owner {
-            Some((i, _)) => self.vms[i].take_line(text, at),
+            Some(i) => self.vms[i].take_line(text, at),
             None if !self.prefixed => {
                 for t in self.vms.iter_mut().filter(|t| t.started.is_some()) {
                     t.take_line(text, at);
@@ -814,6 +824,46 @@ mod tests {
         );
         assert_eq!(v.time, s(1), "the verdict came at the pattern");
         assert_eq!(v.code, None, "nothing after the verdict counts");
+    }
+
+    #[test]
+    fn the_runtimes_lines_naming_a_vm_are_that_vms_after_prefixed_output() {
+        let a = plan(
+            "a",
+            &["^kiln: vm a: .* attached through iommufd"],
+            &[],
+            None,
+        );
+        let ab = plan(
+            "a-b",
+            &["^kiln: vm a-b: .* attached through the legacy"],
+            &[],
+            None,
+        );
+        let mut j = Judge::new(vec![a, ab], s(30), s(100));
+        j.line("kiln: vm=a state=starting", s(1));
+        j.line("kiln: vm=a-b state=starting", s(1));
+        j.line(
+            "kiln: vm a: 0000:00:02.0 attached through iommufd (/dev/vfio/devices/vfio0)",
+            s(1),
+        );
+        // VM a's guest speaks before a-b's device is attached: from here
+        // on, plain unprefixed lines would be the host's.
+        j.line("[a] hello: exit 0", s(2));
+        j.line(
+            "kiln: vm a-b: 0000:00:03.0 attached through the legacy VFIO container (/dev/vfio/3)",
+            s(3),
+        );
+        j.line("kiln: vm=a state=exited code=0", s(4));
+        j.line("kiln: vm=a-b state=exited code=0", s(4));
+        j.line("kiln: appliance done ok=2 failed=0", s(4));
+        let jd = j.finish(s(4));
+        assert_eq!(
+            jd.vms.iter().map(|v| v.verdict).collect::<Vec<_>>(),
+            [Verdict::Pass, Verdict::Pass],
+            "{:?}",
+            jd.vms
+        );
     }
 
     #[test]
