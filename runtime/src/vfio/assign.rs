@@ -6,9 +6,10 @@
 //! theirs. An IOMMU group belongs to one VM; the first VM (in config order)
 //! that binds it owns it.
 
+use super::backend::{self, BackendError};
 use super::bind::{BindError, Bound};
 use super::group::{self, GroupError};
-use crate::config::{Bdf, PciSelector, VmConfig, VmName};
+use crate::config::{Bdf, PciSelector, VfioBackend, VmConfig, VmName};
 use crate::pci::{self, PciDevice, SelectError, Sysfs, SysfsError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub enum AssignError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 /// One of a VM's `pci` entries, resolved and bound.
@@ -174,11 +177,17 @@ fn assign(
         }
         to_bind.extend(in_use.iter().map(|m| m.bdf));
     }
+    // A VM that insists on iommufd is refused here, before anything is
+    // bound, when the host has none (its VMM would only fail later).
+    let forced = vm.vfio.backend == VfioBackend::Iommufd;
+    if forced {
+        backend::choose(sysfs, bound.dev_root(), VfioBackend::Iommufd, &[])?;
+    }
     // Bus order, so the same config binds the same way every boot.
     for &bdf in &to_bind {
         bound.bind(bdf)?;
     }
-    chosen
+    let devices = chosen
         .iter()
         .map(|&(d, group)| {
             Ok(AssignedDevice {
@@ -190,7 +199,13 @@ fn assign(
                 cdev: bound.wait_for_cdev(d.bdf)?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, AssignError>>()?;
+    if forced {
+        // Every device needs its cdev too, which exists once it is bound.
+        let bdfs: Vec<Bdf> = devices.iter().map(|d| d.bdf).collect();
+        backend::choose(sysfs, bound.dev_root(), VfioBackend::Iommufd, &bdfs)?;
+    }
+    Ok(devices)
 }
 
 #[cfg(test)]
@@ -272,6 +287,26 @@ mod tests {
         let b = bind_all(&host.sysfs, &host.dev_vfio, &vms);
         let devices = b.vms[0].as_ref().unwrap();
         assert_eq!(devices[0].dev_vfio, host.dev_vfio.join("3"));
+        assert_eq!(devices[0].cdev, Some(host.dev_vfio.join("devices/vfio0")));
+        b.bound.restore().unwrap();
+    }
+
+    #[test]
+    fn forced_iommufd_is_refused_before_binding_where_the_host_has_none() {
+        let mut forced = vm("edu", &[("1234:11e8", 0, false)]);
+        forced.vfio.backend = VfioBackend::Iommufd;
+        // Debian's 6.1: no /dev/iommu. Refused, edu left alone.
+        let host = q35();
+        let b = bind_all(&host.sysfs, &host.dev_vfio, std::slice::from_ref(&forced));
+        let e = reason(&b.vms[0]);
+        assert!(e.contains("dev/iommu does not exist"), "{e}");
+        assert_eq!(host.driver_of("0000:00:03.0"), None);
+        assert!(b.bound.devices().is_empty());
+        // A 6.6+ host: bound, with its cdev.
+        let host = q35();
+        host.with_cdev();
+        let b = bind_all(&host.sysfs, &host.dev_vfio, &[forced]);
+        let devices = b.vms[0].as_ref().unwrap();
         assert_eq!(devices[0].cdev, Some(host.dev_vfio.join("devices/vfio0")));
         b.bound.restore().unwrap();
     }

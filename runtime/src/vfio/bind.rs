@@ -11,7 +11,7 @@
 
 use crate::config::Bdf;
 use crate::pci::{Sysfs, SysfsError};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const VFIO_PCI: &str = "vfio-pci";
@@ -88,6 +88,12 @@ impl Bound {
             settle: SETTLE,
             records: Vec::new(),
         }
+    }
+
+    /// The device directory the group nodes are in (`/dev` on a host),
+    /// where `/dev/iommu` is looked for.
+    pub fn dev_root(&self) -> &Path {
+        self.dev_vfio.parent().unwrap_or(&self.dev_vfio)
     }
 
     #[cfg(test)]
