@@ -8,6 +8,7 @@
 //! keys (for sources without a keyring) takes part: no sources.list.d, no
 //! pinning, no installed-package status.
 
+use nix::fcntl::{Flock, FlockArg};
 use super::KernelError;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -202,6 +203,31 @@ impl Apt {
 
     pub fn is_private(&self) -> bool {
         self.private.is_some()
+    }
+
+    /// Held while a build updates and reads a private state: a second
+    /// kiln on the same sources waits here instead of failing on apt's
+    /// own lock of `lists/` (or reading lists half replaced). The host's
+    /// state is apt's to guard.
+    pub fn lock(&self) -> Result<Option<Flock<std::fs::File>>, KernelError> {
+        let Some(dir) = &self.private else {
+            return Ok(None);
+        };
+        let path = dir.join("kiln.lock");
+        let io = |source| KernelError::Io {
+            action: "lock",
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(Some)
+            .map_err(|(_, errno)| io(errno.into()))
     }
 
     /// The folder of `kernels/` that maps package versions to trees: a
@@ -454,6 +480,26 @@ mod tests {
         assert!(check_keyring_name(Path::new("k/ubuntu.pgp"))
             .unwrap_err()
             .contains(".gpg or .asc"));
+    }
+
+    #[test]
+    fn one_build_at_a_time_holds_a_private_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = AptRepo {
+            sources: vec!["deb http://x/u noble main".into()],
+            keyring: None,
+        };
+        let a = Apt::private(&dir.path().join("cache"), &repo).unwrap();
+        let held = a.lock().unwrap().expect("a private state locks");
+        let path = a.private.clone().unwrap().join("kiln.lock");
+        let try_other = || {
+            let file = std::fs::File::open(&path).unwrap();
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok()
+        };
+        assert!(!try_other(), "a second build must wait");
+        drop(held);
+        assert!(try_other(), "free once the first is done");
+        assert!(Apt::host(dir.path()).lock().unwrap().is_none());
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl Unpacked {
 /// when the package is not found or its download fails (old versions leave
 /// the archive); the host's lists are updated in that case only by root.
 pub(super) fn fetch(requested: &str, cache: &Path, apt: &Apt) -> Result<Unpacked, KernelError> {
+    let _lock = apt.lock()?;
     let mut updated = false;
     if apt.is_private() && apt.has_no_lists() {
         apt.update(None)?;
