@@ -31,6 +31,24 @@ fn kiln_test(image: &str) -> (Option<i32>, String) {
     )
 }
 
+/// The row of kiln test's verdict table (IMAGE VM VERDICT TIME REASON)
+/// for `vm`.
+fn row(out: &str, vm: &str) -> String {
+    out.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(vm))
+        .unwrap_or_else(|| panic!("no verdict for {vm}:\n{out}"))
+        .to_string()
+}
+
+/// `vm`'s verdict: pass, fail or error.
+fn verdict(out: &str, vm: &str) -> String {
+    row(out, vm)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn hello_drives_edu_through_vfio() {
     let (code, out) = kiln_test("images/edu-passthrough.toml");
@@ -211,31 +229,25 @@ fn bad_assignments_fail_alone() {
     let (code, out) = kiln_test("images/vfio-isolation.toml");
     // Three VMs fail by design; hello and edu still pass.
     assert_eq!(code, Some(1), "{out}");
-    // kiln test's verdict table: IMAGE VM VERDICT TIME REASON.
-    let row = |vm: &str| {
-        out.lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(vm))
-            .unwrap_or_else(|| panic!("no verdict for {vm}:\n{out}"))
-            .to_string()
-    };
-    let verdict = |vm: &str| row(vm).split_whitespace().nth(2).map(str::to_string);
-    assert_eq!(verdict("hello").as_deref(), Some("pass"), "{out}");
+    let row = |vm: &str| row(&out, vm);
+    let verdict = |vm: &str| verdict(&out, vm);
+    assert_eq!(verdict("hello"), "pass", "{out}");
     // The device in use stays with its first owner, which drives it.
-    assert_eq!(verdict("edu").as_deref(), Some("pass"), "{out}");
+    assert_eq!(verdict("edu"), "pass", "{out}");
     let taken = row("taken");
-    assert_eq!(verdict("taken").as_deref(), Some("fail"), "{taken}");
+    assert_eq!(verdict("taken"), "fail", "{taken}");
     assert!(
         taken.contains("which VM \"edu\" already has; VM \"taken\" cannot have it too"),
         "{taken}"
     );
     let missing = row("missing");
-    assert_eq!(verdict("missing").as_deref(), Some("fail"), "{missing}");
+    assert_eq!(verdict("missing"), "fail", "{missing}");
     assert!(
         missing.contains("No PCI device matches `pci.device = \"1234:dead\"`"),
         "{missing}"
     );
     let nonviable = row("nonviable");
-    assert_eq!(verdict("nonviable").as_deref(), Some("fail"), "{nonviable}");
+    assert_eq!(verdict("nonviable"), "fail", "{nonviable}");
     assert!(nonviable.contains("IOMMU group"), "{nonviable}");
     assert!(
         nonviable.contains("0000:00:1f.4 (serial) is still bound to a host driver"),
@@ -249,14 +261,8 @@ fn forced_iommufd_on_a_kernel_without_it_fails_alone() {
     let (code, out) = kiln_test("images/edu-iommufd-refused.toml");
     // edu-iommufd fails by design (Debian's 6.1 has no iommufd); edu-b passes.
     assert_eq!(code, Some(1), "{out}");
-    let row = |vm: &str| {
-        out.lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(vm))
-            .unwrap_or_else(|| panic!("no verdict for {vm}:\n{out}"))
-            .to_string()
-    };
-    let refused = row("edu-iommufd");
-    assert_eq!(refused.split_whitespace().nth(2), Some("fail"), "{refused}");
+    let refused = row(&out, "edu-iommufd");
+    assert_eq!(verdict(&out, "edu-iommufd"), "fail", "{refused}");
     for needed in [
         "/dev/iommu does not exist",
         "CONFIG_IOMMUFD",
@@ -271,11 +277,7 @@ fn forced_iommufd_on_a_kernel_without_it_fails_alone() {
             .any(|l| l.starts_with("kiln: vm edu-iommufd: ") && l.contains("bound to vfio-pci")),
         "{out}"
     );
-    assert_eq!(
-        row("edu-b").split_whitespace().nth(2),
-        Some("pass"),
-        "{out}"
-    );
+    assert_eq!(verdict(&out, "edu-b"), "pass", "{out}");
     // auto took the legacy path for edu-b: the kernel has no cdevs.
     let attached: Vec<&str> = out
         .lines()

@@ -8,8 +8,8 @@
 //! keys (for sources without a keyring) takes part: no sources.list.d, no
 //! pinning, no installed-package status.
 
-use nix::fcntl::{Flock, FlockArg};
 use super::KernelError;
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io;
