@@ -1,12 +1,13 @@
 //! kiln-guest-init: `/init` of a Linux guest's one-binary initramfs.
 //!
 //! It mounts the kernel's pseudo filesystems, reports what the guest sees
-//! (kernel release, online CPUs, PCI devices) on the console, and ends the
+//! (kernel release, online CPUs, PCI devices, disks) on the console, and ends the
 //! VM with the status code from `guest_init.exit=<n>` on the kernel command
 //! line: through the kiln exit port, or by powering off when not under kiln.
 //! It runs as PID 1, where a panic is a kernel panic: every error is printed
 //! and the program still reaches the exit.
 
+mod block;
 mod cmdline;
 mod console;
 mod cpus;
@@ -41,6 +42,18 @@ fn main() {
         Ok(devices) => {
             for device in devices {
                 say!("{device}");
+            }
+        }
+        Err(e) => {
+            say!("error: {e}");
+            console::causes(&e);
+        }
+    }
+
+    match block::disks(Path::new(block::SYSFS_BLOCK), Path::new(block::DEV)) {
+        Ok(disks) => {
+            for disk in disks {
+                say!("{disk}");
             }
         }
         Err(e) => {

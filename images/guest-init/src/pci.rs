@@ -31,6 +31,9 @@ pub struct Device {
     /// BARs 0 to 5 as the `resource` file gives them; `None` when it is
     /// absent or unreadable.
     pub bars: Option<Vec<Bar>>,
+    /// Message-signalled interrupts a driver enabled: (MSI, MSI-X) vectors,
+    /// from `msi_irqs/` (one file per vector, reading "msi" or "msix").
+    pub msi: (usize, usize),
 }
 
 /// One BAR's range (inclusive) and kind, from a `resource` line.
@@ -107,6 +110,13 @@ impl fmt::Display for Device {
                 write!(f, " bar{i} {bar}")?;
             }
         }
+        // Vectors only when a driver enabled some.
+        match self.msi {
+            (0, 0) => {}
+            (msi, 0) => write!(f, " msi {msi}")?,
+            (0, msix) => write!(f, " msix {msix}")?,
+            (msi, msix) => write!(f, " msi {msi} msix {msix}")?,
+        }
         Ok(())
     }
 }
@@ -139,6 +149,22 @@ fn parse_bars(resource: &str) -> Option<Vec<Bar>> {
         .filter(|bars| !bars.is_empty())
 }
 
+/// Counts the (MSI, MSI-X) vectors listed in `msi_irqs/`.
+fn msi_vectors(dir: &Path) -> (usize, usize) {
+    let Ok(entries) = fs::read_dir(dir.join("msi_irqs")) else {
+        return (0, 0);
+    };
+    entries
+        .filter_map(Result::ok)
+        .fold((0, 0), |(msi, msix), e| {
+            match fs::read_to_string(e.path()).as_deref().map(str::trim) {
+                Ok("msix") => (msi, msix + 1),
+                Ok("msi") => (msi + 1, msix),
+                _ => (msi, msix),
+            }
+        })
+}
+
 /// Reads one function's directory (e.g. `/sys/bus/pci/devices/0000:00:03.0`).
 pub fn read_device(dir: &Path, bdf: String) -> Device {
     let hex_field = |name| read_trimmed(dir, name).as_deref().and_then(hex);
@@ -152,6 +178,7 @@ pub fn read_device(dir: &Path, bdf: String) -> Device {
             .ok()
             .as_deref()
             .and_then(parse_bars),
+        msi: msi_vectors(dir),
     }
 }
 
@@ -250,6 +277,30 @@ mod tests {
             "pci 0000:00:01.0 1b36:0005 class 00ff00 irq 0 \
              bar0 0xc0000000-0xc0000fff mem32 bar1 0xc000-0xc0ff io \
              bar2 0xc1000000-0xc1ffffff mem64-pref"
+        );
+    }
+
+    #[test]
+    fn msi_x_vectors_a_driver_enabled_are_counted() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("0000:00:02.0");
+        fs::create_dir_all(dev.join("msi_irqs")).unwrap();
+        write(&dev, "vendor", "0x1b36\n");
+        write(&dev, "device", "0x0010\n");
+        write(&dev, "class", "0x010802\n");
+        write(&dev, "irq", "11\n");
+        write(
+            &dev,
+            "resource",
+            "0x00000000c0000000 0x00000000c0003fff 0x0000000000140204\n",
+        );
+        for irq in ["24", "25", "26"] {
+            write(&dev.join("msi_irqs"), irq, "msix\n");
+        }
+        assert_eq!(
+            read_device(&dev, "0000:00:02.0".into()).to_string(),
+            "pci 0000:00:02.0 1b36:0010 class 010802 irq 11 \
+             bar0 0xc0000000-0xc0003fff mem64 msix 3"
         );
     }
 
