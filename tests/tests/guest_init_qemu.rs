@@ -84,8 +84,8 @@ fn reports_the_guest_and_exits_through_the_port() {
     assert!(
         run.lines().any(|l| l.starts_with("guest-init: pci ")
             && l.contains(" 1234:11e8 class 00ff00 irq ")
-            && l.ends_with("-0xfeafffff")),
-        "edu (1234:11e8) with its 1 MiB BAR0 missing"
+            && l.ends_with(" bar0 0xfea00000-0xfeafffff mem32")),
+        "edu (1234:11e8) with its 1 MiB 32-bit BAR0 missing"
     );
     assert!(
         !run.lines().any(|l| l.starts_with("guest-init: error")),
