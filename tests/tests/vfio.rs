@@ -1,8 +1,8 @@
 //! VFIO device assignment on the emulated target (QEMU q35 with
 //! intel-iommu and edu): the hello unikernel drives edu, two edus in one VM
 //! and one each in two VMs side by side, a Linux guest sees edu and
-//! pci-testdev on its PCI bus, a Linux guest drives an NVMe controller over
-//! MSI-X, and bad assignments fail alone.
+//! pci-testdev on its PCI bus, Linux guests drive NVMe controllers over
+//! MSI-X and INTx, and bad assignments fail alone.
 
 use kiln_tests::{kiln, require_qemu, root, run_with_timeout};
 use std::path::Path;
@@ -230,47 +230,60 @@ fn a_linux_guest_lists_edu_and_pci_testdev_with_their_bars_and_irq() {
     assert!(!out.contains("PCI: Fatal"), "{out}");
 }
 
-/// MSI-X, a 64-bit BAR holding the MSI-X table, and DMA by a real driver:
-/// the Debian guest kernel's own nvme driver brings up QEMU's NVMe
-/// controller (taken from the host's nvme driver by PID 1) and reads the
-/// start of its namespace, which this test wrote.
+/// A real driver over MSI-X and over INTx: the Debian guest kernel's own
+/// nvme driver brings up QEMU's NVMe controllers (taken from the host's
+/// nvme driver by PID 1; 64-bit BAR0 with the MSI-X table beside the
+/// doorbells) and reads the start of each namespace, which this test
+/// wrote. VM linux-nvme uses MSI-X; VM linux-nvme-intx boots with
+/// pci=nomsi, so each completion waits for the INTx line (irqfd, re-armed
+/// through the resample eventfd at the guest's EOI).
 #[test]
-fn a_linux_guest_drives_an_nvme_controller_over_msix() {
+fn linux_guests_drive_nvme_controllers_over_msix_and_intx() {
     let dir = kiln_tests::images::scratch("linux-nvme");
-    let disk = dir.join("disk.img");
-    let pattern = b"kiln nvme passthrough";
-    let mut bytes = vec![0u8; 1 << 20];
-    bytes[..pattern.len()].copy_from_slice(pattern);
-    std::fs::write(&disk, bytes).expect("disk image");
+    let disk = |name: &str, pattern: &[u8]| {
+        let path = dir.join(name);
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[..pattern.len()].copy_from_slice(pattern);
+        std::fs::write(&path, bytes).expect("disk image");
+        path.display().to_string()
+    };
+    let msix_disk = disk("msix.img", b"kiln nvme passthrough");
+    let intx_disk = disk("intx.img", b"kiln nvme over intx");
     let image = kiln_tests::images::write(
         &dir,
         "linux-nvme.toml",
         &format!(
             "name = \"linux-nvme\"\n\
-             vms = [\"{vm}\"]\n\
+             vms = [\"{msix}\", \"{intx}\"]\n\
              [kernel]\n\
              source = \"debian:linux-image-cloud-amd64\"\n\
              cmdline = \"console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt\"\n\
              [target]\n\
-             devices = [\"nvme,serial=kiln0,drive=nvme0\"]\n\
-             qemu_args = [\"-drive\", \"file={disk},if=none,id=nvme0,format=raw\"]\n",
-            vm = root().join("configs/linux-nvme.toml").display(),
-            disk = disk.display(),
+             devices = [\"nvme,serial=kiln0,drive=nvme0\", \"nvme,serial=kiln1,drive=nvme1\"]\n\
+             qemu_args = [\"-drive\", \"file={msix_disk},if=none,id=nvme0,format=raw\", \
+                          \"-drive\", \"file={intx_disk},if=none,id=nvme1,format=raw\"]\n",
+            msix = root().join("configs/linux-nvme.toml").display(),
+            intx = root().join("configs/linux-nvme-intx.toml").display(),
         ),
     );
     let (code, out) = kiln_test_at(&image);
     assert_eq!(code, Some(0), "{out}");
-    // The host's nvme driver had it first; PID 1 took it for the VM.
-    assert!(
+    for vm in ["linux-nvme", "linux-nvme-intx"] {
+        assert_eq!(verdict(&out, vm), "pass", "{out}");
+        // The host's nvme driver had it first; PID 1 took it for the VM.
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("kiln: vm {vm}: 1b36:0010 at "))
+                    && l.contains(" bound to vfio-pci ")),
+            "{out}"
+        );
+    }
+    let listed = |vm: &str| {
         out.lines()
-            .any(|l| l.starts_with("kiln: vm linux-nvme: 1b36:0010 at ")
-                && l.contains(" bound to vfio-pci ")),
-        "{out}"
-    );
-    let line = out
-        .lines()
-        .find(|l| l.contains("guest-init: pci 0000:00:01.0 1b36:0010"))
-        .unwrap_or_else(|| panic!("nvme not listed:\n{out}"));
+            .find(|l| l.starts_with(&format!("[{vm}] guest-init: pci 0000:00:01.0 1b36:0010")))
+            .unwrap_or_else(|| panic!("{vm}: nvme not listed:\n{out}"))
+    };
+    let line = listed("linux-nvme");
     assert!(line.contains(" mem64 "), "{line}");
     let vectors: u32 = line
         .split(" msix ")
@@ -279,10 +292,22 @@ fn a_linux_guest_drives_an_nvme_controller_over_msix() {
         .unwrap_or_else(|| panic!("no MSI-X vectors in {line:?}"));
     // The admin queue's vector and at least one I/O queue's.
     assert!(vectors >= 2, "{line}");
-    assert!(
-        out.contains("guest-init: block nvme0n1 2048 sectors, starts \"kiln nvme passthrough\""),
-        "{out}"
-    );
+    let line = listed("linux-nvme-intx");
+    assert!(line.ends_with(" mem64"), "no MSI or MSI-X: {line}");
+    let irq: u32 = line
+        .split(" irq ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no irq in {line:?}"));
+    assert_ne!(irq, 0, "{line}");
+    for (vm, pattern) in [
+        ("linux-nvme", "kiln nvme passthrough"),
+        ("linux-nvme-intx", "kiln nvme over intx"),
+    ] {
+        let want = format!("[{vm}] guest-init: block nvme0n1 2048 sectors, starts \"{pattern}\"");
+        assert!(out.lines().any(|l| l == want), "{want}:\n{out}");
+    }
 }
 
 #[test]
