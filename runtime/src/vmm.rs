@@ -390,12 +390,13 @@ fn print_stats(vm: &Vm, started: Instant, setup: Duration, counts: ExitCounts) {
     let unclaimed: u64 = vm.bus().unclaimed().values().sum();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
+        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
         counts.pio,
         counts.mmio,
+        counts.mmio_bar,
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
     );

@@ -1,10 +1,12 @@
 //! One VFIO PCI device: the host half of a passed-through function, as the
 //! guest-facing model ([`HostFunction`]) needs it: config space, BAR
-//! regions (mmapped whole where VFIO allows), interrupts and reset.
+//! regions (mmapped where VFIO allows: whole, or its sparse areas),
+//! interrupts and reset.
 
 use super::container::Container;
 use crate::config::Bdf;
-use crate::devices::pci::{HostError, HostFunction, IrqKind};
+use crate::devices::pci::mapping::PAGE_SIZE;
+use crate::devices::pci::{HostArea, HostError, HostFunction, IrqKind};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,19 +25,14 @@ fn index(kind: IrqKind) -> u32 {
     }
 }
 
-/// A host mapping of a BAR region.
-struct Mapping {
-    addr: u64,
-    len: usize,
-}
-
 /// An open VFIO PCI device. Fields drop in order: the mappings are undone
 /// in `Drop`, then the device closes (its group leaves the container), then
 /// the container handle goes.
 pub struct VfioFunction {
     bdf: Bdf,
     node: PathBuf,
-    maps: Vec<Option<Mapping>>,
+    /// Per BAR, its mmapped areas.
+    maps: Vec<Vec<HostArea>>,
     device: VfioDevice,
     container: Arc<Container>,
 }
@@ -74,38 +71,59 @@ impl VfioFunction {
     }
 }
 
-/// Maps BAR region `i` whole when VFIO allows it (no sparse areas, which
-/// would mean parts of it must trap).
-fn map_region(device: &VfioDevice, i: u32) -> Option<Mapping> {
+/// Maps what VFIO lets us map of BAR region `i`: the whole region when it
+/// is mmappable and has no sparse-mmap capability (kernels that report
+/// MSI-X as mappable let the BAR holding the table be mapped whole), else
+/// each of its sparse areas (older kernels leave the MSI-X table out).
+fn map_region(device: &VfioDevice, i: u32) -> Vec<HostArea> {
     let size = device.get_region_size(i);
     let flags = device.get_region_flags(i);
-    if size < 4096 || flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+    // A BAR below a page cannot get a KVM slot of its own.
+    if size < PAGE_SIZE || flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+        return Vec::new();
+    }
+    let sparse = device.get_region_caps(i).into_iter().find_map(|c| match c {
+        VfioRegionInfoCap::SparseMmap(s) => Some(s.areas),
+        _ => None,
+    });
+    let wanted: Vec<(u64, u64)> = match sparse {
+        Some(areas) => areas.iter().map(|a| (a.offset, a.size)).collect(),
+        None => vec![(0, size)],
+    };
+    let base = device.get_region_offset(i);
+    wanted
+        .into_iter()
+        .filter_map(|(offset, len)| map_area(device, base, size, offset, len))
+        .collect()
+}
+
+/// Maps `len` bytes at `offset` of a region of `size` bytes that starts at
+/// `base` in the device fd; `None` when the area is empty, not page-aligned,
+/// outside the region, or the kernel refuses.
+fn map_area(device: &VfioDevice, base: u64, size: u64, offset: u64, len: u64) -> Option<HostArea> {
+    let end = offset.checked_add(len)?;
+    if len == 0 || offset % PAGE_SIZE != 0 || end > size {
         return None;
     }
-    let sparse = device
-        .get_region_caps(i)
-        .iter()
-        .any(|c| matches!(c, VfioRegionInfoCap::SparseMmap(_)));
-    if sparse {
-        return None;
-    }
-    let len = usize::try_from(size).ok()?;
-    let offset = libc::off_t::try_from(device.get_region_offset(i)).ok()?;
-    // SAFETY: a fresh shared mapping of the device fd at the region's
-    // offset; the kernel checks the range; nothing else aliases it.
+    let at = libc::off_t::try_from(base.checked_add(offset)?).ok()?;
+    let bytes = usize::try_from(len).ok()?;
+    // SAFETY: a fresh shared mapping of the device fd inside the region;
+    // the kernel checks the range against what VFIO allows; nothing else
+    // aliases it, and `Drop` unmaps it.
     let addr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            len,
+            bytes,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             device.as_raw_fd(),
-            offset,
+            at,
         )
     };
-    (addr != libc::MAP_FAILED).then_some(Mapping {
-        addr: addr as u64,
+    (addr != libc::MAP_FAILED).then_some(HostArea {
+        offset,
         len,
+        addr: addr as u64,
     })
 }
 
@@ -137,8 +155,8 @@ impl HostFunction for VfioFunction {
         self.device.region_write(index, data, offset);
     }
 
-    fn region_mapping(&self, index: u32) -> Option<u64> {
-        self.maps.get(index as usize)?.as_ref().map(|m| m.addr)
+    fn region_mappings(&self, index: u32) -> &[HostArea] {
+        self.maps.get(index as usize).map_or(&[], |m| m.as_slice())
     }
 
     fn irq_count(&self, kind: IrqKind) -> u32 {
@@ -167,10 +185,11 @@ impl HostFunction for VfioFunction {
 impl Drop for VfioFunction {
     fn drop(&mut self) {
         for m in self.maps.drain(..).flatten() {
-            // SAFETY: `m` is a mapping this value made; the guest-facing
-            // model removed the KVM slots pointing into it before dropping
-            // this device (PassthroughFunction's Drop).
-            unsafe { libc::munmap(m.addr as *mut libc::c_void, m.len) };
+            // SAFETY: `m` is a mapping this value made (of `m.len` bytes,
+            // which fit a usize when it was made); the guest-facing model
+            // removed the KVM slots pointing into it before dropping this
+            // device (PassthroughFunction's Drop).
+            unsafe { libc::munmap(m.addr as *mut libc::c_void, m.len as usize) };
         }
         self.container.device_gone();
     }

@@ -95,6 +95,8 @@ pub struct ExitCounts {
     pub total: u64,
     pub pio: u64,
     pub mmio: u64,
+    /// MMIO exits that landed in a passed-through device's BAR.
+    pub mmio_bar: u64,
     pub interrupted: u64,
     pub other: u64,
 }
@@ -104,6 +106,7 @@ impl std::ops::AddAssign for ExitCounts {
         self.total += o.total;
         self.pio += o.pio;
         self.mmio += o.mmio;
+        self.mmio_bar += o.mmio_bar;
         self.interrupted += o.interrupted;
         self.other += o.other;
     }
@@ -239,15 +242,17 @@ impl Vcpu {
                         }
                         VcpuExit::MmioRead(addr, data) => {
                             counts.mmio += 1;
-                            if !self.pci.as_ref().is_some_and(|p| p.mmio_read(addr, data)) {
+                            if self.pci.as_ref().is_some_and(|p| p.mmio_read(addr, data)) {
+                                counts.mmio_bar += u64::from(!PciRoot::is_ecam(addr));
+                            } else {
                                 data.fill(0xff);
                             }
                             None
                         }
                         VcpuExit::MmioWrite(addr, data) => {
                             counts.mmio += 1;
-                            if let Some(p) = &self.pci {
-                                p.mmio_write(addr, data);
+                            if self.pci.as_ref().is_some_and(|p| p.mmio_write(addr, data)) {
+                                counts.mmio_bar += u64::from(!PciRoot::is_ecam(addr));
                             }
                             None
                         }

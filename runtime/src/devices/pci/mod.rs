@@ -2,6 +2,7 @@
 //! 0xCF8/0xCFC and ECAM, and the passed-through functions behind it.
 //!
 //! - [`config`]: the config space a guest sees of a passed-through function.
+//! - [`mapping`]: which parts of a BAR the guest reaches without exits.
 //! - [`msi`]: MSI and MSI-X capability and table state.
 //! - [`passthrough`]: one assigned function: BARs mapped or trapped,
 //!   interrupts wired to KVM.
@@ -11,6 +12,7 @@
 //! implements and unit tests fake.
 
 pub mod config;
+pub mod mapping;
 pub mod msi;
 pub mod passthrough;
 pub mod root;
@@ -27,6 +29,15 @@ pub enum IrqKind {
     Msix,
 }
 
+/// A piece of a BAR region mmapped on the host: `len` bytes at `offset`
+/// in the region, at host address `addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostArea {
+    pub offset: u64,
+    pub len: u64,
+    pub addr: u64,
+}
+
 /// A host error from the device, boxed so device backends stay opaque.
 pub type HostError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,9 +50,10 @@ pub trait HostFunction: Send + Sync {
     fn region_size(&self, index: u32) -> u64;
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]);
     fn region_write(&self, index: u32, offset: u64, data: &[u8]);
-    /// The host address of region `index` mapped whole, if it can be; the
-    /// mapping lives as long as `self`.
-    fn region_mapping(&self, index: u32) -> Option<u64>;
+    /// The areas of region `index` mmapped on the host, in offset order
+    /// (the whole region, or the sparse areas VFIO allows; none when it
+    /// cannot be mapped). The mappings live as long as `self`.
+    fn region_mappings(&self, index: u32) -> &[HostArea];
     /// How many vectors of `kind` the device has.
     fn irq_count(&self, kind: IrqKind) -> u32;
     /// Signals `fds[i]` when vector `i` of `kind` fires.
@@ -56,10 +68,12 @@ pub trait HostFunction: Send + Sync {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// A device that is 256 bytes of config space and records writes.
     pub struct FakeFunction {
+        /// What `region_mappings` answers, per BAR.
+        pub areas: [Vec<HostArea>; 6],
         pub space: Mutex<[u8; 256]>,
         pub region_sizes: Mutex<[u64; 6]>,
         pub writes: Mutex<Vec<(u16, Vec<u8>)>>,
@@ -70,6 +84,7 @@ pub(crate) mod tests {
     impl FakeFunction {
         pub fn new(vendor: u16, device: u16) -> Self {
             let f = FakeFunction {
+                areas: Default::default(),
                 space: Mutex::new([0; 256]),
                 region_sizes: Mutex::new([0; 6]),
                 writes: Mutex::new(Vec::new()),
@@ -115,8 +130,8 @@ pub(crate) mod tests {
                 .unwrap()
                 .push((index, offset, data.to_vec()));
         }
-        fn region_mapping(&self, _: u32) -> Option<u64> {
-            None
+        fn region_mappings(&self, index: u32) -> &[HostArea] {
+            self.areas.get(index as usize).map_or(&[], |a| a.as_slice())
         }
         fn irq_count(&self, kind: IrqKind) -> u32 {
             match kind {
@@ -136,5 +151,42 @@ pub(crate) mod tests {
             Ok(())
         }
         fn reset(&self) {}
+    }
+
+    /// A fake the test keeps a handle on after giving it to the model.
+    impl HostFunction for Arc<FakeFunction> {
+        fn config_read(&self, offset: u16, data: &mut [u8]) {
+            self.as_ref().config_read(offset, data)
+        }
+        fn config_write(&self, offset: u16, data: &[u8]) {
+            self.as_ref().config_write(offset, data)
+        }
+        fn region_size(&self, index: u32) -> u64 {
+            self.as_ref().region_size(index)
+        }
+        fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
+            self.as_ref().region_read(index, offset, data)
+        }
+        fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
+            self.as_ref().region_write(index, offset, data)
+        }
+        fn region_mappings(&self, index: u32) -> &[HostArea] {
+            self.as_ref().region_mappings(index)
+        }
+        fn irq_count(&self, kind: IrqKind) -> u32 {
+            self.as_ref().irq_count(kind)
+        }
+        fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), HostError> {
+            self.as_ref().enable_irqs(kind, fds)
+        }
+        fn disable_irqs(&self, kind: IrqKind) -> Result<(), HostError> {
+            self.as_ref().disable_irqs(kind)
+        }
+        fn intx_unmask_on(&self, fd: &EventFd) -> Result<(), HostError> {
+            self.as_ref().intx_unmask_on(fd)
+        }
+        fn reset(&self) {
+            self.as_ref().reset()
+        }
     }
 }

@@ -212,6 +212,11 @@ impl Msix {
         self.entries.len() as u64 * MSIX_ENTRY_SIZE
     }
 
+    /// The PBA's length in bytes: one bit per entry, in whole qwords.
+    pub fn pba_len(&self) -> u64 {
+        (self.entries.len() as u64).div_ceil(64) * 8
+    }
+
     /// Reads the table at `offset` (from the table's start).
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {

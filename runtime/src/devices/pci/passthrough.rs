@@ -1,6 +1,7 @@
 //! One passed-through function as the guest drives it: its virtual config
 //! space, its BARs (mapped into KVM memory slots where the host region can
-//! be mmapped, trapped and forwarded otherwise) and its interrupts (INTx
+//! be mmapped, around the pages of the MSI-X table and PBA; trapped and
+//! forwarded elsewhere) and its interrupts (INTx
 //! through a resampling irqfd, MSI and MSI-X through irqfds on KVM MSI
 //! routes).
 //!
@@ -9,7 +10,8 @@
 //! mappings the slots point at) is closed.
 
 use super::config::{BarKind, ConfigChange, VirtualConfig};
-use super::msi::{MsixChange, MSIX_ENTRY_SIZE};
+use super::mapping;
+use super::msi::{Msix, MsixChange};
 use super::root::{BarAllocator, PciRootError};
 use super::{HostError, HostFunction, IrqKind};
 use crate::arch::x86_64::layout::pci_intx_gsi;
@@ -41,14 +43,56 @@ pub enum PassthroughError {
 }
 
 /// A BAR as it is placed in the guest now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
     pub index: u8,
     pub kind: BarKind,
     pub gpa: u64,
     pub size: u64,
-    /// The KVM slot when the BAR is mapped; `None` when accesses trap.
-    pub slot: Option<u32>,
+    /// The KVM slots of its mapped pieces ([`mapping::pieces`]); accesses
+    /// elsewhere in the BAR trap.
+    pub slots: Vec<u32>,
+}
+
+/// Where a trapped access to a BAR goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The emulated MSI-X table, at this offset in it.
+    Table(u64),
+    /// The emulated PBA.
+    Pba,
+    /// The device.
+    Device,
+}
+
+/// Where an access at `offset` of BAR `index` goes, given the MSI-X state.
+fn target(msix: Option<&Msix>, index: u8, offset: u64) -> Target {
+    let Some(x) = msix else {
+        return Target::Device;
+    };
+    let within = |start: u64, len: u64| offset >= start && offset - start < len;
+    if x.table_bar == index && within(x.table_offset, x.table_len()) {
+        Target::Table(offset - x.table_offset)
+    } else if x.pba_bar == index && within(x.pba_offset, x.pba_len()) {
+        Target::Pba
+    } else {
+        Target::Device
+    }
+}
+
+/// The byte ranges `(offset, len)` of BAR `index` the VMM emulates.
+fn emulated(msix: Option<&Msix>, index: u8) -> Vec<(u64, u64)> {
+    let Some(x) = msix else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if x.table_bar == index {
+        out.push((x.table_offset, x.table_len()));
+    }
+    if x.pba_bar == index {
+        out.push((x.pba_offset, x.pba_len()));
+    }
+    out
 }
 
 struct Vector {
@@ -186,10 +230,10 @@ impl PassthroughFunction {
         self.intx.as_ref().map(|i| i.gsi)
     }
 
-    /// Brings the KVM slots in line with the BAR registers and decode enables.
+    /// Brings the KVM slots in line with the BAR registers and decode
+    /// enables: a BAR that moved or stopped decoding loses all its slots; a
+    /// new placement gets one slot per mappable piece.
     fn place_bars(&mut self) {
-        let table_bar = self.config.msix().map(|x| x.table_bar);
-        let pba_bar = self.config.msix().map(|x| x.pba_bar);
         let want: Vec<(u8, BarKind, u64, u64)> = self
             .config
             .bars()
@@ -202,10 +246,8 @@ impl PassthroughFunction {
         for p in std::mem::take(&mut self.placed) {
             if want.contains(&(p.index, p.kind, p.gpa, p.size)) {
                 kept.push(p);
-            } else if let Some(slot) = p.slot {
-                if let Err(e) = self.vm.unmap_device_memory(slot) {
-                    say("unmap a BAR", &e);
-                }
+            } else {
+                self.unmap(&p.slots);
             }
         }
         self.placed = kept;
@@ -213,29 +255,50 @@ impl PassthroughFunction {
             if self.placed.iter().any(|p| p.index == index) {
                 continue;
             }
-            let msix_here = Some(index) == table_bar || Some(index) == pba_bar;
-            let mappable = kind != BarKind::Io && size >= 4096 && !msix_here;
-            let slot = match self.host.region_mapping(u32::from(index)) {
-                Some(host) if mappable => {
-                    // SAFETY: the mapping lives as long as `self.host`, and
-                    // `Drop` removes every slot before `host` is dropped.
-                    match unsafe { self.vm.map_device_memory(gpa, size, host) } {
-                        Ok(slot) => Some(slot),
-                        Err(e) => {
-                            say("map a BAR into the guest, trapping it instead", &e);
-                            None
-                        }
-                    }
-                }
-                _ => None,
+            let slots = if kind == BarKind::Io {
+                Vec::new()
+            } else {
+                self.map_pieces(index, gpa, size)
             };
             self.placed.push(Placed {
                 index,
                 kind,
                 gpa,
                 size,
-                slot,
+                slots,
             });
+        }
+    }
+
+    /// Maps the pieces of memory BAR `index` (placed at `gpa`) the guest
+    /// may reach directly; returns their slots. A piece KVM refuses traps.
+    fn map_pieces(&self, index: u8, gpa: u64, size: u64) -> Vec<u32> {
+        if gpa % mapping::PAGE_SIZE != 0 {
+            return Vec::new();
+        }
+        let areas = self.host.region_mappings(u32::from(index));
+        let trapped = emulated(self.config.msix(), index);
+        let mut slots = Vec::new();
+        for piece in mapping::pieces(size, areas, &trapped) {
+            let Some(at) = gpa.checked_add(piece.offset) else {
+                continue;
+            };
+            // SAFETY: the piece lies in a host mapping that lives as long
+            // as `self.host`; every slot is removed when the BAR moves and
+            // in `Drop`, before `host` is dropped.
+            match unsafe { self.vm.map_device_memory(at, piece.len, piece.addr) } {
+                Ok(slot) => slots.push(slot),
+                Err(e) => say("map part of a BAR into the guest, trapping it instead", &e),
+            }
+        }
+        slots
+    }
+
+    fn unmap(&self, slots: &[u32]) {
+        for &slot in slots {
+            if let Err(e) = self.vm.unmap_device_memory(slot) {
+                say("unmap part of a BAR", &e);
+            }
         }
     }
 
@@ -269,21 +332,12 @@ impl PassthroughFunction {
         let Some((index, offset)) = self.trapped(io, addr) else {
             return false;
         };
-        if let Some(x) = self.config.msix() {
-            if x.table_bar == index
-                && offset >= x.table_offset
-                && offset < x.table_offset + x.table_len()
-            {
-                x.read_table(offset - x.table_offset, data);
-                return true;
-            }
-            let pba_len = (x.entries.len() as u64).div_ceil(64) * 8;
-            if x.pba_bar == index && offset >= x.pba_offset && offset < x.pba_offset + pba_len {
-                x.read_pba(data);
-                return true;
-            }
+        let msix = self.config.msix();
+        match (target(msix, index, offset), msix) {
+            (Target::Table(at), Some(x)) => x.read_table(at, data),
+            (Target::Pba, Some(x)) => x.read_pba(data),
+            _ => self.host.region_read(u32::from(index), offset, data),
         }
-        self.host.region_read(u32::from(index), offset, data);
         true
     }
 
@@ -291,23 +345,17 @@ impl PassthroughFunction {
         let Some((index, offset)) = self.trapped(io, addr) else {
             return false;
         };
-        if let Some(x) = self.config.msix_mut() {
-            if x.table_bar == index
-                && offset >= x.table_offset
-                && offset < x.table_offset + x.table_len()
-            {
-                let change = x.write_table(offset - x.table_offset, data);
-                self.update_msix(change);
-                return true;
+        match target(self.config.msix(), index, offset) {
+            Target::Table(at) => {
+                if let Some(x) = self.config.msix_mut() {
+                    let change = x.write_table(at, data);
+                    self.update_msix(change);
+                }
             }
-            if x.pba_bar == index
-                && offset >= x.pba_offset
-                && offset < x.pba_offset + MSIX_ENTRY_SIZE
-            {
-                return true;
-            }
+            // The PBA is read-only.
+            Target::Pba => {}
+            Target::Device => self.host.region_write(u32::from(index), offset, data),
         }
-        self.host.region_write(u32::from(index), offset, data);
         true
     }
 
@@ -470,9 +518,7 @@ impl Drop for PassthroughFunction {
     /// interrupts; the device is reset so the next user starts clean.
     fn drop(&mut self) {
         for p in std::mem::take(&mut self.placed) {
-            if let Some(slot) = p.slot {
-                let _ = self.vm.unmap_device_memory(slot);
-            }
+            self.unmap(&p.slots);
         }
         if !self.msix.is_empty() {
             let _ = self.host.disable_irqs(IrqKind::Msix);
@@ -492,5 +538,162 @@ impl Drop for PassthroughFunction {
             drop(intx.resample);
         }
         self.host.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::CMD_MEMORY;
+    use super::super::tests::FakeFunction;
+    use super::*;
+    use crate::config::parse;
+    use crate::devices::pci::HostArea;
+    use crate::vac::tests::kvm_path;
+    use crate::vac::Vac;
+    use std::path::Path;
+
+    const BAR_SIZE: u64 = 0x4000;
+
+    /// Anonymous memory standing in for the device's mmapped BAR.
+    struct HostBar(u64);
+
+    impl HostBar {
+        fn new() -> Self {
+            // SAFETY: a fresh private anonymous mapping; only KVM slots of
+            // the test point into it, and they go before it is unmapped.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    BAR_SIZE as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            HostBar(p as u64)
+        }
+    }
+
+    impl Drop for HostBar {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, no longer in any slot.
+            unsafe { libc::munmap(self.0 as *mut libc::c_void, BAR_SIZE as usize) };
+        }
+    }
+
+    /// An NVMe-like function: BAR0 mem64 16 KiB, mmapped whole, with a
+    /// 2-entry MSI-X table at 0x2000 and the PBA at 0x3000; no INTx pin.
+    fn nvme(host: &HostBar) -> Arc<FakeFunction> {
+        let mut f = FakeFunction::new(0x1b36, 0x0010);
+        f.set32(0x04, 0x0010_0000);
+        f.set32(0x10, 0x0000_0004);
+        f.set32(0x34, 0x40);
+        f.set32(0x40, 0x0001_0011);
+        f.set32(0x44, 0x0000_2000);
+        f.set32(0x48, 0x0000_3000);
+        f.region_sizes.lock().unwrap()[0] = BAR_SIZE;
+        f.areas[0] = vec![HostArea {
+            offset: 0,
+            len: BAR_SIZE,
+            addr: host.0,
+        }];
+        Arc::new(f)
+    }
+
+    fn vm() -> Arc<Vm> {
+        let cfg = parse(
+            Path::new("t.toml"),
+            "name = \"t\"\nmemory = \"16M\"\n[boot]\nkernel = \"k\"\n[console]\necho = false\n",
+        )
+        .unwrap();
+        Vm::new(Vac::open(kvm_path()).unwrap(), &cfg).unwrap()
+    }
+
+    /// Whether KVM has a slot over the page at `gpa`: a new slot there is
+    /// refused while one overlaps it.
+    fn slot_at(vm: &Vm, gpa: u64, host: &HostBar) -> bool {
+        // SAFETY: `host` outlives the slot, which is removed at once.
+        match unsafe { vm.map_device_memory(gpa, 0x1000, host.0) } {
+            Ok(slot) => {
+                vm.unmap_device_memory(slot).unwrap();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    fn rd32(f: &PassthroughFunction, addr: u64) -> u32 {
+        let mut b = [0u8; 4];
+        assert!(f.bar_read(false, addr, &mut b));
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn a_bar_with_the_msix_table_is_mapped_around_it_and_the_table_still_traps() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        let vm = vm();
+        let mut bars = BarAllocator::new(16 << 20);
+        let mut f =
+            PassthroughFunction::new(vm.clone(), Box::new(fake.clone()), 1, &mut bars, "nvme")
+                .unwrap();
+        let gpa = f.placed()[0].gpa;
+        // One slot: the registers and doorbells below the table's page.
+        assert_eq!(f.placed()[0].slots.len(), 1);
+        assert!(slot_at(&vm, gpa, &host));
+        assert!(slot_at(&vm, gpa + 0x1000, &host));
+        assert!(!slot_at(&vm, gpa + 0x2000, &host), "the table's page traps");
+        assert!(!slot_at(&vm, gpa + 0x3000, &host), "the PBA's page traps");
+
+        // MSI-X on; the guest programs entry 0 through the trapped page.
+        f.config_write(0x42, &0x8000u16.to_le_bytes());
+        assert!(f.bar_write(false, gpa + 0x2000, &0xfee0_0000u32.to_le_bytes()));
+        assert!(f.bar_write(false, gpa + 0x2008, &0x41u32.to_le_bytes()));
+        assert_eq!(rd32(&f, gpa + 0x2000), 0xfee0_0000);
+        assert_eq!(rd32(&f, gpa + 0x2008), 0x41);
+        assert_eq!(rd32(&f, gpa + 0x201c), 1, "entry 1 stays masked");
+        assert_eq!(f.config.msix().unwrap().entries[0].address, 0xfee0_0000);
+        // The PBA is emulated and read-only.
+        assert!(f.bar_write(false, gpa + 0x3000, &[0xff; 4]));
+        assert_eq!(rd32(&f, gpa + 0x3000), 0);
+        assert!(
+            fake.regions.lock().unwrap().is_empty(),
+            "nothing reached the device"
+        );
+        // The rest of the trapped page, and any trapped access elsewhere,
+        // goes to the device.
+        assert!(f.bar_write(false, gpa + 0x2800, &[7]));
+        assert!(f.bar_write(false, gpa + 0x1000, &[9]));
+        assert_eq!(
+            *fake.regions.lock().unwrap(),
+            [(0, 0x2800, vec![7]), (0, 0x1000, vec![9])]
+        );
+        // The fake answers reads with the low byte of the offset.
+        assert_eq!(rd32(&f, gpa + 0x3801), 0x0101_0101);
+
+        // Decoding off takes every slot away; on brings them back.
+        f.config_write(0x04, &0u16.to_le_bytes());
+        assert!(f.placed().is_empty());
+        assert!(!slot_at(&vm, gpa, &host));
+        f.config_write(0x04, &CMD_MEMORY.to_le_bytes());
+        assert_eq!(f.placed()[0].slots.len(), 1);
+        assert!(slot_at(&vm, gpa, &host));
+
+        // Moving the BAR moves its slots.
+        let to = gpa + 0x10_0000;
+        f.config_write(0x10, &((to as u32) | 4).to_le_bytes());
+        f.config_write(0x14, &((to >> 32) as u32).to_le_bytes());
+        assert_eq!(f.placed()[0].gpa, to);
+        assert!(!slot_at(&vm, gpa, &host));
+        assert!(slot_at(&vm, to, &host));
+        assert!(!slot_at(&vm, to + 0x2000, &host));
+        assert_eq!(rd32(&f, to + 0x2008), 0x41, "the table moved along");
+
+        // Dropping the function removes its slots.
+        drop(f);
+        assert!(!slot_at(&vm, to, &host));
+        assert!(!slot_at(&vm, to + 0x1000, &host));
     }
 }

@@ -219,6 +219,11 @@ impl PciRoot {
         ))
     }
 
+    /// Whether `addr` is in the ECAM window (config space, not a BAR).
+    pub fn is_ecam(addr: u64) -> bool {
+        Self::ecam(addr).is_some()
+    }
+
     /// Handles an MMIO read; false when no device claims `addr`.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
         if let Some((d, f, r)) = Self::ecam(addr) {
