@@ -17,9 +17,11 @@ pub fn log_path(vm: &str) -> PathBuf {
     PathBuf::from(LOG_DIR).join(format!("{vm}.log"))
 }
 
-/// Formats one line of a VM's output for the console. Status lines and
-/// the VMM's notes about this VM (`kiln: vm <name>: ...`, like init's own)
-/// stay unprefixed.
+/// Formats one line of a VM's output for the console. This VM's status
+/// lines and the VMM's notes about it (`kiln: vm <name>: ...`, like init's
+/// own) stay unprefixed; anything about another VM or the appliance is
+/// this VM's output (the guest's serial shares the VMM's stdout, and a
+/// guest must not speak for its siblings).
 pub fn console_line(vm: &str, line: &str) -> String {
     let line = line.trim_end_matches(['\r', '\n']);
     let note = line
@@ -28,7 +30,8 @@ pub fn console_line(vm: &str, line: &str) -> String {
         .is_some_and(|rest| rest.starts_with(": "));
     if note
         || StatusLine::parse(line).is_some_and(|s| {
-            line.trim_start().starts_with("kiln: ") && !matches!(s, StatusLine::Done { .. })
+            line.trim_start().starts_with("kiln: ")
+                && matches!(s, StatusLine::Vm { ref name, .. } if name == vm)
         })
     {
         format!("{}\n", line.trim_start())
@@ -90,6 +93,11 @@ mod tests {
         assert_eq!(
             console_line("a", "x kiln: vm=b state=exited code=0"),
             "[a] x kiln: vm=b state=exited code=0\n"
+        );
+        // A whole status line about another VM is still this VM's output.
+        assert_eq!(
+            console_line("a", "kiln: vm=b state=exited code=0"),
+            "[a] kiln: vm=b state=exited code=0\n"
         );
         // The VMM's note about its own VM, but not about another one.
         assert_eq!(
