@@ -75,6 +75,10 @@ pub struct PciAssignment {
     /// Also bind the other endpoints of the device's IOMMU group to vfio-pci.
     #[serde(default)]
     pub bind_group: bool,
+    /// Show the guest the device's expansion ROM (VBIOS, option ROM)
+    /// through its ROM BAR; hidden otherwise.
+    #[serde(default)]
+    pub rom: bool,
 }
 
 /// The `[vfio]` table: which kernel interface the VMM uses for the VM's
@@ -373,6 +377,22 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("vendor id"), "{e}");
+    }
+
+    #[test]
+    fn pci_rom_defaults_to_hidden_and_a_bad_value_is_located() {
+        let v = vm(&format!("{GOOD}\n[[pci]]\ndevice = \"1234:11e8\"\n")).unwrap();
+        assert!(!v.pci[0].rom);
+        let v = vm(&format!(
+            "{GOOD}\n[[pci]]\ndevice = \"1234:11e8\"\nrom = true\n"
+        ))
+        .unwrap();
+        assert!(v.pci[0].rom);
+        let e = vm(&format!(
+            "{GOOD}\n[[pci]]\ndevice = \"1234:11e8\"\nrom = \"yes\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.starts_with("configs/t.toml:8:7: key `pci[0].rom`"), "{e}");
     }
 
     #[test]

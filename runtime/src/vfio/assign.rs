@@ -273,6 +273,16 @@ mod tests {
         );
         let text = toml::to_string(&pinned).unwrap();
         assert!(text.contains("device = \"0000:00:03.0\""), "{text}");
+        // What the VMM is asked for besides the device goes along with it.
+        let mut with_rom = vms[0].clone();
+        with_rom.pci[0].rom = true;
+        let pinned = pin_addresses(&with_rom, devices);
+        assert!(pinned.pci[0].rom);
+        let reread = crate::config::parse::<VmConfig>(
+            Path::new("t.toml"),
+            &toml::to_string(&pinned).unwrap(),
+        );
+        assert!(reread.unwrap().pci[0].rom);
 
         bound.restore().unwrap();
         assert_eq!(host.driver_of("0000:00:03.0"), None);

@@ -76,7 +76,7 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
     let mut bars = BarAllocator::new(cfg.memory.bytes());
     let mut functions = Vec::with_capacity(cfg.pci.len());
     let mut devices = Vec::with_capacity(cfg.pci.len());
-    for (i, host) in hosts.into_iter().enumerate() {
+    for (i, (host, entry)) in hosts.into_iter().zip(&cfg.pci).enumerate() {
         let device = PciRoot::device_number(i);
         let opened = container.open(host.bdf)?;
         // One write, so the line stays whole on the shared console.
@@ -91,6 +91,7 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
             vm.clone(),
             Box::new(opened),
             device,
+            entry.rom,
             &mut bars,
             &host.bdf.to_string(),
         )

@@ -6,16 +6,19 @@
 use super::container::Container;
 use crate::config::Bdf;
 use crate::devices::pci::mapping::PAGE_SIZE;
-use crate::devices::pci::{HostArea, HostError, HostFunction, IrqKind};
+use crate::devices::pci::{HostArea, HostError, HostFunction, IrqKind, ROM_REGION};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_ROM_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
+
+// The guest-facing model names the ROM region by VFIO's index.
+const _: () = assert!(ROM_REGION == VFIO_PCI_ROM_REGION_INDEX);
 
 fn index(kind: IrqKind) -> u32 {
     match kind {
@@ -140,7 +143,8 @@ impl HostFunction for VfioFunction {
     }
 
     fn region_size(&self, index: u32) -> u64 {
-        if index >= 6 {
+        // BARs 0-5 and the ROM; not the config or VGA regions.
+        if index > ROM_REGION {
             return 0;
         }
         self.device.get_region_size(index)

@@ -2,14 +2,16 @@
 //! device's own registers, except what the VMM must own.
 //!
 //! Virtualized: the BARs (guest addresses, the sizing protocol), the
-//! expansion ROM BAR (hidden: reads 0), the interrupt line, the header
+//! expansion ROM BAR (hidden, reading 0, unless the VM asks for the ROM:
+//! then a guest address, the sizing protocol and the enable bit), the
+//! interrupt line, the header
 //! type's multi-function bit, the capability list (only capabilities kiln
 //! can pass through stay linked; extended capabilities are hidden) and the
 //! MSI and MSI-X capabilities (kept here, turned into routes by the caller).
 //! Everything else, the command register included, goes to the device.
 
 use super::msi::{MsiCap, Msix, MsixChange, CAP_ID_MSI, CAP_ID_MSIX};
-use super::HostFunction;
+use super::{HostFunction, ROM_REGION};
 
 pub const COMMAND: u16 = 0x04;
 pub const CMD_IO: u16 = 1 << 0;
@@ -19,6 +21,12 @@ const BAR0: u16 = 0x10;
 const ROM_BAR: u16 = 0x30;
 const CAP_PTR: u16 = 0x34;
 const INTERRUPT_LINE: u16 = 0x3c;
+/// The ROM BAR's address bits (31:11) and its enable bit; bits 10:1 are
+/// reserved and read 0.
+const ROM_ADDR_MASK: u64 = 0xffff_f800;
+const ROM_ENABLE: u32 = 1;
+/// The smallest ROM the BAR can describe (bit 11 is its lowest address bit).
+const ROM_MIN_SIZE: u64 = 0x800;
 const HEADER_TYPE_DWORD: u16 = 0x0c;
 /// Capabilities a guest may see: power management, MSI, PCI Express, MSI-X,
 /// vendor-specific. Others (debug ports, hot-plug, ...) are unlinked.
@@ -76,11 +84,47 @@ impl Bar {
     }
 }
 
+/// The expansion ROM as the guest sees it, when the VM asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rom {
+    /// The ROM region's size: a power of two from 2 KiB to 2 GiB.
+    pub size: u64,
+    /// The guest address the ROM BAR holds.
+    pub addr: u64,
+    /// The ROM BAR's enable bit.
+    pub enabled: bool,
+}
+
+impl Rom {
+    /// A ROM of `size` bytes, if the ROM BAR can describe that size.
+    fn new(size: u64) -> Option<Self> {
+        (size.is_power_of_two() && (ROM_MIN_SIZE..=1 << 31).contains(&size)).then_some(Rom {
+            size,
+            addr: 0,
+            enabled: false,
+        })
+    }
+
+    fn register(&self) -> u32 {
+        // The mask keeps the value in 32 bits.
+        (self.addr & ROM_ADDR_MASK & !(self.size - 1)) as u32 | u32::from(self.enabled)
+    }
+
+    /// Whether the register holds a usable address rather than zero or the
+    /// sizing pattern.
+    pub fn placed(&self) -> bool {
+        self.addr != 0
+            && (self.addr | (self.size - 1)) != u64::from(u32::MAX)
+            && self.addr + self.size <= 1 << 32
+    }
+}
+
 /// What a config write changed, for the caller to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigChange {
     None,
-    /// A BAR address or the decode enables changed: re-place the BARs.
+    /// A BAR or ROM address or the decode enables changed: re-place the
+    /// BARs.
     Bars,
     Msi,
     Msix(MsixChange),
@@ -97,6 +141,7 @@ struct Cap {
 #[derive(Debug, Clone)]
 pub struct VirtualConfig {
     bars: Vec<Bar>,
+    rom: Option<Rom>,
     command: u16,
     line: u8,
     caps: Vec<Cap>,
@@ -112,8 +157,9 @@ fn read_u32(dev: &dyn HostFunction, offset: u16) -> u32 {
 
 impl VirtualConfig {
     /// Reads the device's BARs (kinds from the BAR registers, sizes from the
-    /// VFIO regions) and capability list.
-    pub fn new(dev: &dyn HostFunction) -> Self {
+    /// VFIO regions) and capability list. With `show_rom`, a device with a
+    /// ROM region shows it through its ROM BAR; otherwise that reads 0.
+    pub fn new(dev: &dyn HostFunction, show_rom: bool) -> Self {
         let mut bars = Vec::new();
         let mut i = 0u8;
         while i < 6 {
@@ -180,8 +226,14 @@ impl VirtualConfig {
                 next: kept.get(i + 1).map_or(0, |n| n.0 as u8),
             })
             .collect();
+        let rom = if show_rom {
+            Rom::new(dev.region_size(ROM_REGION))
+        } else {
+            None
+        };
         VirtualConfig {
             bars,
+            rom,
             command: status as u16,
             line: 0,
             caps,
@@ -196,6 +248,21 @@ impl VirtualConfig {
 
     pub fn bar_mut(&mut self, index: u8) -> Option<&mut Bar> {
         self.bars.iter_mut().find(|b| b.index == index)
+    }
+
+    /// The expansion ROM, when the guest is shown one.
+    pub fn rom(&self) -> Option<&Rom> {
+        self.rom.as_ref()
+    }
+
+    pub fn rom_mut(&mut self) -> Option<&mut Rom> {
+        self.rom.as_mut()
+    }
+
+    /// Whether the guest lets the ROM decode: memory space and the ROM
+    /// BAR's own enable bit.
+    pub fn rom_decodes(&self) -> bool {
+        self.command & CMD_MEMORY != 0 && self.rom.is_some_and(|r| r.enabled)
     }
 
     pub fn command(&self) -> u16 {
@@ -275,7 +342,7 @@ impl VirtualConfig {
                 }
                 None => 0,
             },
-            ROM_BAR => 0,
+            ROM_BAR => self.rom.map_or(0, |r| r.register()),
             CAP_PTR => {
                 let dev_value = read_u32(dev, reg);
                 (dev_value & !0xff) | u32::from(self.caps.first().map_or(0, |c| c.offset as u8))
@@ -385,7 +452,21 @@ impl VirtualConfig {
                     ConfigChange::None
                 }
             }
-            ROM_BAR | CAP_PTR => ConfigChange::None,
+            ROM_BAR => {
+                let value = merge(self.read_dword(dev, reg));
+                let Some(rom) = self.rom.as_mut() else {
+                    return ConfigChange::None;
+                };
+                let old = *rom;
+                rom.addr = u64::from(value) & ROM_ADDR_MASK & !(rom.size - 1);
+                rom.enabled = value & ROM_ENABLE != 0;
+                if *rom != old {
+                    ConfigChange::Bars
+                } else {
+                    ConfigChange::None
+                }
+            }
+            CAP_PTR => ConfigChange::None,
             INTERRUPT_LINE => {
                 if start == 0 {
                     if let Some(b) = data.first() {
@@ -447,7 +528,7 @@ pub(crate) mod tests {
     #[test]
     fn bars_size_and_move_like_hardware() {
         let f = edu();
-        let mut c = VirtualConfig::new(&f);
+        let mut c = VirtualConfig::new(&f, false);
         assert_eq!(c.bars().len(), 1);
         assert_eq!(c.bars()[0].kind, BarKind::Mem32);
         c.bar_mut(0).unwrap().addr = 0xc000_0000;
@@ -477,7 +558,7 @@ pub(crate) mod tests {
         f.set32(0x18, 0x0000_0001); // I/O
         f.region_sizes.lock().unwrap()[0] = 1 << 32;
         f.region_sizes.lock().unwrap()[2] = 0x20;
-        let mut c = VirtualConfig::new(&f);
+        let mut c = VirtualConfig::new(&f, false);
         let kinds: Vec<_> = c
             .bars()
             .iter()
@@ -506,7 +587,7 @@ pub(crate) mod tests {
     #[test]
     fn rom_hidden_caps_filtered_msi_emulated() {
         let f = edu();
-        let mut c = VirtualConfig::new(&f);
+        let mut c = VirtualConfig::new(&f, false);
         assert_eq!(rd(&c, &f, 0x30), 0);
         assert_eq!(rd(&c, &f, 0x0c) & 0x0080_0000, 0, "single function");
         assert_eq!(rd(&c, &f, 0x34) & 0xff, 0x40);
@@ -542,6 +623,72 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_rom_bar_sizes_enables_and_moves_when_asked_for() {
+        let f = edu();
+        f.region_sizes.lock().unwrap()[6] = 64 << 10;
+        let mut c = VirtualConfig::new(&f, true);
+        assert_eq!(c.rom().map(|r| r.size), Some(64 << 10));
+        c.rom_mut().unwrap().addr = 0xc010_0000;
+        assert_eq!(rd(&c, &f, 0x30), 0xc010_0000);
+        // Sizing as Linux does it (all ones but the enable bit): the address
+        // bits of a 64 KiB ROM, the reserved bits 10:1 read 0.
+        assert_eq!(
+            c.write(&f, 0x30, &0xffff_fffeu32.to_le_bytes()),
+            ConfigChange::Bars
+        );
+        assert_eq!(rd(&c, &f, 0x30), 0xffff_0000);
+        assert!(!c.rom().unwrap().placed());
+        c.write(&f, 0x30, &[0xff; 4]);
+        assert_eq!(rd(&c, &f, 0x30), 0xffff_0001);
+        // A new address moves it, dropping the bits below its size; it
+        // decodes only with both the enable bit and memory space on.
+        assert_eq!(
+            c.write(&f, 0x30, &0xd012_3400u32.to_le_bytes()),
+            ConfigChange::Bars
+        );
+        assert_eq!(rd(&c, &f, 0x30), 0xd012_0000);
+        assert!(c.rom().unwrap().placed());
+        assert!(!c.rom_decodes());
+        assert_eq!(c.write(&f, 0x30, &[0x01]), ConfigChange::Bars);
+        assert_eq!(rd(&c, &f, 0x30), 0xd012_0001);
+        assert!(!c.rom_decodes(), "memory space is off");
+        c.write(&f, 0x04, &CMD_MEMORY.to_le_bytes());
+        assert!(c.rom_decodes());
+        assert_eq!(c.write(&f, 0x30, &[0x00]), ConfigChange::Bars);
+        assert!(!c.rom_decodes());
+        // Rewriting the same value changes nothing.
+        assert_eq!(c.write(&f, 0x30, &[0x00]), ConfigChange::None);
+        // Only the command register reached the device.
+        assert_eq!(f.writes(), [(0x04, CMD_MEMORY.to_le_bytes().to_vec())]);
+    }
+
+    #[test]
+    fn the_rom_stays_hidden_unless_asked_for_and_present() {
+        let f = edu();
+        f.region_sizes.lock().unwrap()[6] = 64 << 10;
+        // Present but not asked for.
+        let mut c = VirtualConfig::new(&f, false);
+        assert!(c.rom().is_none());
+        assert_eq!(c.write(&f, 0x30, &[0xff; 4]), ConfigChange::None);
+        assert_eq!(rd(&c, &f, 0x30), 0);
+        // Asked for, but the device has no ROM region, or one the ROM BAR
+        // cannot describe.
+        for size in [0, 0x400, 0x3000] {
+            f.region_sizes.lock().unwrap()[6] = size;
+            let mut c = VirtualConfig::new(&f, true);
+            assert!(c.rom().is_none(), "{size:#x}");
+            c.write(&f, 0x30, &[0xff; 4]);
+            assert_eq!(rd(&c, &f, 0x30), 0, "{size:#x}");
+        }
+        // The smallest ROM: 2 KiB, bit 11 its lowest address bit.
+        f.region_sizes.lock().unwrap()[6] = 0x800;
+        let mut c = VirtualConfig::new(&f, true);
+        c.write(&f, 0x30, &0xffff_fffeu32.to_le_bytes());
+        assert_eq!(rd(&c, &f, 0x30), 0xffff_f800);
+        assert!(f.writes().is_empty());
+    }
+
+    #[test]
     fn msix_capability_control_is_virtual() {
         let f = FakeFunction::new(0x8086, 0x10ca);
         f.set32(0x04, 0x0010_0000);
@@ -550,7 +697,7 @@ pub(crate) mod tests {
         f.set32(0x74, 0x0000_3000);
         f.set32(0x78, 0x0000_3800);
         f.region_sizes.lock().unwrap()[0] = 0x4000;
-        let mut c = VirtualConfig::new(&f);
+        let mut c = VirtualConfig::new(&f, false);
         let x = c.msix().unwrap();
         assert_eq!(
             (x.table_bar, x.table_offset, x.entries.len()),

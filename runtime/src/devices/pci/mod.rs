@@ -38,6 +38,11 @@ pub struct HostArea {
     pub addr: u64,
 }
 
+/// VFIO's region index of the expansion ROM (VFIO_PCI_ROM_REGION_INDEX):
+/// [`HostFunction::region_size`] and [`HostFunction::region_read`] take it
+/// beside the BARs' 0-5.
+pub const ROM_REGION: u32 = 6;
+
 /// A host error from the device, boxed so device backends stay opaque.
 pub type HostError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,7 +51,8 @@ pub trait HostFunction: Send + Sync {
     /// Reads the device's config space (VFIO's config region).
     fn config_read(&self, offset: u16, data: &mut [u8]);
     fn config_write(&self, offset: u16, data: &[u8]);
-    /// The size of region `index` (BAR 0-5), 0 when absent.
+    /// The size of region `index` (BAR 0-5, or [`ROM_REGION`]), 0 when
+    /// absent.
     fn region_size(&self, index: u32) -> u64;
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]);
     fn region_write(&self, index: u32, offset: u64, data: &[u8]);
@@ -75,7 +81,8 @@ pub(crate) mod tests {
         /// What `region_mappings` answers, per BAR.
         pub areas: [Vec<HostArea>; 6],
         pub space: Mutex<[u8; 256]>,
-        pub region_sizes: Mutex<[u64; 6]>,
+        /// BARs 0-5, then the ROM.
+        pub region_sizes: Mutex<[u64; 7]>,
         pub writes: Mutex<Vec<(u16, Vec<u8>)>>,
         pub regions: Mutex<Vec<(u32, u64, Vec<u8>)>>,
         pub irqs: Mutex<Vec<(IrqKind, usize)>>,
@@ -86,7 +93,7 @@ pub(crate) mod tests {
             let f = FakeFunction {
                 areas: Default::default(),
                 space: Mutex::new([0; 256]),
-                region_sizes: Mutex::new([0; 6]),
+                region_sizes: Mutex::new([0; 7]),
                 writes: Mutex::new(Vec::new()),
                 regions: Mutex::new(Vec::new()),
                 irqs: Mutex::new(Vec::new()),

@@ -1,7 +1,8 @@
 //! One passed-through function as the guest drives it: its virtual config
 //! space, its BARs (mapped into KVM memory slots where the host region can
 //! be mmapped, around the pages of the MSI-X table and PBA; trapped and
-//! forwarded elsewhere) and its interrupts (INTx
+//! forwarded elsewhere), its expansion ROM when the VM asks for it (always
+//! trapped, read-only) and its interrupts (INTx
 //! through a resampling irqfd, MSI and MSI-X through irqfds on KVM MSI
 //! routes).
 //!
@@ -13,7 +14,7 @@ use super::config::{BarKind, ConfigChange, VirtualConfig};
 use super::mapping;
 use super::msi::{Msix, MsixChange};
 use super::root::{BarAllocator, PciRootError};
-use super::{HostError, HostFunction, IrqKind};
+use super::{HostError, HostFunction, IrqKind, ROM_REGION};
 use crate::arch::x86_64::layout::pci_intx_gsi;
 use crate::vm::routing::MsiMessage;
 use crate::vm::{Vm, VmError};
@@ -42,9 +43,13 @@ pub enum PassthroughError {
     Space(#[from] PciRootError),
 }
 
-/// A BAR as it is placed in the guest now.
+/// The [`Placed::index`] of the expansion ROM: its VFIO region index.
+pub const ROM_INDEX: u8 = ROM_REGION as u8;
+
+/// A BAR (or the expansion ROM) as it is placed in the guest now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
+    /// BAR 0-5, or [`ROM_INDEX`].
     pub index: u8,
     pub kind: BarKind,
     pub gpa: u64,
@@ -127,16 +132,19 @@ fn say(what: &str, e: &dyn std::error::Error) {
 impl PassthroughFunction {
     /// Takes over `host` for `vm` as device `device` of bus 0: BARs placed
     /// by `bars`, memory decoding on (as firmware leaves it), INTx wired to
-    /// the pin's GSI. `name` names the device in errors.
+    /// the pin's GSI. With `rom`, a device with an expansion ROM shows it
+    /// (placed by `bars` in the 32-bit window, its enable bit off as
+    /// firmware leaves it). `name` names the device in errors.
     pub fn new(
         vm: Arc<Vm>,
         host: Box<dyn HostFunction>,
         device: u8,
+        rom: bool,
         bars: &mut BarAllocator,
         name: &str,
     ) -> Result<Self, PassthroughError> {
         host.reset();
-        let mut config = VirtualConfig::new(host.as_ref());
+        let mut config = VirtualConfig::new(host.as_ref(), rom);
         let wanted: Vec<(u8, BarKind, u64)> = config
             .bars()
             .iter()
@@ -153,6 +161,15 @@ impl PassthroughFunction {
             if let Some(b) = config.bar_mut(index) {
                 b.addr = gpa;
             }
+        }
+        if let Some(r) = config.rom_mut() {
+            let size = r.size;
+            r.addr =
+                bars.allocate(BarKind::Mem32, size)
+                    .ok_or_else(|| PciRootError::NoRomSpace {
+                        what: name.to_string(),
+                        size,
+                    })?;
         }
         let mut pin = [0u8; 1];
         host.config_read(0x3d, &mut pin);
@@ -234,13 +251,18 @@ impl PassthroughFunction {
     /// enables: a BAR that moved or stopped decoding loses all its slots; a
     /// new placement gets one slot per mappable piece.
     fn place_bars(&mut self) {
-        let want: Vec<(u8, BarKind, u64, u64)> = self
+        let mut want: Vec<(u8, BarKind, u64, u64)> = self
             .config
             .bars()
             .iter()
             .filter(|b| self.config.decodes(b) && b.placed())
             .map(|b| (b.index, b.kind, b.addr, b.size))
             .collect();
+        if let Some(r) = self.config.rom().filter(|r| r.placed()) {
+            if self.config.rom_decodes() {
+                want.push((ROM_INDEX, BarKind::Mem32, r.addr, r.size));
+            }
+        }
         // Drop what moved or went away.
         let mut kept = Vec::new();
         for p in std::mem::take(&mut self.placed) {
@@ -255,7 +277,10 @@ impl PassthroughFunction {
             if self.placed.iter().any(|p| p.index == index) {
                 continue;
             }
-            let slots = if kind == BarKind::Io {
+            // The ROM gets no slot: drivers read it rarely (once, at probe),
+            // so every read traps and is forwarded to the device's ROM
+            // region; that also keeps guest writes from reaching it.
+            let slots = if kind == BarKind::Io || index == ROM_INDEX {
                 Vec::new()
             } else {
                 self.map_pieces(index, gpa, size)
@@ -315,12 +340,16 @@ impl PassthroughFunction {
         }
     }
 
-    /// The trapped BAR holding `addr` (memory or I/O space) and the offset.
+    /// The trapped BAR (or ROM) holding `addr` (memory or I/O space) and
+    /// the offset. A BAR wins over a ROM the guest placed on top of it.
     fn trapped(&self, io: bool, addr: u64) -> Option<(u8, u64)> {
-        self.placed.iter().find_map(|p| {
+        let hit = |p: &Placed| {
             let is_io = p.kind == BarKind::Io;
             (is_io == io && addr >= p.gpa && addr - p.gpa < p.size).then(|| (p.index, addr - p.gpa))
-        })
+        };
+        let bars = self.placed.iter().filter(|p| p.index != ROM_INDEX);
+        let rom = self.placed.iter().filter(|p| p.index == ROM_INDEX);
+        bars.chain(rom).find_map(hit)
     }
 
     /// Whether `addr` falls in one of this function's BARs.
@@ -332,6 +361,10 @@ impl PassthroughFunction {
         let Some((index, offset)) = self.trapped(io, addr) else {
             return false;
         };
+        if index == ROM_INDEX {
+            self.host.region_read(ROM_REGION, offset, data);
+            return true;
+        }
         let msix = self.config.msix();
         match (target(msix, index, offset), msix) {
             (Target::Table(at), Some(x)) => x.read_table(at, data),
@@ -345,6 +378,10 @@ impl PassthroughFunction {
         let Some((index, offset)) = self.trapped(io, addr) else {
             return false;
         };
+        // The ROM is read-only: writes to it are dropped.
+        if index == ROM_INDEX {
+            return true;
+        }
         match target(self.config.msix(), index, offset) {
             Target::Table(at) => {
                 if let Some(x) = self.config.msix_mut() {
@@ -636,9 +673,15 @@ mod tests {
         let fake = nvme(&host);
         let vm = vm();
         let mut bars = BarAllocator::new(16 << 20);
-        let mut f =
-            PassthroughFunction::new(vm.clone(), Box::new(fake.clone()), 1, &mut bars, "nvme")
-                .unwrap();
+        let mut f = PassthroughFunction::new(
+            vm.clone(),
+            Box::new(fake.clone()),
+            1,
+            false,
+            &mut bars,
+            "nvme",
+        )
+        .unwrap();
         let gpa = f.placed()[0].gpa;
         // One slot: the registers and doorbells below the table's page.
         assert_eq!(f.placed()[0].slots.len(), 1);
@@ -695,5 +738,100 @@ mod tests {
         drop(f);
         assert!(!slot_at(&vm, to, &host));
         assert!(!slot_at(&vm, to + 0x1000, &host));
+    }
+
+    fn rd_rom(f: &PassthroughFunction, addr: u64) -> Option<[u8; 4]> {
+        let mut b = [0u8; 4];
+        f.bar_read(false, addr, &mut b).then_some(b)
+    }
+
+    #[test]
+    fn a_rom_asked_for_decodes_when_enabled_moves_and_forwards_reads_only() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        fake.region_sizes.lock().unwrap()[6] = 64 << 10;
+        let vm = vm();
+        let mut bars = BarAllocator::new(16 << 20);
+        let mut f = PassthroughFunction::new(
+            vm.clone(),
+            Box::new(fake.clone()),
+            1,
+            true,
+            &mut bars,
+            "nvme",
+        )
+        .unwrap();
+        // Placed beside BAR0 by the same allocator, naturally aligned, but
+        // off (as firmware leaves it): nothing answers there yet.
+        let mut reg = [0u8; 4];
+        f.config_read(0x30, &mut reg);
+        let at = u64::from(u32::from_le_bytes(reg));
+        assert_eq!(at & 1, 0);
+        assert_eq!(at % (64 << 10), 0);
+        assert_ne!(at, f.placed()[0].gpa);
+        assert_eq!(
+            bars.allocate(BarKind::Mem32, 0x1000).map(|a| a > at),
+            Some(true)
+        );
+        assert_eq!(rd_rom(&f, at), None);
+        // Enabled: reads anywhere in it trap and reach the ROM region (the
+        // fake answers index + offset); no KVM slot.
+        f.config_write(0x30, &((at as u32) | 1).to_le_bytes());
+        let rom = f
+            .placed()
+            .iter()
+            .find(|p| p.index == ROM_INDEX)
+            .cloned()
+            .unwrap();
+        assert_eq!((rom.gpa, rom.size), (at, 64 << 10));
+        assert!(rom.slots.is_empty());
+        assert!(!slot_at(&vm, at, &host));
+        assert_eq!(rd_rom(&f, at), Some([6; 4]));
+        assert_eq!(rd_rom(&f, at + 0xfff0), Some([0xf6; 4]));
+        assert_eq!(rd_rom(&f, at + (64 << 10)), None);
+        // Writes are dropped.
+        assert!(f.bar_write(false, at + 0x10, &[1, 2, 3, 4]));
+        assert!(fake.regions.lock().unwrap().is_empty());
+        // Memory space off stops it too.
+        f.config_write(0x04, &0u16.to_le_bytes());
+        assert_eq!(rd_rom(&f, at), None);
+        f.config_write(0x04, &CMD_MEMORY.to_le_bytes());
+        assert_eq!(rd_rom(&f, at + 1), Some([7; 4]));
+        // Moved: answers at the new address only.
+        let to = at + (1 << 20);
+        f.config_write(0x30, &((to as u32) | 1).to_le_bytes());
+        assert_eq!(rd_rom(&f, at), None);
+        assert_eq!(rd_rom(&f, to + 2), Some([8; 4]));
+        // Enable bit off: gone.
+        f.config_write(0x30, &(to as u32).to_le_bytes());
+        assert_eq!(rd_rom(&f, to), None);
+    }
+
+    #[test]
+    fn a_rom_not_asked_for_stays_hidden() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        fake.region_sizes.lock().unwrap()[6] = 64 << 10;
+        let vm = vm();
+        let mut bars = BarAllocator::new(16 << 20);
+        let mut f =
+            PassthroughFunction::new(vm, Box::new(fake.clone()), 1, false, &mut bars, "nvme")
+                .unwrap();
+        let gpa = f.placed()[0].gpa;
+        let mut reg = [0u8; 4];
+        f.config_read(0x30, &mut reg);
+        assert_eq!(reg, [0; 4]);
+        // The guest cannot place and enable it either.
+        let at = gpa + (1 << 20);
+        f.config_write(0x30, &((at as u32) | 1).to_le_bytes());
+        f.config_read(0x30, &mut reg);
+        assert_eq!(reg, [0; 4]);
+        assert!(f.placed().iter().all(|p| p.index != ROM_INDEX));
+        assert_eq!(rd_rom(&f, at), None);
+        // No address was taken for it: the next BAR goes right after BAR0.
+        assert_eq!(
+            bars.allocate(BarKind::Mem32, 0x1000),
+            Some(gpa + BAR_SIZE.max(0x1000))
+        );
     }
 }

@@ -24,6 +24,8 @@ pub enum PciRootError {
     TooMany(usize),
     #[error("BAR {index} ({size:#x} bytes) of {what} does not fit in the guest's PCI windows; assign fewer or smaller devices")]
     NoSpace { what: String, index: u8, size: u64 },
+    #[error("The expansion ROM ({size:#x} bytes) of {what} does not fit in the guest's 32-bit PCI window; assign fewer or smaller devices, or leave out `rom = true`")]
+    NoRomSpace { what: String, size: u64 },
 }
 
 /// Hands out guest addresses for BARs, naturally aligned.
