@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the kernel lists PCI functions (one symlink per BDF).
@@ -34,6 +35,44 @@ pub struct Device {
     /// Message-signalled interrupts a driver enabled: (MSI, MSI-X) vectors,
     /// from `msi_irqs/` (one file per vector, reading "msi" or "msix").
     pub msi: (usize, usize),
+    /// The expansion ROM, when the function has one.
+    pub rom: Option<Rom>,
+}
+
+/// An expansion ROM: its range (line 7 of `resource`) and what reading the
+/// first bytes of the `rom` file gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rom {
+    pub range: Bar,
+    pub head: Result<Vec<u8>, String>,
+}
+
+/// How many leading bytes of a ROM are read.
+const ROM_HEAD: usize = 16;
+
+impl fmt::Display for Rom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rom {:#x}-{:#x}", self.range.start, self.range.end)?;
+        match &self.head {
+            Ok(bytes) => {
+                // The 55 AA signature in hex, as specs write it; then up to
+                // the first NUL, non-printable bytes escaped.
+                f.write_str(" starts \"")?;
+                for (i, &b) in bytes.iter().enumerate() {
+                    if i >= 2 && b == 0 {
+                        break;
+                    }
+                    if i >= 2 && (b.is_ascii_graphic() || b == b' ') {
+                        write!(f, "{}", char::from(b))?;
+                    } else {
+                        write!(f, "\\x{b:02x}")?;
+                    }
+                }
+                f.write_str("\"")
+            }
+            Err(e) => write!(f, " unreadable: {e}"),
+        }
+    }
 }
 
 /// One BAR's range (inclusive) and kind, from a `resource` line.
@@ -117,6 +156,9 @@ impl fmt::Display for Device {
             (0, msix) => write!(f, " msix {msix}")?,
             (msi, msix) => write!(f, " msi {msi} msix {msix}")?,
         }
+        if let Some(rom) = &self.rom {
+            write!(f, " {rom}")?;
+        }
         Ok(())
     }
 }
@@ -131,22 +173,57 @@ fn hex(text: &str) -> Option<u64> {
     u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
 }
 
+fn parse_resource(line: &str) -> Option<Bar> {
+    let mut fields = line.split_whitespace();
+    Some(Bar {
+        start: hex(fields.next()?)?,
+        end: hex(fields.next()?)?,
+        flags: hex(fields.next()?)?,
+    })
+}
+
 /// BARs 0-5 from the `resource` file: a "start end flags" line in hex for
 /// each (then the ROM and bridge windows, which are not BARs).
 fn parse_bars(resource: &str) -> Option<Vec<Bar>> {
     resource
         .lines()
         .take(6)
-        .map(|line| {
-            let mut fields = line.split_whitespace();
-            Some(Bar {
-                start: hex(fields.next()?)?,
-                end: hex(fields.next()?)?,
-                flags: hex(fields.next()?)?,
-            })
-        })
+        .map(parse_resource)
         .collect::<Option<Vec<_>>>()
         .filter(|bars| !bars.is_empty())
+}
+
+/// The ROM's range: line 7 of `resource` (index 6), when it is in use.
+fn parse_rom(resource: &str) -> Option<Bar> {
+    resource
+        .lines()
+        .nth(6)
+        .and_then(parse_resource)
+        .filter(|r| !r.unused())
+}
+
+/// The first bytes of the ROM through the `rom` file: reading needs "1"
+/// written to it first (the kernel then enables the ROM BAR for the read);
+/// "0" afterwards turns that off again.
+fn read_rom(dir: &Path) -> Result<Vec<u8>, String> {
+    let path = dir.join("rom");
+    let describe = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    // Never created: the kernel makes it only for a function with a ROM.
+    let set = |value: &[u8]| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(value))
+    };
+    set(b"1").map_err(|e| describe("cannot enable", e))?;
+    let mut head = Vec::with_capacity(ROM_HEAD);
+    let read = fs::File::open(&path)
+        .and_then(|f| f.take(ROM_HEAD as u64).read_to_end(&mut head))
+        .map_err(|e| describe("cannot read", e));
+    let disabled = set(b"0").map_err(|e| describe("cannot disable", e));
+    read?;
+    disabled?;
+    Ok(head)
 }
 
 /// Counts the (MSI, MSI-X) vectors listed in `msi_irqs/`.
@@ -168,17 +245,19 @@ fn msi_vectors(dir: &Path) -> (usize, usize) {
 /// Reads one function's directory (e.g. `/sys/bus/pci/devices/0000:00:03.0`).
 pub fn read_device(dir: &Path, bdf: String) -> Device {
     let hex_field = |name| read_trimmed(dir, name).as_deref().and_then(hex);
+    let resource = fs::read_to_string(dir.join("resource")).ok();
     Device {
         bdf,
         vendor: hex_field("vendor").and_then(|v| u16::try_from(v).ok()),
         device: hex_field("device").and_then(|v| u16::try_from(v).ok()),
         class: hex_field("class").and_then(|v| u32::try_from(v).ok()),
         irq: read_trimmed(dir, "irq").and_then(|s| s.parse().ok()),
-        bars: fs::read_to_string(dir.join("resource"))
-            .ok()
-            .as_deref()
-            .and_then(parse_bars),
+        bars: resource.as_deref().and_then(parse_bars),
         msi: msi_vectors(dir),
+        rom: resource.as_deref().and_then(parse_rom).map(|range| Rom {
+            range,
+            head: read_rom(dir),
+        }),
     }
 }
 
@@ -272,12 +351,53 @@ mod tests {
              0x0000000000000000 0x0000000000000000 0x0000000000000000\n\
              0x00000000c2000000 0x00000000c203ffff 0x0000000000046200\n",
         );
+        // The ROM is listed last; with no `rom` file to read it through,
+        // as unreadable.
+        let line = read_device(&dev, "0000:00:01.0".into()).to_string();
+        assert!(
+            line.starts_with(
+                "pci 0000:00:01.0 1b36:0005 class 00ff00 irq 0 \
+                 bar0 0xc0000000-0xc0000fff mem32 bar1 0xc000-0xc0ff io \
+                 bar2 0xc1000000-0xc1ffffff mem64-pref \
+                 rom 0xc2000000-0xc203ffff unreadable: cannot enable "
+            ),
+            "{line}"
+        );
+        assert!(!dev.join("rom").exists());
+    }
+
+    #[test]
+    fn a_rom_is_read_between_enabling_and_disabling_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("0000:00:01.0");
+        fs::create_dir(&dev).unwrap();
+        write(&dev, "vendor", "0x1234\n");
+        write(&dev, "device", "0x11e8\n");
+        write(&dev, "class", "0x00ff00\n");
+        write(&dev, "irq", "11\n");
+        let none = "0x0000000000000000 0x0000000000000000 0x0000000000000000\n";
+        write(
+            &dev,
+            "resource",
+            &format!(
+                "0x00000000c0000000 0x00000000c00fffff 0x0000000000040200\n{}\
+                 0x00000000c0100000 0x00000000c010ffff 0x0000000000046200\n",
+                none.repeat(5)
+            ),
+        );
+        // A plain file stands in for sysfs's: the "1" written first lands
+        // on the signature's first byte, so the bytes read show the order.
+        let mut rom = b"\x55\xaakiln rom\0\x01\x02".to_vec();
+        rom.resize(64, 0);
+        fs::write(dev.join("rom"), &rom).unwrap();
         assert_eq!(
             read_device(&dev, "0000:00:01.0".into()).to_string(),
-            "pci 0000:00:01.0 1b36:0005 class 00ff00 irq 0 \
-             bar0 0xc0000000-0xc0000fff mem32 bar1 0xc000-0xc0ff io \
-             bar2 0xc1000000-0xc1ffffff mem64-pref"
+            "pci 0000:00:01.0 1234:11e8 class 00ff00 irq 11 \
+             bar0 0xc0000000-0xc00fffff mem32 \
+             rom 0xc0100000-0xc010ffff starts \"\\x31\\xaakiln rom\""
         );
+        // Disabled again after the read.
+        assert_eq!(fs::read(dev.join("rom")).unwrap()[0], b'0');
     }
 
     #[test]
