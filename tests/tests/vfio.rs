@@ -2,7 +2,8 @@
 //! intel-iommu and edu): the hello unikernel drives edu, two edus in one VM
 //! and one each in two VMs side by side, a Linux guest sees edu and
 //! pci-testdev on its PCI bus, Linux guests drive NVMe controllers over
-//! MSI-X and INTx, and bad assignments fail alone.
+//! MSI-X and INTx, a Linux guest reads a device's expansion ROM only when
+//! its VM asks for it, and bad assignments fail alone.
 
 use kiln_tests::{kiln, require_qemu, root, run_with_timeout};
 use std::path::Path;
@@ -308,6 +309,120 @@ fn linux_guests_drive_nvme_controllers_over_msix_and_intx() {
         let want = format!("[{vm}] guest-init: block nvme0n1 2048 sectors, starts \"{pattern}\"");
         assert!(out.lines().any(|l| l == want), "{want}:\n{out}");
     }
+}
+
+/// A PCI expansion ROM of `len` bytes (a power of two, at least 1 KiB)
+/// that Linux accepts (pci_map_rom checks the 55 AA signature and the
+/// "PCIR" data structure, whose image length and last-image bit bound it)
+/// and firmware leaves alone (its code type is EFI, not x86): 55 AA, then
+/// `pattern`.
+fn expansion_rom(len: usize, pattern: &[u8], vendor: u16, device: u16) -> Vec<u8> {
+    const PCIR: usize = 0x40;
+    let mut rom = vec![0u8; len];
+    rom[..2].copy_from_slice(&[0x55, 0xaa]);
+    rom[2..2 + pattern.len()].copy_from_slice(pattern);
+    rom[0x18..0x1a].copy_from_slice(&(PCIR as u16).to_le_bytes());
+    let pcir = &mut rom[PCIR..PCIR + 0x18];
+    pcir[..4].copy_from_slice(b"PCIR");
+    pcir[4..6].copy_from_slice(&vendor.to_le_bytes());
+    pcir[6..8].copy_from_slice(&device.to_le_bytes());
+    pcir[10..12].copy_from_slice(&0x18u16.to_le_bytes());
+    pcir[12] = 3; // PCI 3.0 data structure
+    pcir[16..18].copy_from_slice(&((len / 512) as u16).to_le_bytes());
+    pcir[20] = 3; // EFI image
+    pcir[21] = 0x80; // the last image
+    rom
+}
+
+/// The expansion ROM of a passed-through device, asked for with
+/// `rom = true`: QEMU gives two edu devices a ROM (`romfile=`); VM
+/// linux-rom asks for the first one's and its guest reads the ROM through
+/// sysfs (ROM BAR sized, placed and enabled by Linux; reads trapped and
+/// forwarded to VFIO's ROM region); VM linux-rom-hidden has the second
+/// without `rom`, and its guest lists no ROM.
+#[test]
+fn a_linux_guest_reads_the_rom_of_a_device_only_when_asked_for() {
+    let dir = kiln_tests::images::scratch("linux-rom");
+    let rom = dir.join("edu-rom.bin");
+    std::fs::write(&rom, expansion_rom(64 << 10, b"kiln rom", 0x1234, 0x11e8)).expect("ROM file");
+    let vm = |name: &str, index: u32, rom: bool, check: &str| {
+        kiln_tests::images::write(
+            &dir,
+            &format!("{name}.toml"),
+            &format!(
+                "name = \"{name}\"\n\
+                 vcpus = 1\n\
+                 memory = \"256M\"\n\
+                 [boot]\n\
+                 kernel = \"debian:linux-image-cloud-amd64\"\n\
+                 initrd = {{ init = \"cargo:kiln-guest-init\" }}\n\
+                 cmdline = \"console=ttyS0 reboot=k panic=-1 quiet\"\n\
+                 [[pci]]\n\
+                 device = \"1234:11e8\"\n\
+                 index = {index}\n\
+                 rom = {rom}\n\
+                 [test]\n\
+                 expect = [\"guest-init: pci 0000:00:01.0 1234:11e8 \", \"guest-init: exit 0\"]\n\
+                 fail = [\"Kernel panic\", \"BUG:\", \"Oops\", \"PCI: Fatal\"{check}]\n\
+                 timeout = \"240s\"\n"
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let shown = vm("linux-rom", 0, true, "");
+    let hidden = vm("linux-rom-hidden", 1, false, ", \" rom 0x\"");
+    let edu = format!("edu,dma_mask=0xffffffffffffffff,romfile={}", rom.display());
+    let image = kiln_tests::images::write(
+        &dir,
+        "image.toml",
+        &format!(
+            "name = \"linux-rom\"\n\
+             vms = [\"{shown}\", \"{hidden}\"]\n\
+             [kernel]\n\
+             source = \"debian:linux-image-cloud-amd64\"\n\
+             cmdline = \"console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt\"\n\
+             [target]\n\
+             memory = \"2G\"\n\
+             devices = [\"{edu}\", \"{edu}\"]\n"
+        ),
+    );
+    let (code, out) = kiln_test_at(&image);
+    assert_eq!(code, Some(0), "{out}");
+    let listed = |vm: &str| {
+        kiln_tests::lines(&out)
+            .find(|l| l.starts_with(&format!("[{vm}] guest-init: pci 0000:00:01.0 1234:11e8 ")))
+            .unwrap_or_else(|| panic!("{vm}: edu not listed:\n{out}"))
+            .to_string()
+    };
+    let line = listed("linux-rom");
+    let rom = line
+        .split(" rom ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no ROM listed: {line}"));
+    let (range, head) = rom.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(head, "starts \"\\x55\\xaakiln rom\"", "{line}");
+    let (start, end) = range.split_once('-').unwrap_or_else(|| panic!("{line}"));
+    let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
+    let (start, end) = (hex(start), hex(end));
+    assert_eq!(end - start + 1, 64 << 10, "{line}");
+    assert_eq!(start % (64 << 10), 0, "{line}");
+    assert!(end < 1 << 32, "{line}");
+    // Its BARs are as without a ROM.
+    assert!(
+        line.contains(" bar0 0x") && line.contains(" mem32"),
+        "{line}"
+    );
+    let line = listed("linux-rom-hidden");
+    assert!(!line.contains(" rom "), "{line}");
+    assert!(
+        line.contains(" bar0 0x") && line.ends_with(" mem32"),
+        "{line}"
+    );
+    for vm in ["linux-rom", "linux-rom-hidden"] {
+        assert_eq!(verdict(&out, vm), "pass", "{out}");
+    }
+    eprintln!("{}\n{}", listed("linux-rom"), listed("linux-rom-hidden"));
 }
 
 #[test]
