@@ -35,11 +35,24 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// With this variable set (init sets it for every VMM it starts), the VMM
+/// puts [`GUEST_TAG`] at the start of each line of guest output it echoes
+/// to stdout. The VMM's own lines (status lines, notes) share that stdout;
+/// the tag lets init tell them apart, and a guest cannot make a line that
+/// starts without it, so it cannot pass off its output as the VMM's.
+pub const GUEST_TAG_ENV: &str = "KILN_TAG_GUEST_LINES";
+/// ASCII record separator: a byte no console text starts with.
+pub const GUEST_TAG: u8 = 0x1e;
+
 /// Where the guest's serial output goes.
 pub struct ConsoleSink {
     echo: bool,
     log: Option<File>,
     first_output: Arc<OnceLock<Instant>>,
+    /// Tag each echoed line ([`GUEST_TAG_ENV`]).
+    tag: bool,
+    /// The next echoed byte starts a line.
+    line_start: bool,
 }
 
 impl ConsoleSink {
@@ -62,7 +75,31 @@ impl ConsoleSink {
             echo,
             log,
             first_output: Arc::default(),
+            tag: false,
+            line_start: true,
         })
+    }
+
+    /// Tags each line echoed to stdout with [`GUEST_TAG`] when `tag`.
+    pub fn tagging_lines(mut self, tag: bool) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// `buf` as echoed: with a tag before every line it starts.
+    fn echoed(&mut self, buf: &[u8]) -> Vec<u8> {
+        if !self.tag {
+            return buf.to_vec();
+        }
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in buf {
+            if self.line_start {
+                out.push(GUEST_TAG);
+            }
+            out.push(b);
+            self.line_start = b == b'\n';
+        }
+        out
     }
 
     /// When the guest wrote its first byte (shared with the VM's stats).
@@ -77,7 +114,8 @@ impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.first_output.get_or_init(Instant::now);
         if self.echo {
-            let _ = io::stdout().lock().write_all(buf);
+            let echoed = self.echoed(buf);
+            let _ = io::stdout().lock().write_all(&echoed);
         }
         if let Some(f) = &mut self.log {
             let _ = f.write_all(buf);
@@ -173,5 +211,20 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("console log"), "{e}");
+    }
+
+    #[test]
+    fn echoed_guest_lines_are_tagged_across_writes() {
+        let mut sink = ConsoleSink::new(false, None).unwrap().tagging_lines(true);
+        let mut out = sink.echoed(b"hello: a\r\nhello: ");
+        out.extend(sink.echoed(b"b\n"));
+        out.extend(sink.echoed(b"\nkiln: vm=x state=exited code=0\n"));
+        assert_eq!(
+            out,
+            b"\x1ehello: a\r\n\x1ehello: b\n\x1e\n\x1ekiln: vm=x state=exited code=0\n"
+        );
+        // Untagged when init did not ask (kiln-runtime run by hand).
+        let mut plain = ConsoleSink::new(false, None).unwrap();
+        assert_eq!(plain.echoed(b"a\nb"), b"a\nb");
     }
 }

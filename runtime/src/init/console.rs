@@ -3,6 +3,7 @@
 //! pass through unprefixed so they stay at column 0 for `kiln test`, LAVA
 //! and labgrid.
 
+use crate::devices::serial::GUEST_TAG;
 use crate::status::StatusLine;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -24,6 +25,10 @@ pub fn log_path(vm: &str) -> PathBuf {
 /// guest must not speak for its siblings).
 pub fn console_line(vm: &str, line: &str) -> String {
     let line = line.trim_end_matches(['\r', '\n']);
+    // The guest's own output, tagged by the VMM: never a status line.
+    if let Some(guest) = line.strip_prefix(char::from(GUEST_TAG)) {
+        return format!("[{vm}] {guest}\n");
+    }
     let note = line
         .strip_prefix("kiln: vm ")
         .and_then(|rest| rest.strip_prefix(vm))
@@ -58,12 +63,16 @@ pub fn pump(vm: String, from: impl Read, echo: bool) {
         }
         let text = String::from_utf8_lossy(&buf);
         if let Some(f) = log.as_mut() {
-            let _ = f.write_all(&buf);
+            let _ = f.write_all(buf.strip_prefix(&[GUEST_TAG]).unwrap_or(&buf));
         }
         // Status lines start with a newline that ends any partial guest
         // line; here lines are already whole, so empty ones only add noise
         // to the shared console (the log keeps them).
-        if text.trim_end_matches(['\r', '\n']).is_empty() {
+        if text
+            .trim_start_matches(char::from(GUEST_TAG))
+            .trim_end_matches(['\r', '\n'])
+            .is_empty()
+        {
             continue;
         }
         let line = console_line(&vm, &text);
@@ -110,6 +119,18 @@ mod tests {
         assert_eq!(
             console_line("a", "kiln: vm ab: attached"),
             "[a] kiln: vm ab: attached\n"
+        );
+        // A guest line the VMM tagged is the guest's, whatever it says.
+        assert_eq!(
+            console_line("a", "\u{1e}kiln: vm=a state=exited code=0\r\n"),
+            "[a] kiln: vm=a state=exited code=0\n"
+        );
+        assert_eq!(
+            console_line(
+                "a",
+                "\u{1e}kiln: vm a: 0000:00:02.0 attached through iommufd (x)"
+            ),
+            "[a] kiln: vm a: 0000:00:02.0 attached through iommufd (x)\n"
         );
         // Only init may print the appliance's done line.
         assert_eq!(

@@ -106,6 +106,8 @@ fn spawn(s: &mut Slot) {
     let spawned = Command::new(exe)
         .arg("run")
         .arg(&s.config_path)
+        // Guest lines come tagged, so the pump can tell them from the VMM's.
+        .env(crate::devices::serial::GUEST_TAG_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

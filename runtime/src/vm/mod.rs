@@ -129,7 +129,8 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
         fd.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("register the serial port's irqfd"))?;
-        let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?;
+        let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?
+            .tagging_lines(std::env::var_os(crate::devices::serial::GUEST_TAG_ENV).is_some());
         let first_output = sink.first_output();
         let sink: Box<dyn Write + Send> = Box::new(sink);
         let serial = SerialDevice::new(serial_irq.try_clone().map_err(SerialError::EventFd)?, sink);
