@@ -38,6 +38,40 @@ fn kiln_test_at(image: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// Writes `dir/<name>.image.toml`: an image running `vms` (config paths) on
+/// Debian's kernel with the IOMMU on, its emulated target given the extra
+/// QEMU `devices` and `qemu_args`.
+fn passthrough_image(
+    dir: &Path,
+    name: &str,
+    vms: &[String],
+    devices: &[String],
+    qemu_args: &[String],
+) -> std::path::PathBuf {
+    // A TOML array of basic strings (Rust's escapes are TOML's for these).
+    let array = |items: &[String]| {
+        let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    kiln_tests::images::write(
+        dir,
+        &format!("{name}.image.toml"),
+        &format!(
+            "name = \"{name}\"\n\
+             vms = {}\n\
+             [kernel]\n\
+             source = \"debian:linux-image-cloud-amd64\"\n\
+             cmdline = \"console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt\"\n\
+             [target]\n\
+             devices = {}\n\
+             qemu_args = {}\n",
+            array(vms),
+            array(devices),
+            array(qemu_args),
+        ),
+    )
+}
+
 /// The row of kiln test's verdict table (IMAGE VM VERDICT TIME REASON)
 /// for `vm`.
 fn row(out: &str, vm: &str) -> String {
@@ -250,22 +284,26 @@ fn linux_guests_drive_nvme_controllers_over_msix_and_intx() {
     };
     let msix_disk = disk("msix.img", b"kiln nvme passthrough");
     let intx_disk = disk("intx.img", b"kiln nvme over intx");
-    let image = kiln_tests::images::write(
+    let image = passthrough_image(
         &dir,
-        "linux-nvme.toml",
-        &format!(
-            "name = \"linux-nvme\"\n\
-             vms = [\"{msix}\", \"{intx}\"]\n\
-             [kernel]\n\
-             source = \"debian:linux-image-cloud-amd64\"\n\
-             cmdline = \"console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt\"\n\
-             [target]\n\
-             devices = [\"nvme,serial=kiln0,drive=nvme0\", \"nvme,serial=kiln1,drive=nvme1\"]\n\
-             qemu_args = [\"-drive\", \"file={msix_disk},if=none,id=nvme0,format=raw\", \
-                          \"-drive\", \"file={intx_disk},if=none,id=nvme1,format=raw\"]\n",
-            msix = root().join("configs/linux-nvme.toml").display(),
-            intx = root().join("configs/linux-nvme-intx.toml").display(),
-        ),
+        "linux-nvme",
+        &[
+            root().join("configs/linux-nvme.toml").display().to_string(),
+            root()
+                .join("configs/linux-nvme-intx.toml")
+                .display()
+                .to_string(),
+        ],
+        &[
+            "nvme,serial=kiln0,drive=nvme0".into(),
+            "nvme,serial=kiln1,drive=nvme1".into(),
+        ],
+        &[
+            "-drive".into(),
+            format!("file={msix_disk},if=none,id=nvme0,format=raw"),
+            "-drive".into(),
+            format!("file={intx_disk},if=none,id=nvme1,format=raw"),
+        ],
     );
     let (code, out) = kiln_test_at(&image);
     assert_eq!(code, Some(0), "{out}");
@@ -373,19 +411,12 @@ fn a_linux_guest_reads_the_rom_of_a_device_only_when_asked_for() {
     let shown = vm("linux-rom", 0, true, "");
     let hidden = vm("linux-rom-hidden", 1, false, ", \" rom 0x\"");
     let edu = format!("edu,dma_mask=0xffffffffffffffff,romfile={}", rom.display());
-    let image = kiln_tests::images::write(
+    let image = passthrough_image(
         &dir,
-        "image.toml",
-        &format!(
-            "name = \"linux-rom\"\n\
-             vms = [\"{shown}\", \"{hidden}\"]\n\
-             [kernel]\n\
-             source = \"debian:linux-image-cloud-amd64\"\n\
-             cmdline = \"console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt\"\n\
-             [target]\n\
-             memory = \"2G\"\n\
-             devices = [\"{edu}\", \"{edu}\"]\n"
-        ),
+        "linux-rom",
+        &[shown, hidden],
+        &[edu.clone(), edu],
+        &[],
     );
     let (code, out) = kiln_test_at(&image);
     assert_eq!(code, Some(0), "{out}");
