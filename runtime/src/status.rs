@@ -89,6 +89,14 @@ impl fmt::Display for StatusLine {
     }
 }
 
+/// The VM a runtime note (`kiln: vm <vm>: ...`, e.g. its devices bound or
+/// attached) is about, when `line` is one. Beside the status lines, the
+/// one other line shape the runtime prints about a single VM.
+pub fn note_vm(line: &str) -> Option<&str> {
+    let (name, _) = line.strip_prefix("kiln: vm ")?.split_once(": ")?;
+    Some(name)
+}
+
 impl StatusLine {
     pub fn vm(name: &str, state: VmState) -> Self {
         StatusLine::Vm {

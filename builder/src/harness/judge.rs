@@ -34,7 +34,7 @@
 
 use super::console::Excerpt;
 use kiln_runtime::config::TestExpectations;
-use kiln_runtime::status::{StatusLine, VmState};
+use kiln_runtime::status::{note_vm, StatusLine, VmState};
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -384,7 +384,7 @@ impl Judge {
     /// The VM a `kiln: vm <vm>: ...` line (the runtime's own message about
     /// one VM: binding, attaching) is about, if it is one of the image's.
     fn named(&self, line: &str) -> Option<usize> {
-        let (name, _) = line.strip_prefix("kiln: vm ")?.split_once(": ")?;
+        let name = note_vm(line)?;
         self.vms.iter().position(|t| t.plan.name == name)
     }
 

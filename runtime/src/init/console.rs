@@ -29,10 +29,7 @@ pub fn console_line(vm: &str, line: &str) -> String {
     if let Some(guest) = line.strip_prefix(char::from(GUEST_TAG)) {
         return format!("[{vm}] {guest}\n");
     }
-    let note = line
-        .strip_prefix("kiln: vm ")
-        .and_then(|rest| rest.strip_prefix(vm))
-        .is_some_and(|rest| rest.starts_with(": "));
+    let note = crate::status::note_vm(line) == Some(vm);
     if note
         || StatusLine::parse(line).is_some_and(|s| {
             line.trim_start().starts_with("kiln: ")
