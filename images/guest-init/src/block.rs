@@ -2,6 +2,7 @@
 //! bytes the device returns, which shows a disk's controller works end to
 //! end (its queues, its DMA into guest memory and its interrupts).
 
+use crate::console::Quoted;
 use std::fmt;
 use std::fs;
 use std::io::Read;
@@ -42,18 +43,7 @@ impl fmt::Display for Disk {
             None => f.write_str("? sectors")?,
         }
         match &self.head {
-            Ok(bytes) => {
-                // Up to the first NUL, non-printable bytes escaped.
-                f.write_str(", starts \"")?;
-                for &b in bytes.iter().take_while(|&&b| b != 0) {
-                    if b.is_ascii_graphic() || b == b' ' {
-                        write!(f, "{}", char::from(b))?;
-                    } else {
-                        write!(f, "\\x{b:02x}")?;
-                    }
-                }
-                f.write_str("\"")
-            }
+            Ok(bytes) => write!(f, ", starts {}", Quoted { bytes, hex: 0 }),
             Err(e) => write!(f, ", unreadable: {e}"),
         }
     }

@@ -18,6 +18,33 @@ pub fn line(args: fmt::Arguments) {
     let _ = out.flush();
 }
 
+/// The first bytes of a device as a quoted string: the leading `hex` bytes
+/// (a signature) always as `\xNN`, then the rest up to the first NUL,
+/// non-printable bytes escaped.
+pub struct Quoted<'a> {
+    pub bytes: &'a [u8],
+    pub hex: usize,
+}
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let split = self.hex.min(self.bytes.len());
+        let (signature, rest) = self.bytes.split_at(split);
+        f.write_str("\"")?;
+        for &b in signature {
+            write!(f, "\\x{b:02x}")?;
+        }
+        for &b in rest.iter().take_while(|&&b| b != 0) {
+            if b.is_ascii_graphic() || b == b' ' {
+                write!(f, "{}", char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
 /// Prints one line with the `guest-init: ` prefix.
 #[macro_export]
 macro_rules! say {

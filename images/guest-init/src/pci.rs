@@ -1,5 +1,6 @@
 //! PCI devices as the guest kernel sees them in sysfs.
 
+use crate::console::Quoted;
 use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
@@ -54,22 +55,8 @@ impl fmt::Display for Rom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rom {:#x}-{:#x}", self.range.start, self.range.end)?;
         match &self.head {
-            Ok(bytes) => {
-                // The 55 AA signature in hex, as specs write it; then up to
-                // the first NUL, non-printable bytes escaped.
-                f.write_str(" starts \"")?;
-                for (i, &b) in bytes.iter().enumerate() {
-                    if i >= 2 && b == 0 {
-                        break;
-                    }
-                    if i >= 2 && (b.is_ascii_graphic() || b == b' ') {
-                        write!(f, "{}", char::from(b))?;
-                    } else {
-                        write!(f, "\\x{b:02x}")?;
-                    }
-                }
-                f.write_str("\"")
-            }
+            // The 55 AA signature in hex, as specs write it.
+            Ok(bytes) => write!(f, " starts {}", Quoted { bytes, hex: 2 }),
             Err(e) => write!(f, " unreadable: {e}"),
         }
     }
