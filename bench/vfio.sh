@@ -15,6 +15,7 @@ trap 'rm -rf "$work"' EXIT
 cargo build -q -p kiln
 kiln=target/x86_64-unknown-linux-gnu/debug/kiln
 keyring=$PWD/images/keys/ubuntu-archive-keyring.gpg
+cmdline="console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt KILN_VMM_STATS=1"
 
 # kernel_section NAME: the image's [kernel] table for host kernel NAME.
 kernel_section() {
@@ -22,13 +23,13 @@ kernel_section() {
     debian-6.1) cat <<EOT
 [kernel]
 source = "debian:linux-image-cloud-amd64"
-cmdline = "console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt KILN_VMM_STATS=1"
+cmdline = "$cmdline"
 EOT
     ;;
     ubuntu-6.8) cat <<EOT
 [kernel]
 source = "debian:linux-image-virtual"
-cmdline = "console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt KILN_VMM_STATS=1"
+cmdline = "$cmdline"
 [kernel.apt]
 sources = ["deb http://archive.ubuntu.com/ubuntu noble-updates main"]
 keyring = "$keyring"
