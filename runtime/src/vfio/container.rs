@@ -125,13 +125,6 @@ pub struct Container {
     vm: Arc<Vm>,
 }
 
-/// Whether this host offers the iommufd/cdev VFIO interface at all (Linux
-/// 6.6+ with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV); whether a VM uses
-/// it is [`backend::choose`]'s call.
-pub fn iommufd_available() -> bool {
-    Path::new(DEV).join("iommu").exists() && Path::new(DEV).join("vfio/devices").is_dir()
-}
-
 /// The KVM-VFIO device of `vm`, made through the VM handle.
 fn kvm_vfio(vm: &Vm) -> Result<Arc<VfioDeviceFd>, ContainerError> {
     let mut dev = kvm_create_device {
