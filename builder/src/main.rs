@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use kiln::build;
+use kiln::emulator::{self, Accel};
 use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
-use kiln::qemu::{self, Accel};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 inputs: images,
                 junit,
                 repeat,
-                target: harness::target::TargetSpec::parse(&target, parse_accel(&accel)?),
+                target: harness::targets::TargetSpec::parse(&target, parse_accel(&accel)?),
                 timeout,
                 boot_timeout,
                 echo: verbose || std::io::stderr().is_terminal(),
@@ -175,7 +175,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         }
         Cmd::Run { image, accel } => {
             let accel = parse_accel(&accel)?;
-            let qemu = qemu::find()?;
+            let qemu = emulator::find()?;
             let (dir, target) = match image.as_deref() {
                 Some(p) if p.is_dir() => (p.to_path_buf(), target_of_dir(p)?),
                 other => {
@@ -184,8 +184,8 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     (built.out_dir, image.config.target.clone())
                 }
             };
-            let files = qemu::BootFiles::from_dir(&dir)?;
-            let mut cmd = qemu::command(&qemu, &files, &target, accel);
+            let files = emulator::BootFiles::from_dir(&dir)?;
+            let mut cmd = emulator::command(&qemu, &files, &target, accel);
             progress::note(format!(
                 "booting {} on QEMU ({}); Ctrl-C stops it",
                 dir.display(),

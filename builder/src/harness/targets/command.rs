@@ -30,7 +30,7 @@
 //! the end, after errors, timeouts and Ctrl-C too.
 
 use super::{Console, Deployable, Target, TargetError};
-use crate::qemu::BootFiles;
+use crate::emulator::BootFiles;
 use kiln_runtime::config::{self, ConfigError, Duration, KeyPath};
 use serde::Deserialize;
 use std::collections::BTreeMap;

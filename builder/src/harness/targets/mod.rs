@@ -23,7 +23,7 @@ pub type Console = Box<dyn Read + Send>;
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error(transparent)]
-    Qemu(#[from] crate::qemu::QemuError),
+    Qemu(#[from] crate::emulator::QemuError),
     #[error(transparent)]
     Lab(#[from] command::LabError),
     #[error("Cannot start {what}")]
@@ -82,7 +82,7 @@ pub trait Target {
 /// Which target the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
-    Qemu(crate::qemu::Accel),
+    Qemu(crate::emulator::Accel),
     /// A lab file (TOML).
     Lab(PathBuf),
     /// A recorded console log, judged again.
@@ -91,7 +91,7 @@ pub enum TargetSpec {
 
 impl TargetSpec {
     /// `qemu`; `replay:LOG`; a path to a lab file; or NAME for `labs/NAME.toml`.
-    pub fn parse(text: &str, accel: crate::qemu::Accel) -> TargetSpec {
+    pub fn parse(text: &str, accel: crate::emulator::Accel) -> TargetSpec {
         if text == "qemu" {
             return TargetSpec::Qemu(accel);
         }
@@ -180,7 +180,7 @@ pub(crate) fn wait_a_little(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu::Accel;
+    use crate::emulator::Accel;
 
     #[test]
     fn target_names() {
