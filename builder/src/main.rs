@@ -26,9 +26,13 @@ enum Cmd {
     Build {
         /// An image config (images/*.toml).
         image: Option<PathBuf>,
-        /// Output directory [default: out/<image name>].
+        /// Output directory [default: out/<image name>]. Replaced only if
+        /// it is empty or a kiln output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output directory even if kiln did not write it.
+        #[arg(long)]
+        force: bool,
         /// Print a machine-readable summary (the manifest) on stdout.
         #[arg(long)]
         json: bool,
@@ -116,11 +120,17 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         Cmd::Build {
             image,
             output,
+            force,
             json,
         } => {
             progress::set_quiet(json);
             let (image, out) = load_image(image.as_deref(), output)?;
-            let built = build::build(&image, &out)?;
+            let replace = if force {
+                build::Replace::AnyDirectory
+            } else {
+                build::Replace::KilnOutput
+            };
+            let built = build::build_with(&image, &out, replace)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&built.manifest)?);
             } else {

@@ -10,11 +10,14 @@
 //! [`outputs`] (kernel, cmdline, UKI, disk) and [`manifest`]. [`inputs`]
 //! records what the build read; [`staging`] is the initramfs tree.
 //!
-//! The output is built in a temporary directory beside the destination and
-//! renamed into place, so a failed or interrupted build leaves the previous
-//! output intact. The compressed initramfs is cached by the hash of
-//! everything that goes into it, so an unchanged rebuild only hashes inputs.
+//! The output is built in a work directory beside the destination and
+//! swapped into place atomically ([`destination`]), so a failed or
+//! interrupted build leaves the previous output intact; a directory kiln did
+//! not write is never replaced unless forced. The compressed initramfs is
+//! cached by the hash of everything that goes into it, so an unchanged
+//! rebuild only hashes inputs.
 
+mod destination;
 mod initramfs;
 mod inputs;
 mod kernel;
@@ -25,6 +28,8 @@ mod payloads;
 mod staging;
 
 use crate::image::Image;
+use destination::Destination;
+pub use destination::{DestinationError, Replace};
 use inputs::FileHashes;
 use kiln_runtime::config::ConfigError;
 use staging::Staging;
@@ -47,6 +52,8 @@ pub enum BuildError {
     Compress(#[from] crate::compress::CompressError),
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
     #[error("SOURCE_DATE_EPOCH is \"{0}\"; expected a whole number of seconds since 1970 (e.g. from `git log -1 --format=%ct`)")]
     Epoch(String),
     #[error("Cannot {what}")]
@@ -86,14 +93,34 @@ struct Job<'a> {
     hashes: FileHashes,
 }
 
-/// Builds `image` into `out`.
+/// Test hook: with `KILN_TEST_KILL_AT=<point>` in the environment, kiln
+/// kills itself with SIGKILL at that point of a build (as `kill -9` or a
+/// power cut would), so tests can show that no interrupt loses the previous
+/// output. Points: `prepared`, each step's name once it is done (`kernel`,
+/// `modules`, `payloads`, `initramfs`, `outputs`, `manifest`), `aside`
+/// (fallback swap only) and `exchanged`.
+fn kill_point(point: &str) {
+    if std::env::var_os("KILN_TEST_KILL_AT").is_some_and(|v| v == point) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Builds `image` into `out`, replacing `out` only if it is a kiln output.
 pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
+    build_with(image, out, Replace::KilnOutput)
+}
+
+/// Builds `image` into `out`, replacing what `replace` allows there.
+pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, BuildError> {
+    // First, so a refused output path fails before the long work.
+    let dest = Destination::prepare(out, &image.dir, replace)?;
     let job = Job {
         image,
         epoch: source_date_epoch()?,
         hashes: FileHashes::default(),
     };
     let (kernel, kernel_inputs) = kernel::resolve(&job)?;
+    kill_point("kernel");
     let mut inputs = vec![inputs::file("image", &image.file, &image.dir)?];
     inputs.extend(kernel_inputs);
     // Found first, so a missing stub stops the build before the long work.
@@ -101,17 +128,17 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
 
     let mut staging = Staging::default();
     let modules = modules::stage(&job, &kernel, &mut staging)?;
+    kill_point("modules");
     let guests = payloads::stage(&job, &kernel, &mut staging, &mut inputs)?;
+    kill_point("payloads");
     let vms = manifest::vms(&guests.vms);
     initramfs::stage_appliance_config(&job, &kernel, modules.config, guests.vms, &mut staging)?;
 
-    // Build in a temporary directory beside the destination, then swap it in.
-    let tmp = crate::atomic::temp_dir_beside(out).map_err(io(format!(
-        "create a temporary directory beside {}",
-        out.display()
-    )))?;
-    let initramfs = initramfs::write(&job, staging, tmp.path())?;
-    let written = outputs::write(&job, &kernel, &initramfs, uki_stub.as_deref(), tmp.path())?;
+    let dir = dest.dir();
+    let initramfs = initramfs::write(&job, staging, &dir)?;
+    kill_point("initramfs");
+    let written = outputs::write(&job, &kernel, &initramfs, uki_stub.as_deref(), &dir)?;
+    kill_point("outputs");
     let manifest = manifest::write(
         &job,
         &kernel,
@@ -123,9 +150,10 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             inputs,
             vms,
         },
-        tmp.path(),
+        &dir,
     )?;
-    outputs::replace_dir(tmp.keep(), out)?;
+    kill_point("manifest");
+    dest.commit()?;
     Ok(Built {
         out_dir: out.to_path_buf(),
         manifest,

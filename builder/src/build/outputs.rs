@@ -1,6 +1,6 @@
 //! Step 5: the files of the output directory beside the initramfs: the
 //! kernel, the command line and the bootable formats asked for (`kiln.efi`,
-//! `disk.img`); and the final swap of the finished directory into place.
+//! `disk.img`).
 
 use super::initramfs::Initramfs;
 use super::{inputs, io, BuildError, Job};
@@ -82,21 +82,4 @@ fn file_size(path: &Path) -> String {
     std::fs::metadata(path)
         .map(|m| progress::human_bytes(m.len()))
         .unwrap_or_default()
-}
-
-/// Puts the finished directory at `out`, replacing what was there only once
-/// the new one is complete.
-pub(super) fn replace_dir(new: PathBuf, out: &Path) -> Result<(), BuildError> {
-    if out.exists() {
-        let old = new.with_extension("old");
-        std::fs::rename(out, &old)
-            .map_err(io(format!("move the previous {} aside", out.display())))?;
-        std::fs::rename(&new, out)
-            .map_err(io(format!("rename the new build to {}", out.display())))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&new, out)
-            .map_err(io(format!("rename the new build to {}", out.display())))?;
-    }
-    Ok(())
 }
