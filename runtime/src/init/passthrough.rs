@@ -1,10 +1,10 @@
 //! Init's device step: bind every VM's PCI devices to vfio-pci before the
 //! VMs start, and give them back to their drivers once all VMs are done.
 
-use crate::config::VmConfig;
 use crate::pci::Sysfs;
 use crate::status::{StatusLine, VmState};
 use crate::vfio::{self, Bound};
+use kiln_schema::config::VmConfig;
 use std::path::Path;
 
 /// Binds the devices of `vms` and returns the VMs to start (each with its
