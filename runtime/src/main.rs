@@ -4,6 +4,7 @@
 use kiln_runtime::status::{StatusLine, VmState};
 use kiln_runtime::vmm::{self, CODE_VMM_ERROR};
 use kiln_schema::config::{self, KeyPath, VmSpec};
+use kiln_schema::error_chain::chain;
 use std::path::Path;
 
 /// Usage errors and configs that do not load.
@@ -37,18 +38,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-/// The error and its causes, outermost first.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
-    }
-    text
 }
 
 fn run(file: &Path) -> i32 {
