@@ -9,7 +9,7 @@ use crate::compress::{Compression, Encoder};
 use crate::cpio::Archive;
 use crate::kernel::{self, Kernel};
 use crate::progress::{self, CountingWriter, Task};
-use kiln_runtime::config::{ApplianceConfig, ModulesConfig, VmConfig};
+use kiln_schema::config::{ApplianceConfig, ModulesConfig, VmConfig};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,7 @@ pub(super) fn stage_appliance_config(
         )?
     );
     staging.bytes(
-        kiln_runtime::config::APPLIANCE_PATH.trim_start_matches('/'),
+        kiln_schema::config::APPLIANCE_PATH.trim_start_matches('/'),
         text.into_bytes(),
         0o644,
     );

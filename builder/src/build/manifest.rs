@@ -1,9 +1,9 @@
 //! Step 6: `manifest.json`, the record of what the build read and wrote.
 
 use super::{io, BuildError, Job};
+use crate::image::VmEntry;
 use crate::kernel::{Kernel, KernelOrigin};
 use crate::manifest::{Artifact, Input, KernelInfo, Manifest, ManifestVm, Payload};
-use kiln_runtime::config::VmConfig;
 use std::path::Path;
 
 /// What the earlier steps gathered for the manifest.
@@ -20,12 +20,13 @@ pub(super) struct Record {
     pub vms: Vec<ManifestVm>,
 }
 
-/// The VMs as the manifest lists them (for `kiln test`).
-pub(super) fn vms(vms: &[VmConfig]) -> Vec<ManifestVm> {
+/// The VMs as the manifest lists them: `kiln test` reads each VM's
+/// `[test]` table from there.
+pub(super) fn vms(vms: &[VmEntry]) -> Vec<ManifestVm> {
     vms.iter()
-        .map(|vm| ManifestVm {
-            name: vm.name.to_string(),
-            test: vm.test.clone(),
+        .map(|entry| ManifestVm {
+            name: entry.config.name.to_string(),
+            test: entry.config.test.clone(),
         })
         .collect()
 }

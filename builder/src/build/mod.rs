@@ -31,7 +31,7 @@ use crate::image::Image;
 use destination::Destination;
 pub use destination::{DestinationError, Replace};
 use inputs::FileHashes;
-use kiln_runtime::config::ConfigError;
+use kiln_schema::config::ConfigError;
 use staging::Staging;
 use std::path::{Path, PathBuf};
 
@@ -131,7 +131,7 @@ pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, 
     kill_point("modules");
     let guests = payloads::stage(&job, &kernel, &mut staging, &mut inputs)?;
     kill_point("payloads");
-    let vms = manifest::vms(&guests.vms);
+    let vms = manifest::vms(&image.vms);
     initramfs::stage_appliance_config(&job, &kernel, modules.config, guests.vms, &mut staging)?;
 
     let dir = dest.dir();

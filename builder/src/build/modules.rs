@@ -6,7 +6,7 @@ use super::staging::Staging;
 use super::{io, BuildError, Job};
 use crate::compress;
 use crate::kernel::{self, Kernel};
-use kiln_runtime::config::ModulesConfig;
+use kiln_schema::config::ModulesConfig;
 use std::path::Path;
 
 /// What the modules step decided.

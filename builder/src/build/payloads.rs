@@ -1,5 +1,5 @@
 //! Step 3: the runtime as `/init` and each VM's payloads under
-//! `/guests/<vm>/`, with the VM configs rewritten to point there.
+//! `/guests/<vm>/`, with each VM's run form pointing there.
 
 use super::inputs::{self, FileHashes};
 use super::staging::Staging;
@@ -10,12 +10,12 @@ use crate::image::VmEntry;
 use crate::kernel::{self, Kernel, KernelOrigin, KernelSource};
 use crate::manifest::{self, Input, Payload};
 use crate::payload;
-use kiln_runtime::config::{ConfigError, InitrdBuild, InitrdSource, KeyPath, Source, VmConfig};
+use kiln_schema::config::{BootInput, ConfigError, InitrdBuild, KeyPath, Source, VmConfig};
 use std::path::{Path, PathBuf};
 
 /// What the payloads step staged.
 pub(super) struct Guests {
-    /// The VM configs, every path rewritten to its place in the image.
+    /// Each VM's run form, every path naming its place in the image.
     pub vms: Vec<VmConfig>,
     /// Every payload staged, for the manifest.
     pub payloads: Vec<Payload>,
@@ -45,37 +45,26 @@ pub(super) fn stage(
     inputs.push(inputs::hashed(hashes, "runtime", "kiln-runtime", &runtime)?);
     staging.file("init", &runtime, 0o755);
 
-    // Guests, each under /guests/<vm>/, with paths rewritten to those places.
+    // Guests, each under /guests/<vm>/: the appliance config gets each VM's
+    // run form, naming those places.
     let mut vms = Vec::new();
     let mut payloads = Vec::new();
     for entry in &image.vms {
         if entry.file != image.file {
             inputs.push(inputs::file("vm-config", &entry.file, &image.dir)?);
         }
-        let mut vm: VmConfig = entry.config.clone();
-        let dir = format!("guests/{}", vm.name);
+        let spec = &entry.config;
+        let name = spec.name.as_str();
         let at = entry.at.clone().key("boot");
-        let kernel_path =
-            resolve_source(&vm.boot.kernel, entry, &at.clone().key("kernel"), kernel)?;
-        let dest = format!("{dir}/kernel");
-        payloads.push(payload_record(
-            hashes,
-            &vm,
-            &dest,
-            &vm.boot.kernel.to_string(),
-            Some(&kernel_path),
-            None,
-        )?);
-        staging.file(&dest, &kernel_path, 0o644);
-        vm.boot.kernel = Source::Path(PathBuf::from(format!("/{dest}")));
-        if let Some(initrd) = vm.boot.initrd.clone() {
-            let dest = format!("{dir}/initrd");
-            match &initrd {
-                InitrdSource::File(s) => {
-                    let p = resolve_source(s, entry, &at.clone().key("initrd"), kernel)?;
+        let vm = spec.resolve(|input| -> Result<PathBuf, BuildError> {
+            let key = at.clone().key(input.key());
+            let dest = format!("guests/{name}/{}", input.key());
+            match input {
+                BootInput::Kernel(s) | BootInput::Initrd(s) => {
+                    let p = resolve_source(s, entry, &key, kernel)?;
                     payloads.push(payload_record(
                         hashes,
-                        &vm,
+                        name,
                         &dest,
                         &s.to_string(),
                         Some(&p),
@@ -83,12 +72,11 @@ pub(super) fn stage(
                     )?);
                     staging.file(&dest, &p, 0o644);
                 }
-                InitrdSource::Build(b) => {
-                    let bytes =
-                        guest_initrd(b, entry, &at.clone().key("initrd"), kernel, job.epoch)?;
+                BootInput::BuiltInitrd(b) => {
+                    let bytes = guest_initrd(b, entry, &key, kernel, job.epoch)?;
                     payloads.push(payload_record(
                         hashes,
-                        &vm,
+                        name,
                         &dest,
                         &format!("initramfs of {}", b.init),
                         None,
@@ -97,10 +85,8 @@ pub(super) fn stage(
                     staging.bytes(&dest, bytes, 0o644);
                 }
             }
-            vm.boot.initrd = Some(InitrdSource::File(Source::Path(PathBuf::from(format!(
-                "/{dest}"
-            )))));
-        }
+            Ok(PathBuf::from(format!("/{dest}")))
+        })?;
         vms.push(vm);
     }
     Ok(Guests { vms, payloads })
@@ -170,7 +156,7 @@ fn guest_initrd(
 
 fn payload_record(
     hashes: &FileHashes,
-    vm: &VmConfig,
+    vm: &str,
     dest: &str,
     source: &str,
     file: Option<&Path>,
@@ -182,7 +168,7 @@ fn payload_record(
         (None, None) => (String::new(), 0),
     };
     Ok(Payload {
-        vm: vm.name.to_string(),
+        vm: vm.to_string(),
         path: format!("/{dest}"),
         source: source.to_string(),
         size,
