@@ -131,7 +131,6 @@ pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, 
     kill_point("modules");
     let guests = payloads::stage(&job, &kernel, &mut staging, &mut inputs)?;
     kill_point("payloads");
-    let vms = manifest::vms(&image.vms);
     initramfs::stage_appliance_config(&job, &kernel, modules.config, guests.vms, &mut staging)?;
 
     let dir = dest.dir();
@@ -148,7 +147,7 @@ pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, 
             modules: modules.names,
             payloads: guests.payloads,
             inputs,
-            vms,
+            vms: manifest::vms(&image.vms),
         },
         &dir,
     )?;
