@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use kiln::build;
-use kiln::children::{self, interrupt, reaper, ProcessGroup};
+use kiln::children::{self, interrupt, reaper, ProcessGroup, Role};
 use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             // report and make sure (SIGTERM reaches kiln alone). QEMU dies
             // with kiln whatever kills it.
             let interrupted = interrupt::install()?;
-            let mut child = children::spawn(cmd, ProcessGroup::Kiln)?;
+            let mut child = children::spawn(cmd, ProcessGroup::Kiln, Role::Work)?;
             let status = loop {
                 if let Some(s) = child.try_wait()? {
                     break Some(s);

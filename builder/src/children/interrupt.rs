@@ -2,9 +2,10 @@
 //!
 //! 1. the first sets the flag [`install`] returns: kiln stops the target in
 //!    order (a lab's `power_off` included) and writes its report;
-//! 2. the second kills every child at once ([`super::kill_all`]); kiln
-//!    still writes the report and exits, and quits by itself if that takes
-//!    longer than [`GRACE`];
+//! 2. the second kills every child at once but the cleanup
+//!    ([`super::kill_work`]: a lab's `power_off` goes on, or runs next);
+//!    kiln still writes the report and exits, and quits by itself if that
+//!    takes longer than [`GRACE`];
 //! 3. a third quits at once. kiln never quits with a child running: the
 //!    children are killed first (and die with kiln anyway).
 
@@ -36,9 +37,9 @@ pub fn install() -> std::io::Result<Arc<AtomicBool>> {
                 match n {
                     0 => {}
                     1 => {
-                        super::kill_all();
+                        super::kill_work();
                         crate::progress::note(
-                            "interrupted again: killed every process kiln started; writing the report (Ctrl-C again quits at once)",
+                            "interrupted again: killed the target's processes; powering off and writing the report (Ctrl-C again quits at once)",
                         );
                         std::thread::spawn(|| {
                             std::thread::sleep(GRACE);

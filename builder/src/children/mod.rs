@@ -6,7 +6,8 @@
 //!   even by SIGKILL;
 //! - each leads a process group of its own ([`ProcessGroup::New`]), listed
 //!   here while it runs: [`Supervised::stop`] ends the group, [`kill_all`]
-//!   ends every listed one (a second Ctrl-C, every exit of `main`);
+//!   ends every listed one (every exit of `main`), [`kill_work`] all but
+//!   the cleanup (a lab's `power_off`) on a second Ctrl-C;
 //! - [`reaper`]: a small process that kills the listed groups when kiln
 //!   dies without doing it itself; what a command started (a pipeline's
 //!   other commands, a console client's helper) has no death signal;
@@ -37,6 +38,15 @@ pub enum ProcessGroup {
     Kiln,
 }
 
+/// What a child is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Running the test: deploying, booting, reading the console.
+    Work,
+    /// Making the target safe (a lab's `power_off`): a second Ctrl-C spares it.
+    Cleanup,
+}
+
 /// What ending a child signals.
 #[derive(Debug, Clone, Copy)]
 enum Victim {
@@ -57,6 +67,7 @@ impl Victim {
 struct Entry {
     key: u64,
     victim: Victim,
+    role: Role,
 }
 
 /// The children running now. A process child leaves the list when it is
@@ -87,6 +98,13 @@ pub fn kill_all() {
     }
 }
 
+/// [`kill_all`] but for the cleanup: what makes the target safe goes on.
+pub fn kill_work() {
+    for e in live().iter().filter(|e| e.role == Role::Work) {
+        e.victim.signal(Signal::SIGKILL);
+    }
+}
+
 /// Whether the child `key` is listed (for tests).
 #[cfg(test)]
 fn listed(key: u64) -> bool {
@@ -94,7 +112,7 @@ fn listed(key: u64) -> bool {
 }
 
 /// Starts `cmd` as a child that never outlives kiln, in `group`.
-pub fn spawn(mut cmd: Command, group: ProcessGroup) -> io::Result<Supervised> {
+pub fn spawn(mut cmd: Command, group: ProcessGroup, role: Role) -> io::Result<Supervised> {
     if group == ProcessGroup::New {
         cmd.process_group(0);
     }
@@ -113,7 +131,7 @@ pub fn spawn(mut cmd: Command, group: ProcessGroup) -> io::Result<Supervised> {
             ProcessGroup::Kiln => Victim::Process(pid),
         };
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-        live.push(Entry { key, victim });
+        live.push(Entry { key, victim, role });
         Ok(Supervised {
             child,
             key,
@@ -241,7 +259,12 @@ mod tests {
 
     #[test]
     fn stopping_a_group_ends_what_it_started() {
-        let mut child = spawn(sh("sleep 60 & echo $!; wait"), ProcessGroup::New).unwrap();
+        let mut child = spawn(
+            sh("sleep 60 & echo $!; wait"),
+            ProcessGroup::New,
+            Role::Work,
+        )
+        .unwrap();
         let sleeper = grandchild(&mut child);
         assert!(alive(sleeper));
         assert!(listed(child.key));
@@ -255,7 +278,7 @@ mod tests {
     // e2e tests (tests/tests/harness_signals.rs) cover it.
     #[test]
     fn a_dropped_child_is_killed_and_reaped() {
-        let c = spawn(sh("exec sleep 60"), ProcessGroup::New).unwrap();
+        let c = spawn(sh("exec sleep 60"), ProcessGroup::New, Role::Work).unwrap();
         let pid = c.id() as i32;
         drop(c);
         assert!(!alive(pid), "killed and reaped, not left a zombie");
@@ -263,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_reaped_process_is_unlisted_and_never_signalled() {
-        let mut c = spawn(sh("exit 3"), ProcessGroup::Kiln).unwrap();
+        let mut c = spawn(sh("exit 3"), ProcessGroup::Kiln, Role::Work).unwrap();
         let status = c.wait_for(Duration::from_secs(5)).unwrap();
         assert_eq!(status.code(), Some(3));
         assert!(!listed(c.key), "its pid may be reused from now on");
@@ -271,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_released_group_is_left_running() {
-        let mut c = spawn(sh("sleep 60 & echo $!"), ProcessGroup::New).unwrap();
+        let mut c = spawn(sh("sleep 60 & echo $!"), ProcessGroup::New, Role::Work).unwrap();
         let daemon = grandchild(&mut c);
         assert!(c.wait_for(Duration::from_secs(5)).is_some());
         let key = c.key;
@@ -285,9 +308,11 @@ mod tests {
     fn children_forked_for_a_thread_that_ended_live_on() {
         // PR_SET_PDEATHSIG follows the forking thread: had this short-lived
         // thread forked the child itself, the child would die with it.
-        let mut c = std::thread::spawn(|| spawn(sh("exec sleep 60"), ProcessGroup::New).unwrap())
-            .join()
-            .unwrap();
+        let mut c = std::thread::spawn(|| {
+            spawn(sh("exec sleep 60"), ProcessGroup::New, Role::Work).unwrap()
+        })
+        .join()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert!(matches!(c.try_wait(), Ok(None)), "killed with its thread");
         c.stop(Duration::ZERO);

@@ -582,6 +582,10 @@ fn watch(
                     }
                 }
             }
+            // A second Ctrl-C kills the target: its console ending then is
+            // the interrupt's doing, which the next turn reports.
+            Ok(Chunk::Closed | Chunk::Failed(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
+                if interrupted.load(Ordering::Relaxed) => {}
             Ok(Chunk::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(line) = splitter.finish() {
                     if feed(&line, judge, t0.elapsed()) == judge::Step::End {

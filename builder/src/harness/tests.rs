@@ -21,6 +21,9 @@ struct Fake {
     events: Events,
     boots: usize,
     release: Option<mpsc::Sender<()>>,
+    /// Set just before the console closes, as a second Ctrl-C killing
+    /// the target does.
+    interrupt_on_close: Option<Arc<AtomicBool>>,
 }
 
 impl Fake {
@@ -36,6 +39,7 @@ impl Fake {
             events: events.clone(),
             boots: 0,
             release: None,
+            interrupt_on_close: None,
         };
         (fake, events)
     }
@@ -74,6 +78,7 @@ impl Target for Fake {
         let (tx, rx) = mpsc::channel::<()>();
         self.release = Some(tx);
         let hang = self.hang;
+        let interrupt = self.interrupt_on_close.clone();
         std::thread::spawn(move || {
             for (delay, line) in script {
                 std::thread::sleep(Duration::from_millis(delay));
@@ -84,6 +89,12 @@ impl Target for Fake {
             if hang {
                 // Until stop() drops the sender.
                 let _ = rx.recv();
+            }
+            if let Some(flag) = interrupt {
+                // While the run loop waits for the console.
+                std::thread::sleep(Duration::from_millis(30));
+                flag.store(true, Ordering::Relaxed);
+                drop(writer);
             }
         });
         Ok(Box::new(reader))
@@ -494,6 +505,19 @@ fn ctrl_c_before_a_verdict_is_in_still_exits_130() {
     assert_eq!(report.exit_code(), 130);
     let kinds: Vec<_> = report.runs[0].vms.iter().map(|v| v.kind.as_str()).collect();
     assert_eq!(kinds, ["", "interrupted"], "a keeps its pass");
+}
+
+#[test]
+fn a_console_killed_by_ctrl_c_is_an_interrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = image_dir(d.path(), "killed", &[("hello", expect(&[], &[], None))]);
+    let (mut fake, _) = Fake::new(vec![vec![(5, "kiln: vm=hello state=starting")]]);
+    let stop = flag();
+    fake.interrupt_on_close = Some(stop.clone());
+    let report = run_on(&options(vec![dir], None), Ok(Box::new(fake)), stop).unwrap();
+    let vm = &report.runs[0].vms[0];
+    assert_eq!(vm.kind, "interrupted", "{}", vm.reason);
+    assert_eq!(report.exit_code(), 130);
 }
 
 #[test]

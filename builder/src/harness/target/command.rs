@@ -30,7 +30,7 @@
 //! the end, after errors, timeouts and Ctrl-C too.
 
 use super::{Console, Deployable, Target, TargetError};
-use crate::children::{self, ProcessGroup, Supervised};
+use crate::children::{self, ProcessGroup, Role, Supervised};
 use crate::qemu::BootFiles;
 use kiln_runtime::config::{self, ConfigError, Duration, KeyPath};
 use serde::Deserialize;
@@ -195,9 +195,15 @@ impl LabTarget {
 
     /// Starts a command in its own process group: terminal signals stay
     /// with kiln, a timeout can kill everything the command started, and
-    /// nothing of it outlives kiln.
-    fn spawn(&self, cmd: Command) -> std::io::Result<Supervised> {
-        children::spawn(cmd, ProcessGroup::New)
+    /// nothing of it outlives kiln. `power_off` is cleanup: a second
+    /// Ctrl-C does not cut it short.
+    fn spawn(&self, phase: &str, cmd: Command) -> std::io::Result<Supervised> {
+        let role = if phase == "power_off" {
+            Role::Cleanup
+        } else {
+            Role::Work
+        };
+        children::spawn(cmd, ProcessGroup::New, role)
     }
 
     /// Runs one phase to its end or its timeout. `power_off` is never cut
@@ -220,7 +226,7 @@ impl LabTarget {
         let mut cmd = self.command(&step.command);
         cmd.stdout(out.try_clone().map_err(spawn_err)?)
             .stderr(out.try_clone().map_err(spawn_err)?);
-        let mut child = self.spawn(cmd).map_err(spawn_err)?;
+        let mut child = self.spawn(phase, cmd).map_err(spawn_err)?;
         let deadline = Instant::now() + timeout.get();
         let status = loop {
             match child.try_wait() {
@@ -311,7 +317,7 @@ impl Target for LabTarget {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err.try_clone().map_err(spawn_err)?);
-        let mut child = self.spawn(cmd).map_err(spawn_err)?;
+        let mut child = self.spawn("console", cmd).map_err(spawn_err)?;
         let console = child.take_stdout();
         // Held open and silent until stop: interactive clients (telnet,
         // `ipmitool sol activate`, microcom) hang up when their input ends.

@@ -2,7 +2,7 @@
 //! boots it, with the serial console on a pipe instead of the terminal.
 
 use super::{Console, Deployable, Target, TargetError};
-use crate::children::{self, ProcessGroup, Supervised};
+use crate::children::{self, ProcessGroup, Role, Supervised};
 use crate::qemu::{self, Accel, BootFiles};
 use std::fs::File;
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ impl Target for QemuTarget {
         // Its own process group: Ctrl-C on the terminal reaches kiln alone,
         // which then stops QEMU and still writes the report; and QEMU dies
         // with kiln whatever kills it.
-        let mut child = children::spawn(cmd, ProcessGroup::New).map_err(spawn_err)?;
+        let mut child = children::spawn(cmd, ProcessGroup::New, Role::Work).map_err(spawn_err)?;
         let console = child.take_stdout().ok_or_else(|| TargetError::Spawn {
             what: "QEMU's console pipe".into(),
             source: std::io::Error::other("no stdout pipe"),
