@@ -32,7 +32,7 @@
 use super::{Console, Deployable, Target, TargetError};
 use crate::children::{self, ProcessGroup, Role, Supervised};
 use crate::qemu::BootFiles;
-use kiln_runtime::config::{self, ConfigError, Duration, KeyPath};
+use kiln_schema::config::{self, ConfigError, Duration, KeyPath};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs::File;
