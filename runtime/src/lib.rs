@@ -3,23 +3,26 @@
 //! - [`config`]: the VM and appliance schema (shared with the builder).
 //! - [`status`]: the console status lines of DESIGN.md.
 //! - [`kmod`]: module dependency closure from modules.dep (shared with the builder).
-//! - [`pci`]: the host's PCI devices in sysfs, and selector resolution.
-//! - [`vfio`]: IOMMU group checks and binding devices to vfio-pci for the VMs.
+//! - [`host`]: the host's PCI devices, IOMMU groups and binding to
+//!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
 //! - [`vac`]: one hypervisor device node and its system-wide facts.
 //! - [`vm`]: one VM on a `Vac`: memory, vCPUs, interrupt controllers, devices.
 //! - [`arch`]: x86-64 layout, registers, CPUID, MSRs, MP and ACPI tables.
 //! - [`boot`]: kernel loading (bzImage, PVH ELF), initrd, E820, device tree.
-//! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the I/O bus.
+//! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the
+//!   guest PCI bus, the I/O bus.
+//! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
+//!   functions.
 //! - [`vmm`]: running one VM to its end, and the exit codes.
 
 pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod host;
 pub mod init;
 pub mod kmod;
-pub mod pci;
 pub mod status;
 pub mod vac;
 pub mod vfio;

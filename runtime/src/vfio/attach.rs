@@ -4,11 +4,12 @@
 
 use super::backend::{self, BackendError, Choice, DEV};
 use super::container::{AttachStats, Container, ContainerError, Kind};
+use super::passthrough::{PassthroughError, PassthroughFunction};
 use crate::boot::fdt::PciDeviceInfo;
 use crate::config::{Bdf, VmConfig};
 use crate::devices::pci::root::BarAllocator;
-use crate::devices::pci::{PassthroughError, PassthroughFunction, PciRoot, PciRootError};
-use crate::pci::{self, SelectError, Sysfs, SysfsError};
+use crate::devices::pci::{PciRoot, PciRootError};
+use crate::host::pci::{self, SelectError, Sysfs, SysfsError};
 use crate::vm::Vm;
 use std::io::Write;
 use std::path::Path;

@@ -12,7 +12,7 @@
 //! else legacy; `iommufd` without host support is an error for that VM.
 
 use crate::config::{Bdf, VfioBackend};
-use crate::pci::{Sysfs, SysfsError};
+use crate::host::pci::{Sysfs, SysfsError};
 use std::path::{Path, PathBuf};
 
 /// Where device nodes live on a host.
@@ -100,8 +100,8 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
-    use crate::vfio::Bound;
+    use crate::host::pci::fake::FakeHost;
+    use crate::host::Bound;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()

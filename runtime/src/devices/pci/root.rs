@@ -3,12 +3,12 @@
 //! mechanism #1 (0xCF8/0xCFC) and ECAM; BARs placed in the windows of
 //! arch/x86_64/layout.rs, trapped accesses dispatched to their function.
 
-use super::config::BarKind;
-use super::passthrough::PassthroughFunction;
+use super::BarKind;
 use crate::arch::x86_64::layout::{
     pci_mmio64_start, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_IO_END, PCI_IO_START,
     PCI_MMIO32_END, PCI_MMIO32_START, PCI_MMIO64_SIZE,
 };
+use crate::vfio::passthrough::PassthroughFunction;
 use std::sync::{Mutex, PoisonError};
 
 /// The host bridge's identity: Red Hat's generic PCIe host bridge, which

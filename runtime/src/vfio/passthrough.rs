@@ -10,12 +10,13 @@
 //! be removed: its `Drop` takes them away before the host device (and the
 //! mappings the slots point at) is closed.
 
-use super::config::{BarKind, ConfigChange, VirtualConfig};
-use super::mapping;
+use super::bar_mapping;
+use super::config_space::{ConfigChange, VirtualConfig};
+use super::host_function::{HostError, HostFunction, IrqKind, ROM_REGION};
 use super::msi::{Msix, MsixChange};
-use super::root::{BarAllocator, PciRootError};
-use super::{HostError, HostFunction, IrqKind, ROM_REGION};
 use crate::arch::x86_64::layout::pci_intx_gsi;
+use crate::devices::pci::root::{BarAllocator, PciRootError};
+use crate::devices::pci::BarKind;
 use crate::vm::routing::MsiMessage;
 use crate::vm::{Vm, VmError};
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub struct Placed {
     pub kind: BarKind,
     pub gpa: u64,
     pub size: u64,
-    /// The KVM slots of its mapped pieces ([`mapping::pieces`]); accesses
+    /// The KVM slots of its mapped pieces ([`bar_mapping::pieces`]); accesses
     /// elsewhere in the BAR trap.
     pub slots: Vec<u32>,
 }
@@ -189,7 +190,12 @@ impl PassthroughFunction {
         let mut cmd = [0u8; 2];
         f.config.read(f.host.as_ref(), 0x04, &mut cmd);
         let has_io = f.config.bars().iter().any(|b| b.kind == BarKind::Io);
-        let enable = super::config::CMD_MEMORY | if has_io { super::config::CMD_IO } else { 0 };
+        let enable = super::config_space::CMD_MEMORY
+            | if has_io {
+                super::config_space::CMD_IO
+            } else {
+                0
+            };
         let value = u16::from_le_bytes(cmd) | enable;
         f.config.write(f.host.as_ref(), 0x04, &value.to_le_bytes());
         f.place_bars();
@@ -298,13 +304,13 @@ impl PassthroughFunction {
     /// Maps the pieces of memory BAR `index` (placed at `gpa`) the guest
     /// may reach directly; returns their slots. A piece KVM refuses traps.
     fn map_pieces(&self, index: u8, gpa: u64, size: u64) -> Vec<u32> {
-        if gpa % mapping::PAGE_SIZE != 0 {
+        if gpa % bar_mapping::PAGE_SIZE != 0 {
             return Vec::new();
         }
         let areas = self.host.region_mappings(u32::from(index));
         let trapped = emulated(self.config.msix(), index);
         let mut slots = Vec::new();
-        for piece in mapping::pieces(size, areas, &trapped) {
+        for piece in bar_mapping::pieces(size, areas, &trapped) {
             let Some(at) = gpa.checked_add(piece.offset) else {
                 continue;
             };
@@ -580,13 +586,13 @@ impl Drop for PassthroughFunction {
 
 #[cfg(test)]
 mod tests {
-    use super::super::config::CMD_MEMORY;
-    use super::super::tests::FakeFunction;
+    use super::super::config_space::CMD_MEMORY;
+    use super::super::host_function::tests::FakeFunction;
     use super::*;
     use crate::config::parse;
-    use crate::devices::pci::HostArea;
     use crate::vac::tests::kvm_path;
     use crate::vac::Vac;
+    use crate::vfio::HostArea;
     use std::path::Path;
 
     const BAR_SIZE: u64 = 0x4000;
