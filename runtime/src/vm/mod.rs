@@ -6,6 +6,7 @@
 //! alive, and teardown runs from the leaves (vCPUs, devices) to the root
 //! (the device node) in the order ownership dictates. Nothing is global.
 
+pub mod exit;
 pub mod memory;
 pub mod routing;
 pub mod vcpu;

@@ -1,13 +1,12 @@
 //! vCPUs: creation and reset state (CPUID, MSRs, FPU, local APIC, and the
 //! boot CPU's registers), and the run loop each vCPU thread executes.
 
+use super::exit::VmExit;
 use super::Vm;
 use crate::arch::x86_64::cpuid::{self, Topology};
 use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::devices::pci::PciRoot;
-use crate::devices::StopRequest;
-use crate::vmm::VmExit;
 use kvm_bindings::{
     kvm_lapic_state, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -122,16 +121,6 @@ pub struct Vcpu {
     /// so that no cycle keeps a VM alive.
     pci: Option<Arc<PciRoot>>,
     vm: Arc<Vm>,
-}
-
-impl From<StopRequest> for VmExit {
-    fn from(r: StopRequest) -> Self {
-        match r {
-            StopRequest::Exit(n) => VmExit::Exited(n),
-            StopRequest::Poweroff => VmExit::Poweroff,
-            StopRequest::Reboot => VmExit::Reboot,
-        }
-    }
 }
 
 impl Vcpu {
