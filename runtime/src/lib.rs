@@ -7,7 +7,8 @@
 //!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
 //! - [`vac`]: one hypervisor device node and its system-wide facts.
-//! - [`vm`]: one VM on a `Vac`: memory, vCPUs, interrupt controllers, devices.
+//! - [`vm`]: one VM on a `Vac`: memory, vCPUs, interrupt controllers, buses.
+//! - [`machine`]: the board: the devices of a VM and where they sit.
 //! - [`arch`]: x86-64 layout, registers, CPUID, MSRs, MP and ACPI tables.
 //! - [`boot`]: kernel loading (bzImage, PVH ELF), initrd, E820, device tree.
 //! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the
@@ -23,6 +24,7 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod kmod;
+pub mod machine;
 pub mod status;
 pub mod vac;
 pub mod vfio;

@@ -70,7 +70,7 @@ fn run(file: &Path) -> i32 {
     }
     StatusLine::vm(name, VmState::Starting).print();
     let on_running = &mut || StatusLine::vm(name, VmState::Running).print();
-    match vmm::run_observed(&cfg, base_dir, on_running) {
+    match vmm::run_with(&cfg, base_dir, vmm::RunOptions::from_env(), on_running) {
         Ok(exit) => {
             exit.status_line(name).print();
             exit.exit_code()

@@ -10,6 +10,8 @@ use crate::arch::x86_64::acpi::{self, AcpiError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
 use crate::config::{InitrdSource, Source, VmConfig};
+use crate::devices::serial::GUEST_TAG_ENV;
+use crate::machine::{self, Machine, MachineError};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
@@ -53,6 +55,30 @@ pub enum VmmError {
     EventFd(#[source] std::io::Error),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+}
+
+/// What the process running the VMM asks of it beyond the VM's config.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Tag guest lines echoed to stdout ([`GUEST_TAG_ENV`]).
+    pub tag_guest_lines: bool,
+    /// Print the stats lines on stderr at the end ([`STATS_ENV`]).
+    pub stats: bool,
+}
+
+/// Set (to anything) to get the stats lines (docs/runtime.md).
+pub const STATS_ENV: &str = "KILN_VMM_STATS";
+
+impl RunOptions {
+    /// The options as this process's environment sets them.
+    pub fn from_env() -> Self {
+        RunOptions {
+            tag_guest_lines: std::env::var_os(GUEST_TAG_ENV).is_some(),
+            stats: std::env::var_os(STATS_ENV).is_some(),
+        }
+    }
 }
 
 /// Runs the VM `cfg` describes to its end. Relative paths in `cfg` are
@@ -66,6 +92,16 @@ pub fn run(cfg: &VmConfig, base_dir: &Path) -> Result<VmExit, VmmError> {
 pub fn run_observed(
     cfg: &VmConfig,
     base_dir: &Path,
+    on_running: &mut dyn FnMut(),
+) -> Result<VmExit, VmmError> {
+    run_with(cfg, base_dir, RunOptions::default(), on_running)
+}
+
+/// Like [`run_observed`], with `options`.
+pub fn run_with(
+    cfg: &VmConfig,
+    base_dir: &Path,
+    options: RunOptions,
     on_running: &mut dyn FnMut(),
 ) -> Result<VmExit, VmmError> {
     let started = Instant::now();
@@ -86,9 +122,14 @@ pub fn run_observed(
 
     let vac = Vac::open(&hypervisor)?;
     let vm = Vm::new(vac, &vm_cfg)?;
-    // Devices drop before the VM: `attached` is declared after `vm`, and
-    // each device holds the VM anyway.
-    let attached = attach_all(&vm, cfg)?;
+    let mut attached = attach_all(&vm, cfg)?;
+    // Devices drop before the VM: `machine` is declared after `vm`, and
+    // it holds the VM anyway.
+    let board = machine::Options {
+        tag_guest_lines: options.tag_guest_lines,
+    };
+    let pci = std::mem::take(&mut attached.functions);
+    let machine = Machine::new(vm.clone(), &vm_cfg, board, pci)?;
     let rsdp = acpi::write(vm.memory(), cfg.vcpus, cfg.memory.bytes())?;
     mptable::write(vm.memory(), cfg.vcpus)?;
     let spec = BootSpec {
@@ -103,7 +144,7 @@ pub fn run_observed(
     let loaded = boot::load(vm.memory(), &spec)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for i in 0..cfg.vcpus {
-        vcpus.push(Vcpu::new(&vm, i)?.with_pci(attached.root.clone()));
+        vcpus.push(Vcpu::new(&vm, i)?);
     }
     if let Some(boot_cpu) = vcpus.first() {
         boot_cpu.set_entry(loaded.entry)?;
@@ -146,8 +187,8 @@ pub fn run_observed(
     let exit = ctl
         .exit()
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
-    if std::env::var_os("KILN_VMM_STATS").is_some() {
-        print_stats(&vm, started, setup, counts);
+    if options.stats {
+        print_stats(&machine, started, setup, counts);
         print_attach_stats(&vm, &attached);
     }
     Ok(exit)
@@ -273,7 +314,8 @@ fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCount
 /// One line on stderr with timings (from `started`, the start of the run),
 /// exit counts and the VMM's own memory (resident set minus the guest RAM
 /// pages that are resident).
-fn print_stats(vm: &Vm, started: Instant, setup: Duration, counts: ExitCounts) {
+fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: ExitCounts) {
+    let vm = machine.vm();
     let total = started.elapsed();
     let rss_kib = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -284,11 +326,11 @@ fn print_stats(vm: &Vm, started: Instant, setup: Duration, counts: ExitCounts) {
         })
         .unwrap_or(0);
     let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
-    let first = vm
+    let first = machine
         .first_output()
         .map(|t| format!("{}", t.saturating_duration_since(started).as_millis()))
         .unwrap_or_else(|| "-".into());
-    let unclaimed: u64 = vm.bus().unclaimed().values().sum();
+    let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
         "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",

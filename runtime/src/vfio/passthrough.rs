@@ -16,7 +16,7 @@ use super::host_function::{HostError, HostFunction, IrqKind, ROM_REGION};
 use super::msi::{Msix, MsixChange};
 use crate::arch::x86_64::layout::pci_intx_gsi;
 use crate::devices::pci::root::{BarAllocator, PciRootError};
-use crate::devices::pci::BarKind;
+use crate::devices::pci::{BarKind, PciFunction};
 use crate::vm::routing::MsiMessage;
 use crate::vm::{Vm, VmError};
 use std::sync::Arc;
@@ -333,19 +333,6 @@ impl PassthroughFunction {
         }
     }
 
-    pub fn config_read(&self, offset: u16, data: &mut [u8]) {
-        self.config.read(self.host.as_ref(), offset, data);
-    }
-
-    pub fn config_write(&mut self, offset: u16, data: &[u8]) {
-        match self.config.write(self.host.as_ref(), offset, data) {
-            ConfigChange::None => {}
-            ConfigChange::Bars => self.place_bars(),
-            ConfigChange::Msi => self.update_msi(),
-            ConfigChange::Msix(c) => self.update_msix(c),
-        }
-    }
-
     /// The trapped BAR (or ROM) holding `addr` (memory or I/O space) and
     /// the offset. A BAR wins over a ROM the guest placed on top of it.
     fn trapped(&self, io: bool, addr: u64) -> Option<(u8, u64)> {
@@ -356,50 +343,6 @@ impl PassthroughFunction {
         let bars = self.placed.iter().filter(|p| p.index != ROM_INDEX);
         let rom = self.placed.iter().filter(|p| p.index == ROM_INDEX);
         bars.chain(rom).find_map(hit)
-    }
-
-    /// Whether `addr` falls in one of this function's BARs.
-    pub fn claims(&self, io: bool, addr: u64) -> bool {
-        self.trapped(io, addr).is_some()
-    }
-
-    pub fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
-        let Some((index, offset)) = self.trapped(io, addr) else {
-            return false;
-        };
-        if index == ROM_INDEX {
-            self.host.region_read(ROM_REGION, offset, data);
-            return true;
-        }
-        let msix = self.config.msix();
-        match (target(msix, index, offset), msix) {
-            (Target::Table(at), Some(x)) => x.read_table(at, data),
-            (Target::Pba, Some(x)) => x.read_pba(data),
-            _ => self.host.region_read(u32::from(index), offset, data),
-        }
-        true
-    }
-
-    pub fn bar_write(&mut self, io: bool, addr: u64, data: &[u8]) -> bool {
-        let Some((index, offset)) = self.trapped(io, addr) else {
-            return false;
-        };
-        // The ROM is read-only: writes to it are dropped.
-        if index == ROM_INDEX {
-            return true;
-        }
-        match target(self.config.msix(), index, offset) {
-            Target::Table(at) => {
-                if let Some(x) = self.config.msix_mut() {
-                    let change = x.write_table(at, data);
-                    self.update_msix(change);
-                }
-            }
-            // The PBA is read-only.
-            Target::Pba => {}
-            Target::Device => self.host.region_write(u32::from(index), offset, data),
-        }
-        true
     }
 
     fn update_msi(&mut self) {
@@ -552,6 +495,65 @@ impl PassthroughFunction {
                 say("remove an MSI route", &e);
             }
         }
+    }
+}
+
+impl PciFunction for PassthroughFunction {
+    fn config_read(&self, offset: u16, data: &mut [u8]) {
+        self.config.read(self.host.as_ref(), offset, data);
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        match self.config.write(self.host.as_ref(), offset, data) {
+            ConfigChange::None => {}
+            ConfigChange::Bars => self.place_bars(),
+            ConfigChange::Msi => self.update_msi(),
+            ConfigChange::Msix(c) => self.update_msix(c),
+        }
+    }
+
+    /// Whether `addr` falls in one of this function's BARs.
+    fn claims(&self, io: bool, addr: u64) -> bool {
+        self.trapped(io, addr).is_some()
+    }
+
+    fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
+        let Some((index, offset)) = self.trapped(io, addr) else {
+            return false;
+        };
+        if index == ROM_INDEX {
+            self.host.region_read(ROM_REGION, offset, data);
+            return true;
+        }
+        let msix = self.config.msix();
+        match (target(msix, index, offset), msix) {
+            (Target::Table(at), Some(x)) => x.read_table(at, data),
+            (Target::Pba, Some(x)) => x.read_pba(data),
+            _ => self.host.region_read(u32::from(index), offset, data),
+        }
+        true
+    }
+
+    fn bar_write(&mut self, io: bool, addr: u64, data: &[u8]) -> bool {
+        let Some((index, offset)) = self.trapped(io, addr) else {
+            return false;
+        };
+        // The ROM is read-only: writes to it are dropped.
+        if index == ROM_INDEX {
+            return true;
+        }
+        match target(self.config.msix(), index, offset) {
+            Target::Table(at) => {
+                if let Some(x) = self.config.msix_mut() {
+                    let change = x.write_table(at, data);
+                    self.update_msix(change);
+                }
+            }
+            // The PBA is read-only.
+            Target::Pba => {}
+            Target::Device => self.host.region_write(u32::from(index), offset, data),
+        }
+        true
     }
 }
 
