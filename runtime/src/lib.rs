@@ -7,15 +7,16 @@
 //!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
 //! - [`vac`]: one hypervisor device node and its system-wide facts.
-//! - [`vm`]: one VM on a `Vac`: memory, vCPUs, interrupt controllers, buses.
+//! - [`vm`]: one VM on a `Vac`: memory, interrupt controllers, its buses,
+//!   vCPUs, and how a VM ends (exit codes).
 //! - [`machine`]: the board: the devices of a VM and where they sit.
 //! - [`arch`]: x86-64 layout, registers, CPUID, MSRs, MP and ACPI tables.
 //! - [`boot`]: kernel loading (bzImage, PVH ELF), initrd, E820, device tree.
 //! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the
-//!   guest PCI bus, the I/O bus.
+//!   guest PCI bus, and the bus type (ports, MMIO) they sit on.
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
-//! - [`vmm`]: running one VM to its end, and the exit codes.
+//! - [`vmm`]: running one VM to its end.
 
 pub mod arch;
 pub mod boot;

@@ -16,6 +16,18 @@
 //! 0x1_0000_0000  RAM above the hole when the guest has more than 3 GiB
 //! above RAM      PCI 64-bit BAR window (1 GiB aligned, 64 GiB)
 //! ```
+//!
+//! And the I/O ports (the [`crate::machine`] puts the devices there):
+//!
+//! ```text
+//! 0x60, 0x64     i8042 data and command (reset line)
+//! 0x70-0x71      CMOS RTC index and data
+//! 0xf4-0xf7      exit port
+//! 0x3f8-0x3ff    COM1
+//! 0x600-0x601    ACPI sleep control and status
+//! 0xcf8-0xcff    PCI configuration mechanism #1
+//! 0xc000-0xffff  PCI I/O BAR window
+//! ```
 
 pub const GDT_START: u64 = 0x500;
 pub const IDT_START: u64 = 0x520;
