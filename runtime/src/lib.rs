@@ -1,8 +1,9 @@
 //! kiln-runtime: the appliance's PID 1 and its VMM.
 //!
-//! - [`config`]: the VM and appliance schema (shared with the builder).
-//! - [`status`]: the console status lines of DESIGN.md.
-//! - [`kmod`]: module dependency closure from modules.dep (shared with the builder).
+//! The VM and appliance schema and the module closure it shares with the
+//! builder are in `kiln-schema` (`kiln_schema::config`, `kiln_schema::kmod`).
+//!
+//! - [`status`]: the console status lines (`kiln_schema::status`, re-exported).
 //! - [`host`]: the host's PCI devices, IOMMU groups and binding to
 //!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
@@ -20,13 +21,11 @@
 
 pub mod arch;
 pub mod boot;
-pub mod config;
 pub mod devices;
 pub mod host;
 pub mod init;
-pub mod kmod;
 pub mod machine;
-pub mod status;
+pub use kiln_schema::status;
 pub mod vac;
 pub mod vfio;
 pub mod vm;

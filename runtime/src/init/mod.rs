@@ -11,7 +11,7 @@ mod power;
 mod supervise;
 mod vfio_binding;
 
-use crate::config::{self, ApplianceConfig, APPLIANCE_PATH};
+use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
 use std::path::Path;
 
 /// Everything PID 1 does; never returns.

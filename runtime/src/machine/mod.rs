@@ -20,11 +20,11 @@ use crate::arch::x86_64::layout::{
     ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORTS, CMOS_PORT, CMOS_PORTS, COM1_IRQ, COM1_PORT,
     COM1_PORTS, EXIT_PORT, EXIT_PORTS, I8042_COMMAND_PORT, I8042_DATA_PORT,
 };
-use crate::config::VmConfig;
 use crate::devices::pci::{PciFunction, PciRoot, PciRootError};
 use crate::devices::serial::{ConsoleSink, SerialDevice, SerialError};
 use crate::devices::{acpi_pm, cmos, exit_port, i8042, BusDevice, BusError};
 use crate::vm::Vm;
+use kiln_schema::config::VmConfig;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;

@@ -6,7 +6,7 @@
 use super::bar_mapping::PAGE_SIZE;
 use super::container::Container;
 use super::host_function::{HostArea, HostError, HostFunction, IrqKind, ROM_REGION};
-use crate::config::Bdf;
+use kiln_schema::config::Bdf;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -591,10 +591,10 @@ mod tests {
     use super::super::config_space::CMD_MEMORY;
     use super::super::host_function::tests::FakeFunction;
     use super::*;
-    use crate::config::parse;
     use crate::vac::tests::kvm_path;
     use crate::vac::Vac;
     use crate::vfio::HostArea;
+    use kiln_schema::config::parse;
     use std::path::Path;
 
     const BAR_SIZE: u64 = 0x4000;

@@ -16,9 +16,9 @@ pub mod routing;
 pub mod vcpu;
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use crate::config::VmConfig;
 use crate::devices::Bus;
 use crate::vac::{Vac, VacError};
+use kiln_schema::config::VmConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
 use routing::{MsiMessage, Routing, RoutingError};
@@ -243,8 +243,8 @@ impl Vm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{parse, VmConfig};
     use crate::vac::tests::kvm_path;
+    use kiln_schema::config::{parse, VmConfig};
     use std::path::Path;
     use std::sync::Weak;
     use vm_memory::{Bytes, GuestAddress};
