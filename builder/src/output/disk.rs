@@ -402,40 +402,9 @@ fn esp_files(
     file.take(len)
         .read_to_end(&mut data)
         .map_err(io_err(&what))?;
-    let fs = FileSystem::new(Cursor::new(data), FsOptions::new()).map_err(fat_err(&what))?;
-    let fat = match fs.fat_type() {
-        FatType::Fat12 => "FAT12",
-        FatType::Fat16 => "FAT16",
-        FatType::Fat32 => "FAT32",
-    };
-    let mut files = Vec::new();
-    walk(fs.root_dir(), "", &mut files).map_err(fat_err(&what))?;
-    Ok((fat.to_string(), files))
-}
-
-fn walk<T: fatfs::ReadWriteSeek>(
-    dir: fatfs::Dir<T>,
-    prefix: &str,
-    out: &mut Vec<EspFile>,
-) -> std::io::Result<()> {
-    for entry in dir.iter() {
-        let entry = entry?;
-        // 8.3 names only: see the fatfs features in Cargo.toml.
-        let name = String::from_utf8_lossy(entry.short_file_name_as_bytes()).into_owned();
-        if name == "." || name == ".." {
-            continue;
-        }
-        let path = format!("{prefix}{name}");
-        if entry.is_dir() {
-            walk(entry.to_dir(), &format!("{path}/"), out)?;
-        } else {
-            out.push(EspFile {
-                path,
-                size: entry.len(),
-            });
-        }
-    }
-    Ok(())
+    let listing =
+        super::fat::list(data).map_err(|source| OutputError::FatVolume { what, source })?;
+    Ok((listing.fat_type.to_string(), listing.files))
 }
 
 impl fmt::Display for DiskListing {
@@ -755,5 +724,29 @@ mod tests {
         );
         assert!(text.contains("partition 1: EFI System"), "{text}");
         assert!(text.contains("EFI/BOOT/BOOTX64.EFI"), "{text}");
+    }
+
+    /// A corrupted ESP used to panic fatfs in debug builds (an overflow at
+    /// its boot_sector.rs:311 with byte 0x100027 = 0xff, one at fs.rs:448
+    /// with root cluster 0): `kiln inspect` reports it instead.
+    #[test]
+    fn a_corrupted_esp_is_an_error() {
+        let b = build(MIB as usize, 3, 0);
+        let good = std::fs::read(&b.disk).unwrap();
+        let root_cluster = ESP_START as usize + 44;
+        for (at, bytes) in [(0x100027, &[0xff][..]), (root_cluster, &[0, 0, 0, 0][..])] {
+            let mut bad = good.clone();
+            bad[at..at + bytes.len()].copy_from_slice(bytes);
+            std::fs::write(&b.disk, &bad).unwrap();
+            let e = kiln_schema::error_chain::chain(&list_disk(&b.disk).unwrap_err());
+            assert!(
+                e.starts_with("Cannot read partition EFI System Partition of")
+                    && e.contains("is not a valid FAT boot sector"),
+                "{e}"
+            );
+            let mut out = Vec::new();
+            crate::inspect::inspect(&b.disk, true, &mut out).unwrap_err();
+            crate::inspect::inspect(&b.disk, false, &mut out).unwrap_err();
+        }
     }
 }

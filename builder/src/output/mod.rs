@@ -7,6 +7,7 @@
 //! same bytes. Both are written to a temporary file and renamed into place.
 
 pub mod disk;
+pub mod fat;
 pub mod uki;
 
 pub use disk::{build_disk, list_disk, DiskListing, EspFile, PartitionListing};
@@ -59,6 +60,12 @@ pub enum OutputError {
         what: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("Cannot {what}")]
+    FatVolume {
+        what: String,
+        #[source]
+        source: fat::FatError,
     },
     #[error("Cannot {what}")]
     Io {
