@@ -329,6 +329,7 @@ fn fat32_root_dotdot_fix(esp: &mut [u8]) -> Option<()> {
 /// partitions. Reading goes through the `gpt` crate, which checks both
 /// headers' CRCs.
 pub fn list_disk(path: &Path) -> Result<DiskListing, OutputError> {
+    check_entry_size(path)?;
     let disk = gpt::GptConfig::new()
         .writable(false)
         .open(path)
@@ -369,6 +370,39 @@ pub fn list_disk(path: &Path) -> Result<DiskListing, OutputError> {
         backup_valid: disk.backup_header().is_ok(),
         partitions,
     })
+}
+
+/// Refuses partition entries of another size than 128 bytes, which the
+/// gpt crate asserts (a panic, in release builds too). It reads the primary
+/// header, or the backup, at the file's last sector, when the primary's
+/// CRC is wrong: so is this.
+fn check_entry_size(path: &Path) -> Result<(), OutputError> {
+    use gpt::disk::LogicalBlockSize::Lb512;
+    use gpt::header::read_header_from_arbitrary_device as read_header;
+    let what = || format!("read {}", path.display());
+    let mut file = std::fs::File::open(path).map_err(io_err(what()))?;
+    let header = match read_header(&mut file, Lb512) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            let len = file.metadata().map_err(io_err(what()))?.len();
+            // A copy with the last sector as its LBA 1, where read_header looks.
+            let mut copy = vec![0u8; 2 * SECTOR as usize];
+            if len >= 3 * SECTOR {
+                file.seek(SeekFrom::Start((len / SECTOR - 1) * SECTOR))
+                    .map_err(io_err(what()))?;
+                file.read_exact(&mut copy[SECTOR as usize..])
+                    .map_err(io_err(what()))?;
+            }
+            read_header(&mut Cursor::new(copy), Lb512).ok()
+        }
+    };
+    match header {
+        Some(h) if h.part_size != 128 => Err(OutputError::GptEntrySize {
+            path: path.to_path_buf(),
+            size: h.part_size,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn type_name(t: &gpt::partition_types::Type) -> &'static str {
@@ -426,7 +460,12 @@ impl fmt::Display for DiskListing {
             state(self.backup_valid)
         )?;
         for p in &self.partitions {
-            let size = (p.last_lba + 1 - p.first_lba.min(p.last_lba + 1)) * self.sector_size;
+            // The LBAs come from the disk: a damaged table may hold anything.
+            let size = p
+                .last_lba
+                .saturating_add(1)
+                .saturating_sub(p.first_lba)
+                .saturating_mul(self.sector_size);
             writeln!(
                 f,
                 "  partition {}: {} ({}), LBA {}-{} ({}), GUID {}, name \"{}\"",
@@ -724,6 +763,29 @@ mod tests {
         );
         assert!(text.contains("partition 1: EFI System"), "{text}");
         assert!(text.contains("EFI/BOOT/BOOTX64.EFI"), "{text}");
+    }
+
+    /// Found by the `gpt` fuzz target: the gpt crate asserts 128-byte
+    /// partition entries, so a disk with others panicked `kiln inspect`.
+    #[test]
+    fn other_partition_entry_sizes_are_refused() {
+        let b = build(MIB as usize, 5, 0);
+        let mut disk = std::fs::read(&b.disk).unwrap();
+        let len = disk.len();
+        for header in [SECTOR as usize, len - SECTOR as usize] {
+            disk[header + 84..header + 88].copy_from_slice(&256u32.to_le_bytes());
+            disk[header + 16..header + 20].fill(0);
+            let crc = crc32fast::hash(&disk[header..header + 92]);
+            disk[header + 16..header + 20].copy_from_slice(&crc.to_le_bytes());
+        }
+        std::fs::write(&b.disk, &disk).unwrap();
+        let e = list_disk(&b.disk).unwrap_err().to_string();
+        assert!(e.contains("has GPT partition entries of 256 bytes"), "{e}");
+        // With the primary header damaged, the backup's entries count.
+        disk[SECTOR as usize] ^= 0xff;
+        std::fs::write(&b.disk, &disk).unwrap();
+        let e = list_disk(&b.disk).unwrap_err().to_string();
+        assert!(e.contains("has GPT partition entries of 256 bytes"), "{e}");
     }
 
     /// A corrupted ESP used to panic fatfs in debug builds (an overflow at

@@ -363,8 +363,8 @@ fn links(v: &[u8], g: &Geometry) -> Result<Vec<Option<u32>>, FatError> {
     Ok(next)
 }
 
-/// Every directory the listing enters starts at a data cluster (or at 0,
-/// empty), is entered once, and is at most [`MAX_DEPTH`] deep.
+/// Every directory the listing enters starts at a data cluster, is entered
+/// once, and is at most [`MAX_DEPTH`] deep.
 fn check_tree(v: &[u8], g: &Geometry, next: &[Option<u32>]) -> Result<(), FatError> {
     let last = g.clusters + 1;
     let mut seen = HashSet::new();
@@ -395,8 +395,9 @@ fn check_tree(v: &[u8], g: &Geometry, next: &[Option<u32>]) -> Result<(), FatErr
                 0
             };
             let cluster = hi << 16 | u32::from(u16_at(entry, 26));
+            // fatfs opens cluster 0 as the root (what `..` means there).
             if cluster == 0 {
-                continue; // an empty directory
+                return Err(FatError::DirectoryLinkedTwice { name });
             }
             if !(2..=last).contains(&cluster) {
                 return Err(FatError::DirectoryOutOfRange {
@@ -580,11 +581,25 @@ mod tests {
         );
     }
 
-    /// BOOT pointing back at EFI: fatfs would list EFI/BOOT/BOOT/... for ever.
+    /// BOOT pointing back at EFI: fatfs would list EFI/BOOT/BOOT/... for
+    /// ever, and recurse until the stack overflows.
     #[test]
     fn a_directory_loop_is_refused() {
         let (mut v, _, _, boot, cluster) = fat16();
         set_u16(&mut v, boot + 26, cluster as u16);
+        let e = list(v).unwrap_err();
+        assert!(
+            matches!(&e, FatError::DirectoryLinkedTwice { name } if name == "BOOT"),
+            "{e}"
+        );
+    }
+
+    /// Found by the `fat` fuzz target: a directory entry at cluster 0 is
+    /// the root to fatfs (as `..` is there), so BOOT at 0 loops to the root.
+    #[test]
+    fn a_directory_at_cluster_0_is_a_loop_to_the_root() {
+        let (mut v, _, _, boot, _) = fat16();
+        set_u16(&mut v, boot + 26, 0);
         let e = list(v).unwrap_err();
         assert!(
             matches!(&e, FatError::DirectoryLinkedTwice { name } if name == "BOOT"),

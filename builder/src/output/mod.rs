@@ -43,6 +43,8 @@ pub enum OutputError {
         #[source]
         source: gpt::GptError,
     },
+    #[error("{} has GPT partition entries of {size} bytes; kiln reads disks with the standard 128-byte entries", path.display())]
+    GptEntrySize { path: PathBuf, size: u32 },
     #[error("Cannot write the partition table of {}", path.display())]
     Gpt {
         path: PathBuf,
