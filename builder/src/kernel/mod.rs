@@ -8,10 +8,10 @@
 //! [`module_index`] gives the kernel's module dependencies for
 //! [`kiln_schema::kmod`].
 
-mod apt;
-mod debian;
+pub mod apt;
+pub mod debian;
 pub mod kconfig;
-mod modinfo;
+pub mod modinfo;
 
 pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;
@@ -535,7 +535,7 @@ fn read_config(path: &Path, required: bool) -> Result<Option<KernelConfig>, Kern
 /// the string that `kernel_version` (offset 0x20e) points to, relative to
 /// 0x200 (Documentation/arch/x86/boot.rst). Read by hand: it is two fields,
 /// and linux-loader does not expose them.
-fn bzimage_release(path: &Path) -> Result<String, KernelError> {
+pub fn bzimage_release(path: &Path) -> Result<String, KernelError> {
     let not_bz = || KernelError::NotABzImage {
         path: path.to_path_buf(),
     };
