@@ -163,9 +163,7 @@ impl ModuleIndex {
                 .split_once(':')
                 .ok_or_else(|| malformed("expected \"<module path>: <dependencies>\"".into()))?;
             let path = path.trim();
-            let id = index
-                .add(path)
-                .ok_or_else(|| malformed(bad_path(path)))?;
+            let id = index.add(path).ok_or_else(|| malformed(bad_path(path)))?;
             lines.push((n + 1, id, deps));
         }
         let mut assigned = HashSet::new();
