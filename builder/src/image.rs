@@ -111,6 +111,24 @@ pub enum Format {
 pub struct OutputSection {
     #[serde(default = "default_formats")]
     pub formats: Vec<Format>,
+    /// Secure Boot: sign `kiln.efi` (and so the disk's `BOOTX64.EFI`).
+    #[serde(default)]
+    pub signing: Option<SigningSection>,
+}
+
+/// `[output.signing]`: the db key and certificate `kiln.efi` is
+/// Authenticode-signed with (`kiln keys` makes them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// The private key: a PEM file relative to the image file, or a
+    /// PKCS#11 URI (`pkcs11:token=...;object=...`) with `pkcs11_module`.
+    pub key: String,
+    /// The key's X.509 certificate (PEM), relative to the image file.
+    pub cert: PathBuf,
+    /// The PKCS#11 module (a `.so`) that holds a `pkcs11:` key.
+    #[serde(default)]
+    pub pkcs11_module: Option<PathBuf>,
 }
 
 fn default_formats() -> Vec<Format> {
@@ -121,6 +139,7 @@ impl Default for OutputSection {
     fn default() -> Self {
         OutputSection {
             formats: default_formats(),
+            signing: None,
         }
     }
 }

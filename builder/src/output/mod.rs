@@ -7,9 +7,11 @@
 //! same bytes. Both are written to a temporary file and renamed into place.
 
 pub mod disk;
+pub mod measure;
 pub mod uki;
 
 pub use disk::{build_disk, list_disk, DiskListing, EspFile, PartitionListing};
+pub use measure::{predict_pcr11, Pcr11};
 pub use uki::{build_uki, list_uki, os_release, PeSection};
 
 use std::io::Read;
