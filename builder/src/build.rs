@@ -211,6 +211,9 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     let uki_stub = if formats.contains(&Format::Uki) || formats.contains(&Format::Disk) {
         let (stub, stub_name) = output::stub()?;
         inputs.push(input_hash(&hashes, "uki-stub", &stub_name, &stub)?);
+        if let Some(signing) = image.signing() {
+            inputs.push(input_file("signing-cert", &signing.cert, &image.dir)?);
+        }
         Some(stub)
     } else {
         None
@@ -407,6 +410,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         .map_err(io("write cmdline"))?;
 
     let mut files = vec!["vmlinuz", initramfs_name.as_str(), "cmdline"];
+    let mut uki_info = None;
     if let Some(stub) = &uki_stub {
         let task = Task::step("building kiln.efi");
         let efi = tmp.path().join("kiln.efi");
@@ -418,8 +422,12 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
             &output::os_release(&cfg.name),
             &efi,
         )?;
+        uki_info = Some(output::seal_uki(&efi, image.signing().as_ref(), epoch)?);
         task.finish(file_size(&efi));
         files.push("kiln.efi");
+        if tmp.path().join(output::PCRS_FILE).is_file() {
+            files.push(output::PCRS_FILE);
+        }
         if cfg.output.formats.contains(&Format::Disk) {
             let task = Task::step("building disk.img");
             let disk = tmp.path().join("disk.img");
@@ -456,6 +464,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         inputs,
         target: Some(cfg.target.clone()),
         vms: manifest_vms,
+        uki: uki_info,
     };
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| BuildError::Io {
         what: "serialise the manifest".into(),

@@ -274,6 +274,10 @@ impl Image {
                     .into(),
             ));
         }
+        if let Some(signing) = &config.output.signing {
+            check_signing(signing, &config.output.formats, &dir)
+                .map_err(|(key, msg)| err(key, msg))?;
+        }
         if let Some(apt) = &config.kernel.apt {
             check_apt(apt, &config.kernel.source, &dir).map_err(|(key, msg)| err(key, msg))?;
         }
@@ -375,6 +379,23 @@ impl Image {
             })
     }
 
+    /// `[output.signing]`, paths resolved against the image file.
+    pub fn signing(&self) -> Option<crate::secureboot::Signing> {
+        use crate::secureboot::{Signing, SigningKey};
+        let s = self.config.output.signing.as_ref()?;
+        let key = match &s.pkcs11_module {
+            Some(module) => SigningKey::Pkcs11 {
+                uri: s.key.clone(),
+                module: self.dir.join(module),
+            },
+            None => SigningKey::File(self.dir.join(&s.key)),
+        };
+        Some(Signing {
+            key,
+            cert: self.dir.join(&s.cert),
+        })
+    }
+
     /// Whether any VM passes a PCI device through.
     pub fn uses_pci(&self) -> bool {
         self.vms.iter().any(|v| !v.config.pci.is_empty())
@@ -406,6 +427,53 @@ impl Image {
             modules.load.push("iommufd".to_string());
         }
         modules
+    }
+}
+
+/// Checks `[output.signing]`; the error's key and message.
+fn check_signing(
+    signing: &SigningSection,
+    formats: &[Format],
+    dir: &Path,
+) -> Result<(), (KeyPath, String)> {
+    let at = KeyPath::root().key("output").key("signing");
+    if !formats
+        .iter()
+        .any(|f| matches!(f, Format::Uki | Format::Disk))
+    {
+        return Err((
+            at,
+            "signing applies to kiln.efi; expected \"uki\" or \"disk\" among output.formats".into(),
+        ));
+    }
+    let exists = |key: &str, path: &Path| {
+        let full = dir.join(path);
+        if full.is_file() {
+            Ok(())
+        } else {
+            Err((
+                at.clone().key(key),
+                format!(
+                    "{} does not exist; expected a path relative to {} (`kiln keys DIR` writes DIR/db.key and DIR/db.crt)",
+                    full.display(),
+                    dir.display()
+                ),
+            ))
+        }
+    };
+    exists("cert", &signing.cert)?;
+    let uri = signing.key.starts_with("pkcs11:");
+    match &signing.pkcs11_module {
+        Some(module) if uri => exists("pkcs11_module", module),
+        Some(_) => Err((
+            at.clone().key("key"),
+            format!("\"{}\" is not a PKCS#11 URI; with pkcs11_module, expected a key such as \"pkcs11:token=kiln;object=db\"", signing.key),
+        )),
+        None if uri => Err((
+            at.clone().key("pkcs11_module"),
+            "a pkcs11: key needs the module of its token; expected e.g. pkcs11_module = \"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so\"".into(),
+        )),
+        None => exists("key", Path::new(&signing.key)),
     }
 }
 
@@ -652,6 +720,72 @@ mod tests {
         );
         let m = Image::load(&f).unwrap_err().to_string();
         assert!(m.contains("f.toml:4:9: key `kernel.apt`: apt sources go with a \"debian:<package>\" kernel source"), "{m}");
+    }
+
+    #[test]
+    fn signing_is_read_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "keys/db.key", "k");
+        write(d.path(), "keys/db.crt", "c");
+        write(d.path(), "softhsm.so", "m");
+        let img = |name: &str, output: &str| {
+            write(
+                d.path(),
+                &format!("{name}.toml"),
+                &image(&format!("[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n[output]\n{output}")),
+            )
+        };
+        let ok = img(
+            "ok",
+            "formats = [\"initramfs\", \"disk\"]\nsigning = { key = \"keys/db.key\", cert = \"keys/db.crt\" }",
+        );
+        let s = Image::load(&ok).unwrap().signing().unwrap();
+        assert_eq!(
+            s.key,
+            crate::secureboot::SigningKey::File(d.path().join("keys/db.key"))
+        );
+        assert_eq!(s.cert, d.path().join("keys/db.crt"));
+        let hsm = img(
+            "hsm",
+            "formats = [\"initramfs\", \"uki\"]\n[output.signing]\nkey = \"pkcs11:token=kiln;object=db\"\ncert = \"keys/db.crt\"\npkcs11_module = \"softhsm.so\"",
+        );
+        assert_eq!(
+            Image::load(&hsm).unwrap().signing().unwrap().key,
+            crate::secureboot::SigningKey::Pkcs11 {
+                uri: "pkcs11:token=kiln;object=db".into(),
+                module: d.path().join("softhsm.so"),
+            }
+        );
+        assert!(Image::load(&img("none", "")).unwrap().signing().is_none());
+
+        let e = |name: &str, output: &str| Image::load(&img(name, output)).unwrap_err().to_string();
+        let m = e(
+            "a",
+            "signing = { key = \"keys/db.key\", cert = \"keys/db.crt\" }",
+        );
+        assert!(m.contains("a.toml:9:1: key `output.signing`: signing applies to kiln.efi; expected \"uki\" or \"disk\""), "{m}");
+        let m = e("b", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"keys/nope.key\", cert = \"keys/db.crt\" }");
+        assert!(
+            m.contains("key `output.signing.key`: ") && m.contains("keys/nope.key does not exist"),
+            "{m}"
+        );
+        let m = e("c", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"pkcs11:object=db\", cert = \"keys/db.crt\" }");
+        assert!(
+            m.contains(
+                "key `output.signing.pkcs11_module`: a pkcs11: key needs the module of its token"
+            ),
+            "{m}"
+        );
+        let m = e("d", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"keys/db.key\", cert = \"keys/db.crt\", pkcs11_module = \"softhsm.so\" }");
+        assert!(
+            m.contains("key `output.signing.key`: \"keys/db.key\" is not a PKCS#11 URI"),
+            "{m}"
+        );
+        let m = e("e", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"keys/db.key\", crt = \"keys/db.crt\" }");
+        assert!(
+            m.contains("unknown field `crt`") || m.contains("unknown key"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn boot_file_json(path: &Path, disk: bool) -> Result<Value, InspectError> {
     if disk {
         to_value(serde_json::to_value(crate::output::list_disk(path)?))
     } else {
-        to_value(serde_json::to_value(crate::output::list_uki(path)?))
+        Ok(crate::output::uki::uki_json(path)?)
     }
 }
 

@@ -463,7 +463,70 @@ pub(crate) fn describe(path: &Path) -> Result<String, OutputError> {
     if let Some(cmdline) = text(".cmdline") {
         let _ = writeln!(out, "  cmdline:    {cmdline}");
     }
+    let _ = writeln!(out, "  signed:     {}", signature_text(&data));
+    if is_uki {
+        match super::predict_pcr11(&data) {
+            Ok(p) => {
+                let _ = writeln!(
+                    out,
+                    "  PCR 11:     {} (sha256, as systemd-stub {} measures it)",
+                    p.sha256, p.stub
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  PCR 11:     not predicted: {e}");
+            }
+        }
+    }
     Ok(out)
+}
+
+/// One line on a PE image's Authenticode signature.
+fn signature_text(data: &[u8]) -> String {
+    match crate::secureboot::read_signature(data) {
+        Ok(None) => "no (Secure Boot firmware refuses it)".into(),
+        Ok(Some(s)) => {
+            let by = format!(
+                "by {} (issuer {}; certificate sha256 {})",
+                s.subject, s.issuer, s.cert_sha256
+            );
+            if s.digest_matches {
+                format!(
+                    "yes, {by}; the {} digest matches the image",
+                    s.digest_algorithm
+                )
+            } else {
+                format!("{by}, but the image was changed after signing: its {} digest does not match and firmware refuses it", s.digest_algorithm)
+            }
+        }
+        Err(e) => format!("unreadable signature: {e}"),
+    }
+}
+
+/// `kiln inspect --json` of a PE image: its sections, its signature and,
+/// for a UKI, the predicted PCR 11.
+pub fn uki_json(path: &Path) -> Result<serde_json::Value, OutputError> {
+    let data = std::fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
+    let sections = sections_of(&data, path)?;
+    let signature = match crate::secureboot::read_signature(&data) {
+        Ok(None) => serde_json::Value::Null,
+        Ok(Some(s)) => serde_json::json!({
+            "subject": s.subject,
+            "issuer": s.issuer,
+            "cert_sha256": s.cert_sha256,
+            "digest_algorithm": s.digest_algorithm,
+            "digest_matches": s.digest_matches,
+        }),
+        Err(e) => serde_json::json!({ "error": e }),
+    };
+    let pcr11 = super::predict_pcr11(&data)
+        .map(|p| serde_json::json!({ "sha256": p.sha256, "stub": p.stub }))
+        .unwrap_or(serde_json::Value::Null);
+    Ok(serde_json::json!({
+        "sections": sections,
+        "signature": signature,
+        "pcr11": pcr11,
+    }))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@
 use super::{io_err, run, tool, SecureBootError};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -142,6 +142,9 @@ pub fn create_keys(dir: &Path, opts: &KeyOptions) -> Result<Vec<PathBuf>, Secure
             .arg(&esl)
             .arg(&auth);
         run(cmd)?;
+        // Public, like the certificates (sign-efi-sig-list makes it 0600).
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(format!("set the mode of {}", auth.display())))?;
         written.push(auth);
     }
     Ok(written)
@@ -230,7 +233,6 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), SecureBootError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn opts() -> KeyOptions {
         KeyOptions {
@@ -250,6 +252,11 @@ mod tests {
         assert_eq!(mode(&dir), 0o700);
         for (name, _) in KEYS {
             assert_eq!(mode(&dir.join(format!("{name}.key"))), 0o600, "{name}.key");
+            assert_eq!(
+                mode(&dir.join(format!("{name}.auth"))),
+                0o644,
+                "{name}.auth"
+            );
             for ext in ["crt", "cer", "esl", "auth"] {
                 assert!(dir.join(format!("{name}.{ext}")).is_file(), "{name}.{ext}");
             }
