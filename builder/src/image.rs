@@ -421,10 +421,23 @@ impl Image {
     /// iommufd too, when a VM assigns a device and the kernel has it as a
     /// module, as the runtime then uses VFIO's iommufd/cdev interface
     /// (it looks for /dev/iommu, which only the loaded module makes).
+    ///
+    /// With a UEFI format (`uki`, `disk`), efivarfs too when it is a module,
+    /// so PID 1 can read the firmware's Secure Boot state; the runtime skips
+    /// it on a machine booted without UEFI (`kiln run`'s direct boot).
     pub fn modules_for(&self, index: &ModuleIndex) -> ModulesConfig {
         let mut modules = self.modules();
         if self.config.modules.is_none() && self.uses_pci() && index.get("iommufd").is_some() {
             modules.load.push("iommufd".to_string());
+        }
+        let uefi = self
+            .config
+            .output
+            .formats
+            .iter()
+            .any(|f| matches!(f, Format::Uki | Format::Disk));
+        if self.config.modules.is_none() && uefi && index.get("efivarfs").is_some() {
+            modules.load.push("efivarfs".to_string());
         }
         modules
     }
@@ -830,6 +843,38 @@ mod tests {
         );
         assert_eq!(plain.modules_for(&with).load, ["kvm-amd", "kvm-intel"]);
         assert_eq!(listed.modules_for(&with).load, ["vfio-pci"]);
+    }
+
+    #[test]
+    fn efivarfs_is_loaded_for_uefi_formats_when_the_kernel_has_it() {
+        let d = tempfile::tempdir().unwrap();
+        let img = |name: &str, extra: &str| {
+            let text = image(&format!(
+                "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n{extra}"
+            ));
+            Image::load(&write(d.path(), &format!("images/{name}.toml"), &text)).unwrap()
+        };
+        let module =
+            ModuleIndex::from_modules_dep("kernel/fs/efivarfs/efivarfs.ko:\n", None, None).unwrap();
+        let builtin = ModuleIndex::from_modules_dep(
+            "kernel/kvm.ko:\n",
+            None,
+            Some("kernel/fs/efivarfs/efivarfs.ko\n"),
+        )
+        .unwrap();
+        let disk = img("d", "[output]\nformats = [\"initramfs\", \"disk\"]\n");
+        assert_eq!(
+            disk.modules_for(&module).load,
+            ["kvm-amd", "kvm-intel", "efivarfs"]
+        );
+        assert_eq!(disk.modules_for(&builtin).load, ["kvm-amd", "kvm-intel"]);
+        let plain = img("p", "");
+        assert_eq!(plain.modules_for(&module).load, ["kvm-amd", "kvm-intel"]);
+        let listed = img(
+            "l",
+            "[modules]\nload = [\"kvm\"]\n[output]\nformats = [\"initramfs\", \"uki\"]\n",
+        );
+        assert_eq!(listed.modules_for(&module).load, ["kvm"]);
     }
 
     #[test]

@@ -51,6 +51,13 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// kernel BUG, GPF); matched as plain substrings.
 pub const PANIC_PATTERNS: &[&str] = &["Kernel panic", "BUG:", "Oops:", "general protection fault"];
 
+/// UEFI firmware messages that mean it refused to start the image: EDK II
+/// (OVMF and most vendor firmware) names the status of a failed load,
+/// `Access Denied` or `Security Violation` when Secure Boot verification
+/// failed (unsigned, signed with a key not in db, or changed since signed).
+/// Only before any VM started, on an unprefixed line.
+pub const BOOT_REFUSED_PATTERNS: &[&str] = &["Access Denied", "Security Violation"];
+
 /// Console bytes kept per VM for its report.
 const VM_EXCERPT: usize = 256 * 1024;
 /// Console bytes kept of the whole run, for run errors.
@@ -138,6 +145,8 @@ impl Verdict {
 pub enum RunError {
     /// No VM started within the boot timeout.
     BootTimeout(Duration),
+    /// The firmware refused to start the image (Secure Boot); the line.
+    BootRefused(String),
     /// The whole run took longer than allowed.
     RunTimeout(Duration),
     /// A panic/oops on the host console; the line.
@@ -155,6 +164,7 @@ impl RunError {
     pub fn kind(&self) -> &'static str {
         match self {
             RunError::BootTimeout(_) => "boot-timeout",
+            RunError::BootRefused(_) => "boot-refused",
             RunError::RunTimeout(_) => "run-timeout",
             RunError::HostPanic(_) => "host-panic",
             RunError::ConsoleClosed(_) => "console-closed",
@@ -177,6 +187,10 @@ impl fmt::Display for RunError {
                 f,
                 "no VM started within the boot timeout ({}); the appliance did not boot",
                 secs(*d)
+            ),
+            RunError::BootRefused(line) => write!(
+                f,
+                "the firmware refused to start the image ({line}); with Secure Boot on, sign it with a key in the machine's db ([output.signing])"
             ),
             RunError::RunTimeout(d) => write!(f, "the run timed out after {}", secs(*d)),
             RunError::HostPanic(line) => write!(f, "the host kernel crashed: {line}"),
@@ -423,6 +437,13 @@ impl Judge {
                     }
                     return self.finish_with(End::Error(RunError::HostPanic(text.to_string())));
                 }
+            }
+        }
+
+        if owner.is_none() && self.vms.iter().all(|t| t.started.is_none()) {
+            if BOOT_REFUSED_PATTERNS.iter().any(|p| text.contains(p)) {
+                let line = text.trim().to_string();
+                return self.finish_with(End::Error(RunError::BootRefused(line)));
             }
         }
 
@@ -1097,6 +1118,66 @@ mod tests {
             (Verdict::Error, "boot-timeout")
         );
         assert_eq!(v.time, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_firmware_refusal_ends_the_run_as_a_boot_error() {
+        let refusal = "BdsDxe: failed to load Boot0002 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Access Denied";
+        let j = judge(
+            vec![hello()],
+            &[
+                (2, "BdsDxe: failed to load Boot0001 \"UEFI QEMU DVD-ROM QM00005 \" from PciRoot(0x0)/Pci(0x1F,0x2)/Sata(0x2,0xFFFF,0x0): Not Found"),
+                (3, refusal),
+                (4, "BdsDxe: No bootable option or device was found."),
+            ],
+            5,
+        );
+        assert_eq!(j.end, End::Error(RunError::BootRefused(refusal.into())));
+        let v = &j.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Error, "boot-refused")
+        );
+        assert!(
+            v.reason.contains("the firmware refused to start the image"),
+            "{}",
+            v.reason
+        );
+
+        // Once a VM runs, the words are the guest's business.
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (2, "[hello] open: Access Denied"),
+                (2, "Security Violation"),
+                (2, "[hello] hello: kiln hello"),
+                (2, "[hello] hello: exit 0"),
+                (3, "kiln: vm=hello state=exited code=0"),
+                (3, "kiln: appliance done ok=1 failed=0"),
+            ],
+            4,
+        );
+        assert_eq!(j.vms[0].verdict, Verdict::Pass, "{}", j.vms[0].reason);
+    }
+
+    #[test]
+    fn the_runtimes_firmware_lines_change_no_verdict() {
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: firmware: uefi secure_boot=enabled lockdown=integrity"),
+                (1, "kiln: firmware: tpm pcr11.sha256=85866a26103cab4238920aaebf1dfc056e93d29c15262f565fddff72d361cf8f"),
+                (2, "kiln: vm=hello state=starting"),
+                (2, "hello: kiln hello"),
+                (2, "hello: exit 0"),
+                (3, "kiln: vm=hello state=exited code=0"),
+                (3, "kiln: appliance done ok=1 failed=0"),
+            ],
+            4,
+        );
+        assert_eq!(j.end, End::Done { ok: 1, failed: 0 });
+        assert_eq!(j.vms[0].verdict, Verdict::Pass, "{}", j.vms[0].reason);
     }
 
     #[test]

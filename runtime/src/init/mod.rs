@@ -5,6 +5,7 @@
 //! its error on the console and carries on to a controlled power-off.
 
 mod console;
+mod firmware;
 mod modules;
 mod mounts;
 mod passthrough;
@@ -44,6 +45,7 @@ fn run() -> config::OnDone {
     if let Err(e) = modules::load_all(&appliance) {
         say(&format!("error: {e}"));
     }
+    firmware::report();
     supervise::wait_for_nodes(&appliance);
     let (vms, refused, bound) = passthrough::bind(&appliance.vms);
     let (ok, failed) = supervise::run_all(&vms);
