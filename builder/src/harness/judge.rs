@@ -440,11 +440,12 @@ impl Judge {
             }
         }
 
-        if owner.is_none() && self.vms.iter().all(|t| t.started.is_none()) {
-            if BOOT_REFUSED_PATTERNS.iter().any(|p| text.contains(p)) {
-                let line = text.trim().to_string();
-                return self.finish_with(End::Error(RunError::BootRefused(line)));
-            }
+        if owner.is_none()
+            && self.vms.iter().all(|t| t.started.is_none())
+            && BOOT_REFUSED_PATTERNS.iter().any(|p| text.contains(p))
+        {
+            let line = text.trim().to_string();
+            return self.finish_with(End::Error(RunError::BootRefused(line)));
         }
 
         // Unprefixed but naming its VM: that VM's alone, whatever else has

@@ -41,9 +41,12 @@ impl Pcr11 {
     /// The JSON `systemd-measure calculate --json=pretty --phase=:` writes
     /// (one bank, one entry; no phase, as nothing extends PCR 11 later).
     pub fn to_json(&self) -> String {
-        let v = serde_json::json!({ "sha256": [ { "pcr": PCR, "hash": self.sha256 } ] });
-        // A json! value of strings and numbers always serialises.
-        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        // Written out to keep systemd-measure's key order (pcr, then hash);
+        // the hash is hex, which needs no escaping.
+        format!(
+            "{{\n  \"sha256\": [\n    {{\n      \"pcr\": {PCR},\n      \"hash\": \"{}\"\n    }}\n  ]\n}}\n",
+            self.sha256
+        )
     }
 }
 
