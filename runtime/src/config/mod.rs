@@ -19,10 +19,10 @@ pub use error::{ConfigError, Located};
 pub use locate::{locate, KeyPath};
 pub use pci::{Bdf, PciSelector};
 pub use source::{InitrdBuild, InitrdSource, Source};
-pub use units::{ByteSize, Duration};
+pub use units::{ByteSize, Duration, MAX_DURATION};
 pub use vm::{
-    BootConfig, ConsoleConfig, PciAssignment, RestartConfig, RestartPolicy, TestExpectations,
-    VfioBackend, VfioConfig, VmConfig, VmName,
+    BootConfig, ConsoleConfig, LimitsConfig, PciAssignment, RestartConfig, RestartPolicy,
+    TestExpectations, VfioBackend, VfioConfig, VmConfig, VmName, VMM_MEMORY_BUDGET,
 };
 
 use serde::de::DeserializeOwned;

@@ -158,12 +158,8 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
         RestartPolicy::Always => true,
     };
     if wants && !stopping && s.restarts < s.vm.restart.max {
-        let delay =
-            s.vm.restart
-                .backoff
-                .get()
-                .saturating_mul(1 << s.restarts.min(16));
-        s.restarts += 1;
+        let delay = s.vm.restart.delay(s.restarts);
+        s.restarts = s.restarts.saturating_add(1);
         StatusLine::vm(s.vm.name.as_str(), VmState::Restarting)
             .with_reason(format!(
                 "attempt {} of {} in {}ms",
@@ -172,7 +168,8 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
                 delay.as_millis()
             ))
             .print();
-        s.restart_at = Some(Instant::now() + delay);
+        let now = Instant::now();
+        s.restart_at = Some(now.checked_add(delay).unwrap_or(now));
     } else {
         s.outcome = Some(ok);
     }
