@@ -31,7 +31,7 @@ struct Slot<'a> {
     pid: Option<Pid>,
     /// Copies this VM's output to the console; joined when the VMM exits so
     /// its last status line comes before anything init prints next.
-    pump: Option<std::thread::JoinHandle<()>>,
+    pump: Option<std::thread::JoinHandle<bool>>,
     restarts: u32,
     restart_at: Option<Instant>,
     outcome: Option<bool>,
