@@ -12,6 +12,7 @@
 //! - [`boot`]: kernel loading (bzImage, PVH ELF), initrd, E820, device tree.
 //! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the I/O bus.
 //! - [`vmm`]: running one VM to its end, and the exit codes.
+//! - [`watchdog`]: the VMM's heartbeat to PID 1 and its stuck-vCPU check.
 
 pub mod arch;
 pub mod boot;
@@ -25,3 +26,4 @@ pub mod vac;
 pub mod vfio;
 pub mod vm;
 pub mod vmm;
+pub mod watchdog;

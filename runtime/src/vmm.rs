@@ -15,6 +15,8 @@
 //! | triple fault               | failed        | 194              |
 //! | KVM internal error         | failed        | 195              |
 //! | the VMM could not run it   | failed        | 196              |
+//! | a vCPU thread panicked     | failed        | 197              |
+//! | a vCPU thread got stuck    | failed        | 198              |
 //! | signal S (SIGTERM, SIGINT) | failed        | 128 + S          |
 
 use crate::arch::x86_64::acpi::{self, AcpiError};
@@ -26,6 +28,7 @@ use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
+use crate::watchdog::{self, Heartbeat, VcpuClocks};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::os::fd::AsRawFd;
@@ -41,6 +44,14 @@ pub const CODE_TRIPLE_FAULT: i32 = 194;
 pub const CODE_INTERNAL_ERROR: i32 = 195;
 /// The VMM could not set the VM up or keep it running.
 pub const CODE_VMM_ERROR: i32 = 196;
+pub const CODE_VCPU_PANIC: i32 = 197;
+pub const CODE_VCPU_STUCK: i32 = 198;
+/// How long the VMM waits for its vCPU threads to stop once told to.
+const JOIN_LIMIT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(5)
+};
 /// Signals end the VM with 128 + the signal number, as shells report them.
 pub const CODE_SIGNAL_BASE: i32 = 128;
 
@@ -59,6 +70,11 @@ pub enum VmExit {
     InternalError(String),
     /// The runtime received this signal and stopped the VM.
     Signal(i32),
+    /// A vCPU thread panicked (a VMM bug); the message says where.
+    VcpuPanic { index: u8, message: String },
+    /// A vCPU thread stayed outside `KVM_RUN` this long (the VMM hung in
+    /// device emulation or on a lock).
+    VcpuStuck { index: u8, secs: u64 },
 }
 
 impl VmExit {
@@ -73,6 +89,8 @@ impl VmExit {
             VmExit::TripleFault => CODE_TRIPLE_FAULT,
             VmExit::InternalError(_) => CODE_INTERNAL_ERROR,
             VmExit::Signal(s) => CODE_SIGNAL_BASE + s,
+            VmExit::VcpuPanic { .. } => CODE_VCPU_PANIC,
+            VmExit::VcpuStuck { .. } => CODE_VCPU_STUCK,
         }
     }
 
@@ -85,6 +103,8 @@ impl VmExit {
             VmExit::TripleFault => "triple-fault",
             VmExit::InternalError(_) => "internal-error",
             VmExit::Signal(_) => "signal",
+            VmExit::VcpuPanic { .. } => "vcpu-panic",
+            VmExit::VcpuStuck { .. } => "vcpu-stuck",
         }
     }
 
@@ -123,6 +143,13 @@ impl std::fmt::Display for VmExit {
                     .unwrap_or("unknown");
                 write!(f, "signal {name}")
             }
+            VmExit::VcpuPanic { index, message } => {
+                write!(f, "vcpu-panic: vCPU {index} panicked: {message}")
+            }
+            VmExit::VcpuStuck { index, secs } => write!(
+                f,
+                "vcpu-stuck: vCPU {index} stayed outside KVM_RUN for {secs} s"
+            ),
         }
     }
 }
@@ -209,6 +236,8 @@ pub fn run_observed(
     }
 
     let ctl = Arc::new(RunControl::new().map_err(VmmError::EventFd)?);
+    let clocks = Arc::new(VcpuClocks::new(vcpus.len()));
+    let mut heartbeat = Heartbeat::from_env();
     install_kick_handler()?;
     let signals = SignalGuard::block_stop_signals()?;
     let setup = started.elapsed();
@@ -217,7 +246,9 @@ pub fn run_observed(
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let thread_ctl = ctl.clone();
-        let name = format!("vcpu{}", vcpu.index());
+        let thread_clocks = clocks.clone();
+        let index = vcpu.index();
+        let name = format!("vcpu{index}");
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             // The stop signals stay blocked (the waiting thread takes them),
             // the kick signal must get through.
@@ -226,7 +257,20 @@ pub fn run_observed(
                 kick.add(s);
             }
             let _ = kick.thread_unblock();
-            vcpu.run(&thread_ctl)
+            // A panicking vCPU thread ends the VM instead of leaving it
+            // waiting for a stop that no one will request.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                vcpu.run(&thread_ctl, &thread_clocks)
+            }));
+            ran.unwrap_or_else(|payload| {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                thread_ctl.request_stop(VmExit::VcpuPanic { index, message });
+                ExitCounts::default()
+            })
         });
         match spawned {
             Ok(t) => threads.push(t),
@@ -239,8 +283,9 @@ pub fn run_observed(
         }
     }
 
-    wait_for_stop(&ctl, &signals);
-    let counts = stop_and_join(threads);
+    wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
+    let counts = stop_and_join(threads, &mut heartbeat);
+    heartbeat.stopping();
     drop(signals);
     let exit = ctl
         .exit()
@@ -294,9 +339,25 @@ impl Drop for SignalGuard {
     }
 }
 
-/// Sleeps until the VM stops or a stop signal arrives (which stops it).
-fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
+/// Sleeps until the VM stops or a stop signal arrives (which stops it),
+/// waking every [`watchdog::CHECK_EVERY`] to end the VM if a vCPU thread
+/// is stuck, and otherwise to send PID 1 a heartbeat.
+fn wait_for_stop(
+    ctl: &RunControl,
+    signals: &SignalGuard,
+    clocks: &VcpuClocks,
+    heartbeat: &mut Heartbeat,
+) {
+    let check_ms = watchdog::CHECK_EVERY.as_millis() as libc::c_int;
     while !ctl.stopping() {
+        if let Some((index, out)) = clocks.stuck(watchdog::STUCK_AFTER) {
+            ctl.request_stop(VmExit::VcpuStuck {
+                index: u8::try_from(index).unwrap_or(u8::MAX),
+                secs: out.as_secs(),
+            });
+            break;
+        }
+        heartbeat.beat();
         let mut fds = [
             libc::pollfd {
                 fd: ctl.wake_fd().as_raw_fd(),
@@ -312,7 +373,7 @@ fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
         // SAFETY: `fds` is a valid array of two pollfd for the duration of
         // the call, and both descriptors stay open (owned by `ctl` and
         // `signals`, which outlive it).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, check_ms) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -349,10 +410,16 @@ fn install_kick_handler() -> Result<(), VmmError> {
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop flag,
 /// then joins them all. Kicks repeat because one can land just before a
-/// thread enters KVM_RUN.
-fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCounts {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// thread enters KVM_RUN. A thread still running after [`JOIN_LIMIT`] is
+/// stuck outside KVM_RUN: it is left behind (the process exit ends it)
+/// rather than waited for forever.
+fn stop_and_join(
+    threads: Vec<std::thread::JoinHandle<ExitCounts>>,
+    heartbeat: &mut Heartbeat,
+) -> ExitCounts {
+    let deadline = Instant::now() + JOIN_LIMIT;
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        heartbeat.beat();
         for t in threads.iter().filter(|t| !t.is_finished()) {
             // SAFETY: the thread has not been joined (we hold its handle),
             // so its pthread_t is valid; the signal's handler is a no-op.
@@ -361,7 +428,7 @@ fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCount
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut total = ExitCounts::default();
-    for t in threads {
+    for t in threads.into_iter().filter(|t| t.is_finished()) {
         if let Ok(c) = t.join() {
             total += c;
         }
@@ -550,6 +617,70 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_vcpu_thread_ends_its_vm() {
+        use crate::vm::vcpu::test_triggers::PANIC_PORT;
+        // out PANIC_PORT, al; jmp $ (vCPU 1 waits for a SIPI that never comes)
+        let (dir, cfg) = tiny_guest(&[0xe6, PANIC_PORT as u8, 0xeb, 0xfe], 2);
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert_eq!(
+            exit,
+            VmExit::VcpuPanic {
+                index: 0,
+                message: "test-only vCPU panic".into()
+            }
+        );
+        assert_eq!(exit.exit_code(), CODE_VCPU_PANIC);
+        assert_eq!(
+            exit.status_line("t").to_string(),
+            "kiln: vm=t state=failed code=197 reason=vcpu-panic: vCPU 0 panicked: test-only vCPU panic"
+        );
+    }
+
+    #[test]
+    fn a_vcpu_stuck_outside_kvm_run_ends_its_vm_without_waiting_for_it() {
+        use crate::vm::vcpu::test_triggers::STALL_PORT;
+        // A guest spinning in KVM_RUN is not stuck: vCPU 1 never leaves it.
+        let (dir, cfg) = tiny_guest(&[0xe6, STALL_PORT as u8, 0xeb, 0xfe], 2);
+        let started = Instant::now();
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert!(
+            matches!(exit, VmExit::VcpuStuck { index: 0, .. }),
+            "{exit:?}"
+        );
+        assert_eq!(exit.exit_code(), CODE_VCPU_STUCK);
+        assert!(exit
+            .to_string()
+            .starts_with("vcpu-stuck: vCPU 0 stayed outside KVM_RUN for "));
+        // The stalled thread sleeps for a minute; the VMM does not wait.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_spinning_guest_is_not_stuck() {
+        let (dir, cfg) = tiny_guest(&[0xeb, 0xfe], 1); // jmp $
+        let (tx, rx) = mpsc::channel();
+        let base = dir.path().to_path_buf();
+        let runner = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            run_observed(&cfg, &base, &mut || tx.send(me).unwrap())
+        });
+        let thread = rx.recv().unwrap();
+        // Well past STUCK_AFTER (300 ms in tests).
+        std::thread::sleep(Duration::from_millis(1000));
+        // SAFETY: the runner thread is alive until the VM stops.
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
+        assert_eq!(
+            runner.join().unwrap().unwrap(),
+            VmExit::Signal(libc::SIGTERM)
+        );
+    }
+
+    #[test]
     fn config_sources_that_are_not_files_are_refused() {
         let src = "name = \"x\"\nmemory = \"16M\"\n[boot]\nkernel = \"cargo:kiln-hello\"\n";
         let cfg: VmConfig = parse(Path::new("t.toml"), src).unwrap();
@@ -580,6 +711,12 @@ mod tests {
             VmExit::TripleFault.exit_code(),
             VmExit::InternalError(String::new()).exit_code(),
             CODE_VMM_ERROR,
+            VmExit::VcpuPanic {
+                index: 0,
+                message: String::new(),
+            }
+            .exit_code(),
+            VmExit::VcpuStuck { index: 0, secs: 0 }.exit_code(),
             VmExit::Signal(libc::SIGTERM).exit_code(),
             VmExit::Signal(libc::SIGINT).exit_code(),
         ];
