@@ -28,7 +28,7 @@ use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
-use crate::watchdog::{self, Heartbeat, VcpuClocks};
+use crate::watchdog::{self, Heartbeat, StuckCheck, VcpuClocks};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::os::fd::AsRawFd;
@@ -349,8 +349,9 @@ fn wait_for_stop(
     heartbeat: &mut Heartbeat,
 ) {
     let check_ms = watchdog::CHECK_EVERY.as_millis() as libc::c_int;
+    let mut stuck = StuckCheck::new(clocks, Instant::now());
     while !ctl.stopping() {
-        if let Some((index, out)) = clocks.stuck(watchdog::STUCK_AFTER) {
+        if let Some((index, out)) = stuck.check(clocks, Instant::now()) {
             ctl.request_stop(VmExit::VcpuStuck {
                 index: u8::try_from(index).unwrap_or(u8::MAX),
                 secs: out.as_secs(),

@@ -8,9 +8,9 @@
 //!
 //! The VMM's main thread checks its vCPUs every [`CHECK_EVERY`] and, while
 //! none is stuck, writes a heartbeat byte ([`BEAT`]) at most every
-//! [`BEAT_EVERY`] to the pipe PID 1 hands it as fd [`HEARTBEAT_FD`]
-//! (named by [`HEARTBEAT_ENV`]). Before it tears the VM down it writes
-//! [`STOPPING`]. PID 1 ends a VMM that goes silent (see `init::watchdog`).
+//! [`BEAT_EVERY`] to the pipe PID 1 hands it (its fd number in
+//! [`HEARTBEAT_ENV`]). Before it tears the VM down it writes [`STOPPING`].
+//! PID 1 ends a VMM that goes silent (see `init::watchdog`).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 /// Names the heartbeat fd in the VMM's environment.
 pub const HEARTBEAT_ENV: &str = "KILN_HEARTBEAT_FD";
-/// Where PID 1 puts the heartbeat pipe in the VMM.
-pub const HEARTBEAT_FD: RawFd = 3;
 /// "The VM is running and every vCPU thread is answering."
 pub const BEAT: u8 = b'.';
 /// "The VM has stopped; the VMM is tearing it down."
@@ -41,51 +39,78 @@ pub const STUCK_AFTER: Duration = if cfg!(test) {
     Duration::from_secs(10)
 };
 
-/// When each vCPU thread last left `KVM_RUN` (or that it is inside).
+/// Whether each vCPU thread is inside `KVM_RUN`: a counter per vCPU,
+/// bumped on every entry and exit (odd: outside). The vCPU's hot path pays
+/// one relaxed atomic add per transition and reads no clock.
 pub struct VcpuClocks {
-    base: Instant,
-    /// Per vCPU: 0 while inside `KVM_RUN`, else 1 + milliseconds from
-    /// `base` to when it left.
-    left_at: Box<[AtomicU64]>,
+    transitions: Box<[AtomicU64]>,
 }
 
 impl VcpuClocks {
-    /// `n` vCPU threads, each counted as outside `KVM_RUN` from now on.
+    /// `n` vCPU threads, each counted as outside `KVM_RUN`.
     pub fn new(n: usize) -> Self {
         VcpuClocks {
-            base: Instant::now(),
-            left_at: (0..n).map(|_| AtomicU64::new(1)).collect(),
+            transitions: (0..n).map(|_| AtomicU64::new(1)).collect(),
         }
-    }
-
-    fn now_mark(&self) -> u64 {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        ms.saturating_add(1)
     }
 
     /// vCPU `i` is about to enter `KVM_RUN`.
     pub fn entering(&self, i: usize) {
-        if let Some(c) = self.left_at.get(i) {
-            c.store(0, Ordering::Relaxed);
+        if let Some(c) = self.transitions.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// vCPU `i` has just left `KVM_RUN`.
     pub fn left(&self, i: usize) {
-        if let Some(c) = self.left_at.get(i) {
-            c.store(self.now_mark(), Ordering::Relaxed);
+        if let Some(c) = self.transitions.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The main thread's view of [`VcpuClocks`]: how long each vCPU has been
+/// outside `KVM_RUN` without moving. Time only counts while the checking
+/// thread itself runs (each step counts at most twice [`CHECK_EVERY`]),
+/// so a host that stalls the whole machine makes no vCPU look stuck.
+pub struct StuckCheck {
+    seen: Vec<u64>,
+    outside: Vec<Duration>,
+    at: Instant,
+}
+
+impl StuckCheck {
+    pub fn new(clocks: &VcpuClocks, now: Instant) -> Self {
+        let n = clocks.transitions.len();
+        StuckCheck {
+            seen: vec![0; n],
+            outside: vec![Duration::ZERO; n],
+            at: now,
         }
     }
 
-    /// The first vCPU that has been outside `KVM_RUN` for `limit` or
-    /// more, and for how long.
-    pub fn stuck(&self, limit: Duration) -> Option<(usize, Duration)> {
-        let now = self.now_mark();
-        self.left_at.iter().enumerate().find_map(|(i, c)| {
-            let left = c.load(Ordering::Relaxed);
-            let out = Duration::from_millis(now.saturating_sub(left));
-            (left != 0 && out >= limit).then_some((i, out))
-        })
+    /// Looks at every vCPU; the first one outside `KVM_RUN` for
+    /// [`STUCK_AFTER`] or more, and for how long.
+    pub fn check(&mut self, clocks: &VcpuClocks, now: Instant) -> Option<(usize, Duration)> {
+        let step = now.saturating_duration_since(self.at).min(2 * CHECK_EVERY);
+        self.at = now;
+        let mut stuck = None;
+        for (i, c) in clocks.transitions.iter().enumerate() {
+            let t = c.load(Ordering::Relaxed);
+            let (Some(seen), Some(out)) = (self.seen.get_mut(i), self.outside.get_mut(i)) else {
+                continue;
+            };
+            *out = if t % 2 == 1 && t == *seen {
+                out.saturating_add(step)
+            } else {
+                Duration::ZERO
+            };
+            *seen = t;
+            if stuck.is_none() && *out >= STUCK_AFTER {
+                stuck = Some((i, *out));
+            }
+        }
+        stuck
     }
 }
 
@@ -173,23 +198,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_vcpu_is_stuck_only_outside_kvm_run_for_long() {
+    fn a_vcpu_is_stuck_only_outside_kvm_run_without_moving() {
         let c = VcpuClocks::new(2);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut check = StuckCheck::new(&c, t0);
         c.entering(0);
         c.entering(1);
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(c.stuck(Duration::from_millis(10)), None, "inside KVM_RUN");
+        // Inside KVM_RUN (a spinning or halted guest) is never stuck.
+        for ms in (20..=2000).step_by(20) {
+            assert_eq!(check.check(&c, at(ms)), None);
+        }
+        // vCPU 1 leaves KVM_RUN and stays out.
         c.left(1);
-        assert_eq!(c.stuck(Duration::from_millis(20)), None);
-        std::thread::sleep(Duration::from_millis(30));
-        let (i, out) = c.stuck(Duration::from_millis(20)).unwrap();
-        assert_eq!(i, 1);
-        assert!(out >= Duration::from_millis(20));
-        c.entering(1);
-        assert_eq!(c.stuck(Duration::from_millis(20)), None);
+        let mut ms = 2000;
+        let stuck = loop {
+            ms += 20;
+            if let Some(s) = check.check(&c, at(ms)) {
+                break s;
+            }
+            assert!(ms < 5000);
+        };
+        assert_eq!(stuck.0, 1);
+        assert!(stuck.1 >= STUCK_AFTER);
+        // Busy with exits (moving in and out) is not stuck either.
+        for ms in (6000..9000).step_by(20) {
+            c.entering(1);
+            c.left(1);
+            assert_eq!(check.check(&c, at(ms)), None);
+        }
         // Out-of-range indexes are ignored.
         c.left(7);
         c.entering(7);
+    }
+
+    #[test]
+    fn a_stalled_host_makes_no_vcpu_stuck() {
+        let c = VcpuClocks::new(1);
+        let t0 = Instant::now();
+        let mut check = StuckCheck::new(&c, t0);
+        // Outside KVM_RUN, and then nothing runs for a minute.
+        assert_eq!(check.check(&c, t0 + Duration::from_millis(20)), None);
+        assert_eq!(check.check(&c, t0 + Duration::from_secs(60)), None);
     }
 
     #[test]
