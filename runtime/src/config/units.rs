@@ -146,7 +146,10 @@ impl Duration {
     pub fn check_range(self, min: Duration, max: Duration) -> Result<(), String> {
         if self < min || self > max {
             return Err(format!(
-                "{self} is out of range; expected a duration from {min} to {max}"
+                "{} is out of range; expected a duration from {} to {}",
+                self.human(),
+                min.human(),
+                max.human()
             ));
         }
         Ok(())
@@ -187,7 +190,8 @@ impl Duration {
         match std::time::Duration::try_from_secs_f64(secs) {
             Ok(d) if d <= MAX_DURATION.0 => Ok(Duration(d)),
             _ => Err(format!(
-                "\"{text}\" is out of range; expected a duration of at most {MAX_DURATION}"
+                "\"{text}\" is out of range; expected a duration of at most {}",
+                MAX_DURATION.human()
             )),
         }
     }
@@ -198,15 +202,27 @@ impl Duration {
 }
 
 impl fmt::Display for Duration {
-    /// In the largest unit that writes it exactly (ms, s, m or h).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl Duration {
+    /// In the largest unit that writes it exactly (ms, s, m or h), for
+    /// messages about ranges: "from 1ms to 1h".
+    pub fn human(self) -> String {
         let ms = self.0.as_millis();
         for (unit, per) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
             if ms >= per && ms % per == 0 {
-                return write!(f, "{}{unit}", ms / per);
+                return format!("{}{unit}", ms / per);
             }
         }
-        write!(f, "{ms}ms")
+        format!("{ms}ms")
     }
 }
 
@@ -267,10 +283,10 @@ mod tests {
         assert!(Duration::parse("30").unwrap_err().contains("no unit"));
         assert!(Duration::parse("-1s").unwrap_err().contains("positive"));
         assert_eq!(Duration::parse("1500ms").unwrap().to_string(), "1500ms");
-        assert_eq!(Duration::parse("3600s").unwrap().to_string(), "1h");
-        assert_eq!(Duration::parse("90s").unwrap().to_string(), "90s");
-        assert_eq!(Duration::parse("120s").unwrap().to_string(), "2m");
-        assert_eq!(Duration::parse("0s").unwrap().to_string(), "0ms");
+        assert_eq!(Duration::parse("3600s").unwrap().human(), "1h");
+        assert_eq!(Duration::parse("90s").unwrap().human(), "90s");
+        assert_eq!(Duration::parse("120s").unwrap().human(), "2m");
+        assert_eq!(Duration::parse("0s").unwrap().human(), "0ms");
     }
 
     #[test]

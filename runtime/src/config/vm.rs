@@ -356,7 +356,8 @@ impl VmConfig {
                 "restart.backoff",
                 format!(
                     "{} is more than restart.max_backoff ({}); expected at most that",
-                    restart.backoff, restart.max_backoff
+                    restart.backoff.human(),
+                    restart.max_backoff.human()
                 ),
             ));
         }
