@@ -16,13 +16,10 @@ fn report(what: &str, started: Instant) {
 }
 
 /// The image header every test image shares: the Debian cloud kernel.
-/// `no_timer_check`: on a loaded build machine the emulated target's
-/// kernel sometimes finds its timer too slow through the interrupt-
-/// remapped IO-APIC and panics at boot, before PID 1 runs.
 fn image(name: &str, cmdline: &str, rest: &str) -> String {
     format!(
         "name = \"{name}\"\n[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n\
-         cmdline = \"console=ttyS0 panic=-1 quiet no_timer_check{cmdline}\"\n{rest}"
+         cmdline = \"console=ttyS0 panic=-1 quiet{cmdline}\"\n{rest}"
     )
 }
 

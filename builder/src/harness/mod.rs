@@ -2,7 +2,7 @@
 //! and report in a form CI understands.
 //!
 //! - [`console`]: bytes to clean lines; [`judge`]: lines to verdicts;
-//! - [`target`]: QEMU, a lab machine through commands, or a replayed log;
+//! - [`targets`]: QEMU, a lab machine through commands, or a replayed log;
 //! - [`junit`] and [`report`]: the JUnit XML file and the summary table;
 //! - [`log`]: the whole console kept in a file.
 //!
@@ -15,7 +15,7 @@ pub mod judge;
 pub mod junit;
 pub mod log;
 pub mod report;
-pub mod target;
+pub mod targets;
 
 use crate::build;
 use crate::image::Image;
@@ -23,13 +23,14 @@ use crate::manifest::Manifest;
 use crate::progress;
 use console::{Excerpt, LineSplitter};
 use judge::{End, Judge, RunError, Verdict, VmPlan, VmResult};
+use kiln_schema::error_chain::chain;
 use log::ConsoleLog;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
-use target::{Console, Deployable, Target, TargetSpec};
+use targets::{Console, Deployable, Target, TargetSpec};
 
 /// How often the run loop looks at the clock and at Ctrl-C.
 const TICK: Duration = Duration::from_millis(100);
@@ -125,6 +126,9 @@ impl RunOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub runs: Vec<RunOutcome>,
+    /// Ctrl-C or SIGTERM cut the test short: a VM lost its verdict to it,
+    /// or a run never happened. An interrupt that came when every verdict
+    /// was in (while the target stopped, say) costs nothing.
     pub interrupted: bool,
     pub junit: Option<PathBuf>,
     pub logs: Vec<PathBuf>,
@@ -132,7 +136,7 @@ pub struct Report {
 
 impl Report {
     /// 0: every VM passed; 1: at least one failure; 2: an error and no
-    /// failure (DESIGN.md); 130: interrupted.
+    /// failure; 130: interrupted before every verdict was in.
     pub fn exit_code(&self) -> u8 {
         let vms = || self.runs.iter().flat_map(|r| &r.vms);
         if self.interrupted {
@@ -164,16 +168,6 @@ struct NotPrepared {
     vms: Vec<String>,
     kind: &'static str,
     message: String,
-}
-
-fn message(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    s
 }
 
 /// Builds an image config (into `out/<name>`) or reads a built directory.
@@ -221,7 +215,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                 name: stem,
                 vms: Vec::new(),
                 kind: "config",
-                message: message(&e),
+                message: chain(&e),
             })?;
             let out = Path::new("out").join(&image.config.name);
             let built = build::build(&image, &out).map_err(|e| NotPrepared {
@@ -232,7 +226,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                     .map(|v| v.config.name.to_string())
                     .collect(),
                 kind: "build",
-                message: format!("the image did not build: {}", message(&e)),
+                message: format!("the image did not build: {}", chain(&e)),
             })?;
             (built.out_dir, built.manifest)
         }
@@ -246,7 +240,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
             name: manifest.name.clone(),
             vms: manifest.vms.iter().map(|v| v.name.clone()).collect(),
             kind: "config",
-            message: message(&e),
+            message: chain(&e),
         })?;
     Ok(Prepared {
         name: manifest.name.clone(),
@@ -258,14 +252,14 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
 
 /// Runs `kiln test`. `interrupted` is set by Ctrl-C/SIGTERM.
 pub fn run(opts: &Options, interrupted: Arc<AtomicBool>) -> Result<Report, HarnessError> {
-    let target = target::open(&opts.target, interrupted.clone(), opts.echo);
+    let target = targets::open(&opts.target, interrupted.clone(), opts.echo);
     run_on(opts, target, interrupted)
 }
 
 /// Runs `kiln test` on an opened target (or the error opening it gave).
 pub fn run_on(
     opts: &Options,
-    mut target: Result<Box<dyn Target>, target::TargetError>,
+    mut target: Result<Box<dyn Target>, targets::TargetError>,
     interrupted: Arc<AtomicBool>,
 ) -> Result<Report, HarnessError> {
     if opts.repeat == 0 {
@@ -289,8 +283,11 @@ pub fn run_on(
         Err(_) => spec_name(&opts.target),
     };
 
+    // A run that never happened because of Ctrl-C.
+    let mut skipped = false;
     for input in inputs {
         if interrupted.load(Ordering::Relaxed) {
+            skipped = true;
             break;
         }
         let prepared = match &target {
@@ -299,7 +296,7 @@ pub fn run_on(
                 name: input_name(input),
                 vms: Vec::new(),
                 kind: "target",
-                message: message(e),
+                message: chain(e),
             }),
             Ok(_) => prepare(input),
         };
@@ -329,6 +326,7 @@ pub fn run_on(
         };
         for attempt in 1..=opts.repeat {
             if interrupted.load(Ordering::Relaxed) {
+                skipped = true;
                 break;
             }
             let log = match (&mut shared_log, &mut own_log) {
@@ -347,7 +345,12 @@ pub fn run_on(
     if let Some(log) = shared_log {
         report.logs.push(log.keep()?);
     }
-    report.interrupted = interrupted.load(Ordering::Relaxed);
+    report.interrupted = skipped
+        || report
+            .runs
+            .iter()
+            .flat_map(|r| &r.vms)
+            .any(|v| v.kind == RunError::Interrupted.kind());
     write_junit(opts, &report)?;
     Ok(report)
 }
@@ -469,18 +472,29 @@ fn run_once(
         Err(e) => judge.abort(if interrupted.load(Ordering::Relaxed) {
             RunError::Interrupted
         } else {
-            RunError::Target(message(&e))
+            RunError::Target(chain(&e))
         }),
     }
     let judgement = judge.finish(power_on.elapsed());
     let stopped = target.stop();
 
     let mut error = match &judgement.end {
+        // Every VM had its verdict when Ctrl-C came (the judge was waiting
+        // for the `done` line): the run is complete.
+        End::Error(RunError::Interrupted)
+            if judgement
+                .vms
+                .iter()
+                .all(|v| v.kind != RunError::Interrupted.kind()) =>
+        {
+            progress::note("every verdict was in before the interrupt: reporting them");
+            None
+        }
         End::Error(e) => Some((e.kind().to_string(), e.to_string())),
         End::Done { .. } | End::AllJudged => None,
     };
     if let Err(e) = stopped {
-        let msg = format!("stopping the target failed: {}", message(&e));
+        let msg = format!("stopping the target failed: {}", chain(&e));
         progress::note(&msg);
         error = Some(match error {
             Some((kind, first)) => (kind, format!("{first}; {msg}")),
@@ -544,7 +558,9 @@ fn watch(
     };
     loop {
         if interrupted.load(Ordering::Relaxed) {
-            progress::note("interrupted: stopping the target (press Ctrl-C again to quit at once)");
+            progress::note(
+                "interrupted: stopping the target (press Ctrl-C again to kill it at once)",
+            );
             judge.abort(RunError::Interrupted);
             return;
         }
@@ -557,6 +573,10 @@ fn watch(
                     }
                 }
             }
+            // A second Ctrl-C kills the target: its console ending then is
+            // the interrupt's doing, which the next turn reports.
+            Ok(Chunk::Closed | Chunk::Failed(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
+                if interrupted.load(Ordering::Relaxed) => {}
             Ok(Chunk::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(line) = splitter.finish() {
                     if feed(&line, judge, t0.elapsed()) == judge::Step::End {

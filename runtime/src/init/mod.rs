@@ -8,12 +8,12 @@ mod cgroup;
 mod console;
 mod modules;
 mod mounts;
-mod passthrough;
 mod power;
 mod supervise;
+mod vfio_binding;
 mod watchdog;
 
-use crate::config::{self, ApplianceConfig, APPLIANCE_PATH};
+use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
 use std::path::Path;
 
 /// Everything PID 1 does; never returns.
@@ -47,9 +47,9 @@ fn run() -> config::OnDone {
         say(&format!("error: {e}"));
     }
     supervise::wait_for_nodes(&appliance);
-    let (vms, refused, bound) = passthrough::bind(&appliance.vms);
+    let (vms, refused, bound) = vfio_binding::bind(&appliance.vms);
     let (ok, failed) = supervise::run_all(&vms);
-    passthrough::release(bound);
+    vfio_binding::release(bound);
     // Before the done line, which may end a `kiln test` run.
     if let Some(kib) = peak_memory_kib() {
         say(&format!("init memory peak_kib={kib}"));

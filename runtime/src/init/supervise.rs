@@ -7,9 +7,9 @@
 
 use super::cgroup::{Cgroups, VmCgroup, PIDS_BESIDE_VCPUS};
 use super::watchdog::Watch;
-use crate::config::{ApplianceConfig, ByteSize, RestartPolicy, VmConfig};
 use crate::status::{StatusLine, VmState};
 use crate::watchdog::HEARTBEAT_ENV;
+use kiln_schema::config::{ApplianceConfig, ByteSize, RestartPolicy, VmConfig};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
