@@ -6,6 +6,7 @@ use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
 use kiln::qemu::{self, Accel};
+use kiln_abi::error::Chain;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -98,12 +99,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            eprintln!("error: {}", Chain::new(&*e).separator("\n  caused by: "));
             ExitCode::from(2)
         }
     }

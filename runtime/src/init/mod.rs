@@ -12,6 +12,7 @@ mod power;
 mod supervise;
 
 use crate::config::{self, ApplianceConfig, APPLIANCE_PATH};
+use crate::status::{Emit, StatusLine};
 use std::path::Path;
 
 /// Everything PID 1 does; never returns.
@@ -48,11 +49,7 @@ fn run() -> config::OnDone {
     let (vms, refused, bound) = passthrough::bind(&appliance.vms);
     let (ok, failed) = supervise::run_all(&vms);
     passthrough::release(bound);
-    crate::status::StatusLine::Done {
-        ok,
-        failed: failed + refused,
-    }
-    .print();
+    StatusLine::done(ok, failed + refused).print();
     appliance.on_done
 }
 

@@ -3,7 +3,7 @@
 //! each VM's policy says.
 
 use crate::config::{ApplianceConfig, RestartPolicy, VmConfig};
-use crate::status::{StatusLine, VmState};
+use crate::status::{Emit, StatusLine, VmState};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;

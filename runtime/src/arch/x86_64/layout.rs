@@ -112,4 +112,4 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 
 /// The debug exit port: a write of N ends the VM with status N.
-pub const EXIT_PORT: u16 = 0xf4;
+pub const EXIT_PORT: u16 = kiln_abi::exit::PORT;
