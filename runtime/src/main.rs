@@ -3,9 +3,9 @@
 
 use kiln_abi::error::Chain;
 use kiln_abi::exit::{CODE_USAGE, CODE_VMM_ERROR};
-use kiln_runtime::config::{self, KeyPath, VmConfig};
 use kiln_runtime::status::{Emit, StatusLine, VmState};
 use kiln_runtime::vmm;
+use kiln_schema::config::{self, KeyPath, VmSpec};
 use std::path::Path;
 
 const USAGE: &str = "usage: kiln-runtime run CONFIG.toml\n       kiln-runtime --version";
@@ -39,7 +39,9 @@ fn main() {
 }
 
 fn run(file: &Path) -> i32 {
-    let (cfg, src) = match config::load::<VmConfig>(file) {
+    // A VM config as users write it: its `[test]` table is `kiln test`'s
+    // and ignored here, and a source other than a file is refused below.
+    let (spec, src) = match config::load::<VmSpec>(file) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("kiln-runtime: {}", Chain::new(&e));
@@ -50,14 +52,14 @@ fn run(file: &Path) -> i32 {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = cfg.name.as_str();
-    if let Err(e) = cfg.check(file, &src, &KeyPath::root(), base_dir) {
+    let name = spec.name.as_str();
+    if let Err(e) = spec.check(file, &src, &KeyPath::root(), base_dir) {
         eprintln!("kiln-runtime: {}", Chain::new(&e));
         return CODE_USAGE;
     }
     StatusLine::vm(name, VmState::Starting).print();
     let on_running = &mut || StatusLine::vm(name, VmState::Running).print();
-    match vmm::run_observed(&cfg, base_dir, on_running) {
+    match vmm::run_form(&spec).and_then(|cfg| vmm::run_observed(&cfg, base_dir, on_running)) {
         Ok(exit) => {
             exit.status_line(name).print();
             exit.exit_code()

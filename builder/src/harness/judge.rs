@@ -34,7 +34,7 @@
 
 use super::console::Excerpt;
 use kiln_abi::status::{note_vm, StatusLine, VmState};
-use kiln_runtime::config::TestExpectations;
+use kiln_schema::config::TestExpectations;
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -660,7 +660,7 @@ fn verdict_of(t: Track, end: &End, at: Duration) -> VmResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_runtime::config::Duration as CfgDuration;
+    use kiln_schema::config::Duration as CfgDuration;
 
     fn plan(name: &str, expect: &[&str], fail: &[&str], timeout: Option<u64>) -> VmPlan {
         VmPlan::new(

@@ -21,13 +21,13 @@
 //! The names are kiln-abi's (`kiln_abi::fdt`), which the hello unikernel reads.
 
 use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
-use crate::config::Bdf;
 use crate::vm::memory::ram_ranges;
 use kiln_abi::exit::PORT_SIZE as EXIT_PORT_SIZE;
 use kiln_abi::fdt::{
     device_type, node, prop, COMPATIBLE_EXIT_PORT, COMPATIBLE_PCI_HOST, COMPATIBLE_UART,
     COMPATIBLE_VM, MODEL_VM,
 };
+use kiln_schema::config::Bdf;
 use vm_fdt::FdtWriter;
 
 /// A PCI device the guest can find in its device tree.

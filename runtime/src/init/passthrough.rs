@@ -1,11 +1,11 @@
 //! Init's device step: bind every VM's PCI devices to vfio-pci before the
 //! VMs start, and give them back to their drivers once all VMs are done.
 
-use crate::config::VmConfig;
 use crate::pci::Sysfs;
 use crate::status::{Emit, StatusLine, VmState};
 use crate::vfio::{self, Bound};
 use kiln_abi::error::Chain;
+use kiln_schema::config::VmConfig;
 use std::path::Path;
 
 /// Binds the devices of `vms` and returns the VMs to start (each with its
