@@ -223,7 +223,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                     .map(|v| v.config.name.to_string())
                     .collect(),
                 kind: "build",
-                message: format!("the image did not build: {}", Chain::new(&e).to_string()),
+                message: format!("the image did not build: {}", Chain::new(&e)),
             })?;
             (built.out_dir, built.manifest)
         }
@@ -471,7 +471,7 @@ fn run_once(
         End::Done { .. } | End::AllJudged => None,
     };
     if let Err(e) = stopped {
-        let msg = format!("stopping the target failed: {}", Chain::new(&e).to_string());
+        let msg = format!("stopping the target failed: {}", Chain::new(&e));
         progress::note(&msg);
         error = Some(match error {
             Some((kind, first)) => (kind, format!("{first}; {msg}")),
