@@ -3,8 +3,10 @@
 
 pub mod atomic;
 pub mod build;
+pub mod children;
 pub mod compress;
 pub mod cpio;
+pub mod emulator;
 pub mod harness;
 pub mod image;
 pub mod inspect;
@@ -13,4 +15,3 @@ pub mod manifest;
 pub mod output;
 pub mod payload;
 pub mod progress;
-pub mod qemu;

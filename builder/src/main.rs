@@ -2,10 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use kiln::build;
+use kiln::children::{self, interrupt, reaper, ProcessGroup, Role};
+use kiln::emulator::{self, Accel};
 use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
-use kiln::qemu::{self, Accel};
 use kiln_abi::error::Chain;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,9 +28,13 @@ enum Cmd {
     Build {
         /// An image config (images/*.toml).
         image: Option<PathBuf>,
-        /// Output directory [default: out/<image name>].
+        /// Output directory [default: out/<image name>]. Replaced only if
+        /// it is empty or a kiln output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output directory even if kiln did not write it.
+        #[arg(long)]
+        force: bool,
         /// Print a machine-readable summary (the manifest) on stdout.
         #[arg(long)]
         json: bool,
@@ -79,6 +84,9 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// kiln's reaper (internal): kills what `kiln test` still runs when it dies.
+    #[command(name = reaper::SUBCOMMAND, hide = true)]
+    Reaper,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -96,7 +104,11 @@ fn parse_accel(accel: &str) -> Result<Accel, BoxError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // Every exit of kiln ends what it started (the targets have stopped
+    // their children already; this is for any path that did not).
+    children::kill_all();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", Chain::new(&*e).separator("\n  caused by: "));
@@ -112,11 +124,17 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         Cmd::Build {
             image,
             output,
+            force,
             json,
         } => {
             progress::set_quiet(json);
             let (image, out) = load_image(image.as_deref(), output)?;
-            let built = build::build(&image, &out)?;
+            let replace = if force {
+                build::Replace::AnyDirectory
+            } else {
+                build::Replace::KilnOutput
+            };
+            let built = build::build_with(&image, &out, replace)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&built.manifest)?);
             } else {
@@ -143,18 +161,19 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 inputs: images,
                 junit,
                 repeat,
-                target: harness::target::TargetSpec::parse(&target, parse_accel(&accel)?),
+                target: harness::targets::TargetSpec::parse(&target, parse_accel(&accel)?),
                 timeout,
                 boot_timeout,
                 echo: verbose || std::io::stderr().is_terminal(),
             };
             // Ctrl-C and SIGTERM stop the target in order and still write
-            // the report (targets run in their own process groups).
-            // A second Ctrl-C quits at once (e.g. during a long build).
-            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone())?;
-                signal_hook::flag::register(sig, interrupted.clone())?;
+            // the report (targets run in their own process groups); a
+            // second one kills the target at once (see children::interrupt).
+            let interrupted = interrupt::install()?;
+            if let Err(e) = reaper::start() {
+                progress::note(format!(
+                    "cannot start kiln's reaper ({e}): if kiln is killed, what lab commands started may outlive it"
+                ));
             }
             let report = harness::run(&opts, interrupted)?;
             print!(
@@ -169,9 +188,13 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             }
             Ok(ExitCode::from(report.exit_code()))
         }
+        Cmd::Reaper => {
+            reaper::serve(std::io::stdin().lock());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run { image, accel } => {
             let accel = parse_accel(&accel)?;
-            let qemu = qemu::find()?;
+            let qemu = emulator::find()?;
             let (dir, target) = match image.as_deref() {
                 Some(p) if p.is_dir() => (p.to_path_buf(), target_of_dir(p)?),
                 other => {
@@ -180,29 +203,27 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     (built.out_dir, image.config.target.clone())
                 }
             };
-            let files = qemu::BootFiles::from_dir(&dir)?;
-            let mut cmd = qemu::command(&qemu, &files, &target, accel);
+            let files = emulator::BootFiles::from_dir(&dir)?;
+            let cmd = emulator::command(&qemu, &files, &target, accel);
             progress::note(format!(
                 "booting {} on QEMU ({}); Ctrl-C stops it",
                 dir.display(),
                 accel.as_str()
             ));
-            // Ctrl-C reaches QEMU (same process group) which stops; kiln stays
-            // to report and clean up instead of dying first.
-            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
-            signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
-            let mut child = cmd.spawn()?;
+            // QEMU stays in kiln's process group, the terminal's foreground
+            // job: Ctrl-C reaches QEMU, which stops, and kiln, which stays to
+            // report and make sure (SIGTERM reaches kiln alone). QEMU dies
+            // with kiln whatever kills it.
+            let interrupted = interrupt::install()?;
+            let mut child = children::spawn(cmd, ProcessGroup::Kiln, Role::Work)?;
             let status = loop {
                 if let Some(s) = child.try_wait()? {
-                    break s;
+                    break Some(s);
                 }
                 if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    if child.try_wait()?.is_none() {
-                        let _ = child.kill();
-                    }
-                    break child.wait()?;
+                    // QEMU saves nothing worth waiting long for.
+                    child.stop(std::time::Duration::from_millis(500));
+                    break None;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             };
@@ -210,7 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 progress::note("interrupted; QEMU stopped");
                 return Ok(ExitCode::from(130));
             }
-            Ok(if status.success() {
+            Ok(if status.is_some_and(|s| s.success()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
