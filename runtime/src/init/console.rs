@@ -10,7 +10,7 @@
 //! holds at most one piece per VM, whatever the guest prints.
 
 use crate::devices::serial::GUEST_TAG;
-use crate::status::{StatusLine, VmState};
+use crate::status::{note_vm, StatusLine, VmState};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -87,11 +87,11 @@ pub fn console_line(vm: &str, piece: &[u8], continues: bool) -> Option<String> {
     if guest || continues {
         return Some(format!("[{vm}] {line}\n"));
     }
-    let note = crate::status::note_vm(&line) == Some(vm);
+    let note = note_vm(&line) == Some(vm);
     if note
         || StatusLine::parse(&line).is_some_and(|s| {
             line.trim_start().starts_with("kiln: ")
-                && matches!(s, StatusLine::Vm { ref name, .. } if name == vm)
+                && matches!(s, StatusLine::Vm { name, .. } if name == vm)
         })
     {
         Some(format!("{}\n", line.trim_start()))
@@ -105,7 +105,7 @@ fn is_final_status(vm: &str, line: &str) -> bool {
     !line.starts_with('[')
         && matches!(
             StatusLine::parse(line.trim_end()),
-            Some(StatusLine::Vm { ref name, state: VmState::Exited | VmState::Failed, .. })
+            Some(StatusLine::Vm { name, state: VmState::Exited | VmState::Failed, .. })
                 if name == vm
         )
 }

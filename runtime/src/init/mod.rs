@@ -13,6 +13,7 @@ mod supervise;
 mod vfio_binding;
 mod watchdog;
 
+use crate::status::{Emit, StatusLine};
 use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
 use std::path::Path;
 
@@ -54,11 +55,7 @@ fn run() -> config::OnDone {
     if let Some(kib) = peak_memory_kib() {
         say(&format!("init memory peak_kib={kib}"));
     }
-    crate::status::StatusLine::Done {
-        ok,
-        failed: failed + refused,
-    }
-    .print();
+    StatusLine::done(ok, failed + refused).print();
     appliance.on_done
 }
 

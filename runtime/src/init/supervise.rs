@@ -7,7 +7,7 @@
 
 use super::cgroup::{Cgroups, VmCgroup, PIDS_BESIDE_VCPUS};
 use super::watchdog::Watch;
-use crate::status::{StatusLine, VmState};
+use crate::status::{Emit, StatusLine, VmState};
 use crate::watchdog::HEARTBEAT_ENV;
 use kiln_schema::config::{ApplianceConfig, ByteSize, RestartPolicy, VmConfig};
 use nix::fcntl::OFlag;
