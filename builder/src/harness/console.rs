@@ -14,8 +14,11 @@ use std::collections::VecDeque;
 
 /// Longest line kept whole: a console that never prints a newline cannot
 /// make kiln buffer without bound; a longer line is cut into pieces, each
-/// marked as continuing the line before it.
-pub const MAX_LINE: usize = 16 * 1024;
+/// marked as continuing the line before it. Above the longest line the
+/// runtime prints (a 4 KiB piece of guest output, each byte at most four
+/// characters once escaped, and its prefix), so only a console that is
+/// not the runtime's (firmware, an older runtime) has lines cut here.
+pub const MAX_LINE: usize = 32 * 1024;
 
 /// A line the splitter cut, or a piece of one longer than [`MAX_LINE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
