@@ -231,7 +231,7 @@ pub struct Judgement {
     pub end: End,
     /// The last lines of the whole console.
     pub tail: Excerpt,
-    /// VMs the console named (a status line, a note, a prefix) that the
+    /// VMs the runtime's lines (a status line, a note) named that the
     /// image does not have: judged not at all, named in the report.
     pub unknown: Vec<String>,
 }
@@ -337,7 +337,7 @@ pub struct Judge {
     tail: Excerpt,
     /// Whose the last line was, for the pieces that continue it.
     last: Owner,
-    /// VMs the console named that the image does not have.
+    /// VMs the runtime's lines named that the image does not have.
     unknown: Vec<String>,
 }
 
@@ -397,14 +397,14 @@ impl Judge {
         self.tail.push(line);
         self.last = Owner::Nobody;
         match classify(line) {
-            ConsoleLine::Guest { vm, text } => match self.index(vm) {
-                Some(i) => {
+            ConsoleLine::Guest { vm, text } => {
+                // A VM not of this image (or firmware's `[info]`): nobody's.
+                if let Some(i) = self.index(vm) {
                     self.prefixed = true;
                     self.last = Owner::Vm(i);
                     self.guest_text(i, text, at);
                 }
-                None => self.unknown(vm),
-            },
+            }
             ConsoleLine::Status(status) => return self.status(status, line, at),
             ConsoleLine::Note { vm } => match self.index(vm) {
                 // The runtime's word about one VM: that VM's alone,

@@ -505,7 +505,7 @@ fn run_once(
     if !judgement.unknown.is_empty() {
         let names = judgement.unknown.join(", ");
         progress::note(format!(
-            "{what}: the console named VMs the image does not have ({names}); they count for no verdict"
+            "{what}: status lines on the console named VMs the image does not have ({names}); they count for no verdict"
         ));
         properties.push(("console.unknown_vms".to_string(), names));
     }
