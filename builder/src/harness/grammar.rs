@@ -12,7 +12,7 @@
 //!   kernel's own `[  seconds]` stamp, if any): the host crashed.
 //! - Anything else unprefixed: the host's (its kernel, the firmware).
 
-use kiln_runtime::status::{note_vm, StatusLine};
+use kiln_schema::status::{note_vm, StatusLine};
 
 /// Host kernel messages that mean the appliance is dead (panic, oops,
 /// kernel BUG, GPF), at the start of a message.
@@ -110,7 +110,7 @@ fn digits(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_runtime::status::VmState;
+    use kiln_schema::status::VmState;
 
     #[test]
     fn guest_lines_are_the_guests_whatever_they_say() {

@@ -9,7 +9,7 @@ use super::console::MAX_LINE;
 use super::target::{Console, Deployable, Target, TargetError, TargetSpec};
 use super::*;
 use crate::manifest::{Artifact, KernelInfo, ManifestVm};
-use kiln_runtime::config::TestExpectations;
+use kiln_schema::config::TestExpectations;
 use std::io::Write;
 
 /// A target whose console is `bytes`, written in `chunk`-byte writes.

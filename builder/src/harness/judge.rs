@@ -38,8 +38,8 @@
 
 use super::console::Excerpt;
 use super::grammar::{classify, ConsoleLine, PANIC_PATTERNS};
-use kiln_runtime::config::TestExpectations;
-use kiln_runtime::status::{StatusLine, VmState};
+use kiln_schema::config::TestExpectations;
+use kiln_schema::status::{StatusLine, VmState};
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -695,7 +695,7 @@ fn verdict_of(t: Track, end: &End, at: Duration) -> VmResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_runtime::config::Duration as CfgDuration;
+    use kiln_schema::config::Duration as CfgDuration;
 
     fn plan(name: &str, expect: &[&str], fail: &[&str], timeout: Option<u64>) -> VmPlan {
         VmPlan::new(
