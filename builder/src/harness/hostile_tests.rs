@@ -6,7 +6,7 @@
 //! any size) and on `--target replay:` of the console log it recorded.
 
 use super::console::MAX_LINE;
-use super::target::{Console, Deployable, Target, TargetError, TargetSpec};
+use super::targets::{Console, Deployable, Target, TargetError, TargetSpec};
 use super::*;
 use crate::manifest::{Artifact, KernelInfo, ManifestVm};
 use kiln_schema::config::TestExpectations;
