@@ -12,7 +12,7 @@
 //!   kernel's own `[  seconds]` stamp, if any): the host crashed.
 //! - Anything else unprefixed: the host's (its kernel, the firmware).
 
-use kiln_schema::status::{note_vm, StatusLine};
+use kiln_abi::status::{note_vm, StatusLine};
 
 /// Host kernel messages that mean the appliance is dead (panic, oops,
 /// kernel BUG, GPF), at the start of a message.
@@ -24,7 +24,7 @@ pub enum ConsoleLine<'a> {
     /// `[<vm>] <text>`: VM `vm`'s guest output.
     Guest { vm: &'a str, text: &'a str },
     /// A status line of the runtime.
-    Status(StatusLine),
+    Status(StatusLine<'a>),
     /// `kiln: vm <vm>: ...`: the runtime's note about VM `vm`.
     Note { vm: &'a str },
     /// Another line of the runtime's (`kiln: ...`): never a panic.
@@ -110,7 +110,7 @@ fn digits(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_schema::status::VmState;
+    use kiln_abi::status::VmState;
 
     #[test]
     fn guest_lines_are_the_guests_whatever_they_say() {

@@ -38,8 +38,8 @@
 
 use super::console::Excerpt;
 use super::grammar::{classify, ConsoleLine, PANIC_PATTERNS};
+use kiln_abi::status::{StatusLine, VmState};
 use kiln_schema::config::TestExpectations;
-use kiln_schema::status::{StatusLine, VmState};
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -474,7 +474,7 @@ impl Judge {
         }
     }
 
-    fn status(&mut self, status: StatusLine, text: &str, at: Duration) -> Step {
+    fn status(&mut self, status: StatusLine<'_>, text: &str, at: Duration) -> Step {
         match status {
             StatusLine::Done { ok, failed } => self.finish_with(End::Done { ok, failed }),
             StatusLine::Vm {
@@ -484,8 +484,8 @@ impl Judge {
                 reason,
             } => {
                 // A VM the image does not have is no test of this run.
-                let Some(i) = self.index(&name) else {
-                    self.unknown(&name);
+                let Some(i) = self.index(name) else {
+                    self.unknown(name);
                     return self.check_all_judged(at);
                 };
                 let t = &mut self.vms[i];
@@ -507,7 +507,10 @@ impl Judge {
                         t.reported = Some(if state == VmState::Exited {
                             Reported::Exited(code)
                         } else {
-                            Reported::Failed { code, reason }
+                            Reported::Failed {
+                                code,
+                                reason: reason.map(str::to_string),
+                            }
                         });
                         if t.decided.is_none() {
                             t.ended = Some(at);
