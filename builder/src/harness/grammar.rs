@@ -12,6 +12,7 @@
 //!   kernel's own `[  seconds]` stamp, if any): the host crashed.
 //! - Anything else unprefixed: the host's (its kernel, the firmware).
 
+use kiln_abi::console::GuestLine;
 use kiln_abi::status::{note_vm, StatusLine};
 
 /// Host kernel messages that mean the appliance is dead (panic, oops,
@@ -37,7 +38,7 @@ pub enum ConsoleLine<'a> {
 
 /// Reads one cleaned console line (no terminator).
 pub fn classify(line: &str) -> ConsoleLine<'_> {
-    if let Some((vm, text)) = guest_line(line) {
+    if let Some(GuestLine { vm, text }) = GuestLine::parse(line) {
         return ConsoleLine::Guest { vm, text };
     }
     if line.starts_with("kiln: ") {
@@ -54,27 +55,6 @@ pub fn classify(line: &str) -> ConsoleLine<'_> {
         Some(pattern) => ConsoleLine::HostPanic(pattern),
         None => ConsoleLine::Host,
     }
-}
-
-/// Splits the runtime's `[<vm>] ` prefix off a guest line (a blank guest
-/// line may have lost its space on the way: `[<vm>]`).
-fn guest_line(line: &str) -> Option<(&str, &str)> {
-    let (vm, text) = line.strip_prefix('[')?.split_once(']')?;
-    let text = match text.strip_prefix(' ') {
-        Some(text) => text,
-        None if text.is_empty() => text,
-        None => return None,
-    };
-    is_vm_name(vm).then_some((vm, text))
-}
-
-/// A VM name as configs allow it: 1 to 32 of `a-z`, `0-9`, `_`, `-`.
-/// Nothing else the console carries in brackets (the kernel's time
-/// stamps, systemd's `[  OK  ]`) has that shape.
-fn is_vm_name(s: &str) -> bool {
-    (1..=32).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// The kernel message after its optional `[    1.234567]` time stamp and
