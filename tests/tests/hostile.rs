@@ -414,7 +414,7 @@ fn hostile_device_guests_fail_alone() {
         "never",
         "fail",
         "never-reported",
-        "within its timeout (45s after starting)",
+        "within its timeout (90s after starting)",
     );
     let vms = ["linux", "fuzz", "crashloop", "never"];
     common_checks(&mut c, &o, &vms, longest);
