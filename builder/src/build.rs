@@ -16,9 +16,7 @@ use crate::manifest::{self, Artifact, Input, KernelInfo, Manifest, ManifestVm, P
 use crate::output;
 use crate::payload;
 use crate::progress::{self, CountingWriter, Task};
-use kiln_runtime::config::{
-    ApplianceConfig, ConfigError, InitrdBuild, InitrdSource, KeyPath, Source, VmConfig,
-};
+use kiln_schema::config::{ApplianceConfig, BootInput, ConfigError, InitrdBuild, KeyPath, Source};
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -293,37 +291,26 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
     inputs.push(input_hash(&hashes, "runtime", "kiln-runtime", &runtime)?);
     staging.file("init", &runtime, 0o755);
 
-    // Guests, each under /guests/<vm>/, with paths rewritten to those places.
+    // Guests, each under /guests/<vm>/: the appliance config gets each VM's
+    // run form, naming those places.
     let mut vms = Vec::new();
     let mut payloads = Vec::new();
     for entry in &image.vms {
         if entry.file != image.file {
             inputs.push(input_file("vm-config", &entry.file, &image.dir)?);
         }
-        let mut vm: VmConfig = entry.config.clone();
-        let dir = format!("guests/{}", vm.name);
+        let spec = &entry.config;
+        let name = spec.name.as_str();
         let at = entry.at.clone().key("boot");
-        let kernel_path =
-            resolve_source(&vm.boot.kernel, entry, &at.clone().key("kernel"), &kernel)?;
-        let dest = format!("{dir}/kernel");
-        payloads.push(payload_record(
-            &hashes,
-            &vm,
-            &dest,
-            &vm.boot.kernel.to_string(),
-            Some(&kernel_path),
-            None,
-        )?);
-        staging.file(&dest, &kernel_path, 0o644);
-        vm.boot.kernel = Source::Path(PathBuf::from(format!("/{dest}")));
-        if let Some(initrd) = vm.boot.initrd.clone() {
-            let dest = format!("{dir}/initrd");
-            match &initrd {
-                InitrdSource::File(s) => {
-                    let p = resolve_source(s, entry, &at.clone().key("initrd"), &kernel)?;
+        let vm = spec.resolve(|input| -> Result<PathBuf, BuildError> {
+            let key = at.clone().key(input.key());
+            let dest = format!("guests/{name}/{}", input.key());
+            match input {
+                BootInput::Kernel(s) | BootInput::Initrd(s) => {
+                    let p = resolve_source(s, entry, &key, &kernel)?;
                     payloads.push(payload_record(
                         &hashes,
-                        &vm,
+                        name,
                         &dest,
                         &s.to_string(),
                         Some(&p),
@@ -331,11 +318,11 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
                     )?);
                     staging.file(&dest, &p, 0o644);
                 }
-                InitrdSource::Build(b) => {
-                    let bytes = guest_initrd(b, entry, &at.clone().key("initrd"), &kernel, epoch)?;
+                BootInput::BuiltInitrd(b) => {
+                    let bytes = guest_initrd(b, entry, &key, &kernel, epoch)?;
                     payloads.push(payload_record(
                         &hashes,
-                        &vm,
+                        name,
                         &dest,
                         &format!("initramfs of {}", b.init),
                         None,
@@ -344,18 +331,18 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
                     staging.bytes(&dest, bytes, 0o644);
                 }
             }
-            vm.boot.initrd = Some(InitrdSource::File(Source::Path(PathBuf::from(format!(
-                "/{dest}"
-            )))));
-        }
+            Ok(PathBuf::from(format!("/{dest}")))
+        })?;
         vms.push(vm);
     }
 
-    let manifest_vms = vms
+    // `kiln test` reads each VM's [test] table from the manifest.
+    let manifest_vms = image
+        .vms
         .iter()
-        .map(|vm| ManifestVm {
-            name: vm.name.to_string(),
-            test: vm.test.clone(),
+        .map(|entry| ManifestVm {
+            name: entry.config.name.to_string(),
+            test: entry.config.test.clone(),
         })
         .collect();
     let appliance = ApplianceConfig {
@@ -374,7 +361,7 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
         )?
     );
     staging.bytes(
-        kiln_runtime::config::APPLIANCE_PATH.trim_start_matches('/'),
+        kiln_schema::config::APPLIANCE_PATH.trim_start_matches('/'),
         text.into_bytes(),
         0o644,
     );
@@ -599,7 +586,7 @@ fn guest_initrd(
 
 fn payload_record(
     hashes: &FileHashes,
-    vm: &VmConfig,
+    vm: &str,
     dest: &str,
     source: &str,
     file: Option<&Path>,
@@ -611,7 +598,7 @@ fn payload_record(
         (None, None) => (String::new(), 0),
     };
     Ok(Payload {
-        vm: vm.name.to_string(),
+        vm: vm.to_string(),
         path: format!("/{dest}"),
         source: source.to_string(),
         size,

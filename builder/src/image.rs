@@ -3,8 +3,8 @@
 //! `kiln run` / `kiln test` boot it on.
 
 use crate::compress::Compression;
-use kiln_runtime::config::{self, ByteSize, ConfigError, KeyPath, ModulesConfig, OnDone, VmConfig};
-use kiln_runtime::kmod::ModuleIndex;
+use kiln_schema::config::{self, ByteSize, ConfigError, KeyPath, ModulesConfig, OnDone, VmSpec};
+use kiln_schema::kmod::ModuleIndex;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -31,7 +31,7 @@ pub struct ImageConfig {
     pub vms: Vec<PathBuf>,
     /// VMs written inline.
     #[serde(default)]
-    pub vm: Vec<VmConfig>,
+    pub vm: Vec<VmSpec>,
     #[serde(default)]
     pub target: TargetSection,
 }
@@ -180,7 +180,7 @@ impl Default for TargetSection {
 /// for resolving its relative paths).
 #[derive(Debug, Clone)]
 pub struct VmEntry {
-    pub config: VmConfig,
+    pub config: VmSpec,
     /// The file it came from: a VM config, or the image file itself.
     pub file: PathBuf,
     pub src: String,
@@ -239,7 +239,7 @@ impl Image {
         dir: PathBuf,
     ) -> Result<Image, ConfigError> {
         let err = |key: KeyPath, msg: String| ConfigError::at_key(file, &src, &key, msg);
-        if kiln_runtime::config::VmName::new(&config.name).is_err() {
+        if kiln_schema::config::VmName::new(&config.name).is_err() {
             return Err(err(
                 KeyPath::parse("name"),
                 format!(
@@ -278,7 +278,7 @@ impl Image {
                     ),
                 ));
             }
-            let (vm, vsrc): (VmConfig, String) = config::load(&full)?;
+            let (vm, vsrc): (VmSpec, String) = config::load(&full)?;
             let base_dir = full
                 .parent()
                 .map(Path::to_path_buf)

@@ -81,7 +81,7 @@ enum Cmd {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    kiln_runtime::config::Duration::parse(text).map(|d| d.get())
+    kiln_schema::config::Duration::parse(text).map(|d| d.get())
 }
 
 fn parse_accel(accel: &str) -> Result<Accel, BoxError> {

@@ -36,7 +36,7 @@ pub struct Manifest {
 pub struct ManifestVm {
     pub name: String,
     #[serde(default)]
-    pub test: kiln_runtime::config::TestExpectations,
+    pub test: kiln_schema::config::TestExpectations,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //! later runs reuse it and take well under a second.
 
 use kiln::kernel::{module_index, resolve, Kernel, KernelOrigin, KernelSource};
-use kiln_runtime::kmod::{KmodError, ModuleEntry, ModuleIndex};
+use kiln_schema::kmod::{KmodError, ModuleEntry, ModuleIndex};
 use std::sync::OnceLock;
 use std::time::Instant;
 

@@ -1,8 +1,9 @@
 //! kiln-runtime: the appliance's PID 1 and its VMM.
 //!
-//! - [`config`]: the VM and appliance schema (shared with the builder).
-//! - [`status`]: the console status lines of DESIGN.md.
-//! - [`kmod`]: module dependency closure from modules.dep (shared with the builder).
+//! The VM and appliance schema and the module closure it shares with the
+//! builder are in `kiln-schema` (`kiln_schema::config`, `kiln_schema::kmod`).
+//!
+//! - [`status`]: the console status lines (`kiln_schema::status`, re-exported).
 //! - [`pci`]: the host's PCI devices in sysfs, and selector resolution.
 //! - [`vfio`]: IOMMU group checks and binding devices to vfio-pci for the VMs.
 //! - [`init`]: PID 1.
@@ -15,12 +16,10 @@
 
 pub mod arch;
 pub mod boot;
-pub mod config;
 pub mod devices;
 pub mod init;
-pub mod kmod;
 pub mod pci;
-pub mod status;
+pub use kiln_schema::status;
 pub mod vac;
 pub mod vfio;
 pub mod vm;

@@ -1,9 +1,10 @@
 //! `kiln-runtime run CONFIG.toml`: run one VM on this host's KVM.
 //! As PID 1 it is the appliance's init instead.
 
-use kiln_runtime::config::{self, KeyPath, VmConfig};
 use kiln_runtime::status::{StatusLine, VmState};
 use kiln_runtime::vmm::{self, CODE_VMM_ERROR};
+use kiln_schema::config::{self, KeyPath, VmSpec};
+use kiln_schema::error_chain::chain;
 use std::path::Path;
 
 /// Usage errors and configs that do not load.
@@ -39,20 +40,10 @@ fn main() {
     std::process::exit(code);
 }
 
-/// The error and its causes, outermost first.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
-    }
-    text
-}
-
 fn run(file: &Path) -> i32 {
-    let (cfg, src) = match config::load::<VmConfig>(file) {
+    // A VM config as users write it: its `[test]` table is `kiln test`'s
+    // and ignored here, and a source other than a file is refused below.
+    let (spec, src) = match config::load::<VmSpec>(file) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("kiln-runtime: {}", chain(&e));
@@ -63,14 +54,14 @@ fn run(file: &Path) -> i32 {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = cfg.name.as_str();
-    if let Err(e) = cfg.check(file, &src, &KeyPath::root(), base_dir) {
+    let name = spec.name.as_str();
+    if let Err(e) = spec.check(file, &src, &KeyPath::root(), base_dir) {
         eprintln!("kiln-runtime: {}", chain(&e));
         return CODE_USAGE;
     }
     StatusLine::vm(name, VmState::Starting).print();
     let on_running = &mut || StatusLine::vm(name, VmState::Running).print();
-    match vmm::run_observed(&cfg, base_dir, on_running) {
+    match vmm::run_form(&spec).and_then(|cfg| vmm::run_observed(&cfg, base_dir, on_running)) {
         Ok(exit) => {
             exit.status_line(name).print();
             exit.exit_code()

@@ -20,17 +20,17 @@
 use crate::arch::x86_64::acpi::{self, AcpiError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
-use crate::config::{InitrdSource, Source, VmConfig};
 use crate::status::{StatusLine, VmState};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
+use kiln_schema::config::{BootInput, Source, VmConfig, VmSpec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -168,17 +168,8 @@ pub fn run_observed(
     on_running: &mut dyn FnMut(),
 ) -> Result<VmExit, VmmError> {
     let started = Instant::now();
-    let kernel = file_source(base_dir, &cfg.boot.kernel, "boot.kernel")?;
-    let initrd = match &cfg.boot.initrd {
-        None => None,
-        Some(InitrdSource::File(s)) => Some(file_source(base_dir, s, "boot.initrd")?),
-        Some(InitrdSource::Build(b)) => {
-            return Err(VmmError::NotAFile {
-                key: "boot.initrd",
-                source_text: format!("an initrd built around {}", b.init),
-            })
-        }
-    };
+    let kernel = base_dir.join(&cfg.boot.kernel);
+    let initrd = cfg.boot.initrd.as_ref().map(|p| base_dir.join(p));
     let mut vm_cfg = cfg.clone();
     vm_cfg.console.log = cfg.console.log.as_ref().map(|p| base_dir.join(p));
     let hypervisor = base_dir.join(&cfg.hypervisor);
@@ -252,13 +243,26 @@ pub fn run_observed(
     Ok(exit)
 }
 
-fn file_source(base_dir: &Path, src: &Source, key: &'static str) -> Result<PathBuf, VmmError> {
-    match src {
-        Source::Path(p) => Ok(base_dir.join(p)),
-        other => Err(VmmError::NotAFile {
-            key,
+/// The run form of a VM config that names files only, as `kiln-runtime
+/// run` takes it; any other source is refused.
+pub fn run_form(spec: &VmSpec) -> Result<VmConfig, VmmError> {
+    spec.resolve(|input| match input {
+        BootInput::Kernel(Source::Path(p)) | BootInput::Initrd(Source::Path(p)) => Ok(p.clone()),
+        BootInput::Kernel(other) | BootInput::Initrd(other) => Err(VmmError::NotAFile {
+            key: boot_key(input),
             source_text: format!("\"{other}\""),
         }),
+        BootInput::BuiltInitrd(b) => Err(VmmError::NotAFile {
+            key: boot_key(input),
+            source_text: format!("an initrd built around {}", b.init),
+        }),
+    })
+}
+
+fn boot_key(input: BootInput<'_>) -> &'static str {
+    match input {
+        BootInput::Kernel(_) => "boot.kernel",
+        BootInput::Initrd(_) | BootInput::BuiltInitrd(_) => "boot.initrd",
     }
 }
 
@@ -451,7 +455,7 @@ fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
 mod tests {
     use super::*;
     use crate::boot::pvh::tests::fake_elf;
-    use crate::config::parse;
+    use kiln_schema::config::parse;
     use std::sync::mpsc;
 
     /// A VM config around a tiny PVH guest of raw 32-bit code at 1 MiB,
@@ -552,8 +556,8 @@ mod tests {
     #[test]
     fn config_sources_that_are_not_files_are_refused() {
         let src = "name = \"x\"\nmemory = \"16M\"\n[boot]\nkernel = \"cargo:kiln-hello\"\n";
-        let cfg: VmConfig = parse(Path::new("t.toml"), src).unwrap();
-        let e = run(&cfg, Path::new(".")).unwrap_err();
+        let cfg: VmSpec = parse(Path::new("t.toml"), src).unwrap();
+        let e = run_form(&cfg).unwrap_err();
         assert!(
             e.to_string()
                 .contains("`boot.kernel` is \"cargo:kiln-hello\""),

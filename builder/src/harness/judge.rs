@@ -33,8 +33,8 @@
 //! pattern matches.
 
 use super::console::Excerpt;
-use kiln_runtime::config::TestExpectations;
-use kiln_runtime::status::{note_vm, StatusLine, VmState};
+use kiln_schema::config::TestExpectations;
+use kiln_schema::status::{note_vm, StatusLine, VmState};
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -657,7 +657,7 @@ fn verdict_of(t: Track, end: &End, at: Duration) -> VmResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_runtime::config::Duration as CfgDuration;
+    use kiln_schema::config::Duration as CfgDuration;
 
     fn plan(name: &str, expect: &[&str], fail: &[&str], timeout: Option<u64>) -> VmPlan {
         VmPlan::new(

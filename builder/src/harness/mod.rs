@@ -23,6 +23,7 @@ use crate::manifest::Manifest;
 use crate::progress;
 use console::{Excerpt, LineSplitter};
 use judge::{End, Judge, RunError, Verdict, VmPlan, VmResult};
+use kiln_schema::error_chain::chain;
 use log::ConsoleLog;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -166,16 +167,6 @@ struct NotPrepared {
     message: String,
 }
 
-fn message(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    s
-}
-
 /// Builds an image config (into `out/<name>`) or reads a built directory.
 fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
     let (dir, manifest) = match input {
@@ -221,7 +212,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                 name: stem,
                 vms: Vec::new(),
                 kind: "config",
-                message: message(&e),
+                message: chain(&e),
             })?;
             let out = Path::new("out").join(&image.config.name);
             let built = build::build(&image, &out).map_err(|e| NotPrepared {
@@ -232,7 +223,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                     .map(|v| v.config.name.to_string())
                     .collect(),
                 kind: "build",
-                message: format!("the image did not build: {}", message(&e)),
+                message: format!("the image did not build: {}", chain(&e)),
             })?;
             (built.out_dir, built.manifest)
         }
@@ -246,7 +237,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
             name: manifest.name.clone(),
             vms: manifest.vms.iter().map(|v| v.name.clone()).collect(),
             kind: "config",
-            message: message(&e),
+            message: chain(&e),
         })?;
     Ok(Prepared {
         name: manifest.name.clone(),
@@ -299,7 +290,7 @@ pub fn run_on(
                 name: input_name(input),
                 vms: Vec::new(),
                 kind: "target",
-                message: message(e),
+                message: chain(e),
             }),
             Ok(_) => prepare(input),
         };
@@ -469,7 +460,7 @@ fn run_once(
         Err(e) => judge.abort(if interrupted.load(Ordering::Relaxed) {
             RunError::Interrupted
         } else {
-            RunError::Target(message(&e))
+            RunError::Target(chain(&e))
         }),
     }
     let judgement = judge.finish(power_on.elapsed());
@@ -480,7 +471,7 @@ fn run_once(
         End::Done { .. } | End::AllJudged => None,
     };
     if let Err(e) = stopped {
-        let msg = format!("stopping the target failed: {}", message(&e));
+        let msg = format!("stopping the target failed: {}", chain(&e));
         progress::note(&msg);
         error = Some(match error {
             Some((kind, first)) => (kind, format!("{first}; {msg}")),

@@ -5,7 +5,7 @@
 use super::target::{Console, Deployable, Target, TargetError, TargetSpec};
 use super::*;
 use crate::manifest::{Artifact, KernelInfo, ManifestVm};
-use kiln_runtime::config::{Duration as CfgDuration, TestExpectations};
+use kiln_schema::config::{Duration as CfgDuration, TestExpectations};
 use std::io::Write;
 use std::sync::Mutex;
 

@@ -6,7 +6,7 @@
 //! with optional modules directory and config. [`resolve`] turns it into a
 //! [`Kernel`]: files on disk plus where they came from, for the manifest.
 //! [`module_index`] gives the kernel's module dependencies for
-//! [`kiln_runtime::kmod`].
+//! [`kiln_schema::kmod`].
 
 mod apt;
 mod debian;
@@ -16,7 +16,7 @@ mod modinfo;
 pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;
 
-use kiln_runtime::kmod::{KmodError, ModuleEntry, ModuleIndex};
+use kiln_schema::kmod::{KmodError, ModuleEntry, ModuleIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -645,7 +645,7 @@ impl ModuleTree {
                 Some((name, deps))
             })
             .collect();
-        let from = kiln_runtime::kmod::normalize_name(from);
+        let from = kiln_schema::kmod::normalize_name(from);
         let mut came_from: HashMap<&str, &str> = HashMap::new();
         let mut queue = std::collections::VecDeque::from([from.as_str()]);
         while let Some(at) = queue.pop_front() {

@@ -5,7 +5,7 @@
 //! for the dependencies of in-tree modules.
 
 use super::KernelError;
-use kiln_runtime::kmod::{module_name_from_path, normalize_name};
+use kiln_schema::kmod::{module_name_from_path, normalize_name};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Read;

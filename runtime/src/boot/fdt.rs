@@ -19,8 +19,8 @@
 //! ```
 
 use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
-use crate::config::Bdf;
 use crate::vm::memory::ram_ranges;
+use kiln_schema::config::Bdf;
 use vm_fdt::FdtWriter;
 
 /// A PCI device the guest can find in its device tree.

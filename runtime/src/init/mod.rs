@@ -11,7 +11,7 @@ mod passthrough;
 mod power;
 mod supervise;
 
-use crate::config::{self, ApplianceConfig, APPLIANCE_PATH};
+use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
 use std::path::Path;
 
 /// Everything PID 1 does; never returns.

@@ -1,7 +1,7 @@
 //! Loading the appliance's kernel modules, dependencies first.
 
-use crate::config::ApplianceConfig;
-use crate::kmod::{KmodError, ModuleIndex};
+use kiln_schema::config::ApplianceConfig;
+use kiln_schema::kmod::{KmodError, ModuleIndex};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 

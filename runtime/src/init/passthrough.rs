@@ -1,10 +1,11 @@
 //! Init's device step: bind every VM's PCI devices to vfio-pci before the
 //! VMs start, and give them back to their drivers once all VMs are done.
 
-use crate::config::VmConfig;
 use crate::pci::Sysfs;
 use crate::status::{StatusLine, VmState};
 use crate::vfio::{self, Bound};
+use kiln_schema::config::VmConfig;
+use kiln_schema::error_chain::chain;
 use std::path::Path;
 
 /// Binds the devices of `vms` and returns the VMs to start (each with its
@@ -37,7 +38,7 @@ pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
             }
             Err(e) => {
                 StatusLine::vm(vm.name.as_str(), VmState::Failed)
-                    .with_reason(with_causes(&e))
+                    .with_reason(chain(&e))
                     .print();
                 failed += 1;
             }
@@ -50,18 +51,7 @@ pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
 pub fn release(bound: Bound) {
     if let Err(failures) = bound.restore() {
         for e in failures {
-            super::say(&format!("error: {}", with_causes(&e)));
+            super::say(&format!("error: {}", chain(&e)));
         }
     }
-}
-
-/// An error with its causes, for a one-line reason on the console.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text = format!("{text}: {c}");
-        cause = c.source();
-    }
-    text
 }

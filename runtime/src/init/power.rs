@@ -1,6 +1,6 @@
 //! Signals that ask init to stop, and the final power-off or reboot.
 
-use crate::config::OnDone;
+use kiln_schema::config::OnDone;
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use std::sync::atomic::{AtomicBool, Ordering};

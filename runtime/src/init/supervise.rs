@@ -2,8 +2,8 @@
 //! so a crash in one VM cannot take down init or its siblings; restarts as
 //! each VM's policy says.
 
-use crate::config::{ApplianceConfig, RestartPolicy, VmConfig};
 use crate::status::{StatusLine, VmState};
+use kiln_schema::config::{ApplianceConfig, RestartPolicy, VmConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;

@@ -2,7 +2,7 @@
 //! means among the host's PCI functions.
 
 use super::sysfs::PciDevice;
-use crate::config::PciSelector;
+use kiln_schema::config::PciSelector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {

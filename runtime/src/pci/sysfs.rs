@@ -12,7 +12,7 @@
 //! kernel/iommu_groups/<n>/devices/<bdf>
 //! ```
 
-use crate::config::Bdf;
+use kiln_schema::config::Bdf;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};

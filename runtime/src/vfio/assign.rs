@@ -9,8 +9,8 @@
 use super::backend::{self, BackendError};
 use super::bind::{BindError, Bound};
 use super::group::{self, GroupError};
-use crate::config::{Bdf, PciSelector, VfioBackend, VmConfig, VmName};
 use crate::pci::{self, PciDevice, SelectError, Sysfs, SysfsError};
+use kiln_schema::config::{Bdf, PciSelector, VfioBackend, VmConfig, VmName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -225,7 +225,7 @@ mod tests {
                 "[[pci]]\ndevice = \"{device}\"\nindex = {index}\nbind_group = {bind_group}\n"
             );
         }
-        crate::config::parse(Path::new("t.toml"), &src).unwrap()
+        kiln_schema::config::parse(Path::new("t.toml"), &src).unwrap()
     }
 
     /// q35 as the emulated target has it: edu alone in group 3, the ICH9
@@ -278,7 +278,7 @@ mod tests {
         with_rom.pci[0].rom = true;
         let pinned = pin_addresses(&with_rom, devices);
         assert!(pinned.pci[0].rom);
-        let reread = crate::config::parse::<VmConfig>(
+        let reread = kiln_schema::config::parse::<VmConfig>(
             Path::new("t.toml"),
             &toml::to_string(&pinned).unwrap(),
         );

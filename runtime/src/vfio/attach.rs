@@ -5,11 +5,11 @@
 use super::backend::{self, BackendError, Choice, DEV};
 use super::container::{AttachStats, Container, ContainerError, Kind};
 use crate::boot::fdt::PciDeviceInfo;
-use crate::config::{Bdf, VmConfig};
 use crate::devices::pci::root::BarAllocator;
 use crate::devices::pci::{PassthroughError, PassthroughFunction, PciRoot, PciRootError};
 use crate::pci::{self, SelectError, Sysfs, SysfsError};
 use crate::vm::Vm;
+use kiln_schema::config::{Bdf, VmConfig};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;

@@ -11,8 +11,8 @@
 //! `auto` takes iommufd when the host has it for every device of the VM,
 //! else legacy; `iommufd` without host support is an error for that VM.
 
-use crate::config::{Bdf, VfioBackend};
 use crate::pci::{Sysfs, SysfsError};
+use kiln_schema::config::{Bdf, VfioBackend};
 use std::path::{Path, PathBuf};
 
 /// Where device nodes live on a host.

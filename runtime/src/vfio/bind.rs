@@ -9,8 +9,8 @@
 //! [`Bound`] owns the bindings it made: [`Bound::restore`] undoes them and
 //! reports what failed, and dropping it undoes them as a fallback.
 
-use crate::config::Bdf;
 use crate::pci::{Sysfs, SysfsError};
+use kiln_schema::config::Bdf;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

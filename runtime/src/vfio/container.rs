@@ -20,10 +20,10 @@
 
 use super::backend::{self, DEV};
 use super::device::VfioFunction;
-use crate::config::Bdf;
 use crate::pci::{Sysfs, SysfsError};
 use crate::vm::Vm;
 use iommufd_ioctls::{IommuFd, IommufdError};
+use kiln_schema::config::Bdf;
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use std::fmt;
 use std::fs::OpenOptions;

@@ -4,9 +4,9 @@
 //! interrupts and reset.
 
 use super::container::Container;
-use crate::config::Bdf;
 use crate::devices::pci::mapping::PAGE_SIZE;
 use crate::devices::pci::{HostArea, HostError, HostFunction, IrqKind, ROM_REGION};
+use kiln_schema::config::Bdf;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

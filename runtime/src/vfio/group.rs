@@ -6,8 +6,8 @@
 //! DMA API. Endpoints must be on vfio-pci, on pci-stub (which does no DMA),
 //! or on no driver; bridges may keep their driver.
 
-use crate::config::Bdf;
 use crate::pci::{PciDevice, Sysfs, SysfsError};
+use kiln_schema::config::Bdf;
 use std::collections::BTreeSet;
 
 /// Drivers an endpoint may keep in an assigned group.

@@ -14,11 +14,11 @@ use crate::arch::x86_64::layout::{
     ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, EXIT_PORT, KVM_IDENTITY_MAP_ADDRESS,
     KVM_TSS_ADDRESS,
 };
-use crate::config::VmConfig;
 use crate::devices::bus::BusError;
 use crate::devices::serial::{ConsoleSink, SerialDevice, SerialError};
 use crate::devices::{acpi_pm, cmos, exit_port, i8042, PioBus};
 use crate::vac::{Vac, VacError};
+use kiln_schema::config::VmConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
 use routing::{MsiMessage, Routing, RoutingError};
@@ -279,8 +279,8 @@ impl Drop for Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, VmConfig};
     use crate::vac::tests::kvm_path;
+    use kiln_schema::config::{parse, VmConfig};
     use std::path::Path;
     use std::sync::Weak;
     use vm_memory::{Bytes, GuestAddress};

@@ -31,7 +31,7 @@
 
 use super::{Console, Deployable, Target, TargetError};
 use crate::qemu::BootFiles;
-use kiln_runtime::config::{self, ConfigError, Duration, KeyPath};
+use kiln_schema::config::{self, ConfigError, Duration, KeyPath};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs::File;

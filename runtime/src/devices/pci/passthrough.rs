@@ -583,10 +583,10 @@ mod tests {
     use super::super::config::CMD_MEMORY;
     use super::super::tests::FakeFunction;
     use super::*;
-    use crate::config::parse;
     use crate::devices::pci::HostArea;
     use crate::vac::tests::kvm_path;
     use crate::vac::Vac;
+    use kiln_schema::config::parse;
     use std::path::Path;
 
     const BAR_SIZE: u64 = 0x4000;

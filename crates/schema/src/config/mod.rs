@@ -1,8 +1,15 @@
 //! The declarative configuration kiln reads: VM configs (`configs/*.toml`)
 //! and the appliance config the runtime finds at `/etc/kiln/appliance.toml`.
 //!
-//! The schema lives in the runtime library so that the builder validates with
-//! the very code that later boots the image: a config that builds also boots.
+//! A VM comes in two forms. The authoring form ([`VmSpec`]) is what users
+//! write: sources of every kind (`cargo:`, `debian:`, files, initrds to
+//! build) and the `[test]` expectations. The run form ([`VmConfig`]) is what
+//! a VMM boots: files only, no `[test]`. `kiln build` resolves the one into
+//! the other ([`VmSpec::resolve`]) when it writes the appliance config,
+//! which holds run forms only.
+//!
+//! Builder and runtime share this crate, so `kiln build` checks with the
+//! very code that later boots the image: a config that builds also boots.
 //! Every error names the file, the line and column, the key and what was
 //! expected.
 
@@ -10,6 +17,7 @@ mod appliance;
 mod error;
 mod locate;
 mod pci;
+mod run;
 mod source;
 mod units;
 mod vm;
@@ -18,11 +26,12 @@ pub use appliance::{ApplianceConfig, ModulesConfig, OnDone, APPLIANCE_PATH};
 pub use error::{ConfigError, Located};
 pub use locate::{locate, KeyPath};
 pub use pci::{Bdf, PciSelector};
+pub use run::{BootConfig, VmConfig};
 pub use source::{InitrdBuild, InitrdSource, Source};
 pub use units::{ByteSize, Duration};
 pub use vm::{
-    BootConfig, ConsoleConfig, PciAssignment, RestartConfig, RestartPolicy, TestExpectations,
-    VfioBackend, VfioConfig, VmConfig, VmName,
+    BootInput, BootSpec, ConsoleConfig, PciAssignment, RestartConfig, RestartPolicy,
+    TestExpectations, VfioBackend, VfioConfig, VmName, VmSpec,
 };
 
 use serde::de::DeserializeOwned;

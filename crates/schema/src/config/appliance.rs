@@ -1,9 +1,10 @@
 //! The appliance config the builder writes into the image and the runtime
-//! reads as PID 1: every path in it points inside the image.
+//! reads as PID 1: its VMs are in the run form ([`super::VmConfig`]), and
+//! every path in it points inside the image.
 
 use super::error::ConfigError;
 use super::locate::KeyPath;
-use super::vm::VmConfig;
+use super::run::VmConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -87,7 +88,7 @@ mod tests {
 
     #[test]
     fn duplicate_vm_names_point_at_the_second() {
-        let src = "name = \"a\"\nkernel_release = \"6.1\"\n[[vm]]\nname = \"x\"\nmemory = \"64M\"\n[vm.boot]\nkernel = \"cargo:k\"\n[[vm]]\nname = \"x\"\nmemory = \"64M\"\n[vm.boot]\nkernel = \"cargo:k\"\n";
+        let src = "name = \"a\"\nkernel_release = \"6.1\"\n[[vm]]\nname = \"x\"\nmemory = \"64M\"\n[vm.boot]\nkernel = \"k\"\n[[vm]]\nname = \"x\"\nmemory = \"64M\"\n[vm.boot]\nkernel = \"k\"\n";
         let a: ApplianceConfig = parse(Path::new("a.toml"), src).unwrap();
         let e = a
             .check(Path::new("a.toml"), src, Path::new("/"))
@@ -95,6 +96,18 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("a.toml:9:1: key `vm[1].name`: VM name \"x\" is used twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vms_boot_files_only() {
+        let src = "name = \"a\"\nkernel_release = \"6.1\"\n[[vm]]\nname = \"x\"\nmemory = \"64M\"\n[vm.boot]\nkernel = \"cargo:k\"\n";
+        let e = parse::<ApplianceConfig>(Path::new("a.toml"), src)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml:7:10: key `vm[0].boot.kernel`: \"cargo:k\" is a source for `kiln build` to resolve"),
             "{e}"
         );
     }

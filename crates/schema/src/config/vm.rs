@@ -1,9 +1,15 @@
-//! One VM: what to boot, with how much, and what to pass through.
+//! One VM as its author writes it (a VM config file, or a `[[vm]]` of an
+//! image): what to boot, with how much, what to pass through, and what
+//! `kiln test` expects of it. Its sources may be anything `kiln build`
+//! resolves; [`VmSpec::resolve`] turns it into the run form
+//! ([`super::run::VmConfig`]) a VMM boots. The tables both forms share are
+//! defined here.
 
 use super::error::ConfigError;
 use super::locate::KeyPath;
 use super::pci::PciSelector;
-use super::source::{InitrdSource, Source};
+use super::run::{BootConfig, VmConfig};
+use super::source::{InitrdBuild, InitrdSource, Source};
 use super::units::{ByteSize, Duration};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -14,9 +20,10 @@ use std::path::{Path, PathBuf};
 /// their boot structures, page tables and stack.
 pub const MIN_MEMORY: ByteSize = ByteSize::mib(16);
 
+/// The authoring form of a VM: the VM config users write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VmConfig {
+pub struct VmSpec {
     /// `[a-z0-9_-]`, unique in an appliance; used in status lines and paths.
     pub name: VmName,
     #[serde(default = "one")]
@@ -29,7 +36,7 @@ pub struct VmConfig {
     /// The KVM device node this VM runs on.
     #[serde(default = "default_hypervisor")]
     pub hypervisor: PathBuf,
-    pub boot: BootConfig,
+    pub boot: BootSpec,
     /// PCI devices passed through with VFIO.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pci: Vec<PciAssignment>,
@@ -45,17 +52,18 @@ pub struct VmConfig {
     pub test: TestExpectations,
 }
 
-fn one() -> u8 {
+pub(super) fn one() -> u8 {
     1
 }
 
-fn default_hypervisor() -> PathBuf {
+pub(super) fn default_hypervisor() -> PathBuf {
     PathBuf::from("/dev/kvm")
 }
 
+/// `[boot]` as written: sources of any kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BootConfig {
+pub struct BootSpec {
     /// A bzImage or an ELF with a PVH note.
     pub kernel: Source,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,7 +99,7 @@ pub struct VfioConfig {
 }
 
 impl VfioConfig {
-    fn is_default(&self) -> bool {
+    pub(super) fn is_default(&self) -> bool {
         *self == VfioConfig::default()
     }
 }
@@ -252,7 +260,29 @@ impl<'de> Deserialize<'de> for VmName {
     }
 }
 
-impl VmConfig {
+/// One thing a VM boots from, as its author named it; [`VmSpec::resolve`]
+/// asks for each to be made a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootInput<'a> {
+    /// `boot.kernel`.
+    Kernel(&'a Source),
+    /// `boot.initrd` given as a source.
+    Initrd(&'a Source),
+    /// `boot.initrd = { init = ... }`: an initramfs to build.
+    BuiltInitrd(&'a InitrdBuild),
+}
+
+impl BootInput<'_> {
+    /// The key under `[boot]` that names this input.
+    pub fn key(&self) -> &'static str {
+        match self {
+            BootInput::Kernel(_) => "kernel",
+            BootInput::Initrd(_) | BootInput::BuiltInitrd(_) => "initrd",
+        }
+    }
+}
+
+impl VmSpec {
     /// Checks what the types cannot: value ranges, and that every file the
     /// VM boots from exists. `at` is where this VM sits in `src` (the root
     /// for a VM config file, `vm[i]` inside an image or appliance), and
@@ -264,58 +294,105 @@ impl VmConfig {
         at: &KeyPath,
         base_dir: &Path,
     ) -> Result<(), ConfigError> {
-        let err =
-            |key: &str, msg: String| ConfigError::at_key(file, src, &at.clone().key(key), msg);
-        if self.vcpus == 0 {
-            return Err(err("vcpus", "expected at least 1 vCPU".into()));
-        }
-        if self.memory < MIN_MEMORY {
-            return Err(err(
-                "memory",
-                format!(
-                    "{} is too little; expected at least {MIN_MEMORY}",
-                    self.memory
-                ),
-            ));
-        }
-        if self.memory.bytes() % 4096 != 0 {
-            return Err(err(
-                "memory",
-                format!("{} is not a whole number of 4 KiB pages", self.memory),
-            ));
-        }
+        check_size(self.vcpus, self.memory, file, src, at)?;
         let boot = at.clone().key("boot");
-        let check_file = |key: KeyPath, src_kind: &Source| -> Result<(), ConfigError> {
-            if let Source::Path(p) = src_kind {
-                let full = base_dir.join(p);
-                if !full.is_file() {
-                    return Err(ConfigError::at_key(
-                        file,
-                        src,
-                        &key,
-                        format!(
-                            "file {} does not exist; expected a path relative to {}",
-                            full.display(),
-                            base_dir.display()
-                        ),
-                    ));
-                }
-            }
-            Ok(())
+        let check_source = |key: KeyPath, source: &Source| match source {
+            Source::Path(p) => check_file(file, src, &key, p, base_dir),
+            Source::Cargo(_) | Source::Debian(_) => Ok(()),
         };
-        check_file(boot.clone().key("kernel"), &self.boot.kernel)?;
+        check_source(boot.clone().key("kernel"), &self.boot.kernel)?;
         match &self.boot.initrd {
-            Some(InitrdSource::File(s)) => check_file(boot.clone().key("initrd"), s)?,
+            Some(InitrdSource::File(s)) => check_source(boot.clone().key("initrd"), s)?,
             Some(InitrdSource::Build(b)) => {
-                check_file(boot.clone().key("initrd").key("init"), &b.init)?
+                check_source(boot.clone().key("initrd").key("init"), &b.init)?
             }
             None => {}
         }
-        if let Source::Debian(_) = &self.boot.kernel {
-            // Accepted: the builder unpacks the package's vmlinuz.
-        }
         Ok(())
     }
+
+    /// The run form of this VM: `to_file` makes each boot input a file
+    /// (kernel first, then the initrd) and says where the VMM finds it.
+    /// The `[test]` table stays behind: it is `kiln test`'s, not the VMM's.
+    pub fn resolve<E>(
+        &self,
+        mut to_file: impl FnMut(BootInput<'_>) -> Result<PathBuf, E>,
+    ) -> Result<VmConfig, E> {
+        let kernel = to_file(BootInput::Kernel(&self.boot.kernel))?;
+        let initrd = match &self.boot.initrd {
+            None => None,
+            Some(InitrdSource::File(s)) => Some(to_file(BootInput::Initrd(s))?),
+            Some(InitrdSource::Build(b)) => Some(to_file(BootInput::BuiltInitrd(b))?),
+        };
+        Ok(VmConfig {
+            name: self.name.clone(),
+            vcpus: self.vcpus,
+            memory: self.memory,
+            hugepages: self.hugepages,
+            hypervisor: self.hypervisor.clone(),
+            boot: BootConfig {
+                kernel,
+                initrd,
+                cmdline: self.boot.cmdline.clone(),
+            },
+            pci: self.pci.clone(),
+            vfio: self.vfio,
+            console: self.console.clone(),
+            restart: self.restart.clone(),
+        })
+    }
+}
+
+/// The range checks both forms share: at least one vCPU, and guest RAM of
+/// at least [`MIN_MEMORY`] in whole pages.
+pub(super) fn check_size(
+    vcpus: u8,
+    memory: ByteSize,
+    file: &Path,
+    src: &str,
+    at: &KeyPath,
+) -> Result<(), ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::at_key(file, src, &at.clone().key(key), msg);
+    if vcpus == 0 {
+        return Err(err("vcpus", "expected at least 1 vCPU".into()));
+    }
+    if memory < MIN_MEMORY {
+        return Err(err(
+            "memory",
+            format!("{memory} is too little; expected at least {MIN_MEMORY}"),
+        ));
+    }
+    if memory.bytes() % 4096 != 0 {
+        return Err(err(
+            "memory",
+            format!("{memory} is not a whole number of 4 KiB pages"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `path` (relative to `base_dir`) is a file, naming `key` if not.
+pub(super) fn check_file(
+    file: &Path,
+    src: &str,
+    key: &KeyPath,
+    path: &Path,
+    base_dir: &Path,
+) -> Result<(), ConfigError> {
+    let full = base_dir.join(path);
+    if full.is_file() {
+        return Ok(());
+    }
+    Err(ConfigError::at_key(
+        file,
+        src,
+        key,
+        format!(
+            "file {} does not exist; expected a path relative to {}",
+            full.display(),
+            base_dir.display()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -323,8 +400,8 @@ mod tests {
     use super::*;
     use crate::config::parse;
 
-    fn vm(src: &str) -> Result<VmConfig, String> {
-        parse::<VmConfig>(Path::new("configs/t.toml"), src).map_err(|e| e.to_string())
+    fn vm(src: &str) -> Result<VmSpec, String> {
+        parse::<VmSpec>(Path::new("configs/t.toml"), src).map_err(|e| e.to_string())
     }
 
     const GOOD: &str = "name = \"hello\"\nmemory = \"64M\"\n[boot]\nkernel = \"hello.elf\"\n";

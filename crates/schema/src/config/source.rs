@@ -1,6 +1,7 @@
-//! Where a guest's kernel or initrd comes from. The runtime only ever boots
-//! files (`Source::Path`); the other kinds are resolved by `kiln build`,
-//! which rewrites them to paths inside the image.
+//! Where a guest's kernel or initrd comes from, as a VM config names it.
+//! The runtime only ever boots files (the run form has paths only); the
+//! other kinds are resolved by `kiln build`, which puts them in the image
+//! and names their paths there.
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
