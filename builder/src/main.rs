@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use kiln::build;
+use kiln::children::{self, interrupt, reaper, ProcessGroup, Role};
 use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
@@ -78,6 +79,9 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// kiln's reaper (internal): kills what `kiln test` still runs when it dies.
+    #[command(name = reaper::SUBCOMMAND, hide = true)]
+    Reaper,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -95,7 +99,11 @@ fn parse_accel(accel: &str) -> Result<Accel, BoxError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // Every exit of kiln ends what it started (the targets have stopped
+    // their children already; this is for any path that did not).
+    children::kill_all();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -153,12 +161,13 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 echo: verbose || std::io::stderr().is_terminal(),
             };
             // Ctrl-C and SIGTERM stop the target in order and still write
-            // the report (targets run in their own process groups).
-            // A second Ctrl-C quits at once (e.g. during a long build).
-            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone())?;
-                signal_hook::flag::register(sig, interrupted.clone())?;
+            // the report (targets run in their own process groups); a
+            // second one kills the target at once (see children::interrupt).
+            let interrupted = interrupt::install()?;
+            if let Err(e) = reaper::start() {
+                progress::note(format!(
+                    "cannot start kiln's reaper ({e}): if kiln is killed, what lab commands started may outlive it"
+                ));
             }
             let report = harness::run(&opts, interrupted)?;
             print!(
@@ -173,6 +182,10 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             }
             Ok(ExitCode::from(report.exit_code()))
         }
+        Cmd::Reaper => {
+            reaper::serve(std::io::stdin().lock());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run { image, accel } => {
             let accel = parse_accel(&accel)?;
             let qemu = qemu::find()?;
@@ -185,28 +198,26 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 }
             };
             let files = qemu::BootFiles::from_dir(&dir)?;
-            let mut cmd = qemu::command(&qemu, &files, &target, accel);
+            let cmd = qemu::command(&qemu, &files, &target, accel);
             progress::note(format!(
                 "booting {} on QEMU ({}); Ctrl-C stops it",
                 dir.display(),
                 accel.as_str()
             ));
-            // Ctrl-C reaches QEMU (same process group) which stops; kiln stays
-            // to report and clean up instead of dying first.
-            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
-            signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
-            let mut child = cmd.spawn()?;
+            // QEMU stays in kiln's process group, the terminal's foreground
+            // job: Ctrl-C reaches QEMU, which stops, and kiln, which stays to
+            // report and make sure (SIGTERM reaches kiln alone). QEMU dies
+            // with kiln whatever kills it.
+            let interrupted = interrupt::install()?;
+            let mut child = children::spawn(cmd, ProcessGroup::Kiln, Role::Work)?;
             let status = loop {
                 if let Some(s) = child.try_wait()? {
-                    break s;
+                    break Some(s);
                 }
                 if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    if child.try_wait()?.is_none() {
-                        let _ = child.kill();
-                    }
-                    break child.wait()?;
+                    // QEMU saves nothing worth waiting long for.
+                    child.stop(std::time::Duration::from_millis(500));
+                    break None;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             };
@@ -214,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 progress::note("interrupted; QEMU stopped");
                 return Ok(ExitCode::from(130));
             }
-            Ok(if status.success() {
+            Ok(if status.is_some_and(|s| s.success()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -168,6 +168,41 @@ fn exit_codes_follow_the_contract() {
 }
 
 #[test]
+fn reports_and_logs_honour_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().expect("tempdir");
+    let image = fake_image(d.path(), serde_json::json!([{"name": "a", "test": {}}]));
+    let log = d.path().join("console.log");
+    std::fs::write(
+        &log,
+        "kiln: vm=a state=starting\nkiln: vm=a state=exited code=0\n",
+    )
+    .expect("write console");
+    for (umask, mode) in [("022", 0o644), ("027", 0o640), ("077", 0o600)] {
+        let junit = d.path().join(format!("r{umask}.xml"));
+        let o = Command::new("sh")
+            .current_dir(d.path())
+            .args(["-c", &format!("umask {umask}; exec \"$@\""), "sh"])
+            .arg(kiln())
+            .arg("test")
+            .arg(&image)
+            .arg(format!("--target=replay:{}", log.display()))
+            .arg(format!("--junit={}", junit.display()))
+            .output()
+            .expect("kiln runs");
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        for file in [junit.clone(), kiln::harness::console_log_path(&junit)] {
+            let got = std::fs::metadata(&file)
+                .expect("written")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(got, mode, "{} under umask {umask}: {got:o}", file.display());
+        }
+    }
+}
+
+#[test]
 fn a_broken_lab_file_is_an_error_with_a_report() {
     let d = tempfile::tempdir().expect("tempdir");
     let image = fake_image(d.path(), serde_json::json!([{"name": "a", "test": {}}]));

@@ -191,13 +191,13 @@ fn xml_char(c: char) -> bool {
 }
 
 /// Writes the report to `path` through a temporary file and a rename, so a
-/// reader never sees half a report.
+/// reader never sees half a report; its mode is 0666 less the umask.
 pub fn write(path: &Path, runs: &[RunOutcome], hostname: &str) -> Result<(), JunitError> {
     let err = |source| JunitError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = crate::atomic::temp_file_beside(path).map_err(err)?;
+    let mut tmp = crate::atomic::output_file_beside(path).map_err(err)?;
     tmp.write_all(render(runs, hostname).as_bytes())
         .map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
@@ -293,5 +293,8 @@ mod tests {
         );
         let entries = std::fs::read_dir(d.path().join("reports")).unwrap().count();
         assert_eq!(entries, 1, "no temporary file left behind");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !crate::atomic::umask(), "mode {mode:o}");
     }
 }

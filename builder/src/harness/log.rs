@@ -1,6 +1,7 @@
 //! The whole console of every run, byte for byte, kept in a log file: the
 //! report holds excerpts, the log holds everything. It is written under a
-//! temporary name beside its place and renamed there when the test ends.
+//! temporary name beside its place and renamed there when the test ends,
+//! with mode 0666 less the umask, like any output.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ impl ConsoleLog {
             path: path.to_path_buf(),
             source,
         };
-        let tmp = crate::atomic::temp_file_beside(path).map_err(err)?;
+        let tmp = crate::atomic::output_file_beside(path).map_err(err)?;
         Ok(ConsoleLog {
             path: path.to_path_buf(),
             file: BufWriter::new(tmp),
@@ -89,5 +90,8 @@ mod tests {
         );
         let left: Vec<_> = std::fs::read_dir(d.path().join("sub")).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file left behind");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !crate::atomic::umask(), "mode {mode:o}");
     }
 }

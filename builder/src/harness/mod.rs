@@ -126,6 +126,9 @@ impl RunOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub runs: Vec<RunOutcome>,
+    /// Ctrl-C or SIGTERM cut the test short: a VM lost its verdict to it,
+    /// or a run never happened. An interrupt that came when every verdict
+    /// was in (while the target stopped, say) costs nothing.
     pub interrupted: bool,
     pub junit: Option<PathBuf>,
     pub logs: Vec<PathBuf>,
@@ -133,7 +136,7 @@ pub struct Report {
 
 impl Report {
     /// 0: every VM passed; 1: at least one failure; 2: an error and no
-    /// failure (DESIGN.md); 130: interrupted.
+    /// failure; 130: interrupted before every verdict was in.
     pub fn exit_code(&self) -> u8 {
         let vms = || self.runs.iter().flat_map(|r| &r.vms);
         if self.interrupted {
@@ -280,8 +283,11 @@ pub fn run_on(
         Err(_) => spec_name(&opts.target),
     };
 
+    // A run that never happened because of Ctrl-C.
+    let mut skipped = false;
     for input in inputs {
         if interrupted.load(Ordering::Relaxed) {
+            skipped = true;
             break;
         }
         let prepared = match &target {
@@ -320,6 +326,7 @@ pub fn run_on(
         };
         for attempt in 1..=opts.repeat {
             if interrupted.load(Ordering::Relaxed) {
+                skipped = true;
                 break;
             }
             let log = match (&mut shared_log, &mut own_log) {
@@ -338,7 +345,12 @@ pub fn run_on(
     if let Some(log) = shared_log {
         report.logs.push(log.keep()?);
     }
-    report.interrupted = interrupted.load(Ordering::Relaxed);
+    report.interrupted = skipped
+        || report
+            .runs
+            .iter()
+            .flat_map(|r| &r.vms)
+            .any(|v| v.kind == RunError::Interrupted.kind());
     write_junit(opts, &report)?;
     Ok(report)
 }
@@ -467,6 +479,17 @@ fn run_once(
     let stopped = target.stop();
 
     let mut error = match &judgement.end {
+        // Every VM had its verdict when Ctrl-C came (the judge was waiting
+        // for the `done` line): the run is complete.
+        End::Error(RunError::Interrupted)
+            if judgement
+                .vms
+                .iter()
+                .all(|v| v.kind != RunError::Interrupted.kind()) =>
+        {
+            progress::note("every verdict was in before the interrupt: reporting them");
+            None
+        }
         End::Error(e) => Some((e.kind().to_string(), e.to_string())),
         End::Done { .. } | End::AllJudged => None,
     };
@@ -535,7 +558,9 @@ fn watch(
     };
     loop {
         if interrupted.load(Ordering::Relaxed) {
-            progress::note("interrupted: stopping the target (press Ctrl-C again to quit at once)");
+            progress::note(
+                "interrupted: stopping the target (press Ctrl-C again to kill it at once)",
+            );
             judge.abort(RunError::Interrupted);
             return;
         }
@@ -548,6 +573,10 @@ fn watch(
                     }
                 }
             }
+            // A second Ctrl-C kills the target: its console ending then is
+            // the interrupt's doing, which the next turn reports.
+            Ok(Chunk::Closed | Chunk::Failed(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
+                if interrupted.load(Ordering::Relaxed) => {}
             Ok(Chunk::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(line) = splitter.finish() {
                     if feed(&line, judge, t0.elapsed()) == judge::Step::End {

@@ -21,6 +21,9 @@ struct Fake {
     events: Events,
     boots: usize,
     release: Option<mpsc::Sender<()>>,
+    /// Set just before the console closes, as a second Ctrl-C killing
+    /// the target does.
+    interrupt_on_close: Option<Arc<AtomicBool>>,
 }
 
 impl Fake {
@@ -36,6 +39,7 @@ impl Fake {
             events: events.clone(),
             boots: 0,
             release: None,
+            interrupt_on_close: None,
         };
         (fake, events)
     }
@@ -74,6 +78,7 @@ impl Target for Fake {
         let (tx, rx) = mpsc::channel::<()>();
         self.release = Some(tx);
         let hang = self.hang;
+        let interrupt = self.interrupt_on_close.clone();
         std::thread::spawn(move || {
             for (delay, line) in script {
                 std::thread::sleep(Duration::from_millis(delay));
@@ -84,6 +89,12 @@ impl Target for Fake {
             if hang {
                 // Until stop() drops the sender.
                 let _ = rx.recv();
+            }
+            if let Some(flag) = interrupt {
+                // While the run loop waits for the console.
+                std::thread::sleep(Duration::from_millis(30));
+                flag.store(true, Ordering::Relaxed);
+                drop(writer);
             }
         });
         Ok(Box::new(reader))
@@ -399,6 +410,114 @@ fn ctrl_c_stops_the_target_and_still_writes_the_report() {
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("type=\"interrupted\""), "{xml}");
+}
+
+/// Runs one image whose VMs all report their end, then the appliance stays
+/// silent (no `done` line: the judge waits its grace), and Ctrl-C comes
+/// while it waits.
+fn interrupted_after_the_verdicts(vms: &[&str], script: Vec<(u64, &str)>) -> (Report, Events) {
+    let d = tempfile::tempdir().unwrap();
+    let plans: Vec<_> = vms.iter().map(|v| (*v, expect(&[], &[], None))).collect();
+    let dir = image_dir(d.path(), "late", &plans);
+    let (mut fake, events) = Fake::new(vec![script]);
+    fake.hang = true;
+    let stop = flag();
+    let setter = stop.clone();
+    std::thread::spawn(move || {
+        // The script takes ~20 ms; the grace for `done` is 5 s.
+        std::thread::sleep(Duration::from_millis(500));
+        setter.store(true, Ordering::Relaxed);
+    });
+    let junit = d.path().join("r.xml");
+    let report = run_on(
+        &options(vec![dir], Some(junit.clone())),
+        Ok(Box::new(fake)),
+        stop,
+    )
+    .unwrap();
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(!xml.contains("interrupted"), "{xml}");
+    (report, events)
+}
+
+#[test]
+fn ctrl_c_after_every_verdict_reports_the_verdicts() {
+    let (report, events) = interrupted_after_the_verdicts(
+        &["hello"],
+        vec![
+            (5, "kiln: vm=hello state=starting"),
+            (5, "kiln: vm=hello state=exited code=0"),
+        ],
+    );
+    assert!(!report.interrupted);
+    assert_eq!(report.runs[0].error, None);
+    assert_eq!(report.runs[0].vms[0].verdict, Verdict::Pass);
+    assert_eq!(report.exit_code(), 0, "{:?}", report.runs);
+    assert_eq!(*events.lock().unwrap(), ["deploy late", "boot", "stop"]);
+
+    let (report, _) = interrupted_after_the_verdicts(
+        &["a", "b"],
+        vec![
+            (5, "kiln: vm=a state=starting"),
+            (5, "kiln: vm=b state=starting"),
+            (5, "kiln: vm=a state=exited code=0"),
+            (5, "kiln: vm=b state=exited code=3"),
+        ],
+    );
+    assert_eq!(report.exit_code(), 1, "{:?}", report.runs);
+    assert_eq!(
+        summary_totals(&report),
+        "1 passed, 1 failed, 0 errors",
+        "not marked interrupted"
+    );
+}
+
+fn summary_totals(report: &Report) -> String {
+    report::summary(&report.runs, report.interrupted)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn ctrl_c_before_a_verdict_is_in_still_exits_130() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = image_dir(
+        d.path(),
+        "half",
+        &[("a", expect(&[], &[], None)), ("b", expect(&[], &[], None))],
+    );
+    let (mut fake, _) = Fake::new(vec![vec![
+        (5, "kiln: vm=a state=starting"),
+        (5, "kiln: vm=b state=starting"),
+        (5, "kiln: vm=a state=exited code=0"),
+    ]]);
+    fake.hang = true;
+    let stop = flag();
+    let setter = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        setter.store(true, Ordering::Relaxed);
+    });
+    let report = run_on(&options(vec![dir], None), Ok(Box::new(fake)), stop).unwrap();
+    assert!(report.interrupted);
+    assert_eq!(report.exit_code(), 130);
+    let kinds: Vec<_> = report.runs[0].vms.iter().map(|v| v.kind.as_str()).collect();
+    assert_eq!(kinds, ["", "interrupted"], "a keeps its pass");
+}
+
+#[test]
+fn a_console_killed_by_ctrl_c_is_an_interrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = image_dir(d.path(), "killed", &[("hello", expect(&[], &[], None))]);
+    let (mut fake, _) = Fake::new(vec![vec![(5, "kiln: vm=hello state=starting")]]);
+    let stop = flag();
+    fake.interrupt_on_close = Some(stop.clone());
+    let report = run_on(&options(vec![dir], None), Ok(Box::new(fake)), stop).unwrap();
+    let vm = &report.runs[0].vms[0];
+    assert_eq!(vm.kind, "interrupted", "{}", vm.reason);
+    assert_eq!(report.exit_code(), 130);
 }
 
 #[test]

@@ -21,8 +21,8 @@
 //! ```
 //!
 //! Each command runs as `sh -c COMMAND` in the lab file's folder, in its
-//! own process group (Ctrl-C reaches kiln, which then powers off in order),
-//! with its input open but silent (the console's until the end of the run),
+//! own process group (Ctrl-C reaches kiln, which then powers off in order)
+//! that never outlives kiln ([`crate::children`]), with its input open but silent (the console's until the end of the run),
 //! with kiln's environment plus `env` plus `KILN_IMAGE`, `KILN_IMAGE_DIR`,
 //! `KILN_KERNEL`, `KILN_INITRD` and `KILN_CMDLINE`. `deploy` defaults to a
 //! 10 minute timeout, the others to 1 minute. The console starts before the
@@ -30,14 +30,14 @@
 //! the end, after errors, timeouts and Ctrl-C too.
 
 use super::{Console, Deployable, Target, TargetError};
+use crate::children::{self, ProcessGroup, Role, Supervised};
 use crate::qemu::BootFiles;
 use kiln_schema::config::{self, ConfigError, Duration, KeyPath};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -149,7 +149,7 @@ pub struct LabTarget {
     dir: PathBuf,
     lab: LabConfig,
     env: Vec<(String, String)>,
-    console: Option<Child>,
+    console: Option<Supervised>,
     console_in: Option<ChildStdin>,
     console_err: Option<File>,
     interrupted: Arc<AtomicBool>,
@@ -189,11 +189,21 @@ impl LabTarget {
             .current_dir(&self.dir)
             .envs(&self.lab.env)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            // Its own process group: terminal signals stay with kiln, and a
-            // timeout can kill everything the command started.
-            .process_group(0);
+            .stdin(Stdio::null());
         cmd
+    }
+
+    /// Starts a command in its own process group: terminal signals stay
+    /// with kiln, a timeout can kill everything the command started, and
+    /// nothing of it outlives kiln. `power_off` is cleanup: a second
+    /// Ctrl-C does not cut it short.
+    fn spawn(&self, phase: &str, cmd: Command) -> std::io::Result<Supervised> {
+        let role = if phase == "power_off" {
+            Role::Cleanup
+        } else {
+            Role::Work
+        };
+        children::spawn(cmd, ProcessGroup::New, role)
     }
 
     /// Runs one phase to its end or its timeout. `power_off` is never cut
@@ -213,12 +223,10 @@ impl LabTarget {
         // Output goes to a file, not a pipe: a command that leaves a daemon
         // behind (QEMU -daemonize, a socat) must not keep kiln reading.
         let mut out = tempfile::tempfile().map_err(spawn_err)?;
-        let mut child = self
-            .command(&step.command)
-            .stdout(out.try_clone().map_err(spawn_err)?)
-            .stderr(out.try_clone().map_err(spawn_err)?)
-            .spawn()
-            .map_err(spawn_err)?;
+        let mut cmd = self.command(&step.command);
+        cmd.stdout(out.try_clone().map_err(spawn_err)?)
+            .stderr(out.try_clone().map_err(spawn_err)?);
+        let mut child = self.spawn(phase, cmd).map_err(spawn_err)?;
         let deadline = Instant::now() + timeout.get();
         let status = loop {
             match child.try_wait() {
@@ -227,14 +235,14 @@ impl LabTarget {
                 Err(e) => break Err(spawn_err(e)),
             }
             if phase != "power_off" && self.interrupted.load(Ordering::Relaxed) {
-                super::stop_group(&mut child, std::time::Duration::from_millis(200));
+                child.stop(std::time::Duration::from_millis(200));
                 return Err(LabError::Interrupted {
                     lab: self.name.clone(),
                     phase,
                 });
             }
             if Instant::now() >= deadline {
-                super::stop_group(&mut child, std::time::Duration::ZERO);
+                child.stop(std::time::Duration::ZERO);
                 return Err(LabError::Timeout {
                     lab: self.name.clone(),
                     phase,
@@ -245,6 +253,8 @@ impl LabTarget {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }?;
+        // What it left running on purpose (a daemon) is the lab's.
+        child.release();
         let output = super::read_back(&mut out);
         if self.echo {
             for line in output.lines() {
@@ -303,17 +313,15 @@ impl Target for LabTarget {
             source,
         };
         let err = tempfile::tempfile().map_err(spawn_err)?;
-        let mut child = self
-            .command(&self.lab.console.command)
-            .stdin(Stdio::piped())
+        let mut cmd = self.command(&self.lab.console.command);
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(err.try_clone().map_err(spawn_err)?)
-            .spawn()
-            .map_err(spawn_err)?;
-        let console = child.stdout.take();
+            .stderr(err.try_clone().map_err(spawn_err)?);
+        let mut child = self.spawn("console", cmd).map_err(spawn_err)?;
+        let console = child.take_stdout();
         // Held open and silent until stop: interactive clients (telnet,
         // `ipmitool sol activate`, microcom) hang up when their input ends.
-        self.console_in = child.stdin.take();
+        self.console_in = child.take_stdin();
         self.console = Some(child);
         self.console_err = Some(err);
         let console = console.ok_or_else(|| LabError::Spawn {
@@ -335,7 +343,7 @@ impl Target for LabTarget {
         let status = self
             .console
             .as_mut()
-            .and_then(|c| super::wait_a_little(c, std::time::Duration::from_secs(1)));
+            .and_then(|c| c.wait_for(std::time::Duration::from_secs(1)));
         let said = self
             .console_err
             .as_mut()
@@ -354,7 +362,7 @@ impl Target for LabTarget {
     fn stop(&mut self) -> Result<(), TargetError> {
         let off = self.run_phase("power_off", &self.lab.power_off.clone());
         if let Some(mut console) = self.console.take() {
-            super::stop_group(&mut console, std::time::Duration::from_millis(500));
+            console.stop(std::time::Duration::from_millis(500));
         }
         self.console_in = None;
         self.console_err = None;
@@ -365,7 +373,7 @@ impl Target for LabTarget {
 impl Drop for LabTarget {
     fn drop(&mut self) {
         if let Some(mut console) = self.console.take() {
-            super::stop_group(&mut console, std::time::Duration::ZERO);
+            console.stop(std::time::Duration::ZERO);
         }
     }
 }

@@ -12,10 +12,9 @@ pub mod replay;
 use crate::image::TargetSection;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The console: the target's serial output as a byte stream.
 pub type Console = Box<dyn Read + Send>;
@@ -136,45 +135,6 @@ pub(crate) fn read_back(file: &mut std::fs::File) -> String {
         let _ = file.read_to_end(&mut bytes);
     }
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Stops a child that leads its own process group: SIGTERM to the group,
-/// then SIGKILL after `grace`; reaps it.
-pub(crate) fn stop_group(child: &mut Child, grace: Duration) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    let Ok(pid) = i32::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return;
-    };
-    let pgid = Pid::from_raw(pid);
-    if matches!(child.try_wait(), Ok(None)) {
-        let _ = killpg(pgid, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    // Also reaches helpers the leader started (a console's reader), even
-    // when the leader itself is gone.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait();
-}
-
-/// Waits up to `limit` for a child to exit; its status if it did.
-pub(crate) fn wait_a_little(
-    child: &mut Child,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
-    }
 }
 
 #[cfg(test)]

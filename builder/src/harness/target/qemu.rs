@@ -2,17 +2,17 @@
 //! boots it, with the serial console on a pipe instead of the terminal.
 
 use super::{Console, Deployable, Target, TargetError};
+use crate::children::{self, ProcessGroup, Role, Supervised};
 use crate::qemu::{self, Accel, BootFiles};
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 pub struct QemuTarget {
     qemu: PathBuf,
     accel: Accel,
-    child: Option<Child>,
+    child: Option<Supervised>,
     /// QEMU's own messages (bad arguments, missing firmware), for errors.
     stderr: Option<File>,
 }
@@ -54,12 +54,12 @@ impl Target for QemuTarget {
         let mut cmd = qemu::command(&self.qemu, &files, &image.machine, self.accel);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(errfile.try_clone().map_err(spawn_err)?)
-            // Its own process group: Ctrl-C on the terminal reaches kiln
-            // alone, which then stops QEMU and still writes the report.
-            .process_group(0);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        let console = child.stdout.take().ok_or_else(|| TargetError::Spawn {
+            .stderr(errfile.try_clone().map_err(spawn_err)?);
+        // Its own process group: Ctrl-C on the terminal reaches kiln alone,
+        // which then stops QEMU and still writes the report; and QEMU dies
+        // with kiln whatever kills it.
+        let mut child = children::spawn(cmd, ProcessGroup::New, Role::Work).map_err(spawn_err)?;
+        let console = child.take_stdout().ok_or_else(|| TargetError::Spawn {
             what: "QEMU's console pipe".into(),
             source: std::io::Error::other("no stdout pipe"),
         })?;
@@ -72,7 +72,7 @@ impl Target for QemuTarget {
         let status = self
             .child
             .as_mut()
-            .and_then(|c| super::wait_a_little(c, Duration::from_secs(2)));
+            .and_then(|c| c.wait_for(Duration::from_secs(2)));
         let said = self
             .stderr
             .as_mut()
@@ -91,7 +91,7 @@ impl Target for QemuTarget {
     fn stop(&mut self) -> Result<(), TargetError> {
         if let Some(mut child) = self.child.take() {
             // Nothing inside is worth a clean shutdown: the run is judged.
-            super::stop_group(&mut child, Duration::from_millis(500));
+            child.stop(Duration::from_millis(500));
         }
         Ok(())
     }
