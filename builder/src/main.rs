@@ -3,10 +3,10 @@
 use clap::{Parser, Subcommand};
 use kiln::build;
 use kiln::children::{self, interrupt, reaper, ProcessGroup, Role};
+use kiln::emulator::{self, Accel};
 use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
-use kiln::qemu::{self, Accel};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,9 +27,13 @@ enum Cmd {
     Build {
         /// An image config (images/*.toml).
         image: Option<PathBuf>,
-        /// Output directory [default: out/<image name>].
+        /// Output directory [default: out/<image name>]. Replaced only if
+        /// it is empty or a kiln output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output directory even if kiln did not write it.
+        #[arg(long)]
+        force: bool,
         /// Print a machine-readable summary (the manifest) on stdout.
         #[arg(long)]
         json: bool,
@@ -124,11 +128,17 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         Cmd::Build {
             image,
             output,
+            force,
             json,
         } => {
             progress::set_quiet(json);
             let (image, out) = load_image(image.as_deref(), output)?;
-            let built = build::build(&image, &out)?;
+            let replace = if force {
+                build::Replace::AnyDirectory
+            } else {
+                build::Replace::KilnOutput
+            };
+            let built = build::build_with(&image, &out, replace)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&built.manifest)?);
             } else {
@@ -155,7 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 inputs: images,
                 junit,
                 repeat,
-                target: harness::target::TargetSpec::parse(&target, parse_accel(&accel)?),
+                target: harness::targets::TargetSpec::parse(&target, parse_accel(&accel)?),
                 timeout,
                 boot_timeout,
                 echo: verbose || std::io::stderr().is_terminal(),
@@ -188,7 +198,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         }
         Cmd::Run { image, accel } => {
             let accel = parse_accel(&accel)?;
-            let qemu = qemu::find()?;
+            let qemu = emulator::find()?;
             let (dir, target) = match image.as_deref() {
                 Some(p) if p.is_dir() => (p.to_path_buf(), target_of_dir(p)?),
                 other => {
@@ -197,8 +207,8 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     (built.out_dir, image.config.target.clone())
                 }
             };
-            let files = qemu::BootFiles::from_dir(&dir)?;
-            let cmd = qemu::command(&qemu, &files, &target, accel);
+            let files = emulator::BootFiles::from_dir(&dir)?;
+            let cmd = emulator::command(&qemu, &files, &target, accel);
             progress::note(format!(
                 "booting {} on QEMU ({}); Ctrl-C stops it",
                 dir.display(),

@@ -4,21 +4,27 @@
 //! builder are in `kiln-schema` (`kiln_schema::config`, `kiln_schema::kmod`).
 //!
 //! - [`status`]: the console status lines (`kiln_schema::status`, re-exported).
-//! - [`pci`]: the host's PCI devices in sysfs, and selector resolution.
-//! - [`vfio`]: IOMMU group checks and binding devices to vfio-pci for the VMs.
+//! - [`host`]: the host's PCI devices, IOMMU groups and binding to
+//!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
 //! - [`vac`]: one hypervisor device node and its system-wide facts.
-//! - [`vm`]: one VM on a `Vac`: memory, vCPUs, interrupt controllers, devices.
+//! - [`vm`]: one VM on a `Vac`: memory, interrupt controllers, its buses,
+//!   vCPUs, and how a VM ends (exit codes).
+//! - [`machine`]: the board: the devices of a VM and where they sit.
 //! - [`arch`]: x86-64 layout, registers, CPUID, MSRs, MP and ACPI tables.
 //! - [`boot`]: kernel loading (bzImage, PVH ELF), initrd, E820, device tree.
-//! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the I/O bus.
-//! - [`vmm`]: running one VM to its end, and the exit codes.
+//! - [`devices`]: serial, i8042 reset, exit port, CMOS, ACPI sleep, the
+//!   guest PCI bus, and the bus type (ports, MMIO) they sit on.
+//! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
+//!   functions.
+//! - [`vmm`]: running one VM to its end.
 
 pub mod arch;
 pub mod boot;
 pub mod devices;
+pub mod host;
 pub mod init;
-pub mod pci;
+pub mod machine;
 pub use kiln_schema::status;
 pub mod vac;
 pub mod vfio;

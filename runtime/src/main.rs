@@ -61,7 +61,8 @@ fn run(file: &Path) -> i32 {
     }
     StatusLine::vm(name, VmState::Starting).print();
     let on_running = &mut || StatusLine::vm(name, VmState::Running).print();
-    match vmm::run_form(&spec).and_then(|cfg| vmm::run_observed(&cfg, base_dir, on_running)) {
+    let options = vmm::RunOptions::from_env();
+    match vmm::run_form(&spec).and_then(|cfg| vmm::run_with(&cfg, base_dir, options, on_running)) {
         Ok(exit) => {
             exit.status_line(name).print();
             exit.exit_code()

@@ -4,23 +4,13 @@
 //! stopped (SIGTERM, SIGINT). Every vCPU thread is stopped and joined
 //! before [`run`] returns.
 //!
-//! Process exit codes (documented in docs/runtime.md):
-//!
-//! | end                        | status line   | exit code        |
-//! |----------------------------|---------------|------------------|
-//! | exit port value N <= 127   | exited        | N                |
-//! | exit port value N >= 128   | exited        | 127              |
-//! | guest poweroff (ACPI S5)   | exited        | 0                |
-//! | guest reboot               | failed        | 193              |
-//! | triple fault               | failed        | 194              |
-//! | KVM internal error         | failed        | 195              |
-//! | the VMM could not run it   | failed        | 196              |
-//! | signal S (SIGTERM, SIGINT) | failed        | 128 + S          |
+//! How a VM ends and its exit codes: [`crate::vm::exit`].
 
 use crate::arch::x86_64::acpi::{self, AcpiError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
-use crate::status::{StatusLine, VmState};
+use crate::devices::serial::GUEST_TAG_ENV;
+use crate::machine::{self, Machine, MachineError};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
@@ -35,97 +25,10 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-pub const CODE_EXIT_PORT_MAX: i32 = 127;
-pub const CODE_REBOOT: i32 = 193;
-pub const CODE_TRIPLE_FAULT: i32 = 194;
-pub const CODE_INTERNAL_ERROR: i32 = 195;
-/// The VMM could not set the VM up or keep it running.
-pub const CODE_VMM_ERROR: i32 = 196;
-/// Signals end the VM with 128 + the signal number, as shells report them.
-pub const CODE_SIGNAL_BASE: i32 = 128;
-
-/// How a VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmExit {
-    /// The guest wrote this value to the exit port.
-    Exited(u32),
-    /// The guest powered off (ACPI S5, or a final HLT without an irqchip).
-    Poweroff,
-    /// The guest reset the machine (i8042 reset, or KVM's reset event).
-    Reboot,
-    /// A vCPU hit a triple fault (KVM_EXIT_SHUTDOWN).
-    TripleFault,
-    /// KVM could not go on running the guest.
-    InternalError(String),
-    /// The runtime received this signal and stopped the VM.
-    Signal(i32),
-}
-
-impl VmExit {
-    /// The process exit code for this end (see the table in the module docs).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            VmExit::Exited(n) => i32::try_from(*n)
-                .unwrap_or(i32::MAX)
-                .min(CODE_EXIT_PORT_MAX),
-            VmExit::Poweroff => 0,
-            VmExit::Reboot => CODE_REBOOT,
-            VmExit::TripleFault => CODE_TRIPLE_FAULT,
-            VmExit::InternalError(_) => CODE_INTERNAL_ERROR,
-            VmExit::Signal(s) => CODE_SIGNAL_BASE + s,
-        }
-    }
-
-    /// A one-word name for the reason.
-    pub fn reason(&self) -> &str {
-        match self {
-            VmExit::Exited(_) => "exit-port",
-            VmExit::Poweroff => "poweroff",
-            VmExit::Reboot => "reboot",
-            VmExit::TripleFault => "triple-fault",
-            VmExit::InternalError(_) => "internal-error",
-            VmExit::Signal(_) => "signal",
-        }
-    }
-
-    /// Whether the guest ended on its own terms (exit port or poweroff).
-    pub fn guest_finished(&self) -> bool {
-        matches!(self, VmExit::Exited(_) | VmExit::Poweroff)
-    }
-
-    /// The status line announcing this end for VM `name`.
-    pub fn status_line(&self, name: &str) -> StatusLine {
-        let state = if self.guest_finished() {
-            VmState::Exited
-        } else {
-            VmState::Failed
-        };
-        let line = StatusLine::vm(name, state).with_code(self.exit_code());
-        match self {
-            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => line,
-            VmExit::Exited(n) => line.with_reason(format!("exit-port value {n}")),
-            other => line.with_reason(other.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for VmExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VmExit::Exited(n) => write!(f, "exit-port value {n}"),
-            VmExit::Poweroff => f.write_str("poweroff"),
-            VmExit::Reboot => f.write_str("reboot"),
-            VmExit::TripleFault => f.write_str("triple-fault"),
-            VmExit::InternalError(why) => write!(f, "internal-error: {why}"),
-            VmExit::Signal(s) => {
-                let name = Signal::try_from(*s)
-                    .map(|s| s.as_str())
-                    .unwrap_or("unknown");
-                write!(f, "signal {name}")
-            }
-        }
-    }
-}
+pub use crate::vm::exit::{
+    VmExit, CODE_EXIT_PORT_MAX, CODE_INTERNAL_ERROR, CODE_REBOOT, CODE_SIGNAL_BASE,
+    CODE_TRIPLE_FAULT, CODE_VMM_ERROR,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -152,6 +55,30 @@ pub enum VmmError {
     EventFd(#[source] std::io::Error),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+}
+
+/// What the process running the VMM asks of it beyond the VM's config.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Tag guest lines echoed to stdout ([`GUEST_TAG_ENV`]).
+    pub tag_guest_lines: bool,
+    /// Print the stats lines on stderr at the end ([`STATS_ENV`]).
+    pub stats: bool,
+}
+
+/// Set (to anything) to get the stats lines (docs/runtime.md).
+pub const STATS_ENV: &str = "KILN_VMM_STATS";
+
+impl RunOptions {
+    /// The options as this process's environment sets them.
+    pub fn from_env() -> Self {
+        RunOptions {
+            tag_guest_lines: std::env::var_os(GUEST_TAG_ENV).is_some(),
+            stats: std::env::var_os(STATS_ENV).is_some(),
+        }
+    }
 }
 
 /// Runs the VM `cfg` describes to its end. Relative paths in `cfg` are
@@ -167,6 +94,16 @@ pub fn run_observed(
     base_dir: &Path,
     on_running: &mut dyn FnMut(),
 ) -> Result<VmExit, VmmError> {
+    run_with(cfg, base_dir, RunOptions::default(), on_running)
+}
+
+/// Like [`run_observed`], with `options`.
+pub fn run_with(
+    cfg: &VmConfig,
+    base_dir: &Path,
+    options: RunOptions,
+    on_running: &mut dyn FnMut(),
+) -> Result<VmExit, VmmError> {
     let started = Instant::now();
     let kernel = base_dir.join(&cfg.boot.kernel);
     let initrd = cfg.boot.initrd.as_ref().map(|p| base_dir.join(p));
@@ -176,9 +113,14 @@ pub fn run_observed(
 
     let vac = Vac::open(&hypervisor)?;
     let vm = Vm::new(vac, &vm_cfg)?;
-    // Devices drop before the VM: `attached` is declared after `vm`, and
-    // each device holds the VM anyway.
-    let attached = attach_all(&vm, cfg)?;
+    let mut attached = attach_all(&vm, cfg)?;
+    // Devices drop before the VM: `machine` is declared after `vm`, and
+    // it holds the VM anyway.
+    let board = machine::Options {
+        tag_guest_lines: options.tag_guest_lines,
+    };
+    let pci = std::mem::take(&mut attached.functions);
+    let machine = Machine::new(vm.clone(), &vm_cfg, board, pci)?;
     let rsdp = acpi::write(vm.memory(), cfg.vcpus, cfg.memory.bytes())?;
     mptable::write(vm.memory(), cfg.vcpus)?;
     let spec = BootSpec {
@@ -193,7 +135,7 @@ pub fn run_observed(
     let loaded = boot::load(vm.memory(), &spec)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for i in 0..cfg.vcpus {
-        vcpus.push(Vcpu::new(&vm, i)?.with_pci(attached.root.clone()));
+        vcpus.push(Vcpu::new(&vm, i)?);
     }
     if let Some(boot_cpu) = vcpus.first() {
         boot_cpu.set_entry(loaded.entry)?;
@@ -236,8 +178,8 @@ pub fn run_observed(
     let exit = ctl
         .exit()
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
-    if std::env::var_os("KILN_VMM_STATS").is_some() {
-        print_stats(&vm, started, setup, counts);
+    if options.stats {
+        print_stats(&machine, started, setup, counts);
         print_attach_stats(&vm, &attached);
     }
     Ok(exit)
@@ -376,7 +318,8 @@ fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCount
 /// One line on stderr with timings (from `started`, the start of the run),
 /// exit counts and the VMM's own memory (resident set minus the guest RAM
 /// pages that are resident).
-fn print_stats(vm: &Vm, started: Instant, setup: Duration, counts: ExitCounts) {
+fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: ExitCounts) {
+    let vm = machine.vm();
     let total = started.elapsed();
     let rss_kib = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -387,11 +330,11 @@ fn print_stats(vm: &Vm, started: Instant, setup: Duration, counts: ExitCounts) {
         })
         .unwrap_or(0);
     let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
-    let first = vm
+    let first = machine
         .first_output()
         .map(|t| format!("{}", t.saturating_duration_since(started).as_millis()))
         .unwrap_or_else(|| "-".into());
-    let unclaimed: u64 = vm.bus().unclaimed().values().sum();
+    let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
         "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
@@ -563,59 +506,5 @@ mod tests {
                 .contains("`boot.kernel` is \"cargo:kiln-hello\""),
             "{e}"
         );
-    }
-
-    #[test]
-    fn exit_code_table() {
-        assert_eq!(VmExit::Exited(0).exit_code(), 0);
-        assert_eq!(VmExit::Exited(42).exit_code(), 42);
-        assert_eq!(VmExit::Exited(127).exit_code(), 127);
-        assert_eq!(VmExit::Exited(128).exit_code(), 127);
-        assert_eq!(VmExit::Exited(u32::MAX).exit_code(), 127);
-        assert_eq!(VmExit::Poweroff.exit_code(), 0);
-        assert_eq!(VmExit::Reboot.exit_code(), 193);
-        assert_eq!(VmExit::TripleFault.exit_code(), 194);
-        assert_eq!(VmExit::InternalError("x".into()).exit_code(), 195);
-        assert_eq!(VmExit::Signal(libc::SIGTERM).exit_code(), 143);
-        assert_eq!(VmExit::Signal(libc::SIGINT).exit_code(), 130);
-        // Every non-guest reason is distinct and above the exit port range.
-        let codes = [
-            VmExit::Reboot.exit_code(),
-            VmExit::TripleFault.exit_code(),
-            VmExit::InternalError(String::new()).exit_code(),
-            CODE_VMM_ERROR,
-            VmExit::Signal(libc::SIGTERM).exit_code(),
-            VmExit::Signal(libc::SIGINT).exit_code(),
-        ];
-        for (i, a) in codes.iter().enumerate() {
-            assert!(*a > CODE_EXIT_PORT_MAX && *a < 256);
-            assert!(codes[i + 1..].iter().all(|b| b != a), "{a} repeats");
-        }
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(
-            VmExit::Exited(3).status_line("hello").to_string(),
-            "kiln: vm=hello state=exited code=3"
-        );
-        assert_eq!(
-            VmExit::Exited(300).status_line("hello").to_string(),
-            "kiln: vm=hello state=exited code=127 reason=exit-port value 300"
-        );
-        assert_eq!(
-            VmExit::Poweroff.status_line("l").to_string(),
-            "kiln: vm=l state=exited code=0 reason=poweroff"
-        );
-        assert_eq!(
-            VmExit::Signal(15).status_line("l").to_string(),
-            "kiln: vm=l state=failed code=143 reason=signal SIGTERM"
-        );
-        assert_eq!(
-            VmExit::TripleFault.status_line("l").to_string(),
-            "kiln: vm=l state=failed code=194 reason=triple-fault"
-        );
-        assert_eq!(VmExit::Reboot.reason(), "reboot");
-        assert_eq!(VmExit::InternalError("x".into()).reason(), "internal-error");
     }
 }

@@ -1,8 +1,8 @@
 //! Helpers for kiln's end-to-end tests: build the `kiln` binary once, run it,
 //! and boot images on the emulated target with a deadline.
 
+pub mod direct_boot;
 pub mod images;
-pub mod qemu;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    qemu::workspace_root()
+    direct_boot::workspace_root()
 }
 
 fn cargo() -> String {
@@ -54,7 +54,7 @@ pub fn run_kiln(cwd: &Path, args: &[&str]) -> Output {
 /// Fails the test loudly when QEMU is missing: these tests never pass by
 /// skipping.
 pub fn require_qemu() {
-    qemu::qemu_binary();
+    direct_boot::qemu_binary();
 }
 
 /// A finished run of a child process with its combined console output.

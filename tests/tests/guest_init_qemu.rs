@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_tests::qemu::run_qemu;
+use kiln_tests::direct_boot::run_qemu;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 

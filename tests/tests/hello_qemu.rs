@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kiln_tests::qemu::run_qemu;
+use kiln_tests::direct_boot::run_qemu;
 use kiln_tests::Finished;
 
 const TIMEOUT: Duration = Duration::from_secs(60);

@@ -2,7 +2,7 @@
 //! and report in a form CI understands.
 //!
 //! - [`console`]: bytes to clean lines; [`judge`]: lines to verdicts;
-//! - [`target`]: QEMU, a lab machine through commands, or a replayed log;
+//! - [`targets`]: QEMU, a lab machine through commands, or a replayed log;
 //! - [`junit`] and [`report`]: the JUnit XML file and the summary table;
 //! - [`log`]: the whole console kept in a file.
 //!
@@ -15,7 +15,7 @@ pub mod judge;
 pub mod junit;
 pub mod log;
 pub mod report;
-pub mod target;
+pub mod targets;
 
 use crate::build;
 use crate::image::Image;
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
-use target::{Console, Deployable, Target, TargetSpec};
+use targets::{Console, Deployable, Target, TargetSpec};
 
 /// How often the run loop looks at the clock and at Ctrl-C.
 const TICK: Duration = Duration::from_millis(100);
@@ -252,14 +252,14 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
 
 /// Runs `kiln test`. `interrupted` is set by Ctrl-C/SIGTERM.
 pub fn run(opts: &Options, interrupted: Arc<AtomicBool>) -> Result<Report, HarnessError> {
-    let target = target::open(&opts.target, interrupted.clone(), opts.echo);
+    let target = targets::open(&opts.target, interrupted.clone(), opts.echo);
     run_on(opts, target, interrupted)
 }
 
 /// Runs `kiln test` on an opened target (or the error opening it gave).
 pub fn run_on(
     opts: &Options,
-    mut target: Result<Box<dyn Target>, target::TargetError>,
+    mut target: Result<Box<dyn Target>, targets::TargetError>,
     interrupted: Arc<AtomicBool>,
 ) -> Result<Report, HarnessError> {
     if opts.repeat == 0 {

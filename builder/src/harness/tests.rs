@@ -2,7 +2,7 @@
 //! with delays (and can hang, or fail to boot), and `run_on` must give the
 //! right verdicts, exit code, report and log, and always stop the target.
 
-use super::target::{Console, Deployable, Target, TargetError, TargetSpec};
+use super::targets::{Console, Deployable, Target, TargetError, TargetSpec};
 use super::*;
 use crate::manifest::{Artifact, KernelInfo, ManifestVm};
 use kiln_schema::config::{Duration as CfgDuration, TestExpectations};

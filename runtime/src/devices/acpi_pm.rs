@@ -3,7 +3,7 @@
 //! SLP_EN with SLP_TYP 5 (the \_S5_ value kiln's DSDT declares) powers the
 //! VM off; other sleep states are ignored.
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use super::StopRequest;
 
 const SLP_EN: u8 = 1 << 5;
@@ -17,12 +17,12 @@ const WAK_STS: u8 = 1 << 7;
 /// Offset 0 is the control register, offset 1 the status register.
 pub struct AcpiPm;
 
-impl PioDevice for AcpiPm {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for AcpiPm {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(if offset == 1 { WAK_STS } else { 0 });
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<StopRequest> {
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) -> Option<StopRequest> {
         let v = *data.first()?;
         let slp_typ = (v >> SLP_TYP_SHIFT) & 0x7;
         (offset == 0 && v & SLP_EN != 0 && slp_typ == S5_SLP_TYP).then_some(StopRequest::Poweroff)
@@ -36,12 +36,19 @@ mod tests {
     #[test]
     fn s5_with_slp_en_powers_off() {
         let mut pm = AcpiPm;
-        assert_eq!(pm.write(0, &[(5 << 2) | 0x20]), Some(StopRequest::Poweroff));
-        assert_eq!(pm.write(0, &[5 << 2]), None, "without SLP_EN");
-        assert_eq!(pm.write(0, &[(3 << 2) | 0x20]), None, "S3 is not poweroff");
-        assert_eq!(pm.write(1, &[(5 << 2) | 0x20]), None, "status register");
+        assert_eq!(
+            pm.write(0, 0, &[(5 << 2) | 0x20]),
+            Some(StopRequest::Poweroff)
+        );
+        assert_eq!(pm.write(0, 0, &[5 << 2]), None, "without SLP_EN");
+        assert_eq!(
+            pm.write(0, 0, &[(3 << 2) | 0x20]),
+            None,
+            "S3 is not poweroff"
+        );
+        assert_eq!(pm.write(0, 1, &[(5 << 2) | 0x20]), None, "status register");
         let mut d = [0u8];
-        pm.read(1, &mut d);
+        pm.read(0, 1, &mut d);
         assert_eq!(d, [0x80]);
     }
 }

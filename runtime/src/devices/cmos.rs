@@ -4,7 +4,7 @@
 //! chip (reads of 0xff) stalls the clock code. vm-superio's RTC is the PL031
 //! (MMIO, Arm), so this small model is written here.
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use super::StopRequest;
 
 const REG_SECONDS: u8 = 0x00;
@@ -122,8 +122,8 @@ impl Cmos {
     }
 }
 
-impl PioDevice for Cmos {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for Cmos {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         let v = match offset {
             0 => self.index,
             _ => self.register(self.index),
@@ -131,7 +131,7 @@ impl PioDevice for Cmos {
         data.fill(v);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<StopRequest> {
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) -> Option<StopRequest> {
         let v = *data.first()?;
         match offset {
             // Bit 7 of the index port masks NMIs; it is not part of the index.
@@ -184,9 +184,9 @@ mod tests {
     }
 
     fn read(c: &mut Cmos, index: u8) -> u8 {
-        c.write(0, &[index | 0x80]);
+        c.write(0, 0, &[index | 0x80]);
         let mut d = [0u8];
-        c.read(1, &mut d);
+        c.read(0, 1, &mut d);
         d[0]
     }
 
@@ -208,11 +208,11 @@ mod tests {
     #[test]
     fn scratch_ram_keeps_writes_but_clock_ignores_them() {
         let mut c = Cmos::with_clock(fixed);
-        c.write(0, &[0x40]);
-        c.write(1, &[0x5a]);
+        c.write(0, 0, &[0x40]);
+        c.write(0, 1, &[0x5a]);
         assert_eq!(read(&mut c, 0x40), 0x5a);
-        c.write(0, &[REG_SECONDS]);
-        c.write(1, &[0x59]);
+        c.write(0, 0, &[REG_SECONDS]);
+        c.write(0, 1, &[0x59]);
         assert_eq!(read(&mut c, REG_SECONDS), 0x07);
     }
 }

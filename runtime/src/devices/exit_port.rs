@@ -1,17 +1,17 @@
 //! The debug exit port: a guest writes a 1-, 2- or 4-byte value N to port
 //! 0xf4 and the VM ends with status N. Reads return 0.
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use super::StopRequest;
 
 pub struct ExitPort;
 
-impl PioDevice for ExitPort {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for ExitPort {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<StopRequest> {
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) -> Option<StopRequest> {
         if offset != 0 {
             return None;
         }
@@ -32,13 +32,16 @@ mod tests {
     #[test]
     fn every_width_ends_the_vm_with_its_value() {
         let mut p = ExitPort;
-        assert_eq!(p.write(0, &[7]), Some(StopRequest::Exit(7)));
-        assert_eq!(p.write(0, &[0x34, 0x12]), Some(StopRequest::Exit(0x1234)));
+        assert_eq!(p.write(0, 0, &[7]), Some(StopRequest::Exit(7)));
         assert_eq!(
-            p.write(0, &[0x78, 0x56, 0x34, 0x12]),
+            p.write(0, 0, &[0x34, 0x12]),
+            Some(StopRequest::Exit(0x1234))
+        );
+        assert_eq!(
+            p.write(0, 0, &[0x78, 0x56, 0x34, 0x12]),
             Some(StopRequest::Exit(0x1234_5678))
         );
-        assert_eq!(p.write(0, &[1, 2, 3]), None);
-        assert_eq!(p.write(1, &[1]), None);
+        assert_eq!(p.write(0, 0, &[1, 2, 3]), None);
+        assert_eq!(p.write(0, 1, &[1]), None);
     }
 }

@@ -2,16 +2,12 @@
 //! to the command port (0x64) ends the VM with reason `reboot`, which is how
 //! Linux reboots with `reboot=k`. vm-superio's model answers reads with 0.
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use super::StopRequest;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use vm_superio::{I8042Device, Trigger};
 
-/// The data port (0x60) and command/status port (0x64), registered as two
-/// one-port ranges so port 0x61 stays with KVM's speaker/PIT emulation.
-pub const DATA_PORT: u16 = 0x60;
-pub const COMMAND_PORT: u16 = 0x64;
 /// vm-superio's register offsets from 0x60.
 const COMMAND_OFFSET: u8 = 4;
 
@@ -32,7 +28,9 @@ pub struct I8042Port {
     offset: u8,
 }
 
-/// Builds the data and command ports of one controller.
+/// Builds the data and command ports of one controller
+/// ([`I8042_DATA_PORT`](crate::arch::x86_64::layout::I8042_DATA_PORT) and
+/// [`I8042_COMMAND_PORT`](crate::arch::x86_64::layout::I8042_COMMAND_PORT)).
 pub fn ports() -> (I8042Port, I8042Port) {
     let controller = Arc::new(Mutex::new(I8042Device::new(ResetLine::default())));
     (
@@ -47,8 +45,8 @@ pub fn ports() -> (I8042Port, I8042Port) {
     )
 }
 
-impl PioDevice for I8042Port {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for I8042Port {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
         let mut c = self
             .controller
             .lock()
@@ -58,7 +56,7 @@ impl PioDevice for I8042Port {
         }
     }
 
-    fn write(&mut self, _offset: u16, data: &[u8]) -> Option<StopRequest> {
+    fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) -> Option<StopRequest> {
         let mut c = self
             .controller
             .lock()
@@ -80,19 +78,19 @@ mod tests {
     fn reset_command_reboots_and_nothing_else_does() {
         let (mut data, mut cmd) = ports();
         assert_eq!(
-            data.write(0, &[0xfe]),
+            data.write(0, 0, &[0xfe]),
             None,
             "0xfe on the data port is a key, not a reset"
         );
-        assert_eq!(cmd.write(0, &[0x20]), None);
-        assert_eq!(cmd.write(0, &[0xfe]), Some(StopRequest::Reboot));
+        assert_eq!(cmd.write(0, 0, &[0x20]), None);
+        assert_eq!(cmd.write(0, 0, &[0xfe]), Some(StopRequest::Reboot));
         assert_eq!(
-            cmd.write(0, &[0xaa]),
+            cmd.write(0, 0, &[0xaa]),
             None,
             "the line resets after a request"
         );
         let mut d = [0xffu8];
-        cmd.read(0, &mut d);
+        cmd.read(0, 0, &mut d);
         assert_eq!(d, [0]);
     }
 }

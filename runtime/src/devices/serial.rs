@@ -2,7 +2,7 @@
 //! through an irqfd, its output copied to the console and/or a log file.
 //! Guest input is not wired (kiln guests are appliances, judged by output).
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use super::StopRequest;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -145,14 +145,14 @@ impl SerialDevice {
     }
 }
 
-impl PioDevice for SerialDevice {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for SerialDevice {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *first = self.uart.read(off);
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<StopRequest> {
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) -> Option<StopRequest> {
         if let (Some(value), Ok(off)) = (data.first(), u8::try_from(offset)) {
             // An output error is already dropped by the sink; an interrupt
             // that cannot be raised only delays the guest's TX path.
@@ -185,17 +185,17 @@ mod tests {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(cap.clone()));
         for b in b"ok\n" {
-            dev.write(0, &[*b]);
+            dev.write(0, 0, &[*b]);
         }
         assert_eq!(&*cap.0.lock().unwrap(), b"ok\n");
         // No interrupt while IER is 0.
         assert!(irq.read().is_err());
-        dev.write(1, &[0x02]); // IER: THR empty
-        dev.write(0, b"!");
+        dev.write(0, 1, &[0x02]); // IER: THR empty
+        dev.write(0, 0, b"!");
         assert!(irq.read().unwrap() >= 1);
         // LSR says the transmitter is empty.
         let mut lsr = [0u8];
-        dev.read(5, &mut lsr);
+        dev.read(0, 5, &mut lsr);
         assert_eq!(lsr[0] & 0x60, 0x60);
     }
 

@@ -7,9 +7,9 @@
 mod console;
 mod modules;
 mod mounts;
-mod passthrough;
 mod power;
 mod supervise;
+mod vfio_binding;
 
 use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
 use std::path::Path;
@@ -45,9 +45,9 @@ fn run() -> config::OnDone {
         say(&format!("error: {e}"));
     }
     supervise::wait_for_nodes(&appliance);
-    let (vms, refused, bound) = passthrough::bind(&appliance.vms);
+    let (vms, refused, bound) = vfio_binding::bind(&appliance.vms);
     let (ok, failed) = supervise::run_all(&vms);
-    passthrough::release(bound);
+    vfio_binding::release(bound);
     crate::status::StatusLine::Done {
         ok,
         failed: failed + refused,

@@ -1,13 +1,15 @@
 //! In the VMM process: opening every device a VM config assigns (already
 //! bound to vfio-pci by init) through the VFIO interface chosen for the VM,
-//! and putting each on the guest's PCI bus.
+//! and modelling each as a function for the guest's PCI bus (the
+//! [`crate::machine`] puts them there).
 
 use super::backend::{self, BackendError, Choice, DEV};
 use super::container::{AttachStats, Container, ContainerError, Kind};
+use super::passthrough::{PassthroughError, PassthroughFunction};
 use crate::boot::fdt::PciDeviceInfo;
-use crate::devices::pci::root::BarAllocator;
-use crate::devices::pci::{PassthroughError, PassthroughFunction, PciRoot, PciRootError};
-use crate::pci::{self, SelectError, Sysfs, SysfsError};
+use crate::devices::pci::root::{BarAllocator, MAX_FUNCTIONS};
+use crate::devices::pci::{PciFunction, PciRoot, PciRootError};
+use crate::host::pci::{self, SelectError, Sysfs, SysfsError};
 use crate::vm::Vm;
 use kiln_schema::config::{Bdf, VmConfig};
 use std::io::Write;
@@ -35,9 +37,10 @@ pub enum AttachError {
     Root(#[from] PciRootError),
 }
 
-/// The guest's PCI bus with the VM's devices on it.
+/// The VM's devices, ready for its PCI bus.
 pub struct Attached {
-    pub root: Arc<PciRoot>,
+    /// Device number `PciRoot::device_number(i)` is `functions[i]`.
+    pub functions: Vec<Box<dyn PciFunction>>,
     /// What the guest's device tree lists: guest addresses and ids.
     pub devices: Vec<PciDeviceInfo>,
     /// Set when devices were attached.
@@ -47,13 +50,14 @@ pub struct Attached {
     pub elapsed: Duration,
 }
 
-/// Opens the devices of `cfg.pci` for `vm` and builds its PCI bus. A VM
-/// without devices gets the bus with only its host bridge.
+/// Opens the devices of `cfg.pci` for `vm` and models each as a PCI
+/// function. A VM without devices gets none (its bus has only the host
+/// bridge).
 pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError> {
     let started = Instant::now();
     if cfg.pci.is_empty() {
         return Ok(Attached {
-            root: Arc::new(PciRoot::new(Vec::new())?),
+            functions: Vec::new(),
             devices: Vec::new(),
             stats: None,
             kind: None,
@@ -74,7 +78,10 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
     };
     let container = Container::new(vm.clone(), kind)?;
     let mut bars = BarAllocator::new(cfg.memory.bytes());
-    let mut functions = Vec::with_capacity(cfg.pci.len());
+    if cfg.pci.len() > MAX_FUNCTIONS {
+        return Err(PciRootError::TooMany(cfg.pci.len()).into());
+    }
+    let mut functions: Vec<Box<dyn PciFunction>> = Vec::with_capacity(cfg.pci.len());
     let mut devices = Vec::with_capacity(cfg.pci.len());
     for (i, (host, entry)) in hosts.into_iter().zip(&cfg.pci).enumerate() {
         let device = PciRoot::device_number(i);
@@ -99,7 +106,7 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
             bdf: host.bdf,
             source,
         })?;
-        functions.push(f);
+        functions.push(Box::new(f));
         devices.push(PciDeviceInfo {
             bdf: Bdf {
                 domain: 0,
@@ -113,7 +120,7 @@ pub fn attach_all(vm: &Arc<Vm>, cfg: &VmConfig) -> Result<Attached, AttachError>
     }
     let stats = container.stats();
     Ok(Attached {
-        root: Arc::new(PciRoot::new(functions)?),
+        functions,
         devices,
         stats: Some(stats),
         kind: Some(kind),

@@ -11,7 +11,7 @@
 //! `auto` takes iommufd when the host has it for every device of the VM,
 //! else legacy; `iommufd` without host support is an error for that VM.
 
-use crate::pci::{Sysfs, SysfsError};
+use crate::host::pci::{Sysfs, SysfsError};
 use kiln_schema::config::{Bdf, VfioBackend};
 use std::path::{Path, PathBuf};
 
@@ -100,8 +100,8 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
-    use crate::vfio::Bound;
+    use crate::host::pci::fake::FakeHost;
+    use crate::host::Bound;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()

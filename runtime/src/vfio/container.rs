@@ -20,7 +20,7 @@
 
 use super::backend::{self, DEV};
 use super::device::VfioFunction;
-use crate::pci::{Sysfs, SysfsError};
+use crate::host::pci::{Sysfs, SysfsError};
 use crate::vm::Vm;
 use iommufd_ioctls::{IommuFd, IommufdError};
 use kiln_schema::config::Bdf;
@@ -203,7 +203,10 @@ impl Container {
                     .map_err(|source| ContainerError::Device { bdf, source })?;
                 // vfio-ioctls opened the group by number; name its node.
                 let group = self.sysfs.iommu_group(bdf)?.unwrap_or_default();
-                (device, Path::new(super::DEV_VFIO).join(group.to_string()))
+                (
+                    device,
+                    Path::new(crate::host::DEV_VFIO).join(group.to_string()),
+                )
             }
             Backend::Iommufd(i) => {
                 let node = backend::cdev_node(&self.sysfs, Path::new(DEV), bdf)?

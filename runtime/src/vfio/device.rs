@@ -3,9 +3,9 @@
 //! regions (mmapped where VFIO allows: whole, or its sparse areas),
 //! interrupts and reset.
 
+use super::bar_mapping::PAGE_SIZE;
 use super::container::Container;
-use crate::devices::pci::mapping::PAGE_SIZE;
-use crate::devices::pci::{HostArea, HostError, HostFunction, IrqKind, ROM_REGION};
+use super::host_function::{HostArea, HostError, HostFunction, IrqKind, ROM_REGION};
 use kiln_schema::config::Bdf;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

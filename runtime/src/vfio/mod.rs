@@ -1,33 +1,33 @@
-//! VFIO device assignment on the host: the IOMMU group checks, moving
-//! devices to vfio-pci and back, and the per-VM assignment PID 1 runs before
-//! it starts the VMs.
+//! VFIO in the VMM process: the devices PID 1 bound to vfio-pci (see
+//! [`crate::host`]) opened for one VM and put on its PCI bus.
 //!
-//! - [`group`]: is an IOMMU active, which group a device is in, can the
-//!   group be handed to a VM.
-//! - [`bind`]: `driver_override` binding and [`Bound`], which owns what was
-//!   bound and gives it back.
-//! - [`assign`]: [`bind_all`] for an appliance's VMs, and [`pin_addresses`]
-//!   for the config each VMM process gets.
 //! - [`backend`]: which kernel interface a VM's devices go through
 //!   (iommufd with device cdevs, or the legacy container/group).
-//! - [`container`]: in the VMM, the VM's VFIO container (either interface)
-//!   and KVM-VFIO device, and guest RAM mapped for DMA.
+//! - [`container`]: the VM's VFIO container (either interface) and
+//!   KVM-VFIO device, and guest RAM mapped for DMA.
 //! - [`device`]: one open VFIO PCI device, the host half of a passed-through
-//!   function (the guest half is `devices::pci`).
+//!   function; it implements [`host_function::HostFunction`].
+//! - [`host_function`]: what the guest-facing model needs of the device.
+//! - [`passthrough`]: the guest half: one passed-through function on the
+//!   guest's PCI bus, BARs mapped or trapped, interrupts wired to KVM.
+//! - [`config_space`]: the config space a guest sees of it.
+//! - [`bar_mapping`]: which parts of a BAR the guest reaches without exits.
+//! - [`msi`]: MSI and MSI-X capability and table state.
 //! - [`attach`]: everything a VM config assigns, opened and modelled.
 
-pub mod assign;
 pub mod attach;
 pub mod backend;
-pub mod bind;
+pub mod bar_mapping;
+pub mod config_space;
 pub mod container;
 pub mod device;
-pub mod group;
+pub mod host_function;
+pub mod msi;
+pub mod passthrough;
 
-pub use assign::{bind_all, pin_addresses, AssignError, AssignedDevice, Binding};
 pub use attach::{attach_all, AttachError};
 pub use backend::{BackendError, Choice};
-pub use bind::{BindError, Bound, DEV_VFIO, VFIO_PCI};
 pub use container::{Container, ContainerError, Kind};
 pub use device::VfioFunction;
-pub use group::GroupError;
+pub use host_function::{HostArea, HostError, HostFunction, IrqKind, ROM_REGION};
+pub use passthrough::{PassthroughError, PassthroughFunction};

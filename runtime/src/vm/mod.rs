@@ -1,33 +1,31 @@
 //! `Vm`: one virtual machine on a [`Vac`]: its KVM VM file descriptor,
-//! guest memory, in-kernel interrupt controllers and PIT, and its devices.
+//! guest memory, in-kernel interrupt controllers and PIT, and its two
+//! buses (ports and MMIO), empty until the [`crate::machine`] puts its
+//! devices on them.
 //!
 //! A `Vm` holds its `Vac` through an `Arc`, and each [`vcpu::Vcpu`] holds its
 //! `Vm` the same way: whoever has a handle keeps everything beneath it
 //! alive, and teardown runs from the leaves (vCPUs, devices) to the root
-//! (the device node) in the order ownership dictates. Nothing is global.
+//! (the device node) in the order ownership dictates. The buses hold their
+//! devices weakly, so a device holding the VM makes no cycle. Nothing is
+//! global.
 
+pub mod exit;
 pub mod memory;
 pub mod routing;
 pub mod vcpu;
 
-use crate::arch::x86_64::layout::{
-    ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, EXIT_PORT, KVM_IDENTITY_MAP_ADDRESS,
-    KVM_TSS_ADDRESS,
-};
-use crate::devices::bus::BusError;
-use crate::devices::serial::{ConsoleSink, SerialDevice, SerialError};
-use crate::devices::{acpi_pm, cmos, exit_port, i8042, PioBus};
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::devices::Bus;
 use crate::vac::{Vac, VacError};
 use kiln_schema::config::VmConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
 use routing::{MsiMessage, Routing, RoutingError};
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -48,10 +46,6 @@ pub enum VmError {
         source: kvm_ioctls::Error,
     },
     #[error(transparent)]
-    Serial(#[from] SerialError),
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error(transparent)]
     Routing(#[from] RoutingError),
     #[error("All KVM memory slots of the VM are in use; assign fewer devices")]
     NoSlot,
@@ -61,11 +55,11 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// One VM. Fields drop in declaration order: devices (and their irqfds)
-/// first, then the KVM VM, then guest memory, and the `Vac` last.
+/// One VM. Fields drop in declaration order: the buses first, then the KVM
+/// VM, then guest memory, and the `Vac` last.
 pub struct Vm {
-    bus: PioBus,
-    serial_irq: EventFd,
+    pio_bus: Bus,
+    mmio_bus: Bus,
     fd: VmFd,
     memory: memory::GuestRam,
     vcpus: u8,
@@ -73,14 +67,13 @@ pub struct Vm {
     slots: Mutex<BTreeSet<u32>>,
     routing: Mutex<Routing>,
     created: Instant,
-    first_output: Arc<OnceLock<Instant>>,
     vac: Arc<Vac>,
 }
 
 impl Vm {
     /// Creates the VM `cfg` describes on `vac`: memory registered with KVM,
-    /// in-kernel IOAPIC/PIC/LAPICs and PIT, and the legacy devices. No
-    /// kernel is loaded yet and no vCPU exists.
+    /// in-kernel IOAPIC/PIC/LAPICs and PIT. No device is on its buses yet,
+    /// no kernel is loaded and no vCPU exists.
     pub fn new(vac: Arc<Vac>, cfg: &VmConfig) -> Result<Arc<Vm>, VmError> {
         if usize::from(cfg.vcpus) > vac.max_vcpus() {
             return Err(VmError::TooManyVcpus {
@@ -126,37 +119,15 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(kvm_err("create the in-kernel PIT"))?;
 
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
-        fd.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(kvm_err("register the serial port's irqfd"))?;
-        let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?
-            .tagging_lines(std::env::var_os(crate::devices::serial::GUEST_TAG_ENV).is_some());
-        let first_output = sink.first_output();
-        let sink: Box<dyn Write + Send> = Box::new(sink);
-        let serial = SerialDevice::new(serial_irq.try_clone().map_err(SerialError::EventFd)?, sink);
-        let mut bus = PioBus::new();
-        bus.insert(COM1_PORT, 8, Arc::new(Mutex::new(serial)))?;
-        let (kbd_data, kbd_cmd) = i8042::ports();
-        bus.insert(i8042::DATA_PORT, 1, Arc::new(Mutex::new(kbd_data)))?;
-        bus.insert(i8042::COMMAND_PORT, 1, Arc::new(Mutex::new(kbd_cmd)))?;
-        bus.insert(EXIT_PORT, 4, Arc::new(Mutex::new(exit_port::ExitPort)))?;
-        bus.insert(0x70, 2, Arc::new(Mutex::new(cmos::Cmos::default())))?;
-        bus.insert(
-            ACPI_SLEEP_CONTROL_PORT,
-            2,
-            Arc::new(Mutex::new(acpi_pm::AcpiPm)),
-        )?;
-
         Ok(Arc::new(Vm {
-            bus,
-            serial_irq,
+            pio_bus: Bus::new(),
+            mmio_bus: Bus::new(),
             fd,
             memory,
             vcpus: cfg.vcpus,
             slots: Mutex::new(BTreeSet::new()),
             routing: Mutex::new(Routing::default()),
             created,
-            first_output,
             vac,
         }))
     }
@@ -177,18 +148,18 @@ impl Vm {
     }
 
     /// The port I/O bus.
-    pub fn bus(&self) -> &PioBus {
-        &self.bus
+    pub fn pio_bus(&self) -> &Bus {
+        &self.pio_bus
+    }
+
+    /// The MMIO bus: what KVM does not map as memory.
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio_bus
     }
 
     /// When the VM was created.
     pub fn created(&self) -> Instant {
         self.created
-    }
-
-    /// When the guest first wrote to its console, if it has.
-    pub fn first_output(&self) -> Option<Instant> {
-        self.first_output.get().copied()
     }
 
     /// How many vCPUs the VM has.
@@ -269,15 +240,8 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
-        // Best effort: the VM fd closes right after, which drops the irqfd too.
-        let _ = self.fd.unregister_irqfd(&self.serial_irq, COM1_IRQ);
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::vac::tests::kvm_path;
     use kiln_schema::config::{parse, VmConfig};
@@ -337,8 +301,8 @@ mod tests {
         drop(a);
         assert!(weak_a.upgrade().is_none());
         // B is untouched by A's teardown.
-        b.bus().write(0x80, &[1]);
-        assert_eq!(b.bus().unclaimed().get(&0x80), Some(&1));
+        b.pio_bus().write(0x80, &[1]);
+        assert_eq!(b.pio_bus().unclaimed().get(&0x80), Some(&1));
         let seen: u32 = b.memory().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(seen, 0);
     }

@@ -1,13 +1,15 @@
 //! vCPUs: creation and reset state (CPUID, MSRs, FPU, local APIC, and the
-//! boot CPU's registers), and the run loop each vCPU thread executes.
+//! boot CPU's registers), and the run loop each vCPU thread executes: port
+//! and MMIO exits go to the VM's buses, and how the VM ends ([`VmExit`]) is
+//! reported to the [`RunControl`].
 
+use super::exit::VmExit;
 use super::Vm;
 use crate::arch::x86_64::cpuid::{self, Topology};
 use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::devices::pci::PciRoot;
-use crate::devices::StopRequest;
-use crate::vmm::VmExit;
+use crate::devices::Access;
 use kvm_bindings::{
     kvm_lapic_state, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -113,25 +115,12 @@ impl std::ops::AddAssign for ExitCounts {
 }
 
 /// One vCPU. It holds its VM, so a running vCPU thread keeps the VM (and
-/// through it the `Vac`) alive; the vCPU fd closes before that handle drops.
+/// through it the `Vac`) alive, and reaches the devices through the VM's
+/// buses; the vCPU fd closes before that handle drops.
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
-    /// The guest's PCI bus (config space, trapped BARs). It holds the
-    /// passed-through devices, which hold the VM: it is not part of `Vm`
-    /// so that no cycle keeps a VM alive.
-    pci: Option<Arc<PciRoot>>,
     vm: Arc<Vm>,
-}
-
-impl From<StopRequest> for VmExit {
-    fn from(r: StopRequest) -> Self {
-        match r {
-            StopRequest::Exit(n) => VmExit::Exited(n),
-            StopRequest::Poweroff => VmExit::Poweroff,
-            StopRequest::Reboot => VmExit::Reboot,
-        }
-    }
 }
 
 impl Vcpu {
@@ -179,15 +168,8 @@ impl Vcpu {
         Ok(Vcpu {
             fd,
             index,
-            pci: None,
             vm: vm.clone(),
         })
-    }
-
-    /// Routes PCI config space and trapped BAR accesses to `pci`.
-    pub fn with_pci(mut self, pci: Arc<PciRoot>) -> Self {
-        self.pci = Some(pci);
-        self
     }
 
     /// Puts the boot CPU at the kernel's entry point.
@@ -227,31 +209,28 @@ impl Vcpu {
                     match exit {
                         VcpuExit::IoOut(port, data) => {
                             counts.pio += 1;
-                            if self.pci.as_ref().is_some_and(|p| p.pio_write(port, data)) {
-                                None
-                            } else {
-                                self.vm.bus().write(port, data).map(VmExit::from)
+                            match self.vm.pio_bus().write(u64::from(port), data) {
+                                Access::Stop(stop) => Some(VmExit::from(stop)),
+                                Access::Claimed | Access::Unclaimed => None,
                             }
                         }
                         VcpuExit::IoIn(port, data) => {
                             counts.pio += 1;
-                            if !self.pci.as_ref().is_some_and(|p| p.pio_read(port, data)) {
-                                self.vm.bus().read(port, data);
-                            }
+                            self.vm.pio_bus().read(u64::from(port), data);
                             None
                         }
+                        // The MMIO bus holds the PCI root alone: what it
+                        // claims outside ECAM is a passed-through BAR.
                         VcpuExit::MmioRead(addr, data) => {
                             counts.mmio += 1;
-                            if self.pci.as_ref().is_some_and(|p| p.mmio_read(addr, data)) {
+                            if self.vm.mmio_bus().read(addr, data) {
                                 counts.mmio_bar += u64::from(!PciRoot::is_ecam(addr));
-                            } else {
-                                data.fill(0xff);
                             }
                             None
                         }
                         VcpuExit::MmioWrite(addr, data) => {
                             counts.mmio += 1;
-                            if self.pci.as_ref().is_some_and(|p| p.mmio_write(addr, data)) {
+                            if self.vm.mmio_bus().write(addr, data) != Access::Unclaimed {
                                 counts.mmio_bar += u64::from(!PciRoot::is_ecam(addr));
                             }
                             None

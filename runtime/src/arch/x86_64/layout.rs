@@ -16,6 +16,18 @@
 //! 0x1_0000_0000  RAM above the hole when the guest has more than 3 GiB
 //! above RAM      PCI 64-bit BAR window (1 GiB aligned, 64 GiB)
 //! ```
+//!
+//! And the I/O ports (the [`crate::machine`] puts the devices there):
+//!
+//! ```text
+//! 0x60, 0x64     i8042 data and command (reset line)
+//! 0x70-0x71      CMOS RTC index and data
+//! 0xf4-0xf7      exit port
+//! 0x3f8-0x3ff    COM1
+//! 0x600-0x601    ACPI sleep control and status
+//! 0xcf8-0xcff    PCI configuration mechanism #1
+//! 0xc000-0xffff  PCI I/O BAR window
+//! ```
 
 pub const GDT_START: u64 = 0x500;
 pub const IDT_START: u64 = 0x520;
@@ -73,6 +85,7 @@ pub const PCI_IO_END: u32 = 0x1_0000;
 pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 /// The legacy PCI configuration mechanism #1 ports (0xCF8 address, 0xCFC data).
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+pub const PCI_CONFIG_PORTS: u16 = 8;
 /// The first IOAPIC pin for PCI INTx (pins 16-23 are free of ISA IRQs).
 pub const PCI_INTX_FIRST_GSI: u32 = 16;
 pub const PCI_INTX_GSIS: u32 = 8;
@@ -106,10 +119,24 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// ACPI sleep status register (reads as "woken").
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// The two sleep registers above, as one range.
+pub const ACPI_SLEEP_PORTS: u16 = 2;
 
-/// Serial COM1.
+/// Serial COM1: a 16550A's eight registers.
 pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_PORTS: u16 = 8;
 pub const COM1_IRQ: u32 = 4;
 
-/// The debug exit port: a write of N ends the VM with status N.
+/// The debug exit port: a write of N ends the VM with status N. Four ports
+/// wide, for 32-bit writes.
 pub const EXIT_PORT: u16 = 0xf4;
+pub const EXIT_PORTS: u16 = 4;
+
+/// The i8042 keyboard controller's data port and command/status port, two
+/// one-port ranges so port 0x61 stays with KVM's speaker/PIT emulation.
+pub const I8042_DATA_PORT: u16 = 0x60;
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+
+/// The CMOS RTC: index port, then data port.
+pub const CMOS_PORT: u16 = 0x70;
+pub const CMOS_PORTS: u16 = 2;

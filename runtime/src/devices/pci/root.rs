@@ -1,15 +1,19 @@
-//! The guest's PCI bus 0: a host bridge at 00:00.0 and the passed-through
-//! functions at 00:01.0, 00:02.0, ... in config order; config space through
-//! mechanism #1 (0xCF8/0xCFC) and ECAM; BARs placed in the windows of
+//! The guest's PCI bus 0: a host bridge at 00:00.0 and the functions at
+//! 00:01.0, 00:02.0, ... in config order; config space through mechanism
+//! #1 (0xCF8/0xCFC) and ECAM; BARs placed in the windows of
 //! arch/x86_64/layout.rs, trapped accesses dispatched to their function.
+//!
+//! The root is a device on both buses of the VM ([`PciRoot::ranges`]): on
+//! the port bus at the config ports and the I/O window, on the MMIO bus at
+//! ECAM and the two memory windows. Within a window it decodes only what a
+//! function's BAR claims.
 
-use super::config::BarKind;
-use super::passthrough::PassthroughFunction;
+use super::{BarKind, PciFunction};
 use crate::arch::x86_64::layout::{
-    pci_mmio64_start, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_IO_END, PCI_IO_START,
-    PCI_MMIO32_END, PCI_MMIO32_START, PCI_MMIO64_SIZE,
+    pci_mmio64_start, PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_IO_END,
+    PCI_IO_START, PCI_MMIO32_END, PCI_MMIO32_START, PCI_MMIO64_SIZE,
 };
-use std::sync::{Mutex, PoisonError};
+use crate::devices::{BusDevice, StopRequest};
 
 /// The host bridge's identity: Red Hat's generic PCIe host bridge, which
 /// no OS has quirks for.
@@ -88,20 +92,47 @@ fn host_bridge_dword(reg: u16) -> u32 {
 
 pub struct PciRoot {
     /// CONFIG_ADDRESS as last written to 0xCF8.
-    address: Mutex<u32>,
+    address: u32,
     /// Device number 1 + i holds `functions[i]`.
-    functions: Vec<Mutex<PassthroughFunction>>,
+    functions: Vec<Box<dyn PciFunction>>,
+}
+
+/// Where the root sits: `(base, len)` ranges on the port bus and on the
+/// MMIO bus.
+pub struct RootRanges {
+    pub pio: [(u64, u64); 2],
+    pub mmio: [(u64, u64); 3],
 }
 
 impl PciRoot {
-    pub fn new(functions: Vec<PassthroughFunction>) -> Result<Self, PciRootError> {
+    pub fn new(functions: Vec<Box<dyn PciFunction>>) -> Result<Self, PciRootError> {
         if functions.len() > MAX_FUNCTIONS {
             return Err(PciRootError::TooMany(functions.len()));
         }
         Ok(PciRoot {
-            address: Mutex::new(0),
-            functions: functions.into_iter().map(Mutex::new).collect(),
+            address: 0,
+            functions,
         })
+    }
+
+    /// The ranges the root takes on the buses of a guest with `mem_size`
+    /// bytes of RAM.
+    pub fn ranges(mem_size: u64) -> RootRanges {
+        let [(m32, m32_end), (m64, m64_end)] = BarAllocator::windows(mem_size);
+        RootRanges {
+            pio: [
+                (u64::from(PCI_CONFIG_PORT), u64::from(PCI_CONFIG_PORTS)),
+                (
+                    u64::from(PCI_IO_START),
+                    u64::from(PCI_IO_END) - u64::from(PCI_IO_START),
+                ),
+            ],
+            mmio: [
+                (PCI_ECAM_START, PCI_ECAM_SIZE),
+                (m32, m32_end - m32),
+                (m64, m64_end - m64),
+            ],
+        }
     }
 
     /// The device number of the function at index `i` (in config order).
@@ -109,16 +140,14 @@ impl PciRoot {
         (i + 1) as u8
     }
 
-    /// The functions, with their device numbers.
-    pub fn functions(&self) -> impl Iterator<Item = (u8, &Mutex<PassthroughFunction>)> {
+    fn function(&self, device: u8) -> Option<&dyn PciFunction> {
         self.functions
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (Self::device_number(i), f))
+            .get(usize::from(device).checked_sub(1)?)
+            .map(|f| f.as_ref())
     }
 
-    fn function(&self, device: u8) -> Option<&Mutex<PassthroughFunction>> {
-        self.functions.get(usize::from(device).checked_sub(1)?)
+    fn function_mut(&mut self, device: u8) -> Option<&mut Box<dyn PciFunction>> {
+        self.functions.get_mut(usize::from(device).checked_sub(1)?)
     }
 
     fn config_read(&self, device: u8, function: u8, reg: u16, data: &mut [u8]) {
@@ -135,29 +164,24 @@ impl PciRoot {
             return;
         }
         match self.function(device) {
-            Some(f) => f
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .config_read(reg, data),
+            Some(f) => f.config_read(reg, data),
             None => data.fill(0xff),
         }
     }
 
-    fn config_write(&self, device: u8, function: u8, reg: u16, data: &[u8]) {
+    fn config_write(&mut self, device: u8, function: u8, reg: u16, data: &[u8]) {
         if function != 0 || device == 0 {
             return;
         }
-        if let Some(f) = self.function(device) {
-            f.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .config_write(reg, data);
+        if let Some(f) = self.function_mut(device) {
+            f.config_write(reg, data);
         }
     }
 
     /// The (device, function, register) mechanism #1 selects for a data
     /// access at 0xCFC + `byte`, if enabled and on bus 0.
     fn selected(&self, byte: u16) -> Option<(u8, u8, u16)> {
-        let a = *self.address.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = self.address;
         let enabled = a & 0x8000_0000 != 0;
         let bus = (a >> 16) & 0xff;
         (enabled && bus == 0).then(|| {
@@ -173,8 +197,7 @@ impl PciRoot {
     pub fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
         match port {
             PCI_CONFIG_PORT if data.len() == 4 => {
-                let a = *self.address.lock().unwrap_or_else(PoisonError::into_inner);
-                data.copy_from_slice(&a.to_le_bytes());
+                data.copy_from_slice(&self.address.to_le_bytes());
                 true
             }
             p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
@@ -190,15 +213,14 @@ impl PciRoot {
     }
 
     /// Handles an `out`; false when the port is not the bus's.
-    pub fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+    pub fn pio_write(&mut self, port: u16, data: &[u8]) -> bool {
         match port {
             // Only dword writes reach CONFIG_ADDRESS (byte writes to 0xCF9
             // are a chipset reset register elsewhere).
             PCI_CONFIG_PORT if data.len() == 4 => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(data);
-                *self.address.lock().unwrap_or_else(PoisonError::into_inner) =
-                    u32::from_le_bytes(b) & 0x80ff_fffc;
+                self.address = u32::from_le_bytes(b) & 0x80ff_fffc;
                 true
             }
             p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
@@ -236,7 +258,7 @@ impl PciRoot {
     }
 
     /// Handles an MMIO write; false when no device claims `addr`.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
         if let Some((d, f, r)) = Self::ecam(addr) {
             self.config_write(d, f, r, data);
             return true;
@@ -245,19 +267,66 @@ impl PciRoot {
     }
 
     fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
-        self.functions.iter().any(|f| {
-            f.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .bar_read(io, addr, data)
-        })
+        self.functions.iter().any(|f| f.bar_read(io, addr, data))
     }
 
-    fn bar_write(&self, io: bool, addr: u64, data: &[u8]) -> bool {
-        self.functions.iter().any(|f| {
-            f.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .bar_write(io, addr, data)
-        })
+    fn bar_write(&mut self, io: bool, addr: u64, data: &[u8]) -> bool {
+        self.functions
+            .iter_mut()
+            .any(|f| f.bar_write(io, addr, data))
+    }
+
+    /// Whether a range at `base` is one of the root's port ranges (the
+    /// others are on the MMIO bus).
+    fn is_pio(base: u64) -> bool {
+        base == u64::from(PCI_CONFIG_PORT) || base == u64::from(PCI_IO_START)
+    }
+}
+
+impl BusDevice for PciRoot {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        let handled = match base.checked_add(offset) {
+            Some(addr) if Self::is_pio(base) => {
+                u16::try_from(addr).is_ok_and(|port| self.pio_read(port, data))
+            }
+            Some(addr) => self.mmio_read(addr, data),
+            None => false,
+        };
+        if !handled {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) -> Option<StopRequest> {
+        match base.checked_add(offset) {
+            Some(addr) if Self::is_pio(base) => {
+                if let Ok(port) = u16::try_from(addr) {
+                    self.pio_write(port, data);
+                }
+            }
+            Some(addr) => {
+                self.mmio_write(addr, data);
+            }
+            None => {}
+        }
+        None
+    }
+
+    /// The config ports (CONFIG_ADDRESS only for dword accesses, as
+    /// [`Self::pio_write`] has it) and ECAM always; in the windows, what a
+    /// BAR claims.
+    fn decodes(&self, base: u64, offset: u64, len: usize) -> bool {
+        let Some(addr) = base.checked_add(offset) else {
+            return false;
+        };
+        if base == u64::from(PCI_CONFIG_PORT) {
+            offset >= 4 || (offset == 0 && len == 4)
+        } else if base == PCI_ECAM_START {
+            true
+        } else {
+            let io = Self::is_pio(base);
+            self.functions.iter().any(|f| f.claims(io, addr))
+        }
     }
 }
 
@@ -267,7 +336,7 @@ mod tests {
 
     #[test]
     fn mechanism_one_latches_and_reads_the_host_bridge() {
-        let root = PciRoot::new(Vec::new()).unwrap();
+        let mut root = PciRoot::new(Vec::new()).unwrap();
         assert!(root.pio_write(0xcf8, &0x8000_0000u32.to_le_bytes()));
         let mut d = [0u8; 4];
         assert!(root.pio_read(0xcf8, &mut d));

@@ -1,9 +1,9 @@
 //! Init's device step: bind every VM's PCI devices to vfio-pci before the
 //! VMs start, and give them back to their drivers once all VMs are done.
 
-use crate::pci::Sysfs;
+use crate::host::pci::Sysfs;
+use crate::host::{self, Bound};
 use crate::status::{StatusLine, VmState};
-use crate::vfio::{self, Bound};
 use kiln_schema::config::VmConfig;
 use kiln_schema::error_chain::chain;
 use std::path::Path;
@@ -13,7 +13,7 @@ use std::path::Path;
 /// the bindings to give back at the end. A VM whose devices cannot be bound
 /// gets a `state=failed` line and is left out; the others still run.
 pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
-    let binding = vfio::bind_all(&Sysfs::host(), Path::new(vfio::DEV_VFIO), vms);
+    let binding = host::bind_all(&Sysfs::host(), Path::new(host::DEV_VFIO), vms);
     let mut runnable = Vec::with_capacity(vms.len());
     let mut failed = 0;
     for (vm, result) in vms.iter().zip(binding.vms) {
@@ -34,7 +34,7 @@ pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
                         d.dev_vfio.display()
                     ));
                 }
-                runnable.push(vfio::pin_addresses(vm, &devices));
+                runnable.push(host::pin_addresses(vm, &devices));
             }
             Err(e) => {
                 StatusLine::vm(vm.name.as_str(), VmState::Failed)

@@ -9,7 +9,7 @@
 //! [`Bound`] owns the bindings it made: [`Bound::restore`] undoes them and
 //! reports what failed, and dropping it undoes them as a fallback.
 
-use crate::pci::{Sysfs, SysfsError};
+use crate::host::pci::{Sysfs, SysfsError};
 use kiln_schema::config::Bdf;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -278,7 +278,7 @@ impl Drop for Bound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
+    use crate::host::pci::fake::FakeHost;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()

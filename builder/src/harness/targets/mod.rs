@@ -22,7 +22,7 @@ pub type Console = Box<dyn Read + Send>;
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error(transparent)]
-    Qemu(#[from] crate::qemu::QemuError),
+    Qemu(#[from] crate::emulator::QemuError),
     #[error(transparent)]
     Lab(#[from] command::LabError),
     #[error("Cannot start {what}")]
@@ -81,7 +81,7 @@ pub trait Target {
 /// Which target the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
-    Qemu(crate::qemu::Accel),
+    Qemu(crate::emulator::Accel),
     /// A lab file (TOML).
     Lab(PathBuf),
     /// A recorded console log, judged again.
@@ -90,7 +90,7 @@ pub enum TargetSpec {
 
 impl TargetSpec {
     /// `qemu`; `replay:LOG`; a path to a lab file; or NAME for `labs/NAME.toml`.
-    pub fn parse(text: &str, accel: crate::qemu::Accel) -> TargetSpec {
+    pub fn parse(text: &str, accel: crate::emulator::Accel) -> TargetSpec {
         if text == "qemu" {
             return TargetSpec::Qemu(accel);
         }
@@ -140,7 +140,7 @@ pub(crate) fn read_back(file: &mut std::fs::File) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu::Accel;
+    use crate::emulator::Accel;
 
     #[test]
     fn target_names() {

@@ -31,7 +31,7 @@
 
 use super::{Console, Deployable, Target, TargetError};
 use crate::children::{self, ProcessGroup, Role, Supervised};
-use crate::qemu::BootFiles;
+use crate::emulator::BootFiles;
 use kiln_schema::config::{self, ConfigError, Duration, KeyPath};
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -71,7 +71,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
+    use crate::host::pci::fake::FakeHost;
 
     fn host() -> FakeHost {
         let host = FakeHost::new();

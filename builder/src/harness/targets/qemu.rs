@@ -3,7 +3,7 @@
 
 use super::{Console, Deployable, Target, TargetError};
 use crate::children::{self, ProcessGroup, Role, Supervised};
-use crate::qemu::{self, Accel, BootFiles};
+use crate::emulator::{self, Accel, BootFiles};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -20,7 +20,7 @@ pub struct QemuTarget {
 impl QemuTarget {
     pub fn new(accel: Accel) -> Result<Self, TargetError> {
         Ok(QemuTarget {
-            qemu: qemu::find()?,
+            qemu: emulator::find()?,
             accel,
             child: None,
             stderr: None,
@@ -51,7 +51,7 @@ impl Target for QemuTarget {
             source,
         };
         let errfile = tempfile::tempfile().map_err(spawn_err)?;
-        let mut cmd = qemu::command(&self.qemu, &files, &image.machine, self.accel);
+        let mut cmd = emulator::command(&self.qemu, &files, &image.machine, self.accel);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(errfile.try_clone().map_err(spawn_err)?);

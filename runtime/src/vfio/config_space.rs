@@ -10,8 +10,9 @@
 //! MSI and MSI-X capabilities (kept here, turned into routes by the caller).
 //! Everything else, the command register included, goes to the device.
 
+use super::host_function::{HostFunction, ROM_REGION};
 use super::msi::{MsiCap, Msix, MsixChange, CAP_ID_MSI, CAP_ID_MSIX};
-use super::{HostFunction, ROM_REGION};
+use crate::devices::pci::BarKind;
 
 pub const COMMAND: u16 = 0x04;
 pub const CMD_IO: u16 = 1 << 0;
@@ -31,15 +32,6 @@ const HEADER_TYPE_DWORD: u16 = 0x0c;
 /// Capabilities a guest may see: power management, MSI, PCI Express, MSI-X,
 /// vendor-specific. Others (debug ports, hot-plug, ...) are unlinked.
 const KEPT_CAPS: &[u8] = &[0x01, CAP_ID_MSI, 0x09, 0x10, CAP_ID_MSIX];
-
-/// What kind of BAR, from the device's BAR register and region size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BarKind {
-    Io,
-    Mem32,
-    /// Uses this BAR register and the next.
-    Mem64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bar {
@@ -501,7 +493,7 @@ impl VirtualConfig {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::tests::FakeFunction;
+    use super::super::host_function::tests::FakeFunction;
     use super::*;
 
     /// edu's config space: BAR0 mem32 1 MiB, MSI (64-bit) at 0x40 followed by

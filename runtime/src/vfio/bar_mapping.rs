@@ -4,7 +4,7 @@
 //! trap). Each piece becomes one KVM memory slot; the rest of the BAR
 //! traps and is forwarded to the device.
 
-use super::HostArea;
+use super::host_function::HostArea;
 
 /// KVM maps whole host pages; the table's and PBA's pages trap whole.
 pub const PAGE_SIZE: u64 = 4096;

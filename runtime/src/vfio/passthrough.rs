@@ -10,12 +10,13 @@
 //! be removed: its `Drop` takes them away before the host device (and the
 //! mappings the slots point at) is closed.
 
-use super::config::{BarKind, ConfigChange, VirtualConfig};
-use super::mapping;
+use super::bar_mapping;
+use super::config_space::{ConfigChange, VirtualConfig};
+use super::host_function::{HostError, HostFunction, IrqKind, ROM_REGION};
 use super::msi::{Msix, MsixChange};
-use super::root::{BarAllocator, PciRootError};
-use super::{HostError, HostFunction, IrqKind, ROM_REGION};
 use crate::arch::x86_64::layout::pci_intx_gsi;
+use crate::devices::pci::root::{BarAllocator, PciRootError};
+use crate::devices::pci::{BarKind, PciFunction};
 use crate::vm::routing::MsiMessage;
 use crate::vm::{Vm, VmError};
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub struct Placed {
     pub kind: BarKind,
     pub gpa: u64,
     pub size: u64,
-    /// The KVM slots of its mapped pieces ([`mapping::pieces`]); accesses
+    /// The KVM slots of its mapped pieces ([`bar_mapping::pieces`]); accesses
     /// elsewhere in the BAR trap.
     pub slots: Vec<u32>,
 }
@@ -189,7 +190,12 @@ impl PassthroughFunction {
         let mut cmd = [0u8; 2];
         f.config.read(f.host.as_ref(), 0x04, &mut cmd);
         let has_io = f.config.bars().iter().any(|b| b.kind == BarKind::Io);
-        let enable = super::config::CMD_MEMORY | if has_io { super::config::CMD_IO } else { 0 };
+        let enable = super::config_space::CMD_MEMORY
+            | if has_io {
+                super::config_space::CMD_IO
+            } else {
+                0
+            };
         let value = u16::from_le_bytes(cmd) | enable;
         f.config.write(f.host.as_ref(), 0x04, &value.to_le_bytes());
         f.place_bars();
@@ -298,13 +304,13 @@ impl PassthroughFunction {
     /// Maps the pieces of memory BAR `index` (placed at `gpa`) the guest
     /// may reach directly; returns their slots. A piece KVM refuses traps.
     fn map_pieces(&self, index: u8, gpa: u64, size: u64) -> Vec<u32> {
-        if gpa % mapping::PAGE_SIZE != 0 {
+        if gpa % bar_mapping::PAGE_SIZE != 0 {
             return Vec::new();
         }
         let areas = self.host.region_mappings(u32::from(index));
         let trapped = emulated(self.config.msix(), index);
         let mut slots = Vec::new();
-        for piece in mapping::pieces(size, areas, &trapped) {
+        for piece in bar_mapping::pieces(size, areas, &trapped) {
             let Some(at) = gpa.checked_add(piece.offset) else {
                 continue;
             };
@@ -327,19 +333,6 @@ impl PassthroughFunction {
         }
     }
 
-    pub fn config_read(&self, offset: u16, data: &mut [u8]) {
-        self.config.read(self.host.as_ref(), offset, data);
-    }
-
-    pub fn config_write(&mut self, offset: u16, data: &[u8]) {
-        match self.config.write(self.host.as_ref(), offset, data) {
-            ConfigChange::None => {}
-            ConfigChange::Bars => self.place_bars(),
-            ConfigChange::Msi => self.update_msi(),
-            ConfigChange::Msix(c) => self.update_msix(c),
-        }
-    }
-
     /// The trapped BAR (or ROM) holding `addr` (memory or I/O space) and
     /// the offset. A BAR wins over a ROM the guest placed on top of it.
     fn trapped(&self, io: bool, addr: u64) -> Option<(u8, u64)> {
@@ -350,50 +343,6 @@ impl PassthroughFunction {
         let bars = self.placed.iter().filter(|p| p.index != ROM_INDEX);
         let rom = self.placed.iter().filter(|p| p.index == ROM_INDEX);
         bars.chain(rom).find_map(hit)
-    }
-
-    /// Whether `addr` falls in one of this function's BARs.
-    pub fn claims(&self, io: bool, addr: u64) -> bool {
-        self.trapped(io, addr).is_some()
-    }
-
-    pub fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
-        let Some((index, offset)) = self.trapped(io, addr) else {
-            return false;
-        };
-        if index == ROM_INDEX {
-            self.host.region_read(ROM_REGION, offset, data);
-            return true;
-        }
-        let msix = self.config.msix();
-        match (target(msix, index, offset), msix) {
-            (Target::Table(at), Some(x)) => x.read_table(at, data),
-            (Target::Pba, Some(x)) => x.read_pba(data),
-            _ => self.host.region_read(u32::from(index), offset, data),
-        }
-        true
-    }
-
-    pub fn bar_write(&mut self, io: bool, addr: u64, data: &[u8]) -> bool {
-        let Some((index, offset)) = self.trapped(io, addr) else {
-            return false;
-        };
-        // The ROM is read-only: writes to it are dropped.
-        if index == ROM_INDEX {
-            return true;
-        }
-        match target(self.config.msix(), index, offset) {
-            Target::Table(at) => {
-                if let Some(x) = self.config.msix_mut() {
-                    let change = x.write_table(at, data);
-                    self.update_msix(change);
-                }
-            }
-            // The PBA is read-only.
-            Target::Pba => {}
-            Target::Device => self.host.region_write(u32::from(index), offset, data),
-        }
-        true
     }
 
     fn update_msi(&mut self) {
@@ -549,6 +498,65 @@ impl PassthroughFunction {
     }
 }
 
+impl PciFunction for PassthroughFunction {
+    fn config_read(&self, offset: u16, data: &mut [u8]) {
+        self.config.read(self.host.as_ref(), offset, data);
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        match self.config.write(self.host.as_ref(), offset, data) {
+            ConfigChange::None => {}
+            ConfigChange::Bars => self.place_bars(),
+            ConfigChange::Msi => self.update_msi(),
+            ConfigChange::Msix(c) => self.update_msix(c),
+        }
+    }
+
+    /// Whether `addr` falls in one of this function's BARs.
+    fn claims(&self, io: bool, addr: u64) -> bool {
+        self.trapped(io, addr).is_some()
+    }
+
+    fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
+        let Some((index, offset)) = self.trapped(io, addr) else {
+            return false;
+        };
+        if index == ROM_INDEX {
+            self.host.region_read(ROM_REGION, offset, data);
+            return true;
+        }
+        let msix = self.config.msix();
+        match (target(msix, index, offset), msix) {
+            (Target::Table(at), Some(x)) => x.read_table(at, data),
+            (Target::Pba, Some(x)) => x.read_pba(data),
+            _ => self.host.region_read(u32::from(index), offset, data),
+        }
+        true
+    }
+
+    fn bar_write(&mut self, io: bool, addr: u64, data: &[u8]) -> bool {
+        let Some((index, offset)) = self.trapped(io, addr) else {
+            return false;
+        };
+        // The ROM is read-only: writes to it are dropped.
+        if index == ROM_INDEX {
+            return true;
+        }
+        match target(self.config.msix(), index, offset) {
+            Target::Table(at) => {
+                if let Some(x) = self.config.msix_mut() {
+                    let change = x.write_table(at, data);
+                    self.update_msix(change);
+                }
+            }
+            // The PBA is read-only.
+            Target::Pba => {}
+            Target::Device => self.host.region_write(u32::from(index), offset, data),
+        }
+        true
+    }
+}
+
 impl Drop for PassthroughFunction {
     /// Takes everything back from KVM before the host device closes: the
     /// slots first (they point into the device's mappings), then the
@@ -580,12 +588,12 @@ impl Drop for PassthroughFunction {
 
 #[cfg(test)]
 mod tests {
-    use super::super::config::CMD_MEMORY;
-    use super::super::tests::FakeFunction;
+    use super::super::config_space::CMD_MEMORY;
+    use super::super::host_function::tests::FakeFunction;
     use super::*;
-    use crate::devices::pci::HostArea;
     use crate::vac::tests::kvm_path;
     use crate::vac::Vac;
+    use crate::vfio::HostArea;
     use kiln_schema::config::parse;
     use std::path::Path;
 

@@ -1,5 +1,5 @@
 //! The host's PCI devices as sysfs shows them: discovery ([`sysfs`]) and
-//! the resolution of a config's device selectors ([`select`]).
+//! the resolution of a config's device selectors ([`select`](mod@select)).
 //!
 //! Everything goes through a [`Sysfs`] value holding the sysfs root
 //! (`/sys` on a host), so the code runs unchanged on a fake tree in tests.

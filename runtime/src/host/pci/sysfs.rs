@@ -307,7 +307,7 @@ fn narrow<T: TryFrom<u32>>(v: u32, path: &Path) -> Result<T, SysfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
+    use crate::host::pci::fake::FakeHost;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()

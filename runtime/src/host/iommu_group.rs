@@ -6,12 +6,12 @@
 //! DMA API. Endpoints must be on vfio-pci, on pci-stub (which does no DMA),
 //! or on no driver; bridges may keep their driver.
 
-use crate::pci::{PciDevice, Sysfs, SysfsError};
+use crate::host::pci::{PciDevice, Sysfs, SysfsError};
 use kiln_schema::config::Bdf;
 use std::collections::BTreeSet;
 
 /// Drivers an endpoint may keep in an assigned group.
-const HARMLESS_DRIVERS: [&str; 2] = [super::bind::VFIO_PCI, "pci-stub"];
+const HARMLESS_DRIVERS: [&str; 2] = [super::vfio_bind::VFIO_PCI, "pci-stub"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -112,7 +112,7 @@ pub fn not_viable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
+    use crate::host::pci::fake::FakeHost;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()

@@ -6,10 +6,10 @@
 //! theirs. An IOMMU group belongs to one VM; the first VM (in config order)
 //! that binds it owns it.
 
-use super::backend::{self, BackendError};
-use super::bind::{BindError, Bound};
-use super::group::{self, GroupError};
-use crate::pci::{self, PciDevice, SelectError, Sysfs, SysfsError};
+use super::iommu_group::{self, GroupError};
+use super::vfio_bind::{BindError, Bound};
+use crate::host::pci::{self, PciDevice, SelectError, Sysfs, SysfsError};
+use crate::vfio::backend::{self, BackendError};
 use kiln_schema::config::{Bdf, PciSelector, VfioBackend, VmConfig, VmName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ fn assign(
                 second: i,
             });
         }
-        let group = group::group_of(sysfs, dev)?;
+        let group = iommu_group::group_of(sysfs, dev)?;
         if let Some(owner) = owners.get(&group) {
             return Err(AssignError::GroupTaken {
                 vm: vm.name.clone(),
@@ -162,8 +162,8 @@ fn assign(
         groups.entry(*g).or_insert(d.bdf);
     }
     for (&g, &first) in &groups {
-        let members = group::members(sysfs, g)?;
-        let in_use = group::in_use(&members, &ours);
+        let members = iommu_group::members(sysfs, g)?;
+        let in_use = iommu_group::in_use(&members, &ours);
         if in_use.is_empty() {
             continue;
         }
@@ -173,7 +173,7 @@ fn assign(
             .zip(&chosen)
             .any(|(entry, (_, dg))| *dg == g && entry.bind_group);
         if !bind_group {
-            return Err(group::not_viable(g, first, &members, &in_use).into());
+            return Err(iommu_group::not_viable(g, first, &members, &in_use).into());
         }
         to_bind.extend(in_use.iter().map(|m| m.bdf));
     }
@@ -211,7 +211,7 @@ fn assign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::fake::FakeHost;
+    use crate::host::pci::fake::FakeHost;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()

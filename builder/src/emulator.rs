@@ -142,9 +142,28 @@ pub fn command(qemu: &Path, files: &BootFiles, target: &TargetSection, accel: Ac
     }
     cmd.arg("-kernel").arg(&files.kernel);
     cmd.arg("-initrd").arg(&files.initrd);
-    cmd.args(["-append", &files.cmdline]);
+    cmd.args(["-append", &target_cmdline(&files.cmdline, accel)]);
     cmd.args(&target.qemu_args);
     cmd
+}
+
+/// The kernel command line the emulated target boots with: the image's, plus
+/// `no_timer_check` under TCG. A software-emulated CPU on a loaded host can
+/// miss the kernel's early check that the timer interrupt arrives through the
+/// interrupt-remapped IO-APIC, and the kernel then panics before kiln starts
+/// ("timer doesn't work through Interrupt-remapped IO-APIC"); the check proves
+/// nothing about an emulated board.
+pub fn target_cmdline(image_cmdline: &str, accel: Accel) -> String {
+    let tcg = matches!(accel, Accel::Tcg);
+    if tcg
+        && !image_cmdline
+            .split_whitespace()
+            .any(|w| w == "no_timer_check")
+    {
+        format!("{image_cmdline} no_timer_check")
+    } else {
+        image_cmdline.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -183,10 +202,23 @@ mod tests {
         );
         assert!(
             joined.ends_with(
-                "-kernel /o/vmlinuz -initrd /o/initramfs.cpio.zst -append console=ttyS0"
+                "-kernel /o/vmlinuz -initrd /o/initramfs.cpio.zst -append console=ttyS0 no_timer_check"
             ),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn only_the_software_target_skips_the_timer_check() {
+        assert_eq!(
+            target_cmdline("console=ttyS0", Accel::Tcg),
+            "console=ttyS0 no_timer_check"
+        );
+        assert_eq!(
+            target_cmdline("console=ttyS0 no_timer_check", Accel::Tcg),
+            "console=ttyS0 no_timer_check"
+        );
+        assert_eq!(target_cmdline("console=ttyS0", Accel::Kvm), "console=ttyS0");
     }
 
     #[test]

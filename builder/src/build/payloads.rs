@@ -1,0 +1,177 @@
+//! Step 3: the runtime as `/init` and each VM's payloads under
+//! `/guests/<vm>/`, with each VM's run form pointing there.
+
+use super::inputs::{self, FileHashes};
+use super::staging::Staging;
+use super::{io, BuildError, Job};
+use crate::compress::{self, Compression, Encoder};
+use crate::cpio::Archive;
+use crate::image::VmEntry;
+use crate::kernel::{self, Kernel, KernelOrigin, KernelSource};
+use crate::manifest::{self, Input, Payload};
+use crate::payload;
+use kiln_schema::config::{BootInput, ConfigError, InitrdBuild, KeyPath, Source, VmConfig};
+use std::path::{Path, PathBuf};
+
+/// What the payloads step staged.
+pub(super) struct Guests {
+    /// Each VM's run form, every path naming its place in the image.
+    pub vms: Vec<VmConfig>,
+    /// Every payload staged, for the manifest.
+    pub payloads: Vec<Payload>,
+}
+
+/// Stages the runtime and every VM's kernel and initrd, recording the
+/// runtime and the VM config files in `inputs`.
+pub(super) fn stage(
+    job: &Job,
+    kernel: &Kernel,
+    staging: &mut Staging,
+    inputs: &mut Vec<Input>,
+) -> Result<Guests, BuildError> {
+    let image = job.image;
+    let hashes = &job.hashes;
+    // The runtime as /init.
+    let runtime = payload::runtime_binary(
+        image
+            .config
+            .runtime
+            .binary
+            .as_ref()
+            .map(|p| image.dir.join(p))
+            .as_deref(),
+        &image.dir,
+    )?;
+    inputs.push(inputs::hashed(hashes, "runtime", "kiln-runtime", &runtime)?);
+    staging.file("init", &runtime, 0o755);
+
+    // Guests, each under /guests/<vm>/: the appliance config gets each VM's
+    // run form, naming those places.
+    let mut vms = Vec::new();
+    let mut payloads = Vec::new();
+    for entry in &image.vms {
+        if entry.file != image.file {
+            inputs.push(inputs::file("vm-config", &entry.file, &image.dir)?);
+        }
+        let spec = &entry.config;
+        let name = spec.name.as_str();
+        let at = entry.at.clone().key("boot");
+        let vm = spec.resolve(|input| -> Result<PathBuf, BuildError> {
+            let key = at.clone().key(input.key());
+            let dest = format!("guests/{name}/{}", input.key());
+            match input {
+                BootInput::Kernel(s) | BootInput::Initrd(s) => {
+                    let p = resolve_source(s, entry, &key, kernel)?;
+                    payloads.push(payload_record(
+                        hashes,
+                        name,
+                        &dest,
+                        &s.to_string(),
+                        Some(&p),
+                        None,
+                    )?);
+                    staging.file(&dest, &p, 0o644);
+                }
+                BootInput::BuiltInitrd(b) => {
+                    let bytes = guest_initrd(b, entry, &key, kernel, job.epoch)?;
+                    payloads.push(payload_record(
+                        hashes,
+                        name,
+                        &dest,
+                        &format!("initramfs of {}", b.init),
+                        None,
+                        Some(&bytes),
+                    )?);
+                    staging.bytes(&dest, bytes, 0o644);
+                }
+            }
+            Ok(PathBuf::from(format!("/{dest}")))
+        })?;
+        vms.push(vm);
+    }
+    Ok(Guests { vms, payloads })
+}
+
+/// Turns a payload source into a file on this machine.
+fn resolve_source(
+    src: &Source,
+    vm: &VmEntry,
+    key: &KeyPath,
+    host: &Kernel,
+) -> Result<PathBuf, BuildError> {
+    match src {
+        Source::Path(p) => Ok(vm.base_dir.join(p)),
+        Source::Cargo(pkg) => Ok(payload::cargo_build(pkg, &vm.base_dir)?),
+        Source::Debian(pkg) => {
+            // A guest's `debian:` is from the host's apt sources: the image's
+            // kernel is the same only if it came from there too.
+            let same_as_host = matches!(&host.origin,
+                KernelOrigin::Debian { requested, package, apt_sources, .. }
+                    if apt_sources.is_empty() && (requested == pkg || package == pkg));
+            let k = if same_as_host {
+                host.vmlinuz.clone()
+            } else {
+                kernel::resolve(&KernelSource::Debian(pkg.clone()))
+                    .map_err(|e| ConfigError::at_key(&vm.file, &vm.src, key, e.to_string()))?
+                    .vmlinuz
+            };
+            Ok(k)
+        }
+    }
+}
+
+/// A Linux guest's initramfs holding one static binary as /init, written
+/// with the same writer as the host's.
+fn guest_initrd(
+    b: &InitrdBuild,
+    vm: &VmEntry,
+    key: &KeyPath,
+    host: &Kernel,
+    epoch: u64,
+) -> Result<Vec<u8>, BuildError> {
+    let c: Compression = b
+        .compression
+        .parse()
+        .map_err(|e: compress::CompressError| {
+            ConfigError::at_key(
+                &vm.file,
+                &vm.src,
+                &key.clone().key("compression"),
+                e.to_string(),
+            )
+        })?;
+    let init = resolve_source(&b.init, vm, &key.clone().key("init"), host)?;
+    payload::check_static(&init)?;
+    let mut ar = Archive::new();
+    for dir in ["proc", "sys", "dev"] {
+        ar.add_dir(dir, 0o755);
+    }
+    ar.add_char_device("dev/console", 0o600, 5, 1);
+    ar.add_file("init", &init, 0o755);
+    let mut enc = Encoder::new(c, None, Vec::new()).map_err(io("start the compressor"))?;
+    ar.write(&mut enc, u32::try_from(epoch).unwrap_or(u32::MAX))?;
+    enc.finish()
+        .map_err(io("finish compressing the guest initramfs"))
+}
+
+fn payload_record(
+    hashes: &FileHashes,
+    vm: &str,
+    dest: &str,
+    source: &str,
+    file: Option<&Path>,
+    bytes: Option<&[u8]>,
+) -> Result<Payload, BuildError> {
+    let (sha256, size) = match (file, bytes) {
+        (Some(p), _) => hashes.of(p)?,
+        (None, Some(b)) => (manifest::sha256_bytes(b), b.len() as u64),
+        (None, None) => (String::new(), 0),
+    };
+    Ok(Payload {
+        vm: vm.to_string(),
+        path: format!("/{dest}"),
+        source: source.to_string(),
+        size,
+        sha256,
+    })
+}

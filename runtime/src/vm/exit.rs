@@ -1,0 +1,180 @@
+//! How a VM ends, as its vCPUs find out, and the process exit code and
+//! status line each end maps to.
+//!
+//! Process exit codes (documented in docs/runtime.md):
+//!
+//! | end                        | status line   | exit code        |
+//! |----------------------------|---------------|------------------|
+//! | exit port value N <= 127   | exited        | N                |
+//! | exit port value N >= 128   | exited        | 127              |
+//! | guest poweroff (ACPI S5)   | exited        | 0                |
+//! | guest reboot               | failed        | 193              |
+//! | triple fault               | failed        | 194              |
+//! | KVM internal error         | failed        | 195              |
+//! | the VMM could not run it   | failed        | 196              |
+//! | signal S (SIGTERM, SIGINT) | failed        | 128 + S          |
+
+use crate::devices::StopRequest;
+use crate::status::{StatusLine, VmState};
+use nix::sys::signal::Signal;
+
+pub const CODE_EXIT_PORT_MAX: i32 = 127;
+pub const CODE_REBOOT: i32 = 193;
+pub const CODE_TRIPLE_FAULT: i32 = 194;
+pub const CODE_INTERNAL_ERROR: i32 = 195;
+/// The VMM could not set the VM up or keep it running.
+pub const CODE_VMM_ERROR: i32 = 196;
+/// Signals end the VM with 128 + the signal number, as shells report them.
+pub const CODE_SIGNAL_BASE: i32 = 128;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest wrote this value to the exit port.
+    Exited(u32),
+    /// The guest powered off (ACPI S5, or a final HLT without an irqchip).
+    Poweroff,
+    /// The guest reset the machine (i8042 reset, or KVM's reset event).
+    Reboot,
+    /// A vCPU hit a triple fault (KVM_EXIT_SHUTDOWN).
+    TripleFault,
+    /// KVM could not go on running the guest.
+    InternalError(String),
+    /// The runtime received this signal and stopped the VM.
+    Signal(i32),
+}
+
+impl VmExit {
+    /// The process exit code for this end (see the table in the module docs).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmExit::Exited(n) => i32::try_from(*n)
+                .unwrap_or(i32::MAX)
+                .min(CODE_EXIT_PORT_MAX),
+            VmExit::Poweroff => 0,
+            VmExit::Reboot => CODE_REBOOT,
+            VmExit::TripleFault => CODE_TRIPLE_FAULT,
+            VmExit::InternalError(_) => CODE_INTERNAL_ERROR,
+            VmExit::Signal(s) => CODE_SIGNAL_BASE + s,
+        }
+    }
+
+    /// A one-word name for the reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            VmExit::Exited(_) => "exit-port",
+            VmExit::Poweroff => "poweroff",
+            VmExit::Reboot => "reboot",
+            VmExit::TripleFault => "triple-fault",
+            VmExit::InternalError(_) => "internal-error",
+            VmExit::Signal(_) => "signal",
+        }
+    }
+
+    /// Whether the guest ended on its own terms (exit port or poweroff).
+    pub fn guest_finished(&self) -> bool {
+        matches!(self, VmExit::Exited(_) | VmExit::Poweroff)
+    }
+
+    /// The status line announcing this end for VM `name`.
+    pub fn status_line(&self, name: &str) -> StatusLine {
+        let state = if self.guest_finished() {
+            VmState::Exited
+        } else {
+            VmState::Failed
+        };
+        let line = StatusLine::vm(name, state).with_code(self.exit_code());
+        match self {
+            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => line,
+            VmExit::Exited(n) => line.with_reason(format!("exit-port value {n}")),
+            other => line.with_reason(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Exited(n) => write!(f, "exit-port value {n}"),
+            VmExit::Poweroff => f.write_str("poweroff"),
+            VmExit::Reboot => f.write_str("reboot"),
+            VmExit::TripleFault => f.write_str("triple-fault"),
+            VmExit::InternalError(why) => write!(f, "internal-error: {why}"),
+            VmExit::Signal(s) => {
+                let name = Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
+                write!(f, "signal {name}")
+            }
+        }
+    }
+}
+
+impl From<StopRequest> for VmExit {
+    fn from(r: StopRequest) -> Self {
+        match r {
+            StopRequest::Exit(n) => VmExit::Exited(n),
+            StopRequest::Poweroff => VmExit::Poweroff,
+            StopRequest::Reboot => VmExit::Reboot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_table() {
+        assert_eq!(VmExit::Exited(0).exit_code(), 0);
+        assert_eq!(VmExit::Exited(42).exit_code(), 42);
+        assert_eq!(VmExit::Exited(127).exit_code(), 127);
+        assert_eq!(VmExit::Exited(128).exit_code(), 127);
+        assert_eq!(VmExit::Exited(u32::MAX).exit_code(), 127);
+        assert_eq!(VmExit::Poweroff.exit_code(), 0);
+        assert_eq!(VmExit::Reboot.exit_code(), 193);
+        assert_eq!(VmExit::TripleFault.exit_code(), 194);
+        assert_eq!(VmExit::InternalError("x".into()).exit_code(), 195);
+        assert_eq!(VmExit::Signal(libc::SIGTERM).exit_code(), 143);
+        assert_eq!(VmExit::Signal(libc::SIGINT).exit_code(), 130);
+        // Every non-guest reason is distinct and above the exit port range.
+        let codes = [
+            VmExit::Reboot.exit_code(),
+            VmExit::TripleFault.exit_code(),
+            VmExit::InternalError(String::new()).exit_code(),
+            CODE_VMM_ERROR,
+            VmExit::Signal(libc::SIGTERM).exit_code(),
+            VmExit::Signal(libc::SIGINT).exit_code(),
+        ];
+        for (i, a) in codes.iter().enumerate() {
+            assert!(*a > CODE_EXIT_PORT_MAX && *a < 256);
+            assert!(codes[i + 1..].iter().all(|b| b != a), "{a} repeats");
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            VmExit::Exited(3).status_line("hello").to_string(),
+            "kiln: vm=hello state=exited code=3"
+        );
+        assert_eq!(
+            VmExit::Exited(300).status_line("hello").to_string(),
+            "kiln: vm=hello state=exited code=127 reason=exit-port value 300"
+        );
+        assert_eq!(
+            VmExit::Poweroff.status_line("l").to_string(),
+            "kiln: vm=l state=exited code=0 reason=poweroff"
+        );
+        assert_eq!(
+            VmExit::Signal(15).status_line("l").to_string(),
+            "kiln: vm=l state=failed code=143 reason=signal SIGTERM"
+        );
+        assert_eq!(
+            VmExit::TripleFault.status_line("l").to_string(),
+            "kiln: vm=l state=failed code=194 reason=triple-fault"
+        );
+        assert_eq!(VmExit::Reboot.reason(), "reboot");
+        assert_eq!(VmExit::InternalError("x".into()).reason(), "internal-error");
+    }
+}
