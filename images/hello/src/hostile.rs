@@ -107,7 +107,7 @@ impl<'a> Options<'a> {
                 Some(n) => n,
                 None => {
                     println!("hostile: bad number in {}", word.escape_ascii());
-                    exit(1)
+                    exit(kiln_abi::exit::GUEST_BAD_INPUT)
                 }
             };
             match key {
@@ -122,7 +122,7 @@ impl<'a> Options<'a> {
                         b"fuzz" => Mode::Fuzz,
                         _ => {
                             println!("hostile: unknown mode {}", value.escape_ascii());
-                            exit(1)
+                            exit(kiln_abi::exit::GUEST_BAD_INPUT)
                         }
                     })
                 }
