@@ -49,7 +49,7 @@ pub enum Access {
 /// guest probing MMIO cannot grow the map without bound.
 const MAX_UNCLAIMED_ADDRESSES: usize = 1 << 16;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Unclaimed {
     by_address: BTreeMap<u64, u64>,
     total: u64,
@@ -63,6 +63,18 @@ pub struct Bus {
     /// Accesses no device claims: probes such as port 0x80 delays or PCI
     /// config space when nothing is assigned.
     unclaimed: Mutex<Unclaimed>,
+}
+
+// The devices are trait objects: their ranges say where each sits.
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+        let ranges: Vec<_> = ranges.iter().map(|(base, len, _)| (*base, *len)).collect();
+        f.debug_struct("Bus")
+            .field("ranges", &ranges)
+            .field("unclaimed", &self.unclaimed)
+            .finish()
+    }
 }
 
 impl Bus {

@@ -40,6 +40,16 @@ pub struct VfioFunction {
     container: Arc<Container>,
 }
 
+// The vfio-ioctls device has no Debug: the address and node name it.
+impl std::fmt::Debug for VfioFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioFunction")
+            .field("bdf", &self.bdf)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VfioFunction {
     pub(crate) fn new(
         bdf: Bdf,

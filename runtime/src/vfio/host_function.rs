@@ -61,6 +61,7 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     /// A device that is 256 bytes of config space and records writes.
+    #[derive(Debug)]
     pub struct FakeFunction {
         /// What `region_mappings` answers, per BAR.
         pub areas: [Vec<HostArea>; 6],

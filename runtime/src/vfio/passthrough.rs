@@ -130,6 +130,17 @@ fn say(what: &str, e: &dyn std::error::Error) {
     eprintln!("kiln-runtime: passthrough: cannot {what}: {e}");
 }
 
+// The host function is a trait object and the vectors hold eventfds: the
+// virtual config space and the placed BARs describe the function.
+impl std::fmt::Debug for PassthroughFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassthroughFunction")
+            .field("config", &self.config)
+            .field("placed", &self.placed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PassthroughFunction {
     /// Takes over `host` for `vm` as device `device` of bus 0: BARs placed
     /// by `bars`, memory decoding on (as firmware leaves it), INTx wired to

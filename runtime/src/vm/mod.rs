@@ -57,6 +57,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// One VM. Fields drop in declaration order: the buses first, then the KVM
 /// VM, then guest memory, and the `Vac` last.
+#[derive(Debug)]
 pub struct Vm {
     pio_bus: Bus,
     mmio_bus: Bus,

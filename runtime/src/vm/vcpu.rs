@@ -44,6 +44,7 @@ pub enum VcpuError {
 
 /// Shared by the vCPU threads and the thread that waits for them: the
 /// first reason to stop wins, and a stopped VM wakes the waiter.
+#[derive(Debug)]
 pub struct RunControl {
     stop: AtomicBool,
     exit: Mutex<Option<VmExit>>,
@@ -117,6 +118,7 @@ impl std::ops::AddAssign for ExitCounts {
 /// One vCPU. It holds its VM, so a running vCPU thread keeps the VM (and
 /// through it the `Vac`) alive, and reaches the devices through the VM's
 /// buses; the vCPU fd closes before that handle drops.
+#[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
