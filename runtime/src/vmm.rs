@@ -270,7 +270,9 @@ fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
             break;
         }
         if let Ok(Some(info)) = signals.fd.read_signal() {
-            ctl.request_stop(VmExit::Signal(info.ssi_signo as i32));
+            // Signal numbers are at most 64.
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(i32::MAX);
+            ctl.request_stop(VmExit::Signal(signo));
         }
     }
 }
@@ -378,7 +380,9 @@ fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
         let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
             continue;
         };
-        let len = region.len() as usize;
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
         let mut vec = vec![0u8; len.div_ceil(page)];
         // SAFETY: `host..host+len` is a live mapping owned by the VM's guest
         // memory, and `vec` has one byte per page of it.

@@ -199,11 +199,14 @@ impl HostFunction for VfioFunction {
 impl Drop for VfioFunction {
     fn drop(&mut self) {
         for m in self.maps.drain(..).flatten() {
-            // SAFETY: `m` is a mapping this value made (of `m.len` bytes,
-            // which fit a usize when it was made); the guest-facing model
-            // removed the KVM slots pointing into it before dropping this
-            // device (PassthroughFunction's Drop).
-            unsafe { libc::munmap(m.addr as *mut libc::c_void, m.len as usize) };
+            // `m.len` fit a usize when the mapping was made.
+            let Ok(len) = usize::try_from(m.len) else {
+                continue;
+            };
+            // SAFETY: `m` is a mapping this value made, of `len` bytes; the
+            // guest-facing model removed the KVM slots pointing into it
+            // before dropping this device (PassthroughFunction's Drop).
+            unsafe { libc::munmap(m.addr as *mut libc::c_void, len) };
         }
         self.container.device_gone();
     }

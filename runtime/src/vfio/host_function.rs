@@ -114,7 +114,7 @@ pub(crate) mod tests {
                 .unwrap_or(0)
         }
         fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
-            data.fill(index as u8 + offset as u8);
+            data.fill(index.to_le_bytes()[0].wrapping_add(offset.to_le_bytes()[0]));
         }
         fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
             self.regions
