@@ -275,7 +275,8 @@ fn wait_for_stop(
     clocks: &VcpuClocks,
     heartbeat: &mut Heartbeat,
 ) {
-    let check_ms = watchdog::CHECK_EVERY.as_millis() as libc::c_int;
+    let check_ms =
+        libc::c_int::try_from(watchdog::CHECK_EVERY.as_millis()).unwrap_or(libc::c_int::MAX);
     let mut stuck = StuckCheck::new(clocks, Instant::now());
     while !ctl.stopping() {
         if let Some((index, out)) = stuck.check(clocks, Instant::now()) {
@@ -313,7 +314,9 @@ fn wait_for_stop(
             break;
         }
         if let Ok(Some(info)) = signals.fd.read_signal() {
-            ctl.request_stop(VmExit::Signal(info.ssi_signo as i32));
+            // Signal numbers are at most 64.
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(i32::MAX);
+            ctl.request_stop(VmExit::Signal(signo));
         }
     }
 }
@@ -427,7 +430,9 @@ fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
         let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
             continue;
         };
-        let len = region.len() as usize;
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
         let mut vec = vec![0u8; len.div_ceil(page)];
         // SAFETY: `host..host+len` is a live mapping owned by the VM's guest
         // memory, and `vec` has one byte per page of it.
@@ -549,7 +554,7 @@ mod tests {
     fn a_panicking_vcpu_thread_ends_its_vm() {
         use crate::vm::vcpu::test_triggers::PANIC_PORT;
         // out PANIC_PORT, al; jmp $ (vCPU 1 waits for a SIPI that never comes)
-        let (dir, cfg) = tiny_guest(&[0xe6, PANIC_PORT as u8, 0xeb, 0xfe], 2);
+        let (dir, cfg) = tiny_guest(&[0xe6, PANIC_PORT.to_le_bytes()[0], 0xeb, 0xfe], 2);
         let exit = run(&cfg, dir.path()).unwrap();
         assert_eq!(
             exit,
@@ -569,7 +574,7 @@ mod tests {
     fn a_vcpu_stuck_outside_kvm_run_ends_its_vm_without_waiting_for_it() {
         use crate::vm::vcpu::test_triggers::STALL_PORT;
         // A guest spinning in KVM_RUN is not stuck: vCPU 1 never leaves it.
-        let (dir, cfg) = tiny_guest(&[0xe6, STALL_PORT as u8, 0xeb, 0xfe], 2);
+        let (dir, cfg) = tiny_guest(&[0xe6, STALL_PORT.to_le_bytes()[0], 0xeb, 0xfe], 2);
         let started = Instant::now();
         let exit = run(&cfg, dir.path()).unwrap();
         assert!(

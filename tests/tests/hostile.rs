@@ -10,6 +10,9 @@
 //! `check ...: ok|FAILED`; the test fails at the end if any failed, naming
 //! them all.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{images, kiln, require_qemu, root, run_with_timeout};
 use std::collections::BTreeMap;
 use std::fmt::Display;

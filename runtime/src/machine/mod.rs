@@ -62,6 +62,16 @@ pub struct Machine {
     vm: Arc<Vm>,
 }
 
+// The devices are trait objects: the VM and their count describe it.
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("vm", &self.vm)
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Machine {
     /// Places the legacy devices on `vm`'s port bus (the console as `cfg`
     /// says), and the PCI root with `pci` (device 1, 2, ... in order) on

@@ -188,7 +188,8 @@ impl VirtualConfig {
         while next >= 0x40 && left > 0 {
             left -= 1;
             let header = read_u32(dev, next);
-            found.push((next, header as u8, header));
+            // The capability ID is the header's low byte.
+            found.push((next, header.to_le_bytes()[0], header));
             next = ((header >> 8) & 0xfc) as u16;
         }
         let mut msi = None;
@@ -215,7 +216,10 @@ impl VirtualConfig {
             .map(|(i, &(offset, id))| Cap {
                 offset,
                 id,
-                next: kept.get(i + 1).map_or(0, |n| n.0 as u8),
+                // Offsets are below 0x100 (masked to 0xfc when read).
+                next: kept
+                    .get(i + 1)
+                    .map_or(0, |n| u8::try_from(n.0).unwrap_or(0)),
             })
             .collect();
         let rom = if show_rom {
@@ -226,7 +230,8 @@ impl VirtualConfig {
         VirtualConfig {
             bars,
             rom,
-            command: status as u16,
+            // The command register is the low half of command/status.
+            command: low_u16(status),
             line: 0,
             caps,
             msi,
@@ -289,7 +294,7 @@ impl VirtualConfig {
 
     /// The BAR register at `reg` (0x10..0x28), if it belongs to a BAR.
     fn bar_reg(&self, reg: u16) -> Option<(usize, bool)> {
-        let n = ((reg - BAR0) / 4) as u8;
+        let n = u8::try_from(reg.checked_sub(BAR0)? / 4).ok()?;
         self.bars.iter().enumerate().find_map(|(i, b)| {
             if b.index == n {
                 Some((i, false))
@@ -329,7 +334,7 @@ impl VirtualConfig {
                     if high {
                         (value >> 32) as u32
                     } else {
-                        value as u32
+                        (value & 0xffff_ffff) as u32
                     }
                 }
                 None => 0,
@@ -337,7 +342,12 @@ impl VirtualConfig {
             ROM_BAR => self.rom.map_or(0, |r| r.register()),
             CAP_PTR => {
                 let dev_value = read_u32(dev, reg);
-                (dev_value & !0xff) | u32::from(self.caps.first().map_or(0, |c| c.offset as u8))
+                (dev_value & !0xff)
+                    | u32::from(
+                        self.caps
+                            .first()
+                            .map_or(0, |c| u8::try_from(c.offset).unwrap_or(0)),
+                    )
             }
             INTERRUPT_LINE => (read_u32(dev, reg) & !0xff) | u32::from(self.line),
             HEADER_TYPE_DWORD => read_u32(dev, reg) & !(0x80 << 16),
@@ -471,7 +481,7 @@ impl VirtualConfig {
                 dev.config_write(offset, data);
                 let old = self.command;
                 if start < 2 {
-                    self.command = merge(u32::from(old)) as u16;
+                    self.command = low_u16(merge(u32::from(old)));
                 }
                 if (old ^ self.command) & (CMD_IO | CMD_MEMORY) != 0 {
                     ConfigChange::Bars
@@ -489,6 +499,12 @@ impl VirtualConfig {
             }
         }
     }
+}
+
+/// The low 16 bits of a register: a word within a dword.
+pub(crate) fn low_u16(v: u32) -> u16 {
+    let [a, b, ..] = v.to_le_bytes();
+    u16::from_le_bytes([a, b])
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     /// A device that is 256 bytes of config space and records writes.
+    #[derive(Debug)]
     pub struct FakeFunction {
         /// What `region_mappings` answers, per BAR.
         pub areas: [Vec<HostArea>; 6],
@@ -113,7 +114,7 @@ pub(crate) mod tests {
                 .unwrap_or(0)
         }
         fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
-            data.fill(index as u8 + offset as u8);
+            data.fill(index.to_le_bytes()[0].wrapping_add(offset.to_le_bytes()[0]));
         }
         fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
             self.regions

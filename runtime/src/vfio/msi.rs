@@ -90,7 +90,7 @@ impl MsiCap {
         let d = self.data_offset();
         match offset & !3 {
             0 => u32::from(header) | u32::from(self.control) << 16,
-            4 => self.address as u32,
+            4 => (self.address & 0xffff_ffff) as u32,
             8 if self.is_64bit() => (self.address >> 32) as u32,
             o if o == d => u32::from(self.data),
             o if self.per_vector_mask() && o == d + 4 => self.mask,
@@ -114,7 +114,8 @@ impl MsiCap {
             8 if self.is_64bit() => {
                 self.address = (self.address & 0xffff_ffff) | u64::from(value) << 32
             }
-            o if o == d => self.data = value as u16,
+            // Message data is 16 bits; the upper half is extended data.
+            o if o == d => self.data = super::config_space::low_u16(value),
             o if self.per_vector_mask() && o == d + 4 => self.mask = value,
             _ => {}
         }
@@ -226,7 +227,7 @@ impl Msix {
                 continue;
             };
             let dword = match (at % MSIX_ENTRY_SIZE) / 4 {
-                0 => e.address as u32,
+                0 => (e.address & 0xffff_ffff) as u32,
                 1 => (e.address >> 32) as u32,
                 2 => e.data,
                 _ => u32::from(e.masked),
@@ -240,8 +241,12 @@ impl Msix {
         let mut change = MsixChange::None;
         for (i, b) in data.iter().enumerate() {
             let at = offset + i as u64;
-            let index = at / MSIX_ENTRY_SIZE;
-            let Some(e) = self.entries.get_mut(index as usize) else {
+            // MSI-X tables hold at most 2048 entries: a larger index is
+            // outside the table.
+            let Ok(index) = u16::try_from(at / MSIX_ENTRY_SIZE) else {
+                continue;
+            };
+            let Some(e) = self.entries.get_mut(usize::from(index)) else {
                 continue;
             };
             let before = *e;
@@ -249,7 +254,10 @@ impl Msix {
             let byte_mask = !(0xffu32 << shift);
             let put = |v: u32| (v & byte_mask) | u32::from(*b) << shift;
             match (at % MSIX_ENTRY_SIZE) / 4 {
-                0 => e.address = (e.address & !0xffff_ffff) | u64::from(put(e.address as u32)),
+                0 => {
+                    e.address = (e.address & !0xffff_ffff)
+                        | u64::from(put((e.address & 0xffff_ffff) as u32))
+                }
                 1 => {
                     e.address =
                         (e.address & 0xffff_ffff) | u64::from(put((e.address >> 32) as u32)) << 32
@@ -258,7 +266,7 @@ impl Msix {
                 _ => e.masked = put(u32::from(e.masked)) & 1 != 0,
             }
             if *e != before {
-                change = MsixChange::Entry(index as u16);
+                change = MsixChange::Entry(index);
             }
         }
         change

@@ -45,6 +45,7 @@ pub enum PassthroughError {
 }
 
 /// The [`Placed::index`] of the expansion ROM: its VFIO region index.
+#[allow(clippy::cast_possible_truncation)] // VFIO's ROM region index is 6
 pub const ROM_INDEX: u8 = ROM_REGION as u8;
 
 /// A BAR (or the expansion ROM) as it is placed in the guest now.
@@ -128,6 +129,17 @@ pub struct PassthroughFunction {
 
 fn say(what: &str, e: &dyn std::error::Error) {
     eprintln!("kiln-runtime: passthrough: cannot {what}: {e}");
+}
+
+// The host function is a trait object and the vectors hold eventfds: the
+// virtual config space and the placed BARs describe the function.
+impl std::fmt::Debug for PassthroughFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassthroughFunction")
+            .field("config", &self.config)
+            .field("placed", &self.placed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PassthroughFunction {
@@ -217,7 +229,9 @@ impl PassthroughFunction {
         };
         self.intx = Some(intx);
         self.set_intx(true)?;
-        self.config.set_interrupt_line(gsi as u8);
+        // INTx GSIs are IOAPIC pins (< 24); 0xff means "not connected".
+        self.config
+            .set_interrupt_line(u8::try_from(gsi).unwrap_or(0xff));
         Ok(())
     }
 
@@ -376,9 +390,9 @@ impl PassthroughFunction {
                 say("enable MSI on the device", e.as_ref());
             }
         }
-        for i in 0..self.msi.len() {
-            let msg = cap.message(i as u32);
-            let live = !cap.masked(i as u32);
+        for (i, n) in (0..self.msi.len()).zip(0u32..) {
+            let msg = cap.message(n);
+            let live = !cap.masked(n);
             self.refresh_vector(IrqKind::Msi, i, msg, live);
         }
     }
@@ -587,6 +601,8 @@ impl Drop for PassthroughFunction {
 }
 
 #[cfg(test)]
+// Tests split addresses into BAR dwords on purpose, and map small BARs.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::super::config_space::CMD_MEMORY;
     use super::super::host_function::tests::FakeFunction;

@@ -57,6 +57,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// One VM. Fields drop in declaration order: the buses first, then the KVM
 /// VM, then guest memory, and the `Vac` last.
+#[derive(Debug)]
 pub struct Vm {
     pio_bus: Bus,
     mmio_bus: Bus,
@@ -85,7 +86,7 @@ impl Vm {
         let created = Instant::now();
         let fd = vac.create_vm()?;
         let memory = memory::create(cfg.memory.bytes(), cfg.hugepages)?;
-        for (slot, region) in memory.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(memory.iter()) {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VmError::Kvm {
@@ -93,7 +94,7 @@ impl Vm {
                     source: kvm_ioctls::Error::new(libc::EFAULT),
                 })?;
             let r = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
@@ -104,7 +105,10 @@ impl Vm {
             // (field order of `Vm`), so KVM never sees a dangling range.
             unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
         }
-        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+        // A constant below 4 GiB.
+        #[allow(clippy::cast_possible_truncation)]
+        let tss = KVM_TSS_ADDRESS as usize;
+        fd.set_tss_address(tss)
             .map_err(kvm_err("set the TSS address"))?;
         if fd.check_extension(Cap::SetIdentityMapAddr) {
             fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
@@ -174,7 +178,7 @@ impl Vm {
     /// `host .. host + size` must stay mapped until the slot is unmapped.
     pub unsafe fn map_device_memory(&self, gpa: u64, size: u64, host: u64) -> Result<u32, VmError> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = self.memory.num_regions() as u32;
+        let first = u32::try_from(self.memory.num_regions()).map_err(|_| VmError::NoSlot)?;
         let slot = (first..u32::from(u16::MAX))
             .find(|s| !slots.contains(s))
             .ok_or(VmError::NoSlot)?;

@@ -99,9 +99,20 @@ pub struct PciRoot {
 
 /// Where the root sits: `(base, len)` ranges on the port bus and on the
 /// MMIO bus.
+#[derive(Debug)]
 pub struct RootRanges {
     pub pio: [(u64, u64); 2],
     pub mmio: [(u64, u64); 3],
+}
+
+// The functions are trait objects: their count is what there is to show.
+impl std::fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciRoot")
+            .field("address", &self.address)
+            .field("functions", &self.functions.len())
+            .finish()
+    }
 }
 
 impl PciRoot {
@@ -136,8 +147,10 @@ impl PciRoot {
     }
 
     /// The device number of the function at index `i` (in config order).
+    /// Saturates past the bus's 31 devices: such a number matches no
+    /// function (callers hold at most [`MAX_FUNCTIONS`]).
     pub fn device_number(i: usize) -> u8 {
-        (i + 1) as u8
+        u8::try_from(i.saturating_add(1)).unwrap_or(u8::MAX)
     }
 
     fn function(&self, device: u8) -> Option<&dyn PciFunction> {
