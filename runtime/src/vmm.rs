@@ -356,7 +356,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
         let mem: u64 = vm.memory().iter().map(|r| r.len()).sum();
         // One write, like the other stats line.
         let line = format!(
-            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={}\n",
+            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={} gsi_routing_commits={}\n",
             attached.devices.len(),
             mem >> 20,
             attached.elapsed.as_secs_f64() * 1e3,
@@ -364,6 +364,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
             s.dma_map.as_secs_f64() * 1e3,
             s.dma_bytes >> 20,
             attached.kind.map_or("-", |k| k.name()),
+            vm.routing_commits(),
         );
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }

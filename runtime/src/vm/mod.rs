@@ -23,6 +23,7 @@ use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_
 use kvm_ioctls::{Cap, VmFd};
 use routing::{MsiMessage, Routing, RoutingError};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -66,6 +67,8 @@ pub struct Vm {
     /// KVM memory slots used by device memory (BARs), beyond guest RAM's.
     slots: Mutex<BTreeSet<u32>>,
     routing: Mutex<Routing>,
+    /// How often the routing table went to KVM (KILN_VMM_STATS).
+    routing_commits: AtomicU64,
     created: Instant,
     vac: Arc<Vac>,
 }
@@ -127,6 +130,7 @@ impl Vm {
             vcpus: cfg.vcpus,
             slots: Mutex::new(BTreeSet::new()),
             routing: Mutex::new(Routing::default()),
+            routing_commits: AtomicU64::new(0),
             created,
             vac,
         }))
@@ -233,7 +237,13 @@ impl Vm {
         Ok(())
     }
 
+    /// How many times the GSI routing table was sent to KVM.
+    pub fn routing_commits(&self) -> u64 {
+        self.routing_commits.load(Ordering::Relaxed)
+    }
+
     fn commit_routes(&self, r: &Routing) -> Result<(), VmError> {
+        self.routing_commits.fetch_add(1, Ordering::Relaxed);
         self.fd
             .set_gsi_routing(&r.to_kvm()?)
             .map_err(kvm_err("set the interrupt routes"))
