@@ -12,6 +12,7 @@
 
 pub mod exit;
 pub mod memory;
+pub mod notes;
 pub mod routing;
 pub mod vcpu;
 
@@ -21,6 +22,7 @@ use crate::vac::{Vac, VacError};
 use kiln_schema::config::VmConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
+use notes::Notes;
 use routing::{MsiMessage, Routing, RoutingError};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +71,7 @@ pub struct Vm {
     routing: Mutex<Routing>,
     /// How often the routing table went to KVM (KILN_VMM_STATS).
     routing_commits: AtomicU64,
+    notes: Notes,
     created: Instant,
     vac: Arc<Vac>,
 }
@@ -131,6 +134,7 @@ impl Vm {
             slots: Mutex::new(BTreeSet::new()),
             routing: Mutex::new(Routing::default()),
             routing_commits: AtomicU64::new(0),
+            notes: Notes::new(cfg.name.as_str()),
             created,
             vac,
         }))
@@ -159,6 +163,11 @@ impl Vm {
     /// The MMIO bus: what KVM does not map as memory.
     pub fn mmio_bus(&self) -> &Bus {
         &self.mmio_bus
+    }
+
+    /// The VMM's notes about this VM on the console, rate-limited.
+    pub fn notes(&self) -> &Notes {
+        &self.notes
     }
 
     /// When the VM was created.
