@@ -158,13 +158,26 @@ pub struct Msix {
 }
 
 /// What a guest write to MSI-X state changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MsixChange {
+    #[default]
     None,
     /// Enable or function mask flipped.
     Control,
     /// One entry's message or mask changed.
     Entry(u16),
+}
+
+impl MsixChange {
+    /// What `self` and then `other` changed together (two different
+    /// entries: possibly all of them).
+    pub fn and(self, other: MsixChange) -> MsixChange {
+        match (self, other) {
+            (MsixChange::None, x) | (x, MsixChange::None) => x,
+            (MsixChange::Entry(a), MsixChange::Entry(b)) if a == b => self,
+            _ => MsixChange::Control,
+        }
+    }
 }
 
 impl Msix {

@@ -11,7 +11,7 @@
 //! mappings the slots point at) is closed.
 
 use super::bar_mapping;
-use super::config_space::{ConfigChange, VirtualConfig};
+use super::config_space::VirtualConfig;
 use super::host_function::{HostError, HostFunction, IrqKind, ROM_REGION};
 use super::msi::{Msix, MsixChange};
 use crate::arch::x86_64::layout::pci_intx_gsi;
@@ -503,13 +503,17 @@ impl PciFunction for PassthroughFunction {
         self.config.read(self.host.as_ref(), offset, data);
     }
 
+    /// A write of any width: every register it touches is virtualized (see
+    /// [`VirtualConfig::write`]), and what it changed is acted on once.
     fn config_write(&mut self, offset: u16, data: &[u8]) {
-        match self.config.write(self.host.as_ref(), offset, data) {
-            ConfigChange::None => {}
-            ConfigChange::Bars => self.place_bars(),
-            ConfigChange::Msi => self.update_msi(),
-            ConfigChange::Msix(c) => self.update_msix(c),
+        let change = self.config.write(self.host.as_ref(), offset, data);
+        if change.bars {
+            self.place_bars();
         }
+        if change.msi {
+            self.update_msi();
+        }
+        self.update_msix(change.msix);
     }
 
     /// Whether `addr` falls in one of this function's BARs.
