@@ -33,8 +33,8 @@
 //! pattern matches.
 
 use super::console::Excerpt;
+use kiln_abi::status::{note_vm, StatusLine, VmState};
 use kiln_schema::config::TestExpectations;
-use kiln_schema::status::{note_vm, StatusLine, VmState};
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -441,7 +441,7 @@ impl Judge {
         self.check_all_judged(at)
     }
 
-    fn status(&mut self, status: StatusLine, text: &str, at: Duration) -> Step {
+    fn status(&mut self, status: StatusLine<'_>, text: &str, at: Duration) -> Step {
         match status {
             StatusLine::Done { ok, failed } => self.finish_with(End::Done { ok, failed }),
             StatusLine::Vm {
@@ -450,7 +450,7 @@ impl Judge {
                 code,
                 reason,
             } => {
-                let i = self.track(&name);
+                let i = self.track(name);
                 let t = &mut self.vms[i];
                 t.lines.push(text);
                 match state {
@@ -470,7 +470,10 @@ impl Judge {
                         t.reported = Some(if state == VmState::Exited {
                             Reported::Exited(code)
                         } else {
-                            Reported::Failed { code, reason }
+                            Reported::Failed {
+                                code,
+                                reason: reason.map(str::to_string),
+                            }
                         });
                         if t.decided.is_none() {
                             t.ended = Some(at);

@@ -23,7 +23,7 @@ use crate::manifest::Manifest;
 use crate::progress;
 use console::{Excerpt, LineSplitter};
 use judge::{End, Judge, RunError, Verdict, VmPlan, VmResult};
-use kiln_schema::error_chain::chain;
+use kiln_abi::error::Chain;
 use log::ConsoleLog;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -215,7 +215,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                 name: stem,
                 vms: Vec::new(),
                 kind: "config",
-                message: chain(&e),
+                message: Chain::new(&e).to_string(),
             })?;
             let out = Path::new("out").join(&image.config.name);
             let built = build::build(&image, &out).map_err(|e| NotPrepared {
@@ -226,7 +226,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                     .map(|v| v.config.name.to_string())
                     .collect(),
                 kind: "build",
-                message: format!("the image did not build: {}", chain(&e)),
+                message: format!("the image did not build: {}", Chain::new(&e)),
             })?;
             (built.out_dir, built.manifest)
         }
@@ -240,7 +240,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
             name: manifest.name.clone(),
             vms: manifest.vms.iter().map(|v| v.name.clone()).collect(),
             kind: "config",
-            message: chain(&e),
+            message: Chain::new(&e).to_string(),
         })?;
     Ok(Prepared {
         name: manifest.name.clone(),
@@ -296,7 +296,7 @@ pub fn run_on(
                 name: input_name(input),
                 vms: Vec::new(),
                 kind: "target",
-                message: chain(e),
+                message: Chain::new(e).to_string(),
             }),
             Ok(_) => prepare(input),
         };
@@ -472,7 +472,7 @@ fn run_once(
         Err(e) => judge.abort(if interrupted.load(Ordering::Relaxed) {
             RunError::Interrupted
         } else {
-            RunError::Target(chain(&e))
+            RunError::Target(Chain::new(&e).to_string())
         }),
     }
     let judgement = judge.finish(power_on.elapsed());
@@ -494,7 +494,7 @@ fn run_once(
         End::Done { .. } | End::AllJudged => None,
     };
     if let Err(e) = stopped {
-        let msg = format!("stopping the target failed: {}", chain(&e));
+        let msg = format!("stopping the target failed: {}", Chain::new(&e));
         progress::note(&msg);
         error = Some(match error {
             Some((kind, first)) => (kind, format!("{first}; {msg}")),

@@ -27,7 +27,7 @@ use crate::devices::pci::root::{BarAllocator, PciRootError};
 use crate::devices::pci::{BarKind, PciFunction};
 use crate::vm::routing::MsiMessage;
 use crate::vm::{Vm, VmError};
-use kiln_schema::error_chain::Chain;
+use kiln_abi::error::Chain;
 use std::ops::Range;
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
@@ -185,8 +185,10 @@ pub struct PassthroughFunction {
 
 /// A note about device `name` of `vm`: `what` (the kind of note) failed.
 fn say(vm: &Vm, name: &str, what: &'static str, e: &dyn std::error::Error) {
-    vm.notes()
-        .note(what, format_args!("{name}: cannot {what}: {}", Chain(e)));
+    vm.notes().note(
+        what,
+        format_args!("{name}: cannot {what}: {}", Chain::new(e)),
+    );
 }
 
 /// Brings vectors `range` of `list` in line with what the guest wants,
@@ -451,7 +453,7 @@ impl PassthroughFunction {
                         "{}: cannot map BAR {index} at {at:#x} ({:#x} bytes) into the guest, leaving it to trap: {}",
                         self.name,
                         piece.len,
-                        Chain(&e)
+                        Chain::new(&e)
                     ),
                 ),
             }
