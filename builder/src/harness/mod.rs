@@ -1,7 +1,8 @@
 //! `kiln test`: boot images on a target, judge every VM from the console,
 //! and report in a form CI understands.
 //!
-//! - [`console`]: bytes to clean lines; [`judge`]: lines to verdicts;
+//! - [`console`]: bytes to clean lines; [`grammar`]: what a line is;
+//!   [`judge`]: lines to verdicts;
 //! - [`targets`]: QEMU, a lab machine through commands, or a replayed log;
 //! - [`junit`] and [`report`]: the JUnit XML file and the summary table;
 //! - [`log`]: the whole console kept in a file.
@@ -11,6 +12,7 @@
 //! verdicts, the target is stopped, and the report is written.
 
 pub mod console;
+pub mod grammar;
 pub mod judge;
 pub mod junit;
 pub mod log;
@@ -21,7 +23,7 @@ use crate::build;
 use crate::image::Image;
 use crate::manifest::Manifest;
 use crate::progress;
-use console::{Excerpt, LineSplitter};
+use console::{Excerpt, LineSplitter, Piece};
 use judge::{End, Judge, RunError, Verdict, VmPlan, VmResult};
 use kiln_abi::error::Chain;
 use log::ConsoleLog;
@@ -514,6 +516,13 @@ fn run_once(
         ("kiln.version".to_string(), env!("CARGO_PKG_VERSION").into()),
     ];
     properties.extend(target.properties());
+    if !judgement.unknown.is_empty() {
+        let names = judgement.unknown.join(", ");
+        progress::note(format!(
+            "{what}: status lines on the console named VMs the image does not have ({names}); they count for no verdict"
+        ));
+        properties.push(("console.unknown_vms".to_string(), names));
+    }
     RunOutcome {
         image: p.name.clone(),
         target: target.name().to_string(),
@@ -549,12 +558,16 @@ fn watch(
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || pump(console, tx));
     let mut splitter = LineSplitter::default();
-    let feed = |raw: &[u8], judge: &mut Judge, at: Duration| {
-        let text = console::clean(raw);
+    let feed = |piece: &Piece, judge: &mut Judge, at: Duration| {
+        let text = console::clean(&piece.bytes);
         if echo {
             eprintln!("{text}");
         }
-        judge.line(&text, at)
+        if piece.continues {
+            judge.continued(&text, at)
+        } else {
+            judge.line(&text, at)
+        }
     };
     loop {
         if interrupted.load(Ordering::Relaxed) {
@@ -599,5 +612,7 @@ fn watch(
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

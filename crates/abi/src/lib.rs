@@ -7,6 +7,7 @@
 //!
 //! - [`exit`]: the exit port and the exit codes guests and the VMM use.
 //! - [`status`]: the runtime's status lines (`kiln: vm=<name> state=...`).
+//! - [`console`]: a guest's lines on the shared console (`[<vm>] <text>`).
 //! - [`fdt`]: node and property names of the device tree kiln hands guests.
 //! - [`bzimage`]: the x86 boot protocol's setup header of a Linux kernel.
 //! - [`error`]: an error with its causes, on one line or one per line.
@@ -14,6 +15,7 @@
 #![no_std]
 
 pub mod bzimage;
+pub mod console;
 pub mod error;
 pub mod exit;
 pub mod fdt;

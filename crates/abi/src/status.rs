@@ -122,11 +122,12 @@ impl<'a> StatusLine<'a> {
         StatusLine::Done { ok, failed }
     }
 
-    /// Recognises a status line anywhere in `line` (a console line may carry
-    /// a prefix such as a timestamp or a lab tool's tag).
+    /// Recognises a status line: `line` must start with it. Text before
+    /// `kiln: ` (a `[vm] ` prefix above all) means someone else printed
+    /// it, such as a guest whose output the runtime prefixed; a status
+    /// line found there would be a guest speaking for the runtime.
     pub fn parse(line: &'a str) -> Option<Self> {
-        let at = line.find("kiln: ")?;
-        let rest = line[at + 6..].trim_end_matches(['\r', '\n']);
+        let rest = line.strip_prefix("kiln: ")?.trim_end_matches(['\r', '\n']);
         if let Some(done) = rest.strip_prefix("appliance done ") {
             let mut ok = None;
             let mut failed = None;
@@ -206,7 +207,7 @@ mod tests {
             l.to_string(),
             "kiln: vm=edu-1 state=failed code=3 reason=triple fault"
         );
-        assert_eq!(StatusLine::parse(&format!("[  1.2] {l}\r")), Some(l));
+        assert_eq!(StatusLine::parse(&format!("{l}\r\n")), Some(l));
         let d = StatusLine::Done { ok: 2, failed: 0 };
         assert_eq!(d.to_string(), "kiln: appliance done ok=2 failed=0");
         assert_eq!(StatusLine::parse(&d.to_string()), Some(d));
@@ -217,6 +218,20 @@ mod tests {
         assert_eq!(StatusLine::parse("hello world"), None);
         assert_eq!(StatusLine::parse("kiln: vm=x state=bogus"), None);
         assert_eq!(StatusLine::parse("kiln: vm=x state=exited code=abc"), None);
+    }
+
+    #[test]
+    fn only_at_the_start_of_a_line() {
+        for line in [
+            "[forger] kiln: vm=sibling state=exited code=0",
+            "x kiln: vm=sibling state=exited code=0",
+            " kiln: vm=sibling state=exited code=0",
+            "[  1.2] kiln: vm=sibling state=exited code=0",
+            "[forger] kiln: appliance done ok=2 failed=0",
+            "10%\rkiln: appliance done ok=2 failed=0",
+        ] {
+            assert_eq!(StatusLine::parse(line), None, "{line:?}");
+        }
     }
 
     #[test]

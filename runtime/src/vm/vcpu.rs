@@ -10,6 +10,7 @@ use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::devices::pci::PciRoot;
 use crate::devices::Access;
+use crate::watchdog::VcpuClocks;
 use kvm_bindings::{
     kvm_lapic_state, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -197,18 +198,24 @@ impl Vcpu {
     }
 
     /// Runs until the VM stops, handling port and MMIO exits. Any reason to
-    /// end the VM is reported to `ctl`.
-    pub fn run(mut self, ctl: &RunControl) -> ExitCounts {
+    /// end the VM is reported to `ctl`; `clocks` learns when this vCPU
+    /// enters and leaves `KVM_RUN`.
+    pub fn run(mut self, ctl: &RunControl, clocks: &VcpuClocks) -> ExitCounts {
         let mut counts = ExitCounts::default();
         let index = self.index;
         while !ctl.stopping() {
             let mut internal_error = false;
-            let outcome = match self.fd.run() {
+            clocks.entering(usize::from(index));
+            let ran = self.fd.run();
+            clocks.left(usize::from(index));
+            let outcome = match ran {
                 Ok(exit) => {
                     counts.total += 1;
                     match exit {
                         VcpuExit::IoOut(port, data) => {
                             counts.pio += 1;
+                            #[cfg(test)]
+                            test_triggers::on_out(port);
                             match self.vm.pio_bus().write(u64::from(port), data) {
                                 Access::Stop(stop) => Some(VmExit::from(stop)),
                                 Access::Claimed | Access::Unclaimed => None,
@@ -290,6 +297,23 @@ impl Vcpu {
             }
         }
         counts
+    }
+}
+
+/// Ports that misbehave on purpose, in unit tests only: a write to
+/// [`test_triggers::PANIC_PORT`] panics the vCPU thread, one to
+/// [`test_triggers::STALL_PORT`] keeps it outside `KVM_RUN` for a minute.
+#[cfg(test)]
+pub mod test_triggers {
+    pub const PANIC_PORT: u16 = 0xf5;
+    pub const STALL_PORT: u16 = 0xf6;
+
+    pub fn on_out(port: u16) {
+        match port {
+            PANIC_PORT => panic!("test-only vCPU panic"),
+            STALL_PORT => std::thread::sleep(std::time::Duration::from_secs(60)),
+            _ => {}
+        }
     }
 }
 
