@@ -204,6 +204,8 @@ pub fn run_with(
     let exit = ctl
         .exit()
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
+    // The notes the guest provoked beyond their limit, in one line.
+    vm.notes().finish();
     if options.stats {
         print_stats(&machine, started, setup, counts);
         print_attach_stats(&vm, &attached);
@@ -389,7 +391,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
     let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
+        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} notes_held={}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
@@ -398,6 +400,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
         counts.mmio_bar,
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
+        vm.notes().held(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
@@ -408,7 +411,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
         let mem: u64 = vm.memory().iter().map(|r| r.len()).sum();
         // One write, like the other stats line.
         let line = format!(
-            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={}\n",
+            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={} gsi_routing_commits={}\n",
             attached.devices.len(),
             mem >> 20,
             attached.elapsed.as_secs_f64() * 1e3,
@@ -416,6 +419,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
             s.dma_map.as_secs_f64() * 1e3,
             s.dma_bytes >> 20,
             attached.kind.map_or("-", |k| k.name()),
+            vm.routing_commits(),
         );
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }

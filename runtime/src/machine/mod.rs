@@ -94,7 +94,8 @@ impl Machine {
             vm,
         };
         let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?
-            .tagging_lines(options.tag_guest_lines);
+            .tagging_lines(options.tag_guest_lines)
+            .sharing(m.vm.notes().stdout().clone());
         m.first_output = sink.first_output();
         let sink: Box<dyn Write + Send> = Box::new(sink);
         let irq = m.serial_irq.try_clone().map_err(SerialError::EventFd)?;

@@ -12,6 +12,7 @@
 
 pub mod exit;
 pub mod memory;
+pub mod notes;
 pub mod routing;
 pub mod vcpu;
 
@@ -21,8 +22,10 @@ use crate::vac::{Vac, VacError};
 use kiln_schema::config::VmConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
+use notes::Notes;
 use routing::{MsiMessage, Routing, RoutingError};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -67,6 +70,9 @@ pub struct Vm {
     /// KVM memory slots used by device memory (BARs), beyond guest RAM's.
     slots: Mutex<BTreeSet<u32>>,
     routing: Mutex<Routing>,
+    /// How often the routing table went to KVM (KILN_VMM_STATS).
+    routing_commits: AtomicU64,
+    notes: Notes,
     created: Instant,
     vac: Arc<Vac>,
 }
@@ -131,6 +137,8 @@ impl Vm {
             vcpus: cfg.vcpus,
             slots: Mutex::new(BTreeSet::new()),
             routing: Mutex::new(Routing::default()),
+            routing_commits: AtomicU64::new(0),
+            notes: Notes::new(cfg.name.as_str()),
             created,
             vac,
         }))
@@ -159,6 +167,11 @@ impl Vm {
     /// The MMIO bus: what KVM does not map as memory.
     pub fn mmio_bus(&self) -> &Bus {
         &self.mmio_bus
+    }
+
+    /// The VMM's notes about this VM on the console, rate-limited.
+    pub fn notes(&self) -> &Notes {
+        &self.notes
     }
 
     /// When the VM was created.
@@ -209,35 +222,77 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err("unmap device memory"))
     }
 
-    /// Routes a new GSI to `msg` and returns it.
-    pub fn add_msi_route(&self, msg: MsiMessage) -> Result<u32, VmError> {
+    /// Routes a new GSI to each of `msgs` and returns them, in order; the
+    /// table goes to KVM once.
+    pub fn add_msi_routes(&self, msgs: &[MsiMessage]) -> Result<Vec<u32>, VmError> {
         let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
-        let gsi = r.allocate()?;
-        r.set_msi(gsi, msg);
-        if let Err(e) = self.commit_routes(&r) {
-            r.remove(gsi);
+        let mut gsis = Vec::with_capacity(msgs.len());
+        let mut added = || -> Result<(), VmError> {
+            let mut next = 0;
+            for &msg in msgs {
+                let gsi = r.allocate_from(next)?;
+                r.set_msi(gsi, msg);
+                gsis.push(gsi);
+                next = gsi + 1;
+            }
+            if !gsis.is_empty() {
+                self.commit_routes(&r)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = added() {
+            for gsi in &gsis {
+                r.remove(*gsi);
+            }
             return Err(e);
         }
-        Ok(gsi)
+        Ok(gsis)
     }
 
-    /// Points an existing MSI GSI at a new message.
-    pub fn update_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), VmError> {
+    /// Points existing MSI GSIs at new messages; the table goes to KVM
+    /// once, and only if one of them changed.
+    pub fn update_msi_routes(&self, routes: &[(u32, MsiMessage)]) -> Result<(), VmError> {
         let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
-        r.set_msi(gsi, msg);
-        self.commit_routes(&r)
+        let before: Vec<Option<MsiMessage>> = routes.iter().map(|&(gsi, _)| r.msi(gsi)).collect();
+        let mut changed = false;
+        for &(gsi, msg) in routes {
+            changed |= r.set_msi(gsi, msg);
+        }
+        if changed {
+            if let Err(e) = self.commit_routes(&r) {
+                // Keep the table as KVM has it, so a retry sends the change.
+                for (&(gsi, _), old) in routes.iter().zip(before).rev() {
+                    match old {
+                        Some(msg) => r.set_msi(gsi, msg),
+                        None => r.remove(gsi),
+                    };
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
-    /// Frees a GSI from [`Self::add_msi_route`].
-    pub fn remove_msi_route(&self, gsi: u32) -> Result<(), VmError> {
+    /// Frees GSIs from [`Self::add_msi_routes`]; the table goes to KVM once.
+    pub fn remove_msi_routes(&self, gsis: &[u32]) -> Result<(), VmError> {
         let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.remove(gsi) {
+        let mut changed = false;
+        for &gsi in gsis {
+            changed |= r.remove(gsi);
+        }
+        if changed {
             self.commit_routes(&r)?;
         }
         Ok(())
     }
 
+    /// How many times the GSI routing table was sent to KVM.
+    pub fn routing_commits(&self) -> u64 {
+        self.routing_commits.load(Ordering::Relaxed)
+    }
+
     fn commit_routes(&self, r: &Routing) -> Result<(), VmError> {
+        self.routing_commits.fetch_add(1, Ordering::Relaxed);
         self.fd
             .set_gsi_routing(&r.to_kvm()?)
             .map_err(kvm_err("set the interrupt routes"))
@@ -309,6 +364,30 @@ pub(crate) mod tests {
         assert_eq!(b.pio_bus().unclaimed().get(&0x80), Some(&1));
         let seen: u32 = b.memory().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(seen, 0);
+    }
+
+    #[test]
+    fn msi_routes_go_to_kvm_once_per_batch_and_only_when_changed() {
+        let vm = Vm::new(Vac::open(kvm_path()).unwrap(), &config(1, "16M")).unwrap();
+        let msg = |data| MsiMessage {
+            address: 0xfee0_0000,
+            data,
+        };
+        let gsis = vm.add_msi_routes(&[msg(1), msg(2), msg(3)]).unwrap();
+        assert_eq!(gsis, [24, 25, 26]);
+        assert_eq!(vm.routing_commits(), 1);
+        let same: Vec<(u32, MsiMessage)> =
+            gsis.iter().zip(1..).map(|(&g, d)| (g, msg(d))).collect();
+        vm.update_msi_routes(&same).unwrap();
+        assert_eq!(vm.routing_commits(), 1, "nothing changed");
+        vm.update_msi_routes(&[(25, msg(2)), (26, msg(9))]).unwrap();
+        assert_eq!(vm.routing_commits(), 2);
+        vm.remove_msi_routes(&gsis).unwrap();
+        assert_eq!(vm.routing_commits(), 3);
+        vm.remove_msi_routes(&gsis).unwrap();
+        assert_eq!(vm.routing_commits(), 3, "already gone");
+        // Freed GSIs are handed out again, lowest first.
+        assert_eq!(vm.add_msi_routes(&[msg(4)]).unwrap(), [24]);
     }
 
     #[test]
