@@ -204,6 +204,8 @@ pub fn run_with(
     let exit = ctl
         .exit()
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
+    // The notes the guest provoked beyond their limit, in one line.
+    vm.notes().finish();
     if options.stats {
         print_stats(&machine, started, setup, counts);
         print_attach_stats(&vm, &attached);
@@ -275,7 +277,8 @@ fn wait_for_stop(
     clocks: &VcpuClocks,
     heartbeat: &mut Heartbeat,
 ) {
-    let check_ms = watchdog::CHECK_EVERY.as_millis() as libc::c_int;
+    let check_ms =
+        libc::c_int::try_from(watchdog::CHECK_EVERY.as_millis()).unwrap_or(libc::c_int::MAX);
     let mut stuck = StuckCheck::new(clocks, Instant::now());
     while !ctl.stopping() {
         if let Some((index, out)) = stuck.check(clocks, Instant::now()) {
@@ -313,7 +316,9 @@ fn wait_for_stop(
             break;
         }
         if let Ok(Some(info)) = signals.fd.read_signal() {
-            ctl.request_stop(VmExit::Signal(info.ssi_signo as i32));
+            // Signal numbers are at most 64.
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(i32::MAX);
+            ctl.request_stop(VmExit::Signal(signo));
         }
     }
 }
@@ -386,7 +391,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
     let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
+        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} notes_held={}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
@@ -395,6 +400,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
         counts.mmio_bar,
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
+        vm.notes().held(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
@@ -405,7 +411,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
         let mem: u64 = vm.memory().iter().map(|r| r.len()).sum();
         // One write, like the other stats line.
         let line = format!(
-            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={}\n",
+            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={} gsi_routing_commits={}\n",
             attached.devices.len(),
             mem >> 20,
             attached.elapsed.as_secs_f64() * 1e3,
@@ -413,6 +419,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
             s.dma_map.as_secs_f64() * 1e3,
             s.dma_bytes >> 20,
             attached.kind.map_or("-", |k| k.name()),
+            vm.routing_commits(),
         );
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
@@ -427,7 +434,9 @@ fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
         let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
             continue;
         };
-        let len = region.len() as usize;
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
         let mut vec = vec![0u8; len.div_ceil(page)];
         // SAFETY: `host..host+len` is a live mapping owned by the VM's guest
         // memory, and `vec` has one byte per page of it.
@@ -549,7 +558,7 @@ mod tests {
     fn a_panicking_vcpu_thread_ends_its_vm() {
         use crate::vm::vcpu::test_triggers::PANIC_PORT;
         // out PANIC_PORT, al; jmp $ (vCPU 1 waits for a SIPI that never comes)
-        let (dir, cfg) = tiny_guest(&[0xe6, PANIC_PORT as u8, 0xeb, 0xfe], 2);
+        let (dir, cfg) = tiny_guest(&[0xe6, PANIC_PORT.to_le_bytes()[0], 0xeb, 0xfe], 2);
         let exit = run(&cfg, dir.path()).unwrap();
         assert_eq!(
             exit,
@@ -569,7 +578,7 @@ mod tests {
     fn a_vcpu_stuck_outside_kvm_run_ends_its_vm_without_waiting_for_it() {
         use crate::vm::vcpu::test_triggers::STALL_PORT;
         // A guest spinning in KVM_RUN is not stuck: vCPU 1 never leaves it.
-        let (dir, cfg) = tiny_guest(&[0xe6, STALL_PORT as u8, 0xeb, 0xfe], 2);
+        let (dir, cfg) = tiny_guest(&[0xe6, STALL_PORT.to_le_bytes()[0], 0xeb, 0xfe], 2);
         let started = Instant::now();
         let exit = run(&cfg, dir.path()).unwrap();
         assert!(

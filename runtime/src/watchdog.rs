@@ -42,6 +42,7 @@ pub const STUCK_AFTER: Duration = if cfg!(test) {
 /// Whether each vCPU thread is inside `KVM_RUN`: a counter per vCPU,
 /// bumped on every entry and exit (odd: outside). The vCPU's hot path pays
 /// one relaxed atomic add per transition and reads no clock.
+#[derive(Debug)]
 pub struct VcpuClocks {
     transitions: Box<[AtomicU64]>,
 }
@@ -73,6 +74,7 @@ impl VcpuClocks {
 /// outside `KVM_RUN` without moving. Time only counts while the checking
 /// thread itself runs (each step counts at most twice [`CHECK_EVERY`]),
 /// so a host that stalls the whole machine makes no vCPU look stuck.
+#[derive(Debug)]
 pub struct StuckCheck {
     seen: Vec<u64>,
     outside: Vec<Duration>,
@@ -115,6 +117,7 @@ impl StuckCheck {
 }
 
 /// The VMM's end of the heartbeat pipe, when PID 1 gave it one.
+#[derive(Debug)]
 pub struct Heartbeat {
     fd: Option<BorrowedFd<'static>>,
     last: Option<Instant>,

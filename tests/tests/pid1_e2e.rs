@@ -4,6 +4,9 @@
 //! that then never appears. Each boot is one appliance that powers off by
 //! itself; the console is judged line by line.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::images;
 use kiln_tests::{lines, require_qemu, root, run_kiln, Finished};
 use std::time::{Duration, Instant};

@@ -132,8 +132,9 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             Ok(_) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    let ok = slots.iter().filter(|s| s.outcome == Some(true)).count() as u32;
-    (ok, slots.len() as u32 - ok)
+    let ok = slots.iter().filter(|s| s.outcome == Some(true)).count();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (count(ok), count(slots.len() - ok))
 }
 
 /// Ends every VMM its watchdog finds unresponsive.
@@ -230,7 +231,8 @@ fn spawn(s: &mut Slot, cgroups: Option<&Cgroups>) {
     let beats = beats.map(|(r, _w)| r);
     match spawned {
         Ok(mut child) => {
-            s.pid = Some(Pid::from_raw(child.id() as i32));
+            // Linux PIDs fit an i32 (pid_max is at most 2^22).
+            s.pid = i32::try_from(child.id()).ok().map(Pid::from_raw);
             s.watch = beats.map(|r| Watch::new(r, Instant::now()));
             if let Some(out) = child.stdout.take() {
                 let (name, echo) = (s.vm.name.to_string(), s.vm.console.echo);

@@ -45,6 +45,7 @@ pub enum VcpuError {
 
 /// Shared by the vCPU threads and the thread that waits for them: the
 /// first reason to stop wins, and a stopped VM wakes the waiter.
+#[derive(Debug)]
 pub struct RunControl {
     stop: AtomicBool,
     exit: Mutex<Option<VmExit>>,
@@ -118,6 +119,7 @@ impl std::ops::AddAssign for ExitCounts {
 /// One vCPU. It holds its VM, so a running vCPU thread keeps the VM (and
 /// through it the `Vac`) alive, and reaches the devices through the VM's
 /// buses; the vCPU fd closes before that handle drops.
+#[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
@@ -323,11 +325,11 @@ fn set_lvt_mode(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
     };
     let mut raw = [0u8; 4];
     for (d, s) in raw.iter_mut().zip(bytes.iter()) {
-        *d = *s as u8;
+        *d = u8::from_ne_bytes(s.to_ne_bytes());
     }
     let value = (u32::from_le_bytes(raw) & !0x700) | (mode << 8);
     for (d, s) in bytes.iter_mut().zip(value.to_le_bytes()) {
-        *d = s as std::os::raw::c_char;
+        *d = std::os::raw::c_char::from_ne_bytes([s]);
     }
 }
 
@@ -336,7 +338,10 @@ mod tests {
     use super::*;
 
     fn lvt(l: &kvm_lapic_state, off: usize) -> u32 {
-        let b: Vec<u8> = l.regs[off..off + 4].iter().map(|c| *c as u8).collect();
+        let b: Vec<u8> = l.regs[off..off + 4]
+            .iter()
+            .map(|c| u8::from_ne_bytes(c.to_ne_bytes()))
+            .collect();
         u32::from_le_bytes(b.try_into().unwrap())
     }
 
@@ -346,7 +351,7 @@ mod tests {
         // Masked, with a stale delivery mode and vector.
         for off in [APIC_LVT0, APIC_LVT1] {
             for (i, b) in 0x0001_0630u32.to_le_bytes().iter().enumerate() {
-                l.regs[off + i] = *b as std::os::raw::c_char;
+                l.regs[off + i] = std::os::raw::c_char::from_ne_bytes([*b]);
             }
         }
         set_lvt_mode(&mut l, APIC_LVT0, APIC_MODE_EXTINT);

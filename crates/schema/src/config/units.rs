@@ -232,6 +232,13 @@ impl Serialize for Duration {
     }
 }
 
+/// A bare number where a duration belongs: say how to write it.
+fn no_unit<E: de::Error>(v: impl fmt::Display) -> E {
+    E::custom(format!(
+        "the number {v} has no unit; write it as a string with a unit, such as \"{v}s\""
+    ))
+}
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -244,12 +251,10 @@ impl<'de> Deserialize<'de> for Duration {
                 Duration::parse(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                Err(E::custom(format!(
-                    "the number {v} has no unit; write it as a string with a unit, such as \"{v}s\""
-                )))
+                Err(no_unit(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                self.visit_i64(v as i64)
+                Err(no_unit(v))
             }
         }
         d.deserialize_any(V)
