@@ -14,6 +14,9 @@
 //!   its UKI changed is refused by the firmware, and `kiln test` reports a
 //!   boot error (exit 2, `boot-refused`).
 
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::images;
 use kiln_tests::{kiln, require_qemu, root, run_kiln, run_with_timeout};
 use std::path::{Path, PathBuf};

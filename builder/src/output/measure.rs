@@ -149,9 +149,13 @@ mod tests {
 
     fn uki(dir: &Path, cmdline: &str) -> (Vec<u8>, [std::path::PathBuf; 3]) {
         let (stub, _) = crate::output::stub().unwrap_or_else(|e| panic!("{e}"));
-        let mut kernel: Vec<u8> = (0..300_000).map(|i| (i * 13 % 251) as u8).collect();
+        let mut kernel: Vec<u8> = (0..300_000u32)
+            .map(|i| u8::try_from(i * 13 % 251).unwrap())
+            .collect();
         kernel[0x202..0x206].copy_from_slice(b"HdrS");
-        let initrd: Vec<u8> = (0..70_001).map(|i| (i % 7) as u8).collect();
+        let initrd: Vec<u8> = (0..70_001u32)
+            .map(|i| u8::try_from(i % 7).unwrap())
+            .collect();
         let (k, i) = (dir.join("vmlinuz"), dir.join("initrd"));
         std::fs::write(&k, kernel).unwrap();
         std::fs::write(&i, initrd).unwrap();
