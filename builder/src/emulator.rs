@@ -64,6 +64,7 @@ pub fn find() -> Result<PathBuf, QemuError> {
 }
 
 /// The files of a built image that QEMU boots.
+#[derive(Debug)]
 pub struct BootFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,

@@ -111,6 +111,24 @@ pub enum Format {
 pub struct OutputSection {
     #[serde(default = "default_formats")]
     pub formats: Vec<Format>,
+    /// Secure Boot: sign `kiln.efi` (and so the disk's `BOOTX64.EFI`).
+    #[serde(default)]
+    pub signing: Option<SigningSection>,
+}
+
+/// `[output.signing]`: the db key and certificate `kiln.efi` is
+/// Authenticode-signed with (`kiln keys` makes them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// The private key: a PEM file relative to the image file, or a
+    /// PKCS#11 URI (`pkcs11:token=...;object=...`) with `pkcs11_module`.
+    pub key: String,
+    /// The key's X.509 certificate (PEM), relative to the image file.
+    pub cert: PathBuf,
+    /// The PKCS#11 module (a `.so`) that holds a `pkcs11:` key.
+    #[serde(default)]
+    pub pkcs11_module: Option<PathBuf>,
 }
 
 fn default_formats() -> Vec<Format> {
@@ -121,6 +139,7 @@ impl Default for OutputSection {
     fn default() -> Self {
         OutputSection {
             formats: default_formats(),
+            signing: None,
         }
     }
 }
@@ -156,6 +175,9 @@ pub struct TargetSection {
     #[serde(default)]
     pub qemu_args: Vec<String>,
 }
+
+/// The range of `target.memory` (the emulated machine's RAM).
+pub const TARGET_MEMORY_RANGE: (ByteSize, ByteSize) = (ByteSize::mib(128), ByteSize::gib(1024));
 
 fn default_target_memory() -> ByteSize {
     ByteSize::mib(2048)
@@ -255,6 +277,10 @@ impl Image {
                     .into(),
             ));
         }
+        if let Some(signing) = &config.output.signing {
+            check_signing(signing, &config.output.formats, &dir)
+                .map_err(|(key, msg)| err(key, msg))?;
+        }
         if let Some(apt) = &config.kernel.apt {
             check_apt(apt, &config.kernel.source, &dir).map_err(|(key, msg)| err(key, msg))?;
         }
@@ -264,6 +290,11 @@ impl Image {
                 "expected at least 1 CPU".into(),
             ));
         }
+        config
+            .target
+            .memory
+            .check_range(TARGET_MEMORY_RANGE.0, TARGET_MEMORY_RANGE.1)
+            .map_err(|m| err(KeyPath::parse("target.memory"), m))?;
         let mut vms = Vec::new();
         for (i, path) in config.vms.iter().enumerate() {
             let full = dir.join(path);
@@ -356,6 +387,23 @@ impl Image {
             })
     }
 
+    /// `[output.signing]`, paths resolved against the image file.
+    pub fn signing(&self) -> Option<crate::secureboot::Signing> {
+        use crate::secureboot::{Signing, SigningKey};
+        let s = self.config.output.signing.as_ref()?;
+        let key = match &s.pkcs11_module {
+            Some(module) => SigningKey::Pkcs11 {
+                uri: s.key.clone(),
+                module: self.dir.join(module),
+            },
+            None => SigningKey::File(self.dir.join(&s.key)),
+        };
+        Some(Signing {
+            key,
+            cert: self.dir.join(&s.cert),
+        })
+    }
+
     /// Whether any VM passes a PCI device through.
     pub fn uses_pci(&self) -> bool {
         self.vms.iter().any(|v| !v.config.pci.is_empty())
@@ -381,12 +429,72 @@ impl Image {
     /// iommufd too, when a VM assigns a device and the kernel has it as a
     /// module, as the runtime then uses VFIO's iommufd/cdev interface
     /// (it looks for /dev/iommu, which only the loaded module makes).
+    ///
+    /// With a UEFI format (`uki`, `disk`), efivarfs too when it is a module,
+    /// so PID 1 can read the firmware's Secure Boot state; the runtime skips
+    /// it on a machine booted without UEFI (`kiln run`'s direct boot).
     pub fn modules_for(&self, index: &ModuleIndex) -> ModulesConfig {
         let mut modules = self.modules();
         if self.config.modules.is_none() && self.uses_pci() && index.get("iommufd").is_some() {
             modules.load.push("iommufd".to_string());
         }
+        let uefi = self
+            .config
+            .output
+            .formats
+            .iter()
+            .any(|f| matches!(f, Format::Uki | Format::Disk));
+        if self.config.modules.is_none() && uefi && index.get("efivarfs").is_some() {
+            modules.load.push("efivarfs".to_string());
+        }
         modules
+    }
+}
+
+/// Checks `[output.signing]`; the error's key and message.
+fn check_signing(
+    signing: &SigningSection,
+    formats: &[Format],
+    dir: &Path,
+) -> Result<(), (KeyPath, String)> {
+    let at = KeyPath::root().key("output").key("signing");
+    if !formats
+        .iter()
+        .any(|f| matches!(f, Format::Uki | Format::Disk))
+    {
+        return Err((
+            at,
+            "signing applies to kiln.efi; expected \"uki\" or \"disk\" among output.formats".into(),
+        ));
+    }
+    let exists = |key: &str, path: &Path| {
+        let full = dir.join(path);
+        if full.is_file() {
+            Ok(())
+        } else {
+            Err((
+                at.clone().key(key),
+                format!(
+                    "{} does not exist; expected a path relative to {} (`kiln keys DIR` writes DIR/db.key and DIR/db.crt)",
+                    full.display(),
+                    dir.display()
+                ),
+            ))
+        }
+    };
+    exists("cert", &signing.cert)?;
+    let uri = signing.key.starts_with("pkcs11:");
+    match &signing.pkcs11_module {
+        Some(module) if uri => exists("pkcs11_module", module),
+        Some(_) => Err((
+            at.clone().key("key"),
+            format!("\"{}\" is not a PKCS#11 URI; with pkcs11_module, expected a key such as \"pkcs11:token=kiln;object=db\"", signing.key),
+        )),
+        None if uri => Err((
+            at.clone().key("pkcs11_module"),
+            "a pkcs11: key needs the module of its token; expected e.g. pkcs11_module = \"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so\"".into(),
+        )),
+        None => exists("key", Path::new(&signing.key)),
     }
 }
 
@@ -516,6 +624,32 @@ mod tests {
     }
 
     #[test]
+    fn target_memory_and_inline_vm_values_are_range_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let inline = "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n";
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image(&format!("[target]\nmemory = \"2T\"\n{inline}")),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:4:1: key `target.memory`: 2T is out of range; expected a size from 128M to 1T"),
+            "{e}"
+        );
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image(&format!("{inline}[vm.restart]\nbackoff = \"2h\"\n")),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:9:1: key `vm[0].restart.backoff`: 2h is out of range; expected a duration from 1ms to 1h"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_kernel_file_of_an_inline_vm() {
         let d = tempfile::tempdir().unwrap();
         let img = write(
@@ -636,6 +770,72 @@ mod tests {
     }
 
     #[test]
+    fn signing_is_read_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "keys/db.key", "k");
+        write(d.path(), "keys/db.crt", "c");
+        write(d.path(), "softhsm.so", "m");
+        let img = |name: &str, output: &str| {
+            write(
+                d.path(),
+                &format!("{name}.toml"),
+                &image(&format!("[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n[output]\n{output}")),
+            )
+        };
+        let ok = img(
+            "ok",
+            "formats = [\"initramfs\", \"disk\"]\nsigning = { key = \"keys/db.key\", cert = \"keys/db.crt\" }",
+        );
+        let s = Image::load(&ok).unwrap().signing().unwrap();
+        assert_eq!(
+            s.key,
+            crate::secureboot::SigningKey::File(d.path().join("keys/db.key"))
+        );
+        assert_eq!(s.cert, d.path().join("keys/db.crt"));
+        let hsm = img(
+            "hsm",
+            "formats = [\"initramfs\", \"uki\"]\n[output.signing]\nkey = \"pkcs11:token=kiln;object=db\"\ncert = \"keys/db.crt\"\npkcs11_module = \"softhsm.so\"",
+        );
+        assert_eq!(
+            Image::load(&hsm).unwrap().signing().unwrap().key,
+            crate::secureboot::SigningKey::Pkcs11 {
+                uri: "pkcs11:token=kiln;object=db".into(),
+                module: d.path().join("softhsm.so"),
+            }
+        );
+        assert!(Image::load(&img("none", "")).unwrap().signing().is_none());
+
+        let e = |name: &str, output: &str| Image::load(&img(name, output)).unwrap_err().to_string();
+        let m = e(
+            "a",
+            "signing = { key = \"keys/db.key\", cert = \"keys/db.crt\" }",
+        );
+        assert!(m.contains("a.toml:9:1: key `output.signing`: signing applies to kiln.efi; expected \"uki\" or \"disk\""), "{m}");
+        let m = e("b", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"keys/nope.key\", cert = \"keys/db.crt\" }");
+        assert!(
+            m.contains("key `output.signing.key`: ") && m.contains("keys/nope.key does not exist"),
+            "{m}"
+        );
+        let m = e("c", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"pkcs11:object=db\", cert = \"keys/db.crt\" }");
+        assert!(
+            m.contains(
+                "key `output.signing.pkcs11_module`: a pkcs11: key needs the module of its token"
+            ),
+            "{m}"
+        );
+        let m = e("d", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"keys/db.key\", cert = \"keys/db.crt\", pkcs11_module = \"softhsm.so\" }");
+        assert!(
+            m.contains("key `output.signing.key`: \"keys/db.key\" is not a PKCS#11 URI"),
+            "{m}"
+        );
+        let m = e("e", "formats = [\"initramfs\", \"uki\"]\nsigning = { key = \"keys/db.key\", crt = \"keys/db.crt\" }");
+        assert!(
+            m.contains("unknown field `crt`") || m.contains("unknown key"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn iommufd_is_loaded_for_passthrough_when_the_kernel_has_it() {
         let d = tempfile::tempdir().unwrap();
         let vm = |pci: &str| {
@@ -677,6 +877,38 @@ mod tests {
         );
         assert_eq!(plain.modules_for(&with).load, ["kvm-amd", "kvm-intel"]);
         assert_eq!(listed.modules_for(&with).load, ["vfio-pci"]);
+    }
+
+    #[test]
+    fn efivarfs_is_loaded_for_uefi_formats_when_the_kernel_has_it() {
+        let d = tempfile::tempdir().unwrap();
+        let img = |name: &str, extra: &str| {
+            let text = image(&format!(
+                "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n{extra}"
+            ));
+            Image::load(&write(d.path(), &format!("images/{name}.toml"), &text)).unwrap()
+        };
+        let module =
+            ModuleIndex::from_modules_dep("kernel/fs/efivarfs/efivarfs.ko:\n", None, None).unwrap();
+        let builtin = ModuleIndex::from_modules_dep(
+            "kernel/kvm.ko:\n",
+            None,
+            Some("kernel/fs/efivarfs/efivarfs.ko\n"),
+        )
+        .unwrap();
+        let disk = img("d", "[output]\nformats = [\"initramfs\", \"disk\"]\n");
+        assert_eq!(
+            disk.modules_for(&module).load,
+            ["kvm-amd", "kvm-intel", "efivarfs"]
+        );
+        assert_eq!(disk.modules_for(&builtin).load, ["kvm-amd", "kvm-intel"]);
+        let plain = img("p", "");
+        assert_eq!(plain.modules_for(&module).load, ["kvm-amd", "kvm-intel"]);
+        let listed = img(
+            "l",
+            "[modules]\nload = [\"kvm\"]\n[output]\nformats = [\"initramfs\", \"uki\"]\n",
+        );
+        assert_eq!(listed.modules_for(&module).load, ["kvm"]);
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn boot_file_json(path: &Path, disk: bool) -> Result<Value, InspectError> {
     if disk {
         to_value(serde_json::to_value(crate::output::list_disk(path)?))
     } else {
-        to_value(serde_json::to_value(crate::output::list_uki(path)?))
+        Ok(crate::output::uki::uki_json(path)?)
     }
 }
 
@@ -136,7 +136,7 @@ fn kind_of(path: &Path) -> Result<Kind, InspectError> {
     Ok(
         if at(0, b"0707") || compress::detect(&head) != Compression::None {
             Kind::Initramfs
-        } else if at(0, b"MZ") && at(0x202, b"HdrS") {
+        } else if at(0, b"MZ") && kiln_abi::bzimage::has_header(&head) {
             Kind::Kernel
         } else if at(0, b"MZ") {
             Kind::Pe

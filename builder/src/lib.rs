@@ -15,3 +15,4 @@ pub mod manifest;
 pub mod output;
 pub mod payload;
 pub mod progress;
+pub mod secureboot;

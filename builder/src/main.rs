@@ -7,6 +7,7 @@ use kiln::emulator::{self, Accel};
 use kiln::harness;
 use kiln::image::Image;
 use kiln::progress;
+use kiln_abi::error::Chain;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -83,6 +84,21 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Create a Secure Boot key set in DIR: PK, KEK and db keys (0600),
+    /// certificates, and the signed .auth updates firmware enrolls.
+    Keys {
+        dir: PathBuf,
+        /// The owner named in the certificates (CN=<NAME> PK, ...).
+        #[arg(long, default_value = "kiln appliance owner")]
+        name: String,
+        /// How long the certificates are valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Another certificate (PEM or DER) to keep in db beside yours, e.g.
+        /// Microsoft's UEFI CA for option ROMs; may be repeated.
+        #[arg(long = "add-db", value_name = "CERT")]
+        add_db: Vec<PathBuf>,
+    },
     /// kiln's reaper (internal): kills what `kiln test` still runs when it dies.
     #[command(name = reaper::SUBCOMMAND, hide = true)]
     Reaper,
@@ -110,12 +126,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            eprintln!("error: {}", Chain::new(&*e).separator("\n  caused by: "));
             ExitCode::from(2)
         }
     }
@@ -191,6 +202,27 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 println!("console log: {}", log.display());
             }
             Ok(ExitCode::from(report.exit_code()))
+        }
+        Cmd::Keys {
+            dir,
+            name,
+            days,
+            add_db,
+        } => {
+            let opts = kiln::secureboot::KeyOptions {
+                name,
+                days,
+                extra_db: add_db,
+            };
+            kiln::secureboot::create_keys(&dir, &opts)?;
+            println!(
+                "Secure Boot keys in {0}: PK, KEK and db (.key 0600, .crt/.cer, .esl, .auth).\n\
+                 Sign images with [output.signing] key = \"{0}/db.key\", cert = \"{0}/db.crt\";\n\
+                 enroll db.auth, KEK.auth and PK.auth (last) on the machine: docs/outputs.md, \"Secure Boot\".\n\
+                 Keep the .key files off the image and out of version control.",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Reaper => {
             reaper::serve(std::io::stdin().lock());

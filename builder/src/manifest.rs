@@ -30,6 +30,21 @@ pub struct Manifest {
     /// Absent from manifests written before `kiln test` existed.
     #[serde(default)]
     pub vms: Vec<ManifestVm>,
+    /// What firmware and the TPM see of `kiln.efi`; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<UkiInfo>,
+}
+
+/// `kiln.efi` under Secure Boot and measured boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UkiInfo {
+    /// Who signed it (`[output.signing]`); absent: it is not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<crate::secureboot::sign::Signer>,
+    /// PCR 11 (sha256 bank, lowercase hex) once systemd-stub has measured
+    /// it, as in `kiln.pcrs.json`; absent for a stub kiln cannot predict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr11: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

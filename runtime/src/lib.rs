@@ -3,7 +3,7 @@
 //! The VM and appliance schema and the module closure it shares with the
 //! builder are in `kiln-schema` (`kiln_schema::config`, `kiln_schema::kmod`).
 //!
-//! - [`status`]: the console status lines (`kiln_schema::status`, re-exported).
+//! - [`status`]: writing the console status lines (their grammar is `kiln_abi::status`).
 //! - [`host`]: the host's PCI devices, IOMMU groups and binding to
 //!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
@@ -18,6 +18,7 @@
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
 //! - [`vmm`]: running one VM to its end.
+//! - [`watchdog`]: the VMM's heartbeat to PID 1 and its stuck-vCPU check.
 
 pub mod arch;
 pub mod boot;
@@ -25,8 +26,9 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod machine;
-pub use kiln_schema::status;
+pub mod status;
 pub mod vac;
 pub mod vfio;
 pub mod vm;
 pub mod vmm;
+pub mod watchdog;

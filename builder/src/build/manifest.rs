@@ -18,6 +18,8 @@ pub(super) struct Record {
     /// Every input, in the order the steps read them.
     pub inputs: Vec<Input>,
     pub vms: Vec<ManifestVm>,
+    /// From the outputs step: `kiln.efi`'s signer and PCR 11.
+    pub uki: Option<crate::manifest::UkiInfo>,
 }
 
 /// The VMs as the manifest lists them: `kiln test` reads each VM's
@@ -62,6 +64,7 @@ pub(super) fn write(
         inputs: record.inputs,
         target: Some(cfg.target.clone()),
         vms: record.vms,
+        uki: record.uki,
     };
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| BuildError::Io {
         what: "serialise the manifest".into(),

@@ -148,6 +148,7 @@ pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, 
             payloads: guests.payloads,
             inputs,
             vms: manifest::vms(&image.vms),
+            uki: written.uki,
         },
         &dir,
     )?;

@@ -17,6 +17,8 @@ pub(super) struct Written {
     pub files: Vec<String>,
     /// The kernel command line, as written to `cmdline`.
     pub cmdline: String,
+    /// `kiln.efi`'s signer and predicted PCR 11, when there is one.
+    pub uki: Option<crate::manifest::UkiInfo>,
 }
 
 /// The systemd-boot stub when a format needs it: a disk image boots the
@@ -31,6 +33,9 @@ pub(super) fn find_uki_stub(
     }
     let (stub, stub_name) = output::stub()?;
     inputs.push(inputs::hashed(&job.hashes, "uki-stub", &stub_name, &stub)?);
+    if let Some(signing) = job.image.signing() {
+        inputs.push(inputs::file("signing-cert", &signing.cert, &job.image.dir)?);
+    }
     Ok(Some(stub))
 }
 
@@ -54,6 +59,7 @@ pub(super) fn write(
         initramfs.name.clone(),
         "cmdline".to_string(),
     ];
+    let mut uki = None;
     if let Some(stub) = uki_stub {
         let task = Task::step("building kiln.efi");
         let efi = dir.join("kiln.efi");
@@ -65,8 +71,17 @@ pub(super) fn write(
             &output::os_release(&cfg.name),
             &efi,
         )?;
+        // Signed (with [output.signing]) before the disk is made of it.
+        uki = Some(output::seal_uki(
+            &efi,
+            job.image.signing().as_ref(),
+            job.epoch,
+        )?);
         task.finish(file_size(&efi));
         files.push("kiln.efi".to_string());
+        if dir.join(output::PCRS_FILE).is_file() {
+            files.push(output::PCRS_FILE.to_string());
+        }
         if cfg.output.formats.contains(&Format::Disk) {
             let task = Task::step("building disk.img");
             let disk = dir.join("disk.img");
@@ -75,7 +90,11 @@ pub(super) fn write(
             files.push("disk.img".to_string());
         }
     }
-    Ok(Written { files, cmdline })
+    Ok(Written {
+        files,
+        cmdline,
+        uki,
+    })
 }
 
 fn file_size(path: &Path) -> String {

@@ -149,6 +149,7 @@ fn image_dir(root: &Path, name: &str, vms: &[(&str, TestExpectations)]) -> PathB
                 test: t.clone(),
             })
             .collect(),
+        uki: None,
     };
     std::fs::write(
         dir.join("manifest.json"),

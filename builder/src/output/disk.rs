@@ -172,6 +172,8 @@ impl TimeProvider for FixedTime {
 
 /// `epoch` (seconds since 1970, UTC) as a FAT date and time, clamped to
 /// what FAT can store (1980 to 2107).
+// Every field is in range once clamped: year in 1980..=2107, secs < 86400.
+#[allow(clippy::cast_possible_truncation)]
 fn fat_time(epoch: u64) -> fatfs::DateTime {
     const FAT_FIRST: u64 = 315_532_800; // 1980-01-01T00:00:00Z
     let epoch = epoch.max(FAT_FIRST);
@@ -182,7 +184,6 @@ fn fat_time(epoch: u64) -> fatfs::DateTime {
     } else {
         (year, month, day, secs)
     };
-    // Every value below is in range: year in 1980..=2107, secs < 86400.
     fatfs::DateTime {
         date: fatfs::Date {
             year: year as u16,
@@ -386,12 +387,11 @@ fn check_entry_size(path: &Path) -> Result<(), OutputError> {
         Err(_) => {
             let len = file.metadata().map_err(io_err(what()))?.len();
             // A copy with the last sector as its LBA 1, where read_header looks.
-            let mut copy = vec![0u8; 2 * SECTOR as usize];
+            let mut copy = [0u8; 1024];
             if len >= 3 * SECTOR {
                 file.seek(SeekFrom::Start((len / SECTOR - 1) * SECTOR))
                     .map_err(io_err(what()))?;
-                file.read_exact(&mut copy[SECTOR as usize..])
-                    .map_err(io_err(what()))?;
+                file.read_exact(&mut copy[512..]).map_err(io_err(what()))?;
             }
             read_header(&mut Cursor::new(copy), Lb512).ok()
         }
@@ -490,6 +490,8 @@ impl fmt::Display for DiskListing {
 }
 
 #[cfg(test)]
+// The images here are a few MiB: their sizes and offsets fit every width.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::path::PathBuf;
@@ -800,7 +802,7 @@ mod tests {
             let mut bad = good.clone();
             bad[at..at + bytes.len()].copy_from_slice(bytes);
             std::fs::write(&b.disk, &bad).unwrap();
-            let e = kiln_schema::error_chain::chain(&list_disk(&b.disk).unwrap_err());
+            let e = kiln_abi::error::Chain::new(&list_disk(&b.disk).unwrap_err()).to_string();
             assert!(
                 e.starts_with("Cannot read partition EFI System Partition of")
                     && e.contains("is not a valid FAT boot sector"),

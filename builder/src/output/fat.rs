@@ -350,8 +350,9 @@ fn links(v: &[u8], g: &Geometry) -> Result<Vec<Option<u32>>, FatError> {
                 }
                 Some(1) => {
                     return Err(FatError::ChainLoops {
-                        cluster: i as u32 + 2,
-                    })
+                        // Below the cluster count, a u32.
+                        cluster: u32::try_from(i + 2).unwrap_or(u32::MAX),
+                    });
                 }
                 _ => at = None,
             }
@@ -573,7 +574,11 @@ mod tests {
     #[test]
     fn a_looping_chain_is_refused() {
         let (mut v, g, _, _, cluster) = fat16();
-        set_u16(&mut v, g.fat_start + cluster * 2, cluster as u16);
+        set_u16(
+            &mut v,
+            g.fat_start + cluster * 2,
+            u16::try_from(cluster).unwrap(),
+        );
         let e = list(v).unwrap_err();
         assert!(
             matches!(e, FatError::ChainLoops { cluster: c } if c as usize == cluster),
@@ -586,7 +591,7 @@ mod tests {
     #[test]
     fn a_directory_loop_is_refused() {
         let (mut v, _, _, boot, cluster) = fat16();
-        set_u16(&mut v, boot + 26, cluster as u16);
+        set_u16(&mut v, boot + 26, u16::try_from(cluster).unwrap());
         let e = list(v).unwrap_err();
         assert!(
             matches!(&e, FatError::DirectoryLinkedTwice { name } if name == "BOOT"),

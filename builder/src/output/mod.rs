@@ -8,9 +8,11 @@
 
 pub mod disk;
 pub mod fat;
+pub mod measure;
 pub mod uki;
 
 pub use disk::{build_disk, list_disk, DiskListing, EspFile, PartitionListing};
+pub use measure::{predict_pcr11, Pcr11};
 pub use uki::{build_uki, list_uki, os_release, PeSection};
 
 use std::io::Read;
@@ -75,6 +77,12 @@ pub enum OutputError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot sign {}", path.display())]
+    Sign {
+        path: PathBuf,
+        #[source]
+        source: crate::secureboot::SecureBootError,
+    },
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OutputError {
@@ -111,6 +119,43 @@ pub fn stub() -> Result<(PathBuf, String), OutputError> {
             })
         }
     }
+}
+
+/// The file beside `kiln.efi` holding its predicted PCR 11.
+pub const PCRS_FILE: &str = "kiln.pcrs.json";
+
+/// Finishes a freshly built `kiln.efi`: signs it when `signing` is given
+/// (signing time `epoch`), then writes its predicted PCR 11 to
+/// [`PCRS_FILE`] beside it. What the manifest records of both.
+pub fn seal_uki(
+    efi: &Path,
+    signing: Option<&crate::secureboot::Signing>,
+    epoch: u64,
+) -> Result<crate::manifest::UkiInfo, OutputError> {
+    let signer = signing
+        .map(|s| crate::secureboot::sign_uki(efi, s, epoch))
+        .transpose()
+        .map_err(|source| OutputError::Sign {
+            path: efi.to_path_buf(),
+            source,
+        })?;
+    let bytes = std::fs::read(efi).map_err(io_err(format!("read {}", efi.display())))?;
+    let pcr11 = match predict_pcr11(&bytes) {
+        Ok(p) => {
+            let out = efi.with_file_name(PCRS_FILE);
+            write_atomically(&out, |f| {
+                use std::io::Write;
+                f.write_all(p.to_json().as_bytes())
+                    .map_err(io_err(format!("write {}", out.display())))
+            })?;
+            Some(p.sha256)
+        }
+        Err(e) => {
+            crate::progress::note(format!("PCR 11 is not predicted: {e}"));
+            None
+        }
+    };
+    Ok(crate::manifest::UkiInfo { signer, pcr11 })
 }
 
 /// A human listing of `path` when it is a PE image (a UKI, or any EFI

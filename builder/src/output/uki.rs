@@ -17,6 +17,7 @@
 //! writer only builds new COFF/PE files from scratch.
 
 use super::{io_err, round_up, write_atomically, OutputError};
+use kiln_abi::bzimage;
 use object::pe::{
     ImageDataDirectory, ImageDosHeader, ImageFileHeader, ImageNtHeaders64, ImageOptionalHeader64,
     ImageSectionHeader,
@@ -110,21 +111,13 @@ pub fn build_uki(
 
 /// Whether `data` is a Linux bzImage (the `HdrS` boot protocol header).
 fn is_bzimage(data: &[u8]) -> bool {
-    data.get(0x202..0x206) == Some(b"HdrS".as_slice())
+    bzimage::has_header(data)
 }
 
 /// The kernel release (`uname -r`) from a bzImage's `kernel_version` string,
 /// e.g. "6.1.0-56-cloud-amd64 (debian-kernel@...) #1 SMP ...".
-fn kernel_release(bzimage: &[u8]) -> Option<String> {
-    let ptr = u16::from_le_bytes(bzimage.get(0x20e..0x210)?.try_into().ok()?);
-    if ptr == 0 {
-        return None;
-    }
-    let start = 0x200 + usize::from(ptr);
-    let text = bzimage.get(start..)?;
-    let end = text.iter().position(|&b| b == 0 || b == b' ')?;
-    let release = std::str::from_utf8(text.get(..end)?).ok()?;
-    (!release.is_empty() && release.is_ascii()).then(|| release.to_string())
+fn kernel_release(image: &[u8]) -> Option<String> {
+    bzimage::release(image).map(str::to_string)
 }
 
 const SECTION_HEADER: usize = size_of::<ImageSectionHeader>();
@@ -264,6 +257,7 @@ pub(crate) fn add_sections(
         size,
     };
     let u32_of = |what: &str, v: u64| u32::try_from(v).map_err(|_| too_large(what, v));
+    let usize_of = |what: &str, v: u64| usize::try_from(v).map_err(|_| too_large(what, v));
 
     for (i, (name, data)) in add.iter().enumerate() {
         let mut raw_name = [0u8; 8];
@@ -302,9 +296,9 @@ pub(crate) fn add_sections(
             object::pod::bytes_of(&header),
         )
         .ok_or_else(corrupt)?;
-        image.resize(raw_ptr as usize, 0);
+        image.resize(usize_of("the image", raw_ptr)?, 0);
         image.extend_from_slice(data);
-        image.resize((raw_ptr + raw_size) as usize, 0);
+        image.resize(usize_of("the image", raw_ptr + raw_size)?, 0);
         next_va = round_up(next_va + len, section_align);
     }
 
@@ -463,7 +457,70 @@ pub(crate) fn describe(path: &Path) -> Result<String, OutputError> {
     if let Some(cmdline) = text(".cmdline") {
         let _ = writeln!(out, "  cmdline:    {cmdline}");
     }
+    let _ = writeln!(out, "  signed:     {}", signature_text(&data));
+    if is_uki {
+        match super::predict_pcr11(&data) {
+            Ok(p) => {
+                let _ = writeln!(
+                    out,
+                    "  PCR 11:     {} (sha256, as systemd-stub {} measures it)",
+                    p.sha256, p.stub
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  PCR 11:     not predicted: {e}");
+            }
+        }
+    }
     Ok(out)
+}
+
+/// One line on a PE image's Authenticode signature.
+fn signature_text(data: &[u8]) -> String {
+    match crate::secureboot::read_signature(data) {
+        Ok(None) => "no (Secure Boot firmware refuses it)".into(),
+        Ok(Some(s)) => {
+            let by = format!(
+                "by {} (issuer {}; certificate sha256 {})",
+                s.subject, s.issuer, s.cert_sha256
+            );
+            if s.digest_matches {
+                format!(
+                    "yes, {by}; the {} digest matches the image",
+                    s.digest_algorithm
+                )
+            } else {
+                format!("{by}, but the image was changed after signing: its {} digest does not match and firmware refuses it", s.digest_algorithm)
+            }
+        }
+        Err(e) => format!("unreadable signature: {e}"),
+    }
+}
+
+/// `kiln inspect --json` of a PE image: its sections, its signature and,
+/// for a UKI, the predicted PCR 11.
+pub fn uki_json(path: &Path) -> Result<serde_json::Value, OutputError> {
+    let data = std::fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
+    let sections = sections_of(&data, path)?;
+    let signature = match crate::secureboot::read_signature(&data) {
+        Ok(None) => serde_json::Value::Null,
+        Ok(Some(s)) => serde_json::json!({
+            "subject": s.subject,
+            "issuer": s.issuer,
+            "cert_sha256": s.cert_sha256,
+            "digest_algorithm": s.digest_algorithm,
+            "digest_matches": s.digest_matches,
+        }),
+        Err(e) => serde_json::json!({ "error": e }),
+    };
+    let pcr11 = super::predict_pcr11(&data)
+        .map(|p| serde_json::json!({ "sha256": p.sha256, "stub": p.stub }))
+        .unwrap_or(serde_json::Value::Null);
+    Ok(serde_json::json!({
+        "sections": sections,
+        "signature": signature,
+        "pcr11": pcr11,
+    }))
 }
 
 #[cfg(test)]
@@ -482,7 +539,9 @@ mod tests {
     /// A stand-in bzImage: the boot protocol header and `kernel_version`
     /// string the UKI builder reads, then `len` bytes of a pattern.
     fn fake_bzimage(release: &str, len: usize) -> Vec<u8> {
-        let mut k: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut k: Vec<u8> = (0..len)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
         k[..2].copy_from_slice(b"MZ");
         k[0x202..0x206].copy_from_slice(b"HdrS");
         k[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
@@ -503,7 +562,9 @@ mod tests {
     fn inputs(kernel_len: usize, initrd_len: usize) -> Inputs {
         let dir = tempfile::tempdir().unwrap();
         let kernel_bytes = fake_bzimage("6.1.0-99-test", kernel_len);
-        let initrd_bytes: Vec<u8> = (0..initrd_len).map(|i| (i % 253) as u8 ^ 0x5a).collect();
+        let initrd_bytes: Vec<u8> = (0..initrd_len)
+            .map(|i| u8::try_from(i % 253).unwrap() ^ 0x5a)
+            .collect();
         let kernel = dir.path().join("vmlinuz");
         let initrd = dir.path().join("initramfs.cpio.zst");
         std::fs::write(&kernel, &kernel_bytes).unwrap();
@@ -611,19 +672,19 @@ mod tests {
             prev_raw_end = ptr + raw;
         }
         assert_eq!(
-            uki.len() as u32,
+            u32::try_from(uki.len()).unwrap(),
             prev_raw_end,
             "nothing trails the last section"
         );
         assert_eq!(
             oh.size_of_image(),
-            round_up(prev_end.into(), sa.into()) as u32
+            u32::try_from(round_up(prev_end.into(), sa.into())).unwrap()
         );
         let table_end = {
             let dos = ImageDosHeader::parse(uki.as_slice()).unwrap();
             let mut off = u64::from(dos.nt_headers_offset());
             ImageNtHeaders64::parse(uki.as_slice(), &mut off).unwrap();
-            off as u32 + (secs.len() * SECTION_HEADER) as u32
+            u32::try_from(off).unwrap() + u32::try_from(secs.len() * SECTION_HEADER).unwrap()
         };
         assert!(oh.size_of_headers() >= table_end);
         assert!(oh.size_of_headers() <= secs[0].pointer_to_raw_data.get(LE));
@@ -699,7 +760,7 @@ mod tests {
         let dos = ImageDosHeader::parse(data.as_slice()).unwrap();
         let mut off = u64::from(dos.nt_headers_offset());
         ImageNtHeaders64::parse(data.as_slice(), &mut off).unwrap();
-        let table_end = off as usize + secs.len() * SECTION_HEADER;
+        let table_end = usize::try_from(off).unwrap() + secs.len() * SECTION_HEADER;
         let first = secs
             .iter()
             .map(|s| s.pointer_to_raw_data.get(LE))

@@ -56,7 +56,7 @@ pub fn load_all(appliance: &ApplianceConfig) -> Result<(), ModuleLoadError> {
         .load
         .iter()
         .map(String::as_str)
-        .filter(|m| !skip_for_vendor(m, &vendor))
+        .filter(|m| !skip_for_vendor(m, &vendor) && !super::firmware::skip_module(m))
         .collect();
     for module in index.closure(&wanted)? {
         let params = appliance

@@ -12,20 +12,19 @@
 //! | triple fault               | failed        | 194              |
 //! | KVM internal error         | failed        | 195              |
 //! | the VMM could not run it   | failed        | 196              |
+//! | a vCPU thread panicked     | failed        | 197              |
+//! | a vCPU thread got stuck    | failed        | 198              |
 //! | signal S (SIGTERM, SIGINT) | failed        | 128 + S          |
 
 use crate::devices::StopRequest;
 use crate::status::{StatusLine, VmState};
 use nix::sys::signal::Signal;
 
-pub const CODE_EXIT_PORT_MAX: i32 = 127;
-pub const CODE_REBOOT: i32 = 193;
-pub const CODE_TRIPLE_FAULT: i32 = 194;
-pub const CODE_INTERNAL_ERROR: i32 = 195;
-/// The VMM could not set the VM up or keep it running.
-pub const CODE_VMM_ERROR: i32 = 196;
-/// Signals end the VM with 128 + the signal number, as shells report them.
-pub const CODE_SIGNAL_BASE: i32 = 128;
+// The codes are kiln-abi's, shared with the guests and `kiln test`.
+pub use kiln_abi::exit::{
+    CODE_EXIT_PORT_MAX, CODE_INTERNAL_ERROR, CODE_REBOOT, CODE_SIGNAL_BASE, CODE_TRIPLE_FAULT,
+    CODE_VCPU_PANIC, CODE_VCPU_STUCK, CODE_VMM_ERROR,
+};
 
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +41,11 @@ pub enum VmExit {
     InternalError(String),
     /// The runtime received this signal and stopped the VM.
     Signal(i32),
+    /// A vCPU thread panicked (a VMM bug); the message says where.
+    VcpuPanic { index: u8, message: String },
+    /// A vCPU thread stayed outside `KVM_RUN` this long (the VMM hung in
+    /// device emulation or on a lock).
+    VcpuStuck { index: u8, secs: u64 },
 }
 
 impl VmExit {
@@ -56,6 +60,8 @@ impl VmExit {
             VmExit::TripleFault => CODE_TRIPLE_FAULT,
             VmExit::InternalError(_) => CODE_INTERNAL_ERROR,
             VmExit::Signal(s) => CODE_SIGNAL_BASE + s,
+            VmExit::VcpuPanic { .. } => CODE_VCPU_PANIC,
+            VmExit::VcpuStuck { .. } => CODE_VCPU_STUCK,
         }
     }
 
@@ -68,6 +74,8 @@ impl VmExit {
             VmExit::TripleFault => "triple-fault",
             VmExit::InternalError(_) => "internal-error",
             VmExit::Signal(_) => "signal",
+            VmExit::VcpuPanic { .. } => "vcpu-panic",
+            VmExit::VcpuStuck { .. } => "vcpu-stuck",
         }
     }
 
@@ -77,17 +85,22 @@ impl VmExit {
     }
 
     /// The status line announcing this end for VM `name`.
-    pub fn status_line(&self, name: &str) -> StatusLine {
+    pub fn status_line<'a>(&self, name: &'a str) -> StatusLine<'a, String> {
         let state = if self.guest_finished() {
             VmState::Exited
         } else {
             VmState::Failed
         };
-        let line = StatusLine::vm(name, state).with_code(self.exit_code());
-        match self {
-            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => line,
-            VmExit::Exited(n) => line.with_reason(format!("exit-port value {n}")),
-            other => line.with_reason(other.to_string()),
+        let reason = match self {
+            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => None,
+            VmExit::Exited(n) => Some(format!("exit-port value {n}")),
+            other => Some(other.to_string()),
+        };
+        StatusLine::Vm {
+            name,
+            state,
+            code: Some(self.exit_code()),
+            reason,
         }
     }
 }
@@ -106,6 +119,13 @@ impl std::fmt::Display for VmExit {
                     .unwrap_or("unknown");
                 write!(f, "signal {name}")
             }
+            VmExit::VcpuPanic { index, message } => {
+                write!(f, "vcpu-panic: vCPU {index} panicked: {message}")
+            }
+            VmExit::VcpuStuck { index, secs } => write!(
+                f,
+                "vcpu-stuck: vCPU {index} stayed outside KVM_RUN for {secs} s"
+            ),
         }
     }
 }
@@ -143,6 +163,12 @@ mod tests {
             VmExit::TripleFault.exit_code(),
             VmExit::InternalError(String::new()).exit_code(),
             CODE_VMM_ERROR,
+            VmExit::VcpuPanic {
+                index: 0,
+                message: String::new(),
+            }
+            .exit_code(),
+            VmExit::VcpuStuck { index: 0, secs: 0 }.exit_code(),
             VmExit::Signal(libc::SIGTERM).exit_code(),
             VmExit::Signal(libc::SIGINT).exit_code(),
         ];

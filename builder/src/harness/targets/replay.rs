@@ -6,6 +6,7 @@
 use super::{Console, Deployable, Target, TargetError};
 use std::path::{Path, PathBuf};
 
+#[derive(Debug)]
 pub struct ReplayTarget {
     log: PathBuf,
 }
