@@ -379,6 +379,10 @@ fn spec_name(spec: &TargetSpec) -> String {
     match spec {
         TargetSpec::Qemu(_) => "qemu".to_string(),
         TargetSpec::Replay(_) => "replay".to_string(),
+        TargetSpec::Labgrid { env, place } => place.clone().unwrap_or_else(|| {
+            env.file_stem()
+                .map_or("labgrid".to_string(), |s| s.to_string_lossy().into_owned())
+        }),
         TargetSpec::Lab(p) => p
             .file_stem()
             .map_or("lab".to_string(), |s| s.to_string_lossy().into_owned()),
