@@ -2,6 +2,7 @@
 //! and boot images on the emulated target with a deadline.
 
 pub mod direct_boot;
+pub mod engines;
 pub mod images;
 
 use std::io::Read;
