@@ -150,47 +150,68 @@ pub fn require_lava() {
     );
 }
 
-/// Runs the LAVA job `job` as a LAVA lab would on a QEMU worker: the job is
-/// checked and the device dictionary tests/lab/lava/devices/kiln-qemu-01
-/// rendered with its context (lava-server-lite), then `lava-run` runs it.
-/// Returns the job's log: `lava-run`'s records, one a line (what a server
-/// keeps in output.yaml as `- {...}`), in `work`.
-pub fn lava_run(job: &Path, work: &Path) -> PathBuf {
+/// What a LAVA server does before a worker runs `job` on the device
+/// `device` (a dictionary in tests/lab/lava/devices): the job checked
+/// against LAVA's schema and the dictionary rendered with the job's context
+/// (tests/lab/lava/lava-server-lite). Returns the device configuration
+/// `lava-run` takes, written in `work`.
+pub fn lava_device(job: &Path, device: &str, work: &Path) -> PathBuf {
     require_lava();
     std::fs::create_dir_all(work).expect("create the LAVA work folder");
     let lab = root().join("tests/lab/lava");
     let rendered = Command::new(lab.join("lava-server-lite"))
         .arg(job)
         .arg(lab.join("devices"))
-        .arg("kiln-qemu-01")
+        .arg(device)
         .stdin(Stdio::null())
         .output()
         .expect("lava-server-lite starts");
     assert!(
         rendered.status.success(),
-        "LAVA refuses the job {} or its device dictionary:\n{}",
+        "LAVA refuses the job {} or the device {device}:\n{}",
         job.display(),
         String::from_utf8_lossy(&rendered.stderr)
     );
-    let device = work.join("device.yaml");
-    std::fs::write(&device, &rendered.stdout).expect("write the device configuration");
+    let config = work.join(format!("{device}.yaml"));
+    std::fs::write(&config, &rendered.stdout).expect("write the device configuration");
+    config
+}
 
+/// How `lava-run` is to take a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LavaRun {
+    /// Run it.
+    Run,
+    /// Only build and validate its pipeline on the device (`--validate`).
+    Validate,
+}
+
+/// Runs (or validates) the LAVA job `job` on the device `device` as a LAVA
+/// lab would: [`lava_device`], then `lava-run`. Returns the job's log:
+/// `lava-run`'s records, one a line (what a server keeps in output.yaml as
+/// `- {...}`), in `work`.
+pub fn lava_run(job: &Path, device: &str, work: &Path, how: LavaRun) -> PathBuf {
+    let config = lava_device(job, device, work);
     static JOBS: Mutex<u32> = Mutex::new(0);
     let n = {
         let mut n = JOBS.lock().unwrap_or_else(|e| e.into_inner());
         *n += 1;
         *n
     };
-    let log = work.join("lava-run.log");
+    let log = work.join(format!("lava-run-{device}.log"));
     let out = std::fs::File::create(&log).expect("create the LAVA log");
     let started = Instant::now();
-    let status = Command::new("lava-run")
+    let mut cmd = Command::new("lava-run");
+    if how == LavaRun::Validate {
+        cmd.arg("--validate");
+    }
+    let status = cmd
         .arg("--job-id")
         .arg(format!("kiln-{}-{n}", std::process::id()))
         .arg("--output-dir")
-        .arg(work.join("out"))
+        .arg(work.join(format!("out-{n}")))
         .arg("--device")
-        .arg(&device)
+        .arg(&config)
         .arg(job)
         .stdin(Stdio::null())
         // lava-run logs its records on stderr.
@@ -201,12 +222,17 @@ pub fn lava_run(job: &Path, work: &Path) -> PathBuf {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.success(),
-        "lava-run {} failed ({status}):\n{}",
+        "lava-run {} on {device} failed ({status}):\n{}",
         job.display(),
         last_lines(&text, 40)
     );
     eprintln!(
-        "lava-run {}: {:.1} s",
+        "lava-run{} {} on {device}: {:.1} s",
+        if how == LavaRun::Validate {
+            " --validate"
+        } else {
+            ""
+        },
         job.display(),
         started.elapsed().as_secs_f64()
     );

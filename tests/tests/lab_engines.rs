@@ -11,7 +11,7 @@
 
 use kiln_tests::engines::{
     self, assert_same_verdicts, free_port, kiln_test, labgrid_bin, path_with, run_ok, wait_until,
-    ConsoleServer, Daemon, Judged,
+    ConsoleServer, Daemon, Judged, LavaRun,
 };
 use kiln_tests::{images, kiln, root};
 use std::path::{Path, PathBuf};
@@ -67,20 +67,17 @@ fn kiln_cmd(args: &[&str]) -> Command {
     cmd
 }
 
-/// The LAVA job `kiln lava-job` writes for `dir`, in `to`.
-fn lava_job(dir: &Path, to: &Path) -> PathBuf {
-    let job = to.join("job.yaml");
-    run_ok(
-        kiln_cmd(&[
-            "lava-job",
-            &dir.to_string_lossy(),
-            "-o",
-            &job.to_string_lossy(),
-        ]),
-        "kiln lava-job",
-        Duration::from_secs(60),
-    );
-    job
+/// The LAVA job `kiln lava-job DIR ARGS` writes, as `to`.
+fn lava_job(dir: &Path, args: &[&str], to: &Path) -> PathBuf {
+    let mut cmd = kiln_cmd(&[
+        "lava-job",
+        &dir.to_string_lossy(),
+        "-o",
+        &to.to_string_lossy(),
+    ]);
+    cmd.args(args);
+    run_ok(cmd, "kiln lava-job", Duration::from_secs(60));
+    to.to_path_buf()
 }
 
 #[test]
@@ -92,7 +89,8 @@ fn lava_jobs_get_the_emulated_targets_verdicts() {
         let name = r.dir.file_name().expect("image folder").to_string_lossy();
         let wd = w.join(&*name);
         std::fs::create_dir_all(&wd).expect("work folder");
-        let log = engines::lava_run(&lava_job(&r.dir, &wd), &wd);
+        let job = lava_job(&r.dir, &[], &wd.join("job.yaml"));
+        let log = engines::lava_run(&job, "kiln-qemu-01", &wd, LavaRun::Run);
         let text = std::fs::read_to_string(&log).expect("LAVA log");
         // LAVA completed both jobs: a VM that fails is a test result, not a
         // broken job.
@@ -164,6 +162,36 @@ fn lava_jobs_get_the_emulated_targets_verdicts() {
     assert!(strict_judged
         .junit
         .contains(r#"<property name="lava.kiln-hello.hello" value="pass"/>"#));
+}
+
+#[test]
+fn lava_jobs_for_boards_are_accepted_by_their_device_types() {
+    let hello = &references()[0].dir;
+    let w = work("lava-boards");
+    // A UEFI board: the disk image through the flasher, boot `minimal`.
+    // LAVA builds and validates the whole pipeline on the device.
+    let job = lava_job(hello, &["--device-type", "seco-b68"], &w.join("uefi.yaml"));
+    let log = engines::lava_run(&job, "kiln-uefi-01", &w, LavaRun::Validate);
+    let text = std::fs::read_to_string(&log).expect("LAVA log");
+    assert!(
+        text.contains(r#""msg": {"case": "validate", "definition": "lava", "result": "pass"}"#),
+        "{}",
+        engines::last_lines(&text, 30)
+    );
+    // A board booting iPXE: kernel and initramfs over TFTP. Checked against
+    // LAVA's job schema and rendered on the device type; validating its
+    // pipeline needs a TFTP server on the worker (tftpd-hpa), not here.
+    let job = lava_job(
+        hello,
+        &["--device-type", "x86", "--boot", "ipxe"],
+        &w.join("ipxe.yaml"),
+    );
+    let config = engines::lava_device(&job, "kiln-ipxe-01", &w);
+    let device = std::fs::read_to_string(config).expect("device configuration");
+    assert!(
+        device.contains("set extraargs console=ttyS0 panic=-1 quiet ip=dhcp"),
+        "the image's command line reaches iPXE:\n{device}"
+    );
 }
 
 #[test]
