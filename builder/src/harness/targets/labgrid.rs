@@ -114,11 +114,22 @@ impl LabgridTarget {
         interrupted: Arc<AtomicBool>,
         echo: bool,
     ) -> Result<Self, LabgridError> {
+        let client = find_on_path(CLIENT).ok_or(LabgridError::NotInstalled)?;
+        Self::with_client(env_file, place, client, interrupted, echo)
+    }
+
+    /// [`LabgridTarget::open`] with labgrid's client at `client`.
+    fn with_client(
+        env_file: &Path,
+        place: Option<String>,
+        client: PathBuf,
+        interrupted: Arc<AtomicBool>,
+        echo: bool,
+    ) -> Result<Self, LabgridError> {
         let env_file = std::fs::canonicalize(env_file).map_err(|source| LabgridError::Read {
             path: env_file.to_path_buf(),
             source,
         })?;
-        let client = find_on_path(CLIENT).ok_or(LabgridError::NotInstalled)?;
         let python = python_of(&client)?;
         let mut bridge = tempfile::Builder::new()
             .prefix("kiln-labgrid-bridge-")
@@ -249,9 +260,11 @@ impl LabgridTarget {
         let Some(mut run) = self.run.take() else {
             return Ok(());
         };
-        let exited = run.wait_for(PHASE_TIMEOUT.get()).is_some();
+        let status = run.wait_for(PHASE_TIMEOUT.get());
         run.stop(std::time::Duration::from_millis(500));
-        if exited {
+        // A bridge that exited by itself powered off on its way out (or
+        // never powered on); one killed by a signal or stopped here did not.
+        if status.is_some_and(|s| s.code().is_some()) {
             return Ok(());
         }
         let what = format!(
@@ -465,6 +478,105 @@ mod tests {
         assert!(p.ends_with("python3"), "{}", p.display());
         std::fs::write(&venv, "ELF").unwrap();
         assert_eq!(python_of(&venv).unwrap(), d.path().join("bin/python3"));
+    }
+
+    /// A labgrid installation made of shell scripts: its "Python" (the
+    /// interpreter `labgrid-client` names) plays the bridge as `script`
+    /// says, and runs the client itself (`$2` is then not a mode).
+    fn fake_labgrid(dir: &Path, script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let python = exe("python3", &format!("#!/bin/sh\n{script}"));
+        exe("labgrid-client", &format!("#!{}\n", python.display()))
+    }
+
+    fn image(dir: &Path) -> Deployable {
+        let img = dir.join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(img.join("initramfs.cpio.zst"), b"i").unwrap();
+        std::fs::write(img.join("cmdline"), b"console=ttyS0\n").unwrap();
+        Deployable {
+            name: "img".into(),
+            dir: img,
+            machine: Default::default(),
+        }
+    }
+
+    fn flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
+    #[test]
+    fn the_console_flows_until_kiln_closes_the_bridges_input() {
+        use std::io::Read;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let env = dir.join("box.yaml");
+        std::fs::write(&env, "targets: {}\n").unwrap();
+        let client = fake_labgrid(
+            dir,
+            &format!(
+                r#"cd {dir}
+case "$2" in
+deploy) echo "$KILN_IMAGE $LG_KILN_CMDLINE $LG_PLACE $(basename "$3")" > deployed ;;
+run) echo "kiln-labgrid-bridge: powered on" >&2; printf 'kiln: vm=a state=starting
+'; cat >/dev/null; echo off > off ;;
+*) shift; echo "$@" >> client.log ;;
+esac
+"#,
+                dir = dir.display()
+            ),
+        );
+        let mut t =
+            LabgridTarget::with_client(&env, Some("box1".into()), client, flag(), false).unwrap();
+        assert_eq!(t.name(), "box1");
+        let img = image(dir);
+        t.deploy(&img).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("deployed")).unwrap(),
+            "img console=ttyS0 box1 box.yaml\n"
+        );
+        let mut console = t.boot(&img).unwrap();
+        let mut line = [0u8; 26];
+        console.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"kiln: vm=a state=starting\n");
+        assert!(!dir.join("off").exists(), "the bridge waits for kiln");
+        t.stop().unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("off")).unwrap(), "off\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("client.log")).unwrap(),
+            "-p box1 acquire\n-p box1 release\n",
+            "the place is acquired for the run and released after"
+        );
+    }
+
+    #[test]
+    fn a_bridge_that_cannot_power_on_is_a_target_error() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let env = dir.join("box.yaml");
+        std::fs::write(&env, "targets: {}\n").unwrap();
+        let client = fake_labgrid(
+            dir,
+            r#"case "$2" in
+run) echo "kiln-labgrid-bridge: box.yaml has no target 'main'" >&2; exit 2 ;;
+esac
+"#,
+        );
+        let mut t = LabgridTarget::with_client(&env, None, client, flag(), false).unwrap();
+        assert_eq!(t.name(), "box");
+        let img = image(dir);
+        t.deploy(&img).unwrap();
+        let e = t.boot(&img).err().unwrap().to_string();
+        assert!(e.contains("did not power the target on"), "{e}");
+        assert!(e.contains("has no target 'main'"), "{e}");
+        t.stop().unwrap();
     }
 
     #[test]
