@@ -136,7 +136,7 @@ fn kind_of(path: &Path) -> Result<Kind, InspectError> {
     Ok(
         if at(0, b"0707") || compress::detect(&head) != Compression::None {
             Kind::Initramfs
-        } else if at(0, b"MZ") && at(0x202, b"HdrS") {
+        } else if at(0, b"MZ") && kiln_abi::bzimage::has_header(&head) {
             Kind::Kernel
         } else if at(0, b"MZ") {
             Kind::Pe

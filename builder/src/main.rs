@@ -9,6 +9,7 @@ use kiln::image::Image;
 use kiln::lab::built::Built;
 use kiln::lab::{labgrid_env, lava_job};
 use kiln::progress;
+use kiln_abi::error::Chain;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -157,12 +158,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            eprintln!("error: {}", Chain::new(&*e).separator("\n  caused by: "));
             ExitCode::from(2)
         }
     }

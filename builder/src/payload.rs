@@ -1,5 +1,15 @@
 //! The binaries an image carries: the runtime as `/init`, and guest payloads
-//! named `cargo:<package>`, built from the workspace that holds the config.
+//! named `cargo:<package>`, built from the workspace that holds the config,
+//! or from a nested workspace it names as a payload workspace:
+//!
+//! ```toml
+//! [workspace.metadata.kiln]
+//! payloads = ["images/hello"]   # directories of workspaces whose root package is a payload
+//! ```
+//!
+//! A freestanding guest (`no_std`, `panic = "abort"`) lives in its own
+//! workspace so its dependencies' features are not unified with the std
+//! crates' of the main one.
 
 use object::elf;
 use object::read::elf::{ElfFile64, ProgramHeader};
@@ -18,6 +28,14 @@ pub const RUNTIME_PROFILE: &str = "runtime";
 pub enum PayloadError {
     #[error("No cargo workspace above {} to build `cargo:{package}` in; use a file path instead", near.display())]
     NoWorkspace { near: PathBuf, package: String },
+    #[error("Cannot read the payload workspace list in {}: {reason}; write `[workspace.metadata.kiln] payloads = [\"<dir>\", ...]` with directories relative to it", manifest.display())]
+    PayloadList { manifest: PathBuf, reason: String },
+    #[error("Cannot read {}, named in [workspace.metadata.kiln] payloads; list only directories that hold a Cargo.toml", manifest.display())]
+    PayloadManifest {
+        manifest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Cannot run cargo to build `{package}`; is cargo on PATH (or $CARGO set)?")]
     CargoSpawn {
         package: String,
@@ -79,10 +97,11 @@ fn cargo_build_with(package: &str, near: &Path, profile: &str) -> Result<PathBuf
         near: near.to_path_buf(),
         package: package.to_string(),
     })?;
+    let workspace = payload_workspace(&root, package)?.unwrap_or_else(|| root.clone());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let task = crate::progress::Task::step(format!("building {package}"));
     let output = Command::new(cargo)
-        .current_dir(&root)
+        .current_dir(&workspace)
         .args(["build", "--quiet", "--profile", profile, "-p", package])
         .args(["--config", &remap_config(&root)])
         .args(["--message-format", "json-render-diagnostics"])
@@ -108,9 +127,53 @@ fn cargo_build_with(package: &str, near: &Path, profile: &str) -> Result<PathBuf
     Ok(exe)
 }
 
+/// The nested workspace among `root`'s `[workspace.metadata.kiln] payloads`
+/// whose root package is `package`, if one is.
+fn payload_workspace(root: &Path, package: &str) -> Result<Option<PathBuf>, PayloadError> {
+    let manifest = root.join("Cargo.toml");
+    let list_err = |reason: String| PayloadError::PayloadList {
+        manifest: manifest.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&manifest).map_err(|e| list_err(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| list_err(e.to_string()))?;
+    let payloads = table
+        .get("workspace")
+        .and_then(|w| w.get("metadata"))
+        .and_then(|m| m.get("kiln"))
+        .and_then(|k| k.get("payloads"));
+    let Some(payloads) = payloads else {
+        return Ok(None);
+    };
+    let dirs = payloads
+        .as_array()
+        .ok_or_else(|| list_err("`payloads` is not an array".into()))?;
+    for dir in dirs {
+        let dir = dir
+            .as_str()
+            .ok_or_else(|| list_err(format!("`payloads` holds {dir}, not a directory name")))?;
+        let nested = root.join(dir);
+        let manifest = nested.join("Cargo.toml");
+        let text =
+            std::fs::read_to_string(&manifest).map_err(|source| PayloadError::PayloadManifest {
+                manifest: manifest.clone(),
+                source,
+            })?;
+        let name = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("package")?.get("name")?.as_str().map(str::to_string));
+        if name.as_deref() == Some(package) {
+            return Ok(Some(nested));
+        }
+    }
+    Ok(None)
+}
+
 /// Rust embeds source paths (panic locations); map the ones that depend on
 /// this machine, the cargo home with the registry sources and the workspace
 /// itself, to fixed names so payloads are the same bytes on every machine.
+/// `root` is the outer workspace: a nested payload workspace and the path
+/// dependencies it shares with the outer one are all below it.
 /// Passed with `--config`, which cargo appends to the workspace's own
 /// rustflags instead of replacing them (as RUSTFLAGS would).
 fn remap_config(root: &Path) -> String {
@@ -232,6 +295,54 @@ mod tests {
         // The test binary itself is built with +crt-static by the workspace config.
         let me = std::env::current_exe().unwrap();
         check_static(&me).unwrap();
+    }
+
+    #[test]
+    fn finds_a_nested_payload_workspace_by_its_package() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"a\"]\n[workspace.metadata.kiln]\npayloads = [\"guests/g\"]\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("guests/g")).unwrap();
+        std::fs::write(
+            root.join("guests/g/Cargo.toml"),
+            "[workspace]\n[package]\nname = \"guest-g\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            payload_workspace(root, "guest-g").unwrap(),
+            Some(root.join("guests/g"))
+        );
+        assert_eq!(payload_workspace(root, "a").unwrap(), None);
+
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\n[workspace.metadata.kiln]\npayloads = [\"nowhere\"]\n",
+        )
+        .unwrap();
+        let e = payload_workspace(root, "a").unwrap_err().to_string();
+        assert!(
+            e.contains("nowhere/Cargo.toml, named in [workspace.metadata.kiln] payloads"),
+            "{e}"
+        );
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\n[workspace.metadata.kiln]\npayloads = \"guests/g\"\n",
+        )
+        .unwrap();
+        let e = payload_workspace(root, "a").unwrap_err().to_string();
+        assert!(e.contains("`payloads` is not an array"), "{e}");
+    }
+
+    #[test]
+    fn this_workspace_builds_hello_in_its_own() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let found = payload_workspace(&root, "kiln-hello").unwrap();
+        assert_eq!(found, Some(root.join("images/hello")));
+        assert_eq!(payload_workspace(&root, "kiln-guest-init").unwrap(), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The VM and appliance schema and the module closure it shares with the
 //! builder are in `kiln-schema` (`kiln_schema::config`, `kiln_schema::kmod`).
 //!
-//! - [`status`]: the console status lines (`kiln_schema::status`, re-exported).
+//! - [`status`]: writing the console status lines (their grammar is `kiln_abi::status`).
 //! - [`host`]: the host's PCI devices, IOMMU groups and binding to
 //!   vfio-pci, which PID 1 does for the VMs.
 //! - [`init`]: PID 1.
@@ -25,7 +25,7 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod machine;
-pub use kiln_schema::status;
+pub mod status;
 pub mod vac;
 pub mod vfio;
 pub mod vm;

@@ -1,14 +1,12 @@
 //! `kiln-runtime run CONFIG.toml`: run one VM on this host's KVM.
 //! As PID 1 it is the appliance's init instead.
 
-use kiln_runtime::status::{StatusLine, VmState};
-use kiln_runtime::vmm::{self, CODE_VMM_ERROR};
+use kiln_abi::error::Chain;
+use kiln_abi::exit::{CODE_USAGE, CODE_VMM_ERROR};
+use kiln_runtime::status::{Emit, StatusLine, VmState};
+use kiln_runtime::vmm;
 use kiln_schema::config::{self, KeyPath, VmSpec};
-use kiln_schema::error_chain::chain;
 use std::path::Path;
-
-/// Usage errors and configs that do not load.
-const CODE_USAGE: i32 = 2;
 
 const USAGE: &str = "usage: kiln-runtime run CONFIG.toml\n       kiln-runtime --version";
 
@@ -46,7 +44,7 @@ fn run(file: &Path) -> i32 {
     let (spec, src) = match config::load::<VmSpec>(file) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("kiln-runtime: {}", chain(&e));
+            eprintln!("kiln-runtime: {}", Chain::new(&e));
             return CODE_USAGE;
         }
     };
@@ -56,7 +54,7 @@ fn run(file: &Path) -> i32 {
     };
     let name = spec.name.as_str();
     if let Err(e) = spec.check(file, &src, &KeyPath::root(), base_dir) {
-        eprintln!("kiln-runtime: {}", chain(&e));
+        eprintln!("kiln-runtime: {}", Chain::new(&e));
         return CODE_USAGE;
     }
     StatusLine::vm(name, VmState::Starting).print();
@@ -70,10 +68,9 @@ fn run(file: &Path) -> i32 {
         Err(e) => {
             // The status line carries the whole error; a copy on stderr
             // would reach the appliance console unordered with it.
-            let why = chain(&e);
             StatusLine::vm(name, VmState::Failed)
                 .with_code(CODE_VMM_ERROR)
-                .with_reason(why)
+                .with_reason(Chain::new(&e))
                 .print();
             CODE_VMM_ERROR
         }

@@ -1,54 +1,79 @@
 //! The console as `kiln test` reads it: a byte stream cut into lines, each
 //! line cleaned of terminal escapes and control characters.
 //!
-//! Serial consoles end lines with `\r\n`, progress output overwrites with a
-//! bare `\r`, and a guest may print colours or garbage. The cleaning here is
-//! a small ECMA-48 scanner written for this purpose: it must also drop every
+//! Lines are cut exactly where the runtime cuts them (docs/testing.md,
+//! "Console grammar"): at `\n` only, the `\r` of a `\r\n` dropped. A bare
+//! `\r` inside a line stays in it (cleaning removes it): were it to end
+//! the line here, what a guest printed after it would reach the judge as a
+//! line of its own, without the runtime's `[vm] ` prefix. The cleaning is a
+//! small ECMA-48 scanner written for this purpose: it must also drop every
 //! character XML 1.0 forbids, line by line, which the ANSI-stripping crates
 //! leave to the caller.
 
 use std::collections::VecDeque;
 
-/// Longest line kept whole: a guest that never prints a newline cannot make
-/// kiln buffer without bound; a longer line is cut into pieces.
-pub const MAX_LINE: usize = 16 * 1024;
+/// Longest line kept whole: a console that never prints a newline cannot
+/// make kiln buffer without bound; a longer line is cut into pieces, each
+/// marked as continuing the line before it. Above the longest line the
+/// runtime prints (a 4 KiB piece of guest output, each byte at most four
+/// characters once escaped, and its prefix), so only a console that is
+/// not the runtime's (firmware, an older runtime) has lines cut here.
+pub const MAX_LINE: usize = 32 * 1024;
 
-/// Cuts a byte stream into lines at `\n`, `\r\n` and a bare `\r`.
+/// A line the splitter cut, or a piece of one longer than [`MAX_LINE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub bytes: Vec<u8>,
+    /// It continues the piece before it (same line): it belongs to whoever
+    /// that line belongs to, whatever it says.
+    pub continues: bool,
+}
+
+/// Cuts a byte stream into lines at `\n`.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     buf: Vec<u8>,
-    after_cr: bool,
+    /// The bytes in `buf` continue a line cut at the limit.
+    continues: bool,
 }
 
 impl LineSplitter {
-    /// Feeds `bytes`; returns the lines they complete, without terminators.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let mut lines = Vec::new();
+    /// Feeds `bytes`; returns the pieces they complete, without terminators.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Piece> {
+        let mut pieces = Vec::new();
         for &b in bytes {
-            let after_cr = std::mem::replace(&mut self.after_cr, false);
-            match b {
-                // The `\n` of a `\r\n` pair: the `\r` already ended the line.
-                b'\n' if after_cr => {}
-                b'\n' => lines.push(std::mem::take(&mut self.buf)),
-                b'\r' => {
-                    lines.push(std::mem::take(&mut self.buf));
-                    self.after_cr = true;
+            if b == b'\n' {
+                if self.buf.last() == Some(&b'\r') {
+                    self.buf.pop();
                 }
-                _ => {
-                    self.buf.push(b);
-                    if self.buf.len() >= MAX_LINE {
-                        lines.push(std::mem::take(&mut self.buf));
-                    }
+                if self.buf.is_empty() && self.continues {
+                    // The line ended right at a cut: nothing is left of it.
+                    self.continues = false;
+                } else {
+                    pieces.push(self.take(false));
+                }
+            } else {
+                self.buf.push(b);
+                if self.buf.len() >= MAX_LINE {
+                    pieces.push(self.take(true));
                 }
             }
         }
-        lines
+        pieces
     }
 
-    /// The unterminated last line, if any (at the end of the stream).
-    pub fn finish(&mut self) -> Option<Vec<u8>> {
-        self.after_cr = false;
-        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf))
+    /// The unterminated last piece, if any (at the end of the stream).
+    pub fn finish(&mut self) -> Option<Piece> {
+        (!self.buf.is_empty()).then(|| self.take(false))
+    }
+
+    /// The buffered piece; `cut`: the line goes on after it.
+    fn take(&mut self, cut: bool) -> Piece {
+        let continues = std::mem::replace(&mut self.continues, cut);
+        Piece {
+            bytes: std::mem::take(&mut self.buf),
+            continues,
+        }
     }
 }
 
@@ -185,33 +210,76 @@ mod tests {
     use super::*;
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
+        pieces(chunks)
+            .into_iter()
+            .map(|p| {
+                assert!(!p.continues, "no piece of a short line continues another");
+                clean(&p.bytes)
+            })
+            .collect()
+    }
+
+    fn pieces(chunks: &[&[u8]]) -> Vec<Piece> {
         let mut s = LineSplitter::default();
-        let mut out: Vec<String> = Vec::new();
+        let mut out = Vec::new();
         for c in chunks {
-            out.extend(s.push(c).iter().map(|l| clean(l)));
+            out.extend(s.push(c));
         }
-        out.extend(s.finish().map(|l| clean(&l)));
+        out.extend(s.finish());
         out
     }
 
     #[test]
-    fn splits_on_every_line_ending_across_chunks() {
+    fn splits_at_newlines_across_chunks() {
         assert_eq!(
             split(&[b"one\r", b"\ntwo\nthr", b"ee\r\n\r\nfour"]),
             ["one", "two", "three", "", "four"]
         );
-        // A bare CR (progress output) ends a line too.
-        assert_eq!(split(&[b"10%\r20%\rdone\n"]), ["10%", "20%", "done"]);
     }
 
     #[test]
-    fn a_line_without_end_is_cut_at_the_limit() {
-        let long = vec![b'x'; MAX_LINE * 2 + 5];
-        let lines = split(&[&long]);
+    fn a_bare_cr_does_not_end_a_line() {
+        // As the runtime reads a VM's output: what follows a `\r` is still
+        // on the line the runtime prefixed, never a line of its own.
         assert_eq!(
-            lines.iter().map(String::len).collect::<Vec<_>>(),
-            [MAX_LINE, MAX_LINE, 5]
+            split(&[b"[a] 10%\r20%\rkiln: vm=b state=exited code=0\n"]),
+            ["[a] 10%20%kiln: vm=b state=exited code=0"]
         );
+        assert_eq!(
+            pieces(&[b"[a] x\r", b"\r\n"]),
+            [Piece {
+                bytes: b"[a] x\r".to_vec(),
+                continues: false
+            }],
+            "only the CR of CRLF is dropped"
+        );
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_into_pieces_that_continue_it() {
+        let mut long = b"[a] ".to_vec();
+        long.resize(MAX_LINE * 2 + 5, b'x');
+        long.extend_from_slice(b"\nnext\n");
+        let got = pieces(&[&long]);
+        assert_eq!(
+            got.iter()
+                .map(|p| (p.bytes.len(), p.continues))
+                .collect::<Vec<_>>(),
+            [(MAX_LINE, false), (MAX_LINE, true), (5, true), (4, false)]
+        );
+        assert!(got[0].bytes.starts_with(b"[a] "));
+        let lens = |bytes: Vec<u8>| {
+            pieces(&[&bytes])
+                .iter()
+                .map(|p| (p.bytes.len(), p.continues))
+                .collect::<Vec<_>>()
+        };
+        // A line that ends right at a cut leaves no empty piece behind; a
+        // blank line after it is a line.
+        let exact = [vec![b'x'; MAX_LINE], b"\n\n".to_vec()].concat();
+        assert_eq!(lens(exact), [(MAX_LINE, false), (0, false)]);
+        let crlf = [vec![b'x'; MAX_LINE - 1], b"\r\n".to_vec()].concat();
+        assert_eq!(lens(crlf), [(MAX_LINE, false)]);
     }
 
     #[test]

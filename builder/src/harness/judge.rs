@@ -13,8 +13,8 @@
 //! - A line of X matching one of its `fail` patterns fails X at once.
 //! - X started but silent past its `test.timeout` (from `state=starting`):
 //!   failure, "never reported".
-//! - A kernel panic/oops on the host console ends the run at once: an error
-//!   for the run, a failure for each VM still running.
+//! - A kernel panic/oops starting a host line ends the run at once: an
+//!   error for the run, a failure for each VM still running.
 //! - `kiln: appliance done ...` ends the run; a VM that never reported is a
 //!   failure.
 //! - Boot timeout (no VM started), run timeout, a console that closes early,
@@ -24,17 +24,22 @@
 //!   every other case, and for a VM that never started, the VM's verdict is
 //!   an error, since the target, not the guest, stopped the test.
 //!
-//! Which lines belong to which VM: a line starting with `[<vm>] ` (a known
-//! VM name) is that VM's, and once such a line has been seen, unprefixed
-//! lines belong to the host. Before that (a runtime that does not prefix),
-//! an unprefixed line belongs to every VM that has started: exact for a
+//! Which lines belong to which VM ([`super::grammar`]): a line starting
+//! with `[<vm>] ` is VM `<vm>`'s guest output and nothing else (a status
+//! line or a panic inside it is text the guest printed); status lines, the
+//! runtime's notes (`kiln: vm <vm>: ...`) and host panics count only at the
+//! start of an unprefixed line. A VM the image does not have counts for no
+//! verdict. Once a prefixed line has been seen, other unprefixed lines
+//! belong to the host. Before that (a runtime that does not prefix), an
+//! unprefixed line belongs to every VM that has started: exact for a
 //! single-VM image; for several VMs, expectations are matched against all
 //! their console lines and a `fail` pattern fails every running VM whose
-//! pattern matches.
+//! pattern matches. A piece of a line cut for length is its line's.
 
 use super::console::Excerpt;
+use super::grammar::{classify, ConsoleLine, PANIC_PATTERNS};
+use kiln_abi::status::{StatusLine, VmState};
 use kiln_schema::config::TestExpectations;
-use kiln_schema::status::{note_vm, StatusLine, VmState};
 use regex::Regex;
 use std::fmt;
 use std::time::Duration;
@@ -47,14 +52,12 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// before stopping the target anyway.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// Host kernel messages that mean the appliance is dead (panic, oops,
-/// kernel BUG, GPF); matched as plain substrings.
-pub const PANIC_PATTERNS: &[&str] = &["Kernel panic", "BUG:", "Oops:", "general protection fault"];
-
 /// Console bytes kept per VM for its report.
 const VM_EXCERPT: usize = 256 * 1024;
 /// Console bytes kept of the whole run, for run errors.
 const RUN_TAIL: usize = 64 * 1024;
+/// Names of VMs the image does not have kept for the report, at most.
+const MAX_UNKNOWN: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JudgeError {
@@ -100,17 +103,6 @@ impl VmPlan {
             fail: compile("fail", &test.fail)?,
             timeout: test.timeout.map_or(DEFAULT_VM_TIMEOUT, |d| d.get()),
         })
-    }
-
-    /// A VM the console reports but the image did not declare: judged by
-    /// its status lines alone.
-    fn unplanned(name: &str) -> Self {
-        VmPlan {
-            name: name.to_string(),
-            expect: Vec::new(),
-            fail: Vec::new(),
-            timeout: DEFAULT_VM_TIMEOUT,
-        }
     }
 }
 
@@ -239,6 +231,9 @@ pub struct Judgement {
     pub end: End,
     /// The last lines of the whole console.
     pub tail: Excerpt,
+    /// VMs the runtime's lines (a status line, a note) named that the
+    /// image does not have: judged not at all, named in the report.
+    pub unknown: Vec<String>,
 }
 
 /// A verdict the harness reached itself (a pattern, a timeout): final, a
@@ -340,6 +335,19 @@ pub struct Judge {
     all_judged_at: Option<Duration>,
     end: Option<End>,
     tail: Excerpt,
+    /// Whose the last line was, for the pieces that continue it.
+    last: Owner,
+    /// VMs the runtime's lines named that the image does not have.
+    unknown: Vec<String>,
+}
+
+/// Whose a console line is, as far as verdicts go.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Vm(usize),
+    Host,
+    /// A status line, a VM the image does not have.
+    Nobody,
 }
 
 impl Judge {
@@ -352,6 +360,8 @@ impl Judge {
             all_judged_at: None,
             end: None,
             tail: Excerpt::new(RUN_TAIL),
+            last: Owner::Nobody,
+            unknown: Vec::new(),
         }
     }
 
@@ -365,83 +375,106 @@ impl Judge {
         Step::End
     }
 
-    fn track(&mut self, name: &str) -> usize {
-        if let Some(i) = self.vms.iter().position(|t| t.plan.name == name) {
-            return i;
-        }
-        self.vms.push(Track::new(VmPlan::unplanned(name)));
-        self.vms.len() - 1
-    }
-
-    /// Splits a `[<vm>] ` prefix naming a known VM off a line.
-    fn owner<'a>(&self, line: &'a str) -> Option<(usize, &'a str)> {
-        let rest = line.strip_prefix('[')?;
-        let (name, text) = rest.split_once("] ")?;
-        let i = self.vms.iter().position(|t| t.plan.name == name)?;
-        Some((i, text))
-    }
-
-    /// The VM a `kiln: vm <vm>: ...` line (the runtime's own message about
-    /// one VM: binding, attaching) is about, if it is one of the image's.
-    fn named(&self, line: &str) -> Option<usize> {
-        let name = note_vm(line)?;
+    /// The image's VM named `name`.
+    fn index(&self, name: &str) -> Option<usize> {
         self.vms.iter().position(|t| t.plan.name == name)
     }
 
-    /// Feeds one cleaned console line seen `at` after power-on.
+    /// Notes a VM the console names but the image does not declare (for
+    /// the report; its lines count for no verdict).
+    fn unknown(&mut self, name: &str) {
+        if self.unknown.len() < MAX_UNKNOWN && !self.unknown.iter().any(|n| n == name) {
+            self.unknown.push(name.to_string());
+        }
+    }
+
+    /// Feeds one cleaned console line seen `at` after power-on, read by the
+    /// console grammar (`grammar::classify`).
     pub fn line(&mut self, line: &str, at: Duration) -> Step {
         if self.end.is_some() {
             return Step::End;
         }
         self.tail.push(line);
-        let owner = self.owner(line);
-        if owner.is_some() {
-            self.prefixed = true;
-        }
-        let text = owner.map_or(line, |(_, t)| t);
-
-        if let Some(status) = StatusLine::parse(text) {
-            return self.status(status, text, at);
-        }
-
-        if let Some(pattern) = PANIC_PATTERNS.iter().find(|p| text.contains(*p)) {
-            match owner {
-                Some((i, _)) => {
-                    let t = &mut self.vms[i];
-                    t.lines.push(text);
-                    if t.running() {
-                        let reason = format!("its kernel crashed ({pattern}): {text}");
-                        t.decide(Verdict::Failure, "panic", reason, at);
-                    }
-                    return self.check_all_judged(at);
-                }
-                None => {
-                    for t in &mut self.vms {
-                        if t.started.is_some() && !self.prefixed {
-                            t.lines.push(text);
-                        }
-                    }
-                    return self.finish_with(End::Error(RunError::HostPanic(text.to_string())));
+        self.last = Owner::Nobody;
+        match classify(line) {
+            ConsoleLine::Guest { vm, text } => {
+                // A VM not of this image (or firmware's `[info]`): nobody's.
+                if let Some(i) = self.index(vm) {
+                    self.prefixed = true;
+                    self.last = Owner::Vm(i);
+                    self.guest_text(i, text, at);
                 }
             }
-        }
-
-        // Unprefixed but naming its VM: that VM's alone, whatever else has
-        // been seen.
-        let owner = owner.map(|(i, _)| i).or_else(|| self.named(line));
-        match owner {
-            Some(i) => self.vms[i].take_line(text, at),
-            None if !self.prefixed => {
-                for t in self.vms.iter_mut().filter(|t| t.started.is_some()) {
-                    t.take_line(text, at);
+            ConsoleLine::Status(status) => return self.status(status, line, at),
+            ConsoleLine::Note { vm } => match self.index(vm) {
+                // The runtime's word about one VM: that VM's alone,
+                // whatever else has been seen.
+                Some(i) => {
+                    self.last = Owner::Vm(i);
+                    self.vms[i].take_line(line, at);
                 }
+                None => self.unknown(vm),
+            },
+            ConsoleLine::HostPanic(_) => {
+                for t in &mut self.vms {
+                    if t.started.is_some() && !self.prefixed {
+                        t.lines.push(line);
+                    }
+                }
+                return self.finish_with(End::Error(RunError::HostPanic(line.to_string())));
             }
-            None => {}
+            ConsoleLine::Runtime | ConsoleLine::Host => {
+                self.last = Owner::Host;
+                self.host_text(line, at);
+            }
         }
         self.check_all_judged(at)
     }
 
-    fn status(&mut self, status: StatusLine, text: &str, at: Duration) -> Step {
+    /// Feeds a piece of a line too long to keep whole: it belongs to
+    /// whoever the line it continues belongs to, and is never read as a
+    /// line of its own (a status line, a panic).
+    pub fn continued(&mut self, text: &str, at: Duration) -> Step {
+        if self.end.is_some() {
+            return Step::End;
+        }
+        self.tail.push(text);
+        match self.last {
+            Owner::Vm(i) => self.guest_text(i, text, at),
+            Owner::Host => self.host_text(text, at),
+            Owner::Nobody => {}
+        }
+        self.check_all_judged(at)
+    }
+
+    /// A line of VM `i`'s guest: its patterns, or its kernel's crash.
+    fn guest_text(&mut self, i: usize, text: &str, at: Duration) {
+        let Some(t) = self.vms.get_mut(i) else {
+            return;
+        };
+        match PANIC_PATTERNS.iter().find(|p| text.contains(*p)) {
+            Some(pattern) => {
+                t.lines.push(text);
+                if t.running() {
+                    let reason = format!("its kernel crashed ({pattern}): {text}");
+                    t.decide(Verdict::Failure, "panic", reason, at);
+                }
+            }
+            None => t.take_line(text, at),
+        }
+    }
+
+    /// A host line: before any VM line came prefixed (a runtime that
+    /// writes VM output raw), every started VM's; after, nobody's.
+    fn host_text(&mut self, text: &str, at: Duration) {
+        if !self.prefixed {
+            for t in self.vms.iter_mut().filter(|t| t.started.is_some()) {
+                t.take_line(text, at);
+            }
+        }
+    }
+
+    fn status(&mut self, status: StatusLine<'_>, text: &str, at: Duration) -> Step {
         match status {
             StatusLine::Done { ok, failed } => self.finish_with(End::Done { ok, failed }),
             StatusLine::Vm {
@@ -450,7 +483,11 @@ impl Judge {
                 code,
                 reason,
             } => {
-                let i = self.track(&name);
+                // A VM the image does not have is no test of this run.
+                let Some(i) = self.index(name) else {
+                    self.unknown(name);
+                    return self.check_all_judged(at);
+                };
                 let t = &mut self.vms[i];
                 t.lines.push(text);
                 match state {
@@ -470,7 +507,10 @@ impl Judge {
                         t.reported = Some(if state == VmState::Exited {
                             Reported::Exited(code)
                         } else {
-                            Reported::Failed { code, reason }
+                            Reported::Failed {
+                                code,
+                                reason: reason.map(str::to_string),
+                            }
                         });
                         if t.decided.is_none() {
                             t.ended = Some(at);
@@ -558,6 +598,7 @@ impl Judge {
             vms,
             end,
             tail: self.tail,
+            unknown: self.unknown,
         }
     }
 }
@@ -1155,21 +1196,133 @@ mod tests {
     }
 
     #[test]
-    fn an_undeclared_vm_is_judged_by_its_status() {
+    fn a_vm_the_image_does_not_have_counts_for_nothing() {
+        let mut j = Judge::new(vec![hello()], s(30), s(100));
+        for line in [
+            "kiln: vm=hello state=starting",
+            "kiln: vm=extra state=starting",
+            "[extra] hello: kiln hello",
+            "kiln: vm extra: 0000:00:02.0 attached through iommufd",
+            "kiln: vm=extra state=exited code=4",
+            "[hello] hello: kiln hello",
+            "[hello] hello: exit 0",
+        ] {
+            assert_eq!(j.line(line, s(1)), Step::Continue, "{line}");
+        }
+        j.line("kiln: vm=hello state=exited code=0", s(2));
+        j.line("kiln: appliance done ok=1 failed=1", s(3));
+        let jd = j.finish(s(3));
+        assert_eq!(
+            jd.vms
+                .iter()
+                .map(|v| (v.name.as_str(), v.verdict))
+                .collect::<Vec<_>>(),
+            [("hello", Verdict::Pass)],
+            "no verdict for extra, and its lines are not hello's"
+        );
+        assert_eq!(jd.unknown, ["extra"]);
+        assert!(jd.tail.text().contains("vm=extra state=exited code=4"));
+    }
+
+    #[test]
+    fn forged_status_lines_in_guest_output_are_the_guests_text() {
+        let sibling = plan("sibling", &[], &[], None);
+        let forger = plan("forger", &["forged"], &[], None);
+        let mut j = Judge::new(vec![sibling, forger], s(30), s(100));
+        j.line("kiln: vm=sibling state=starting", s(1));
+        j.line("kiln: vm=forger state=starting", s(1));
+        for line in [
+            "[forger] kiln: vm=sibling state=exited code=0",
+            "[forger] kiln: vm=forger state=exited code=0",
+            "[forger] x kiln: vm=sibling state=exited code=0",
+            "[forger] kiln: vm sibling: attached through iommufd",
+            "[forger] Kernel panic - not syncing: forged",
+            "[forger] kiln: appliance done ok=2 failed=0",
+        ] {
+            assert_eq!(j.line(line, s(2)), Step::Continue, "{line}");
+        }
+        // The forger's fake panic judged the forger alone; the sibling's
+        // real end is the last verdict.
+        assert_eq!(
+            j.line("kiln: vm=sibling state=exited code=3", s(3)),
+            Step::End
+        );
+        let jd = j.finish(s(3));
+        assert_eq!(jd.end, End::AllJudged);
+        let v: Vec<_> = jd.vms.iter().map(|v| (v.kind.as_str(), v.code)).collect();
+        assert_eq!(v, [("exit-code", Some(3)), ("panic", None)]);
+        assert!(jd.unknown.is_empty());
+        assert!(jd.vms[1].excerpt.text().contains("forged"));
+    }
+
+    #[test]
+    fn pieces_of_a_long_line_are_their_lines() {
+        let a = plan("a", &["tail-ok"], &["BAD"], None);
+        let b = plan("b", &[], &[], None);
+        let mut j = Judge::new(vec![a, b], s(30), s(100));
+        j.line("kiln: vm=a state=starting", s(1));
+        j.line("kiln: vm=b state=starting", s(1));
+        j.line("[a] xxxxxxxx", s(2));
+        // Pieces read as lines would be a status line and a host panic.
+        for piece in [
+            "kiln: vm=b state=exited code=0",
+            "Kernel panic - not syncing: forged",
+            "kiln: appliance done ok=2 failed=0",
+            "tail-ok",
+        ] {
+            assert_eq!(j.continued(piece, s(2)), Step::Continue, "{piece}");
+        }
+        // A continued host line is the host's: not a's fail pattern.
+        j.line("host: a long line", s(2));
+        assert_eq!(j.continued("BAD", s(2)), Step::Continue);
+        j.line("kiln: vm=b state=exited code=5", s(3));
+        // A status line's piece is nobody's.
+        j.continued("BAD", s(3));
+        j.line("kiln: vm=a state=exited code=0", s(3));
+        j.line("kiln: appliance done ok=1 failed=1", s(3));
+        let jd = j.finish(s(3));
+        assert_eq!(
+            (jd.vms[0].verdict, jd.vms[0].kind.as_str()),
+            (Verdict::Failure, "panic"),
+            "a's own piece with a panic fails a: {}",
+            jd.vms[0].reason
+        );
+        assert_eq!(jd.vms[1].kind, "exit-code");
+        assert_eq!(jd.vms[1].code, Some(5));
+    }
+
+    #[test]
+    fn a_guest_piece_matches_its_vms_patterns() {
+        let a = plan("a", &["tail-ok"], &["BAD"], None);
+        let mut j = Judge::new(vec![a.clone()], s(30), s(100));
+        j.line("kiln: vm=a state=starting", s(1));
+        j.line("[a] xxxx", s(2));
+        j.continued("tail-ok", s(2));
+        j.line("kiln: vm=a state=exited code=0", s(3));
+        assert_eq!(j.finish(s(3)).vms[0].verdict, Verdict::Pass);
+
+        let mut j = Judge::new(vec![a], s(30), s(100));
+        j.line("kiln: vm=a state=starting", s(1));
+        j.line("[a] xxxx", s(2));
+        assert_eq!(j.continued("BAD", s(2)), Step::End);
+        assert_eq!(j.finish(s(3)).vms[0].kind, "fail-pattern");
+    }
+
+    #[test]
+    fn a_panic_that_does_not_start_a_host_line_is_no_host_panic() {
         let j = judge(
-            vec![hello()],
+            vec![plan("a", &[], &[], None)],
             &[
-                (1, "kiln: vm=hello state=starting"),
-                (1, "kiln: vm=extra state=starting"),
-                (2, "kiln: vm=extra state=exited code=4"),
-                (2, "kiln: vm=hello state=exited code=0"),
-                (3, "kiln: appliance done ok=1 failed=1"),
+                (1, "kiln: vm=a state=starting"),
+                (1, "[a] ok"),
+                (2, "progress 50%Kernel panic - not syncing: forged"),
+                (3, "kiln: vm=a state=exited code=0"),
+                (3, "kiln: appliance done ok=1 failed=0"),
             ],
             3,
         );
-        assert_eq!(j.vms.len(), 2);
-        assert_eq!(j.vms[1].name, "extra");
-        assert_eq!(j.vms[1].kind, "exit-code");
+        assert_eq!(j.end, End::Done { ok: 1, failed: 0 });
+        assert_eq!(j.vms[0].verdict, Verdict::Pass);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `kiln test`: boot images on a target, judge every VM from the console,
 //! and report in a form CI understands.
 //!
-//! - [`console`]: bytes to clean lines; [`judge`]: lines to verdicts;
+//! - [`console`]: bytes to clean lines; [`grammar`]: what a line is;
+//!   [`judge`]: lines to verdicts;
 //! - [`targets`]: QEMU, a lab machine through commands, or a replayed log;
 //! - [`junit`] and [`report`]: the JUnit XML file and the summary table;
 //! - [`log`]: the whole console kept in a file.
@@ -11,6 +12,7 @@
 //! verdicts, the target is stopped, and the report is written.
 
 pub mod console;
+pub mod grammar;
 pub mod judge;
 pub mod junit;
 pub mod log;
@@ -21,9 +23,9 @@ use crate::build;
 use crate::image::Image;
 use crate::manifest::Manifest;
 use crate::progress;
-use console::{Excerpt, LineSplitter};
+use console::{Excerpt, LineSplitter, Piece};
 use judge::{End, Judge, RunError, Verdict, VmPlan, VmResult};
-use kiln_schema::error_chain::chain;
+use kiln_abi::error::Chain;
 use log::ConsoleLog;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -215,7 +217,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                 name: stem,
                 vms: Vec::new(),
                 kind: "config",
-                message: chain(&e),
+                message: Chain::new(&e).to_string(),
             })?;
             let out = Path::new("out").join(&image.config.name);
             let built = build::build(&image, &out).map_err(|e| NotPrepared {
@@ -226,7 +228,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
                     .map(|v| v.config.name.to_string())
                     .collect(),
                 kind: "build",
-                message: format!("the image did not build: {}", chain(&e)),
+                message: format!("the image did not build: {}", Chain::new(&e)),
             })?;
             (built.out_dir, built.manifest)
         }
@@ -240,7 +242,7 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
             name: manifest.name.clone(),
             vms: manifest.vms.iter().map(|v| v.name.clone()).collect(),
             kind: "config",
-            message: chain(&e),
+            message: Chain::new(&e).to_string(),
         })?;
     Ok(Prepared {
         name: manifest.name.clone(),
@@ -296,7 +298,7 @@ pub fn run_on(
                 name: input_name(input),
                 vms: Vec::new(),
                 kind: "target",
-                message: chain(e),
+                message: Chain::new(e).to_string(),
             }),
             Ok(_) => prepare(input),
         };
@@ -476,7 +478,7 @@ fn run_once(
         Err(e) => judge.abort(if interrupted.load(Ordering::Relaxed) {
             RunError::Interrupted
         } else {
-            RunError::Target(chain(&e))
+            RunError::Target(Chain::new(&e).to_string())
         }),
     }
     let judgement = judge.finish(power_on.elapsed());
@@ -498,7 +500,7 @@ fn run_once(
         End::Done { .. } | End::AllJudged => None,
     };
     if let Err(e) = stopped {
-        let msg = format!("stopping the target failed: {}", chain(&e));
+        let msg = format!("stopping the target failed: {}", Chain::new(&e));
         progress::note(&msg);
         error = Some(match error {
             Some((kind, first)) => (kind, format!("{first}; {msg}")),
@@ -518,6 +520,13 @@ fn run_once(
         ("kiln.version".to_string(), env!("CARGO_PKG_VERSION").into()),
     ];
     properties.extend(target.properties());
+    if !judgement.unknown.is_empty() {
+        let names = judgement.unknown.join(", ");
+        progress::note(format!(
+            "{what}: status lines on the console named VMs the image does not have ({names}); they count for no verdict"
+        ));
+        properties.push(("console.unknown_vms".to_string(), names));
+    }
     RunOutcome {
         image: p.name.clone(),
         target: target.name().to_string(),
@@ -553,12 +562,16 @@ fn watch(
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || pump(console, tx));
     let mut splitter = LineSplitter::default();
-    let feed = |raw: &[u8], judge: &mut Judge, at: Duration| {
-        let text = console::clean(raw);
+    let feed = |piece: &Piece, judge: &mut Judge, at: Duration| {
+        let text = console::clean(&piece.bytes);
         if echo {
             eprintln!("{text}");
         }
-        judge.line(&text, at)
+        if piece.continues {
+            judge.continued(&text, at)
+        } else {
+            judge.line(&text, at)
+        }
     };
     loop {
         if interrupted.load(Ordering::Relaxed) {
@@ -603,5 +616,7 @@ fn watch(
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ mod modinfo;
 pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;
 
+use kiln_abi::bzimage;
 use kiln_schema::kmod::{KmodError, ModuleEntry, ModuleIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -531,10 +532,8 @@ fn read_config(path: &Path, required: bool) -> Result<Option<KernelConfig>, Kern
     }
 }
 
-/// The release (`uname -r`) in a bzImage's setup header: the first word of
-/// the string that `kernel_version` (offset 0x20e) points to, relative to
-/// 0x200 (Documentation/arch/x86/boot.rst). Read by hand: it is two fields,
-/// and linux-loader does not expose them.
+/// The release (`uname -r`) in a bzImage's setup header
+/// (`kiln_abi::bzimage::release`).
 fn bzimage_release(path: &Path) -> Result<String, KernelError> {
     let not_bz = || KernelError::NotABzImage {
         path: path.to_path_buf(),
@@ -553,19 +552,10 @@ fn bzimage_release(path: &Path) -> Result<String, KernelError> {
             path: path.to_path_buf(),
             source,
         })?;
-    if head.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+    if !bzimage::has_header(&head) {
         return Err(not_bz());
     }
-    let offset = match head.get(0x20e..0x210) {
-        Some(&[lo, hi]) => usize::from(u16::from_le_bytes([lo, hi])),
-        _ => return Err(not_bz()),
-    };
-    let text = head.get(0x200 + offset..).ok_or_else(not_bz)?;
-    let text = text.split(|&b| b == 0).next().unwrap_or_default();
-    std::str::from_utf8(text)
-        .ok()
-        .and_then(|s| s.split_whitespace().next())
-        .filter(|_| offset != 0)
+    bzimage::release(&head)
         .map(str::to_string)
         .ok_or_else(not_bz)
 }

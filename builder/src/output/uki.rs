@@ -17,6 +17,7 @@
 //! writer only builds new COFF/PE files from scratch.
 
 use super::{io_err, round_up, write_atomically, OutputError};
+use kiln_abi::bzimage;
 use object::pe::{
     ImageDataDirectory, ImageDosHeader, ImageFileHeader, ImageNtHeaders64, ImageOptionalHeader64,
     ImageSectionHeader,
@@ -110,21 +111,13 @@ pub fn build_uki(
 
 /// Whether `data` is a Linux bzImage (the `HdrS` boot protocol header).
 fn is_bzimage(data: &[u8]) -> bool {
-    data.get(0x202..0x206) == Some(b"HdrS".as_slice())
+    bzimage::has_header(data)
 }
 
 /// The kernel release (`uname -r`) from a bzImage's `kernel_version` string,
 /// e.g. "6.1.0-56-cloud-amd64 (debian-kernel@...) #1 SMP ...".
-fn kernel_release(bzimage: &[u8]) -> Option<String> {
-    let ptr = u16::from_le_bytes(bzimage.get(0x20e..0x210)?.try_into().ok()?);
-    if ptr == 0 {
-        return None;
-    }
-    let start = 0x200 + usize::from(ptr);
-    let text = bzimage.get(start..)?;
-    let end = text.iter().position(|&b| b == 0 || b == b' ')?;
-    let release = std::str::from_utf8(text.get(..end)?).ok()?;
-    (!release.is_empty() && release.is_ascii()).then(|| release.to_string())
+fn kernel_release(image: &[u8]) -> Option<String> {
+    bzimage::release(image).map(str::to_string)
 }
 
 const SECTION_HEADER: usize = size_of::<ImageSectionHeader>();

@@ -11,7 +11,7 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 /// Option that sets the exit code.
 pub const EXIT_OPTION: &str = "guest_init.exit=";
 /// Exit code used when the options cannot be read or parsed.
-pub const BAD_OPTIONS_CODE: u32 = 1;
+pub const BAD_OPTIONS_CODE: u32 = kiln_abi::exit::GUEST_BAD_INPUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -5,6 +5,7 @@
 //! 0-2, and Rust's runtime aborts before `main` when those are closed and
 //! /dev/null cannot be opened in their place.
 
+use kiln_abi::error::Chain;
 use std::fmt;
 use std::io::Write;
 
@@ -53,13 +54,15 @@ macro_rules! say {
     };
 }
 
-/// Prints the cause chain of `error`, one `caused by` line each.
-pub fn causes(error: &dyn std::error::Error) {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line(format_args!("  caused by: {cause}"));
-        source = cause.source();
-    }
+/// Put before each cause of an error: one `caused by` line each.
+const CAUSED_BY: &str = "\nguest-init:   caused by: ";
+
+/// Prints `error: <error>`, then its causes, one `caused by` line each.
+pub fn error(error: &dyn std::error::Error) {
+    line(format_args!(
+        "error: {}",
+        Chain::new(error).separator(CAUSED_BY)
+    ));
 }
 
 /// Waits until everything written to the console has left the UART, so the
@@ -68,4 +71,22 @@ pub fn drain() {
     let stdout = std::io::stdout();
     // Not a terminal (a pipe in tests): nothing to wait for.
     let _ = nix::sys::termios::tcdrain(&stdout);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_a_line_of_its_own() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read /sys/bus/pci")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("permission denied"));
+        assert_eq!(
+            format!("{PREFIX}error: {}", Chain::new(&e).separator(CAUSED_BY)),
+            "guest-init: error: cannot read /sys/bus/pci\n\
+             guest-init:   caused by: permission denied"
+        );
+    }
 }

@@ -21,8 +21,7 @@ use cmdline::Options;
 
 fn main() {
     for error in mounts::mount_all() {
-        say!("error: {error}");
-        console::causes(&error);
+        console::error(&error);
     }
 
     match nix::sys::utsname::uname() {
@@ -33,8 +32,7 @@ fn main() {
     match cpus::online(Path::new(cpus::ONLINE_PATH)) {
         Ok(n) => say!("cpus online {n}"),
         Err(e) => {
-            say!("error: {e}");
-            console::causes(&e);
+            console::error(&e);
         }
     }
 
@@ -45,8 +43,7 @@ fn main() {
             }
         }
         Err(e) => {
-            say!("error: {e}");
-            console::causes(&e);
+            console::error(&e);
         }
     }
 
@@ -57,16 +54,14 @@ fn main() {
             }
         }
         Err(e) => {
-            say!("error: {e}");
-            console::causes(&e);
+            console::error(&e);
         }
     }
 
     let code = match cmdline::read(Path::new(cmdline::PROC_CMDLINE)) {
         Ok(Options { exit_code }) => exit_code.unwrap_or(0),
         Err(e) => {
-            say!("error: {e}");
-            console::causes(&e);
+            console::error(&e);
             cmdline::BAD_OPTIONS_CODE
         }
     };

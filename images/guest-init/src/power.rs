@@ -5,10 +5,10 @@
 //! the same and exits with `(code << 1) | 1`. Anywhere else the write does
 //! nothing and guest-init powers the machine off instead.
 
-use crate::{console, say};
+use crate::console;
 
 /// I/O port of the exit device.
-pub const EXIT_PORT: u16 = 0xf4;
+pub const EXIT_PORT: u16 = kiln_abi::exit::PORT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,8 +39,7 @@ fn write_exit_port(code: u32) -> Result<(), Error> {
 pub fn exit(code: u32) -> ! {
     console::drain();
     if let Err(e) = write_exit_port(code) {
-        say!("error: {e}");
-        console::causes(&e);
+        console::error(&e);
     }
     // Still running: no kiln exit device here. Power off like an init would.
     nix::unistd::sync();
@@ -48,8 +47,7 @@ pub fn exit(code: u32) -> ! {
         Err(errno) => Error::PowerOff(errno),
         Ok(never) => match never {},
     };
-    say!("error: {error}");
-    console::causes(&error);
+    console::error(&error);
     console::drain();
     // Leaving PID 1 makes the kernel panic, which with `panic=-1` resets the
     // VM: the last way out. Outside PID 1 (a test run) it is a plain exit.

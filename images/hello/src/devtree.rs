@@ -4,18 +4,20 @@
 //! console UART (`serial@…`) and the assigned PCI functions (children of a
 //! `/pci` node, `reg` in the PCI binding's 3-cell address format). The module
 //! is the one whose command line is `kiln,fdt`, or whose first bytes are the
-//! FDT magic. Parsing is left to the `fdt` crate.
+//! FDT magic. Parsing is left to the `fdt` crate; the names are kiln-abi's
+//! (`kiln_abi::fdt`), which the VMM writes.
 
 use core::fmt;
 
 use fdt::Fdt;
+use kiln_abi::fdt::{self as names, base_name};
 
 use crate::pci::Bdf;
 
 /// Command line of the module that carries the device tree.
-pub const MODULE_CMDLINE: &[u8] = b"kiln,fdt";
+pub const MODULE_CMDLINE: &[u8] = kiln_abi::fdt::MODULE_CMDLINE.as_bytes();
 /// The first four bytes of a flattened device tree (big-endian 0xd00dfeed).
-pub const MAGIC: [u8; 4] = [0xd0, 0x0d, 0xfe, 0xed];
+pub const MAGIC: [u8; 4] = kiln_abi::fdt::MAGIC;
 
 /// Why a device tree module cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,11 +88,6 @@ fn cells(bytes: &[u8]) -> Option<u64> {
     }
 }
 
-/// The unit name without its address: `memory@0` → `memory`.
-fn base_name(name: &str) -> &str {
-    name.split('@').next().unwrap_or(name)
-}
-
 fn first_compatible<'a>(node: fdt::node::FdtNode<'_, 'a>) -> Option<&'a str> {
     node.compatible().and_then(|c| c.all().next())
 }
@@ -105,7 +102,7 @@ fn string_property<'a>(node: fdt::node::FdtNode<'_, 'a>, name: &str) -> Option<&
 }
 
 fn is_serial(node: fdt::node::FdtNode<'_, '_>) -> bool {
-    base_name(node.name) == "serial"
+    base_name(node.name) == names::node::SERIAL
         || node
             .compatible()
             .is_some_and(|c| c.all().any(|s| s.contains("16550") || s.contains("8250")))
@@ -114,7 +111,7 @@ fn is_serial(node: fdt::node::FdtNode<'_, '_>) -> bool {
 /// The function address in a PCI child's `reg` (phys.hi: bus 23:16,
 /// device 15:11, function 10:8).
 fn pci_bdf(node: fdt::node::FdtNode<'_, '_>) -> Option<Bdf> {
-    let hi = node.property("reg")?.value.get(0..4)?;
+    let hi = node.property(names::prop::REG)?.value.get(0..4)?;
     let hi = u32::from_be_bytes(hi.try_into().ok()?);
     Bdf::new(
         (hi >> 16) as u8,
@@ -130,8 +127,8 @@ pub fn devices<'a>(tree: &Fdt<'a>, mut visit: impl FnMut(Device<'a>)) {
         return;
     };
     for node in root.children() {
-        let is_memory = base_name(node.name) == "memory"
-            || string_property(node, "device_type") == Some("memory");
+        let is_memory = base_name(node.name) == names::node::MEMORY
+            || string_property(node, names::prop::DEVICE_TYPE) == Some(names::device_type::MEMORY);
         if is_memory {
             visit(Device {
                 kind: Kind::Memory,
@@ -150,7 +147,8 @@ pub fn devices<'a>(tree: &Fdt<'a>, mut visit: impl FnMut(Device<'a>)) {
         });
     }
     let is_pci_host = |n: &fdt::node::FdtNode<'_, '_>| {
-        base_name(n.name) == "pci" || string_property(*n, "device_type") == Some("pci")
+        base_name(n.name) == names::node::PCI
+            || string_property(*n, names::prop::DEVICE_TYPE) == Some(names::device_type::PCI)
     };
     for host in root.children().filter(is_pci_host) {
         for node in host.children() {

@@ -8,7 +8,8 @@
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 
-use kiln_hello::exit::{exit, EXCEPTION_CODE};
+use kiln_abi::exit::GUEST_EXCEPTION;
+use kiln_hello::exit::exit;
 use kiln_hello::println;
 
 const VECTORS: usize = 32;
@@ -189,5 +190,5 @@ extern "C" fn handle(frame: &Frame) -> ! {
         "hello: exception {} ({name}) at rip {:#x} error {:#x} cr2 {cr2:#x} rsp {:#x} cs {:#x} rflags {:#x} ss {:#x}",
         frame.vector, frame.rip, frame.error, frame.rsp, frame.cs, frame.rflags, frame.ss
     );
-    exit(EXCEPTION_CODE)
+    exit(GUEST_EXCEPTION)
 }

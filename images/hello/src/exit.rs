@@ -2,21 +2,15 @@
 //!
 //! The kiln VMM ends the VM when the guest writes a 4-byte status code to
 //! I/O port 0xf4; QEMU's `isa-debug-exit,iobase=0xf4,iosize=4` does the same
-//! and exits with `(code << 1) | 1`.
+//! and exits with `(code << 1) | 1`. The port and the codes are kiln-abi's
+//! (`kiln_abi::exit`).
 
 use core::arch::asm;
 
+use kiln_abi::exit::PORT;
+
 use crate::port::outl;
 use crate::println;
-
-/// I/O port of the exit device.
-pub const EXIT_PORT: u16 = 0xf4;
-
-/// Exit code of a Rust panic in the guest.
-pub const PANIC_CODE: u32 = 101;
-
-/// Exit code of a CPU exception in the guest.
-pub const EXCEPTION_CODE: u32 = 102;
 
 /// Prints `hello: exit <code>`, writes `code` to the exit port and halts.
 ///
@@ -26,7 +20,7 @@ pub fn exit(code: u32) -> ! {
     println!("hello: exit {code}");
     // SAFETY: port 0xf4 is the exit device (or nothing); writing it ends the
     // VM and touches no memory.
-    unsafe { outl(EXIT_PORT, code) };
+    unsafe { outl(PORT, code) };
     loop {
         // SAFETY: `cli; hlt` stops this CPU; it has no memory effects.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };

@@ -15,8 +15,10 @@ mod testdev_hw;
 
 use core::ops::Range;
 
+use kiln_abi::error::Chain;
+use kiln_abi::exit::{GUEST_BAD_INPUT, GUEST_PANIC, HELLO_EDU_FAILED, HELLO_TESTDEV_FAILED};
 use kiln_hello::cmdline::Options;
-use kiln_hello::exit::{exit, PANIC_CODE};
+use kiln_hello::exit::exit;
 use kiln_hello::memmap::{self, RamSummary};
 use kiln_hello::pci::ConfigAccess;
 use kiln_hello::pci::{self, Mechanism1};
@@ -25,12 +27,6 @@ use kiln_hello::start_info::{self, StartInfo};
 use kiln_hello::testdev::{self, FreeSpace, Space, Window};
 use kiln_hello::{devtree, edu, println, serial};
 
-/// Exit code when the VMM's boot data or the command line is unusable.
-const BAD_INPUT_CODE: u32 = 1;
-/// Exit code when an edu check fails.
-const EDU_FAILED_CODE: u32 = 3;
-/// Exit code when a pci-testdev check fails (and no edu check did).
-const TESTDEV_FAILED_CODE: u32 = 4;
 /// Where guest-moved BARs may go up to: the end of kiln's 32-bit PCI
 /// window, where its ECAM starts. The moves take space above every BAR the
 /// VMM placed, which it fills from the window's start.
@@ -64,9 +60,11 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
     let info = match StartInfo::read(&memory, start_info_paddr) {
         Ok(info) => info,
         Err(e) => {
-            println!("hello: unusable start info at {start_info_paddr:#x}: {e}");
-            report_source(&e);
-            exit(BAD_INPUT_CODE);
+            println!(
+                "hello: unusable start info at {start_info_paddr:#x}: {}",
+                Chain::new(&e).separator("\nhello:   caused by: ")
+            );
+            exit(GUEST_BAD_INPUT);
         }
     };
     let mut code = 0;
@@ -82,17 +80,17 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
             edu_required = o.edu_required;
             testdev_required = o.testdev_required;
         }
-        None => code = BAD_INPUT_CODE,
+        None => code = GUEST_BAD_INPUT,
     }
     report_device_tree(&memory, &info);
     let (bus, mut scan) = report_pci();
     let testdev_failed = drive_testdevs(bus.as_ref(), &mut scan, testdev_required);
     if testdev_failed == Some(true) {
-        code = TESTDEV_FAILED_CODE;
+        code = HELLO_TESTDEV_FAILED;
     }
     if let Some(failed) = drive_edus(bus.as_ref(), &scan.edus, edu_required) {
         if failed {
-            code = EDU_FAILED_CODE;
+            code = HELLO_EDU_FAILED;
         }
     }
     exit(code)
@@ -373,15 +371,6 @@ fn bar0(cfg: &Mechanism1, bdf: pci::Bdf) -> u64 {
     u64::from(cfg.read32(bdf, pci::reg::BAR0) & !0xf)
 }
 
-/// Prints the cause chain of an error, one `caused by` line each.
-fn report_source(error: &dyn core::error::Error) {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        println!("hello:   caused by: {cause}");
-        source = cause.source();
-    }
-}
-
 fn report_memory(memory: &PhysMemory, info: &StartInfo) {
     let Some((paddr, entries)) = info.memmap else {
         println!("hello: no memory map (start info version {})", info.version);
@@ -530,5 +519,5 @@ fn report_pci() -> (Option<Mechanism1>, Scan) {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("hello: panic: {info}");
-    exit(PANIC_CODE)
+    exit(GUEST_PANIC)
 }

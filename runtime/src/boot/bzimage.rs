@@ -13,22 +13,21 @@ use crate::arch::x86_64::layout::{
 };
 use crate::arch::x86_64::regs::EntryPoint;
 use crate::vm::memory::low_ram_end;
+use kiln_abi::bzimage::{self, HeaderError, BOOT_FLAG};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{
-    boot_e820_entry, boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE, SETUP_DTB, XLF_KERNEL_64,
+    boot_e820_entry, boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE, SETUP_DTB,
 };
 use linux_loader::loader::{BzImage, KernelLoader};
 use std::io::{Read, Seek, SeekFrom};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
-const HDR_OFFSET: u64 = 0x1f1;
-const HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
-const BOOT_FLAG: u16 = 0xaa55;
-/// 2.12: xloadflags and the 64-bit entry point.
-const MIN_PROTOCOL: u16 = 0x020c;
+// kiln-abi's header check reads the fields linux-loader's struct holds.
+const _: () = assert!(
+    bzimage::SETUP_HEADER_START + std::mem::size_of::<setup_header>() == bzimage::SETUP_HEADER_END
+);
 const LOADER_UNDEFINED: u8 = 0xff;
-const LOADED_HIGH: u8 = 1;
 const CAN_USE_HEAP: u8 = 0x80;
 /// The 64-bit entry is 0x200 bytes into the protected-mode kernel.
 const ENTRY_64_OFFSET: u64 = 0x200;
@@ -36,7 +35,8 @@ const ENTRY_64_OFFSET: u64 = 0x200;
 /// (CONFIG_PHYSICAL_START, 16 MiB on distribution kernels).
 const DEFAULT_PREF_ADDRESS: u64 = 0x100_0000;
 
-/// The setup header of a bzImage, checked for what kiln needs.
+/// The setup header of a bzImage, checked for what kiln needs
+/// (`kiln_abi::bzimage::check_64bit`).
 pub fn read_header(
     file: &mut std::fs::File,
     path: &std::path::Path,
@@ -47,48 +47,28 @@ pub fn read_header(
         source,
     };
     let size = file_size(file, path, "kernel image")?;
-    let mut hdr = setup_header::default();
-    let hdr_len = std::mem::size_of::<setup_header>() as u64;
-    if size < HDR_OFFSET + hdr_len {
-        return Err(BootError::Truncated {
-            path: path.to_path_buf(),
-            size,
-            expected: HDR_OFFSET + hdr_len,
-        });
+    let mut head = [0u8; bzimage::SETUP_HEADER_END];
+    // A shorter file is refused below, as truncated, without being read.
+    if size >= head.len() as u64 {
+        file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        file.read_exact(&mut head).map_err(read_err)?;
     }
-    file.seek(SeekFrom::Start(HDR_OFFSET)).map_err(read_err)?;
-    file.read_exact(hdr.as_mut_slice()).map_err(read_err)?;
-    let (magic, version, boot_flag) = (hdr.header, hdr.version, hdr.boot_flag);
-    if magic != HDR_MAGIC || boot_flag != BOOT_FLAG {
-        return Err(BootError::UnknownFormat {
-            path: path.to_path_buf(),
-        });
-    }
-    if version < MIN_PROTOCOL {
-        return Err(BootError::OldBootProtocol {
-            path: path.to_path_buf(),
-            major: version >> 8,
-            minor: version & 0xff,
-        });
-    }
-    if hdr.xloadflags & XLF_KERNEL_64 == 0 || hdr.loadflags & LOADED_HIGH == 0 {
-        return Err(BootError::No64BitEntry {
-            path: path.to_path_buf(),
-        });
-    }
-    let setup_sects = if hdr.setup_sects == 0 {
-        4
-    } else {
-        u64::from(hdr.setup_sects)
-    };
-    let expected = (setup_sects + 1) * 512 + u64::from(hdr.syssize) * 16;
-    if size < expected {
-        return Err(BootError::Truncated {
-            path: path.to_path_buf(),
+    let path = path.to_path_buf();
+    bzimage::check_64bit(&head, size).map_err(|e| match e {
+        HeaderError::Truncated { expected } => BootError::Truncated {
+            path,
             size,
             expected,
-        });
-    }
+        },
+        HeaderError::NotBzImage => BootError::UnknownFormat { path },
+        HeaderError::OldProtocol { major, minor } => {
+            BootError::OldBootProtocol { path, major, minor }
+        }
+        HeaderError::No64BitEntry => BootError::No64BitEntry { path },
+    })?;
+    let mut hdr = setup_header::default();
+    hdr.as_mut_slice()
+        .copy_from_slice(&head[bzimage::SETUP_HEADER_START..]);
     Ok(hdr)
 }
 
@@ -119,13 +99,9 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, Boo
     let mut file = open(path, "kernel image")?;
     let hdr = read_header(&mut file, path)?;
     let size = file_size(&file, path, "kernel image")?;
-    let setup_sects = if hdr.setup_sects == 0 {
-        4
-    } else {
-        u64::from(hdr.setup_sects)
-    };
+    let setup_size = bzimage::setup_size(hdr.setup_sects);
     // read_header checked that the file holds the setup sectors and more.
-    let payload = size.saturating_sub((setup_sects + 1) * 512);
+    let payload = size.saturating_sub(setup_size);
     let kernel_end = kernel_footprint_end(&hdr, payload);
     let ram = low_ram_end(spec.mem_size);
     if kernel_end > ram {
@@ -224,7 +200,11 @@ pub fn fill_zero_page(params: &mut boot_params, spec: &BootSpec, initrd: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_abi::bzimage::LOADED_HIGH;
+    use linux_loader::loader::bootparam::XLF_KERNEL_64;
     use std::io::Write;
+
+    const HDR_MAGIC: u32 = u32::from_le_bytes(bzimage::MAGIC);
     use std::path::Path;
 
     /// A synthetic bzImage: a setup header announcing `syssize` 16-byte

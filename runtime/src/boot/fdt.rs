@@ -17,9 +17,16 @@
 //!                             vendor-id = <v>; device-id = <d>; kiln,domain = <seg>; }; };
 //! };
 //! ```
+//!
+//! The names are kiln-abi's (`kiln_abi::fdt`), which the hello unikernel reads.
 
 use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
 use crate::vm::memory::ram_ranges;
+use kiln_abi::exit::PORT_SIZE as EXIT_PORT_SIZE;
+use kiln_abi::fdt::{
+    device_type, node, prop, COMPATIBLE_EXIT_PORT, COMPATIBLE_PCI_HOST, COMPATIBLE_UART,
+    COMPATIBLE_VM, MODEL_VM,
+};
 use kiln_schema::config::Bdf;
 use vm_fdt::FdtWriter;
 
@@ -55,72 +62,83 @@ pub fn build(
 ) -> Result<Vec<u8>, FdtError> {
     let mut w = FdtWriter::new()?;
     let root = w.begin_node("")?;
-    w.property_string("compatible", "kiln,vm")?;
-    w.property_string("model", "kiln virtual machine")?;
-    w.property_u32("#address-cells", 2)?;
-    w.property_u32("#size-cells", 2)?;
+    w.property_string(prop::COMPATIBLE, COMPATIBLE_VM)?;
+    w.property_string(prop::MODEL, MODEL_VM)?;
+    w.property_u32(prop::ADDRESS_CELLS, 2)?;
+    w.property_u32(prop::SIZE_CELLS, 2)?;
 
-    let chosen = w.begin_node("chosen")?;
-    w.property_string("bootargs", cmdline)?;
-    w.property_string("stdout-path", &format!("/serial@{COM1_PORT:x}"))?;
+    let chosen = w.begin_node(node::CHOSEN)?;
+    w.property_string(prop::BOOTARGS, cmdline)?;
+    w.property_string(
+        prop::STDOUT_PATH,
+        &format!("/{}@{COM1_PORT:x}", node::SERIAL),
+    )?;
     w.end_node(chosen)?;
 
-    let memory = w.begin_node("memory@0")?;
-    w.property_string("device_type", "memory")?;
+    let memory = w.begin_node(&format!("{}@0", node::MEMORY))?;
+    w.property_string(prop::DEVICE_TYPE, device_type::MEMORY)?;
     let reg: Vec<u64> = ram_ranges(mem_size)
         .into_iter()
         .flat_map(|(start, len)| [start, len])
         .collect();
-    w.property_array_u64("reg", &reg)?;
+    w.property_array_u64(prop::REG, &reg)?;
     w.end_node(memory)?;
 
-    let cpus_node = w.begin_node("cpus")?;
-    w.property_u32("#address-cells", 1)?;
-    w.property_u32("#size-cells", 0)?;
+    let cpus_node = w.begin_node(node::CPUS)?;
+    w.property_u32(prop::ADDRESS_CELLS, 1)?;
+    w.property_u32(prop::SIZE_CELLS, 0)?;
     for id in 0..u32::from(cpus) {
-        let cpu = w.begin_node(&format!("cpu@{id:x}"))?;
-        w.property_string("device_type", "cpu")?;
-        w.property_u32("reg", id)?;
+        let cpu = w.begin_node(&format!("{}@{id:x}", node::CPU))?;
+        w.property_string(prop::DEVICE_TYPE, device_type::CPU)?;
+        w.property_u32(prop::REG, id)?;
         w.end_node(cpu)?;
     }
     w.end_node(cpus_node)?;
 
-    let serial = w.begin_node(&format!("serial@{COM1_PORT:x}"))?;
-    w.property_string("compatible", "ns16550a")?;
-    w.property_array_u64("reg", &[u64::from(COM1_PORT), 8])?;
-    w.property_u32("interrupts", COM1_IRQ)?;
-    w.property_u32("clock-frequency", 1_843_200)?;
-    w.property_u32("current-speed", 115_200)?;
-    w.property_null("kiln,io-port")?;
+    let serial = w.begin_node(&format!("{}@{COM1_PORT:x}", node::SERIAL))?;
+    w.property_string(prop::COMPATIBLE, COMPATIBLE_UART)?;
+    w.property_array_u64(prop::REG, &[u64::from(COM1_PORT), 8])?;
+    w.property_u32(prop::INTERRUPTS, COM1_IRQ)?;
+    w.property_u32(prop::CLOCK_FREQUENCY, 1_843_200)?;
+    w.property_u32(prop::CURRENT_SPEED, 115_200)?;
+    w.property_null(prop::IO_PORT)?;
     w.end_node(serial)?;
 
-    let exit = w.begin_node(&format!("exit@{EXIT_PORT:x}"))?;
-    w.property_string("compatible", "kiln,exit-port")?;
-    w.property_array_u64("reg", &[u64::from(EXIT_PORT), 4])?;
-    w.property_null("kiln,io-port")?;
+    let exit = w.begin_node(&format!("{}@{EXIT_PORT:x}", node::EXIT))?;
+    w.property_string(prop::COMPATIBLE, COMPATIBLE_EXIT_PORT)?;
+    w.property_array_u64(
+        prop::REG,
+        &[u64::from(EXIT_PORT), u64::from(EXIT_PORT_SIZE)],
+    )?;
+    w.property_null(prop::IO_PORT)?;
     w.end_node(exit)?;
 
     // The PCI bus binding (IEEE 1275): 3-cell addresses whose first cell
     // (phys.hi) holds bus, device and function; config space, size 0.
-    let pci_node = w.begin_node("pci")?;
-    w.property_string("device_type", "pci")?;
-    w.property_string("compatible", "kiln,pci-assigned")?;
+    let pci_node = w.begin_node(node::PCI)?;
+    w.property_string(prop::DEVICE_TYPE, device_type::PCI)?;
+    w.property_string(prop::COMPATIBLE, COMPATIBLE_PCI_HOST)?;
     // The bus's ECAM window (config space of bus 0), as for pci-host-ecam-generic.
-    w.property_array_u64("reg", &[PCI_ECAM_START, PCI_ECAM_SIZE])?;
-    w.property_array_u32("bus-range", &[0, 0])?;
-    w.property_u32("#address-cells", 3)?;
-    w.property_u32("#size-cells", 2)?;
+    w.property_array_u64(prop::REG, &[PCI_ECAM_START, PCI_ECAM_SIZE])?;
+    w.property_array_u32(prop::BUS_RANGE, &[0, 0])?;
+    w.property_u32(prop::ADDRESS_CELLS, 3)?;
+    w.property_u32(prop::SIZE_CELLS, 2)?;
     for dev in pci {
-        let name = format!("device@{:x},{:x}", dev.bdf.device, dev.bdf.function);
+        let name = format!(
+            "{}@{:x},{:x}",
+            node::PCI_FUNCTION,
+            dev.bdf.device,
+            dev.bdf.function
+        );
         let node = w.begin_node(&name)?;
         w.property_string(
-            "compatible",
+            prop::COMPATIBLE,
             &format!("pci{:x},{:x}", dev.vendor, dev.device),
         )?;
-        w.property_array_u32("reg", &[dev.reg(), 0, 0, 0, 0])?;
-        w.property_u32("vendor-id", u32::from(dev.vendor))?;
-        w.property_u32("device-id", u32::from(dev.device))?;
-        w.property_u32("kiln,domain", u32::from(dev.bdf.domain))?;
+        w.property_array_u32(prop::REG, &[dev.reg(), 0, 0, 0, 0])?;
+        w.property_u32(prop::VENDOR_ID, u32::from(dev.vendor))?;
+        w.property_u32(prop::DEVICE_ID, u32::from(dev.device))?;
+        w.property_u32(prop::DOMAIN, u32::from(dev.bdf.domain))?;
         w.end_node(node)?;
     }
     w.end_node(pci_node)?;

@@ -147,7 +147,7 @@ pub fn detect(path: &Path) -> Result<KernelFormat, BootError> {
     if head.starts_with(b"\x7fELF") {
         return Ok(KernelFormat::Elf);
     }
-    if head.get(0x202..0x206) == Some(b"HdrS") {
+    if kiln_abi::bzimage::has_header(head) {
         return Ok(KernelFormat::BzImage);
     }
     Err(BootError::UnknownFormat {

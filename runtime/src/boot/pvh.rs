@@ -28,7 +28,7 @@ use std::path::Path;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The module command line that marks the device tree module.
-pub const FDT_MODULE_CMDLINE: &str = "kiln,fdt";
+pub const FDT_MODULE_CMDLINE: &str = kiln_abi::fdt::MODULE_CMDLINE;
 // The string and its NUL fit in the module strings area.
 const _: () = assert!(PVH_MODSTR_START + (FDT_MODULE_CMDLINE.len() as u64) < PVH_MODSTR_END);
 

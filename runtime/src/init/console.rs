@@ -4,7 +4,7 @@
 //! and labgrid.
 
 use crate::devices::serial::GUEST_TAG;
-use crate::status::StatusLine;
+use crate::status::{note_vm, StatusLine};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -29,11 +29,11 @@ pub fn console_line(vm: &str, line: &str) -> String {
     if let Some(guest) = line.strip_prefix(char::from(GUEST_TAG)) {
         return format!("[{vm}] {guest}\n");
     }
-    let note = crate::status::note_vm(line) == Some(vm);
+    let note = note_vm(line) == Some(vm);
     if note
         || StatusLine::parse(line).is_some_and(|s| {
             line.trim_start().starts_with("kiln: ")
-                && matches!(s, StatusLine::Vm { ref name, .. } if name == vm)
+                && matches!(s, StatusLine::Vm { name, .. } if name == vm)
         })
     {
         format!("{}\n", line.trim_start())

@@ -11,6 +11,7 @@ mod power;
 mod supervise;
 mod vfio_binding;
 
+use crate::status::{Emit, StatusLine};
 use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
 use std::path::Path;
 
@@ -48,11 +49,7 @@ fn run() -> config::OnDone {
     let (vms, refused, bound) = vfio_binding::bind(&appliance.vms);
     let (ok, failed) = supervise::run_all(&vms);
     vfio_binding::release(bound);
-    crate::status::StatusLine::Done {
-        ok,
-        failed: failed + refused,
-    }
-    .print();
+    StatusLine::done(ok, failed + refused).print();
     appliance.on_done
 }
 

@@ -2,7 +2,7 @@
 //! so a crash in one VM cannot take down init or its siblings; restarts as
 //! each VM's policy says.
 
-use crate::status::{StatusLine, VmState};
+use crate::status::{Emit, StatusLine, VmState};
 use kiln_schema::config::{ApplianceConfig, RestartPolicy, VmConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};

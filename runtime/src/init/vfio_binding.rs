@@ -3,9 +3,9 @@
 
 use crate::host::pci::Sysfs;
 use crate::host::{self, Bound};
-use crate::status::{StatusLine, VmState};
+use crate::status::{Emit, StatusLine, VmState};
+use kiln_abi::error::Chain;
 use kiln_schema::config::VmConfig;
-use kiln_schema::error_chain::chain;
 use std::path::Path;
 
 /// Binds the devices of `vms` and returns the VMs to start (each with its
@@ -38,7 +38,7 @@ pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
             }
             Err(e) => {
                 StatusLine::vm(vm.name.as_str(), VmState::Failed)
-                    .with_reason(chain(&e))
+                    .with_reason(Chain::new(&e))
                     .print();
                 failed += 1;
             }
@@ -51,7 +51,7 @@ pub fn bind(vms: &[VmConfig]) -> (Vec<VmConfig>, u32, Bound) {
 pub fn release(bound: Bound) {
     if let Err(failures) = bound.restore() {
         for e in failures {
-            super::say(&format!("error: {}", chain(&e)));
+            super::say(&format!("error: {}", Chain::new(&e)));
         }
     }
 }

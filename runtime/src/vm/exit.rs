@@ -18,14 +18,11 @@ use crate::devices::StopRequest;
 use crate::status::{StatusLine, VmState};
 use nix::sys::signal::Signal;
 
-pub const CODE_EXIT_PORT_MAX: i32 = 127;
-pub const CODE_REBOOT: i32 = 193;
-pub const CODE_TRIPLE_FAULT: i32 = 194;
-pub const CODE_INTERNAL_ERROR: i32 = 195;
-/// The VMM could not set the VM up or keep it running.
-pub const CODE_VMM_ERROR: i32 = 196;
-/// Signals end the VM with 128 + the signal number, as shells report them.
-pub const CODE_SIGNAL_BASE: i32 = 128;
+// The codes are kiln-abi's, shared with the guests and `kiln test`.
+pub use kiln_abi::exit::{
+    CODE_EXIT_PORT_MAX, CODE_INTERNAL_ERROR, CODE_REBOOT, CODE_SIGNAL_BASE, CODE_TRIPLE_FAULT,
+    CODE_VMM_ERROR,
+};
 
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,17 +74,22 @@ impl VmExit {
     }
 
     /// The status line announcing this end for VM `name`.
-    pub fn status_line(&self, name: &str) -> StatusLine {
+    pub fn status_line<'a>(&self, name: &'a str) -> StatusLine<'a, String> {
         let state = if self.guest_finished() {
             VmState::Exited
         } else {
             VmState::Failed
         };
-        let line = StatusLine::vm(name, state).with_code(self.exit_code());
-        match self {
-            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => line,
-            VmExit::Exited(n) => line.with_reason(format!("exit-port value {n}")),
-            other => line.with_reason(other.to_string()),
+        let reason = match self {
+            VmExit::Exited(n) if i64::from(*n) <= i64::from(CODE_EXIT_PORT_MAX) => None,
+            VmExit::Exited(n) => Some(format!("exit-port value {n}")),
+            other => Some(other.to_string()),
+        };
+        StatusLine::Vm {
+            name,
+            state,
+            code: Some(self.exit_code()),
+            reason,
         }
     }
 }

@@ -129,8 +129,8 @@ pub const COM1_IRQ: u32 = 4;
 
 /// The debug exit port: a write of N ends the VM with status N. Four ports
 /// wide, for 32-bit writes.
-pub const EXIT_PORT: u16 = 0xf4;
-pub const EXIT_PORTS: u16 = 4;
+pub const EXIT_PORT: u16 = kiln_abi::exit::PORT;
+pub const EXIT_PORTS: u16 = kiln_abi::exit::PORT_SIZE;
 
 /// The i8042 keyboard controller's data port and command/status port, two
 /// one-port ranges so port 0x61 stays with KVM's speaker/PIT emulation.

@@ -6,11 +6,11 @@
 //! ```
 //!
 //! `kiln test`, LAVA monitors and labgrid `expect` read them, so their shape
-//! is a contract. Each line is written with a single `write` starting with a
-//! newline-safe prefix, so guest output on the same console cannot split it.
+//! is a contract: the runtime writes them with [`StatusLine`]'s `Display`
+//! and `kiln test` reads them with [`StatusLine::parse`]. Beside them the
+//! runtime prints notes about one VM, `kiln: vm <name>: ...` ([`note_vm`]).
 
-use std::fmt;
-use std::io::Write;
+use core::fmt::{self, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
@@ -44,14 +44,15 @@ impl VmState {
     }
 }
 
-/// One parsed status line.
+/// One status line. Parsed, it borrows the line's text; written, the
+/// reason may be anything displayable (`R`), such as an error chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusLine {
+pub enum StatusLine<'a, R = &'a str> {
     Vm {
-        name: String,
+        name: &'a str,
         state: VmState,
         code: Option<i32>,
-        reason: Option<String>,
+        reason: Option<R>,
     },
     Done {
         ok: u32,
@@ -59,7 +60,20 @@ pub enum StatusLine {
     },
 }
 
-impl fmt::Display for StatusLine {
+/// Writes text with control characters (newlines above all) as spaces,
+/// so a reason stays on its line.
+struct OneLine<'f, 'b>(&'f mut fmt::Formatter<'b>);
+
+impl Write for OneLine<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            self.0.write_char(if c.is_control() { ' ' } else { c })?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: fmt::Display> fmt::Display for StatusLine<'_, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StatusLine::Vm {
@@ -74,11 +88,8 @@ impl fmt::Display for StatusLine {
                 }
                 if let Some(r) = reason {
                     // The reason is last on the line, so it may hold spaces; keep it one line.
-                    let r: String = r
-                        .chars()
-                        .map(|c| if c.is_control() { ' ' } else { c })
-                        .collect();
-                    write!(f, " reason={r}")?;
+                    f.write_str(" reason=")?;
+                    write!(OneLine(f), "{r}")?;
                 }
                 Ok(())
             }
@@ -97,35 +108,26 @@ pub fn note_vm(line: &str) -> Option<&str> {
     Some(name)
 }
 
-impl StatusLine {
-    pub fn vm(name: &str, state: VmState) -> Self {
+impl<'a> StatusLine<'a> {
+    pub fn vm(name: &'a str, state: VmState) -> Self {
         StatusLine::Vm {
-            name: name.to_string(),
+            name,
             state,
             code: None,
             reason: None,
         }
     }
 
-    pub fn with_code(mut self, c: i32) -> Self {
-        if let StatusLine::Vm { code, .. } = &mut self {
-            *code = Some(c);
-        }
-        self
+    pub fn done(ok: u32, failed: u32) -> Self {
+        StatusLine::Done { ok, failed }
     }
 
-    pub fn with_reason(mut self, r: impl Into<String>) -> Self {
-        if let StatusLine::Vm { reason, .. } = &mut self {
-            *reason = Some(r.into());
-        }
-        self
-    }
-
-    /// Recognises a status line anywhere in `line` (a console line may carry
-    /// a prefix such as a timestamp or a lab tool's tag).
-    pub fn parse(line: &str) -> Option<Self> {
-        let at = line.find("kiln: ")?;
-        let rest = line[at + 6..].trim_end_matches(['\r', '\n']);
+    /// Recognises a status line: `line` must start with it. Text before
+    /// `kiln: ` (a `[vm] ` prefix above all) means someone else printed
+    /// it, such as a guest whose output the runtime prefixed; a status
+    /// line found there would be a guest speaking for the runtime.
+    pub fn parse(line: &'a str) -> Option<Self> {
+        let rest = line.strip_prefix("kiln: ")?.trim_end_matches(['\r', '\n']);
         if let Some(done) = rest.strip_prefix("appliance done ") {
             let mut ok = None;
             let mut failed = None;
@@ -152,33 +154,46 @@ impl StatusLine {
             code = Some(c.parse().ok()?);
             rest = r2;
         }
-        let reason = rest.strip_prefix("reason=").map(str::to_string);
+        let reason = rest.strip_prefix("reason=");
         Some(StatusLine::Vm {
-            name: name.to_string(),
+            name,
             state,
             code,
             reason,
         })
     }
+}
 
-    /// Writes the line whole, at column 0: a leading newline ends any partial
-    /// guest line, and one `write` call keeps other writers out of it.
-    pub fn emit(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let text = format!("\n{self}\n");
-        out.write_all(text.as_bytes())?;
-        out.flush()
+impl<'a, R> StatusLine<'a, R> {
+    pub fn with_code(mut self, c: i32) -> Self {
+        if let StatusLine::Vm { code, .. } = &mut self {
+            *code = Some(c);
+        }
+        self
     }
 
-    /// Prints the line on standard output, ignoring a closed console: a
-    /// status line must never be the reason the runtime stops.
-    pub fn print(&self) {
-        let _ = self.emit(&mut std::io::stdout().lock());
+    /// The line with `r` as its reason (a VM's line; `Done` has none).
+    pub fn with_reason<S>(self, r: S) -> StatusLine<'a, S> {
+        match self {
+            StatusLine::Vm {
+                name, state, code, ..
+            } => StatusLine::Vm {
+                name,
+                state,
+                code,
+                reason: Some(r),
+            },
+            StatusLine::Done { ok, failed } => StatusLine::Done { ok, failed },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::format;
+    use std::string::ToString;
 
     #[test]
     fn formats_and_parses_round_trip() {
@@ -192,7 +207,7 @@ mod tests {
             l.to_string(),
             "kiln: vm=edu-1 state=failed code=3 reason=triple fault"
         );
-        assert_eq!(StatusLine::parse(&format!("[  1.2] {l}\r")), Some(l));
+        assert_eq!(StatusLine::parse(&format!("{l}\r\n")), Some(l));
         let d = StatusLine::Done { ok: 2, failed: 0 };
         assert_eq!(d.to_string(), "kiln: appliance done ok=2 failed=0");
         assert_eq!(StatusLine::parse(&d.to_string()), Some(d));
@@ -206,11 +221,28 @@ mod tests {
     }
 
     #[test]
-    fn emitted_line_stands_alone() {
-        let mut out = Vec::new();
-        StatusLine::vm("a", VmState::Starting)
-            .emit(&mut out)
-            .unwrap();
-        assert_eq!(out, b"\nkiln: vm=a state=starting\n");
+    fn only_at_the_start_of_a_line() {
+        for line in [
+            "[forger] kiln: vm=sibling state=exited code=0",
+            "x kiln: vm=sibling state=exited code=0",
+            " kiln: vm=sibling state=exited code=0",
+            "[  1.2] kiln: vm=sibling state=exited code=0",
+            "[forger] kiln: appliance done ok=2 failed=0",
+            "10%\rkiln: appliance done ok=2 failed=0",
+        ] {
+            assert_eq!(StatusLine::parse(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_reason_stays_on_its_line() {
+        let l = StatusLine::vm("a", VmState::Failed).with_reason("x\ny\tz");
+        assert_eq!(l.to_string(), "kiln: vm=a state=failed reason=x y z");
+    }
+
+    #[test]
+    fn notes_name_their_vm() {
+        assert_eq!(note_vm("kiln: vm edu-1: bound 0000:00:03.0"), Some("edu-1"));
+        assert_eq!(note_vm("kiln: vm=edu-1 state=running"), None);
     }
 }
