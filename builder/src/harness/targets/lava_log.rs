@@ -8,10 +8,18 @@
 //! carriage returns and ESC bytes and escaped its double quotes; the quotes
 //! are restored here. LAVA's own results (`lvl: results`) are kept as facts
 //! for the report, never as verdicts.
+//!
+//! Each record has its time (`dt`), so the console keeps its clock: a line's
+//! time counts from the start of the job's second top-level action (the
+//! boot, in a job `kiln lava-job` wrote: QEMU starts, or the board is
+//! powered on), or from the first console line in a log without one. LAVA
+//! stamps a line when it reads it, within moments of the device writing it.
 
+use chrono::NaiveDateTime;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 use std::io::Read;
+use std::time::Duration;
 
 /// xz's magic bytes, for `output.yaml.xz`.
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
@@ -29,6 +37,9 @@ pub enum LavaLogError {
 pub struct LavaLog {
     /// The device's console, a line per record.
     pub console: Vec<u8>,
+    /// The same lines (without their `\n`), each with its time since the
+    /// power-on.
+    pub timeline: Vec<(Duration, Vec<u8>)>,
     /// LAVA's results, in order: (definition, case, result).
     pub results: Vec<(String, String, String)>,
     /// Lines that were not records (a truncated last line, other output).
@@ -48,9 +59,23 @@ impl LavaLog {
 
 #[derive(Deserialize)]
 struct Record {
+    #[serde(default)]
+    dt: Option<String>,
     lvl: String,
     #[serde(default)]
     msg: Value,
+}
+
+/// LAVA's record time: UTC, ISO 8601 without a zone.
+fn time_of(dt: Option<&str>) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(dt?, "%Y-%m-%dT%H:%M:%S%.f").ok()
+}
+
+/// Whether `msg` starts a top-level action (`start: 2 boot-image-retry`).
+fn starts_top_level_action(msg: &str) -> bool {
+    msg.strip_prefix("start: ")
+        .and_then(|rest| rest.split_once(' '))
+        .is_some_and(|(level, _)| !level.is_empty() && level.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether `head`, the first bytes of a file, start a LAVA log.
@@ -84,6 +109,12 @@ pub fn parse(bytes: Vec<u8>) -> Result<LavaLog, LavaLogError> {
     let text = String::from_utf8_lossy(&bytes);
     let mut log = LavaLog::default();
     let mut records = 0usize;
+    let mut top_level_starts = 0usize;
+    let mut power_on = None;
+    // Console lines with their record's time (a record without one takes
+    // the time before it).
+    let mut lines: Vec<(Option<NaiveDateTime>, String)> = Vec::new();
+    let mut last_time = None;
     for line in text.lines() {
         let line = line.trim_end();
         if line.is_empty() {
@@ -95,22 +126,37 @@ pub fn parse(bytes: Vec<u8>) -> Result<LavaLog, LavaLogError> {
             continue;
         };
         records += 1;
+        last_time = time_of(rec.dt.as_deref()).or(last_time);
         match (rec.lvl.as_str(), &rec.msg) {
             ("target" | "feedback", Value::String(msg)) => {
-                log.console
-                    .extend_from_slice(msg.replace("\\\"", "\"").as_bytes());
-                log.console.push(b'\n');
+                lines.push((last_time, msg.replace("\\\"", "\"")));
             }
             ("results", Value::Mapping(_)) => {
                 let field = |k: &str| rec.msg[k].as_str().unwrap_or_default().to_string();
                 log.results
                     .push((field("definition"), field("case"), field("result")));
             }
+            (_, Value::String(msg)) if starts_top_level_action(msg) => {
+                top_level_starts += 1;
+                if top_level_starts == 2 {
+                    power_on = last_time;
+                }
+            }
             _ => {}
         }
     }
     if records == 0 {
         return Err(LavaLogError::NoRecords);
+    }
+    let t0 = power_on.or_else(|| lines.iter().find_map(|(t, _)| *t));
+    for (at, text) in lines {
+        let since = match (at, t0) {
+            (Some(at), Some(t0)) => (at - t0).to_std().unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        log.console.extend_from_slice(text.as_bytes());
+        log.console.push(b'\n');
+        log.timeline.push((since, text.into_bytes()));
     }
     Ok(log)
 }
@@ -152,6 +198,23 @@ mod tests {
             ("kiln-hello".into(), "hello".into(), "pass".into())
         );
         assert_eq!(log.skipped, 0);
+    }
+
+    #[test]
+    fn lines_keep_their_time_from_the_boot_action() {
+        let log = format!(
+            "{}\n{}\n{RUN}",
+            r#"{"dt": "2026-12-06T11:59:33.405615", "lvl": "info", "msg": "start: 1 deployimages (timeout 00:10:00) [common]"}"#,
+            r#"{"dt": "2026-12-06T11:59:34.000000", "lvl": "info", "msg": "start: 2 boot-image-retry (timeout 00:02:00) [common]"}"#,
+        );
+        let log = parse(log.into_bytes()).unwrap();
+        let times: Vec<u128> = log.timeline.iter().map(|(t, _)| t.as_millis()).collect();
+        assert_eq!(times, [10800, 10888, 11364, 11408, 11408, 11426]);
+        assert_eq!(log.timeline[0].1, b"kiln: vm=hello state=starting");
+        // Without a boot action, time counts from the first console line.
+        let log = parse(RUN.as_bytes().to_vec()).unwrap();
+        assert_eq!(log.timeline[0].0, Duration::ZERO);
+        assert_eq!(log.timeline[2].0, Duration::from_micros(564219));
     }
 
     #[test]

@@ -79,6 +79,13 @@ pub trait Target {
     /// Opens the console, then powers the machine on.
     fn boot(&mut self, image: &Deployable) -> Result<Console, TargetError>;
 
+    /// A recorded console that kept each line's time since power-on (a LAVA
+    /// job log): its lines (without their `\n`), for the judge to read on
+    /// that clock instead of `boot`'s stream. Asked after `boot`.
+    fn timeline(&mut self) -> Option<Vec<(Duration, Vec<u8>)>> {
+        None
+    }
+
     /// Why the console ended, when it ended before the run did.
     fn why_closed(&mut self) -> String {
         "end of the console stream".to_string()

@@ -5,8 +5,10 @@
 //!
 //! A LAVA job log (`output.yaml`, plain or xz, or what `lava-run` printed)
 //! is recognised by its records and read as the device's console
-//! ([`super::lava_log`]); the run is then reported on the target `lava`,
-//! with LAVA's own results as facts beside kiln's verdicts.
+//! ([`super::lava_log`]), on the clock of its records' times, so a VM's
+//! timeout and the boot and run timeouts fall as they did in the job; the
+//! run is reported on the target `lava`, with LAVA's own results as facts
+//! beside kiln's verdicts.
 
 use super::lava_log::{self, LavaLog};
 use super::{Console, Deployable, Target, TargetError};
@@ -86,6 +88,10 @@ impl Target for ReplayTarget {
         let console = std::io::Cursor::new(log.console.clone());
         self.lava_log = Some(log);
         Ok(Box::new(console))
+    }
+
+    fn timeline(&mut self) -> Option<Vec<(std::time::Duration, Vec<u8>)>> {
+        self.lava_log.as_ref().map(|log| log.timeline.clone())
     }
 
     fn why_closed(&mut self) -> String {
