@@ -65,6 +65,8 @@ pub fn attr(text: &str, name: &str) -> Option<String> {
 /// What `kiln test` said about an image on a target.
 pub struct Judged {
     pub code: Option<i32>,
+    /// The JUnit report's path.
+    pub report: PathBuf,
     pub cases: Vec<Case>,
     pub junit: String,
     pub run: Finished,
@@ -73,6 +75,7 @@ pub struct Judged {
 /// `kiln test DIR --target TARGET --junit JUNIT`, with `env` added to its
 /// environment, bounded in time.
 pub fn kiln_test(dir: &Path, target: &str, junit: &Path, env: &[(&str, String)]) -> Judged {
+    let junit_path = junit;
     let mut cmd = Command::new(crate::kiln());
     cmd.arg("test")
         .arg(dir)
@@ -98,6 +101,7 @@ pub fn kiln_test(dir: &Path, target: &str, junit: &Path, env: &[(&str, String)])
     });
     Judged {
         code: run.code(),
+        report: junit_path.to_path_buf(),
         cases: testcases(&junit),
         junit,
         run,
@@ -105,8 +109,21 @@ pub fn kiln_test(dir: &Path, target: &str, junit: &Path, env: &[(&str, String)])
 }
 
 /// Asserts `got` (through a lab engine) says what `want` (the emulated
-/// target) said: exit code and every testcase's outcome.
+/// target) said: exit code and every testcase's outcome, in a report that
+/// validates against kiln's JUnit schema (tests/data/junit.xsd).
 pub fn assert_same_verdicts(engine: &str, got: &Judged, want: &Judged) {
+    let xsd = root().join("tests/data/junit.xsd");
+    let lint = Command::new("xmllint")
+        .args(["--noout", "--schema"])
+        .arg(&xsd)
+        .arg(&got.report)
+        .output()
+        .unwrap_or_else(|e| panic!("xmllint cannot run ({e}): run tests/setup"));
+    assert!(
+        lint.status.success(),
+        "{engine}'s report does not validate:\n{}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
     assert_eq!(
         (got.code, &got.cases),
         (want.code, &want.cases),
