@@ -153,6 +153,22 @@ pub struct Encoder<W: Write> {
     inner: Inner<W>,
 }
 
+// The compressors' state is not worth printing: the format says what it is.
+impl<W: Write> std::fmt::Debug for Encoder<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let format = match self.inner {
+            Inner::None(_) => "none",
+            Inner::Gzip(_) => "gzip",
+            Inner::Zstd(_) => "zstd",
+            Inner::Xz(_) => "xz",
+            Inner::Lz4(_) => "lz4",
+        };
+        f.debug_struct("Encoder")
+            .field("format", &format)
+            .finish_non_exhaustive()
+    }
+}
+
 enum Inner<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),

@@ -157,6 +157,9 @@ pub struct TargetSection {
     pub qemu_args: Vec<String>,
 }
 
+/// The range of `target.memory` (the emulated machine's RAM).
+pub const TARGET_MEMORY_RANGE: (ByteSize, ByteSize) = (ByteSize::mib(128), ByteSize::gib(1024));
+
 fn default_target_memory() -> ByteSize {
     ByteSize::mib(2048)
 }
@@ -264,6 +267,11 @@ impl Image {
                 "expected at least 1 CPU".into(),
             ));
         }
+        config
+            .target
+            .memory
+            .check_range(TARGET_MEMORY_RANGE.0, TARGET_MEMORY_RANGE.1)
+            .map_err(|m| err(KeyPath::parse("target.memory"), m))?;
         let mut vms = Vec::new();
         for (i, path) in config.vms.iter().enumerate() {
             let full = dir.join(path);
@@ -511,6 +519,32 @@ mod tests {
         let e = Image::load(&img).unwrap_err().to_string();
         assert!(
             e.contains("configs/a.toml:2:10: key `memory`: \"64\" has no unit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn target_memory_and_inline_vm_values_are_range_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let inline = "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n";
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image(&format!("[target]\nmemory = \"2T\"\n{inline}")),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:4:1: key `target.memory`: 2T is out of range; expected a size from 128M to 1T"),
+            "{e}"
+        );
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image(&format!("{inline}[vm.restart]\nbackoff = \"2h\"\n")),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:9:1: key `vm[0].restart.backoff`: 2h is out of range; expected a duration from 1ms to 1h"),
             "{e}"
         );
     }

@@ -26,6 +26,7 @@ pub fn note(msg: impl AsRef<str>) {
 
 /// A step of work with an optional byte total. On a terminal it draws a bar;
 /// piped, it prints one line when it starts and one when it finishes.
+#[derive(Debug)]
 pub struct Task {
     bar: Option<ProgressBar>,
     label: String,
@@ -98,6 +99,7 @@ impl Drop for Task {
 }
 
 /// A writer that counts bytes into a task as they pass.
+#[derive(Debug)]
 pub struct CountingWriter<'a, W> {
     pub inner: W,
     pub task: &'a Task,
@@ -115,6 +117,7 @@ impl<W: std::io::Write> std::io::Write for CountingWriter<'_, W> {
 }
 
 /// A reader that counts bytes into a task as they pass.
+#[derive(Debug)]
 pub struct CountingReader<'a, R> {
     pub inner: R,
     pub task: &'a Task,

@@ -8,6 +8,9 @@
 //! modules) into the user cache (`$KILN_CACHE_DIR`, else ~/.cache/kiln);
 //! later runs reuse them.
 
+// An integration test: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln::kernel::{
     module_tree, resolve_with, AptRepo, Kernel, KernelError, KernelOrigin, KernelSource, ModuleTree,
 };

@@ -6,6 +6,9 @@
 //! about 27 MB into the user cache (`$KILN_CACHE_DIR`, else ~/.cache/kiln);
 //! later runs reuse it and take well under a second.
 
+// An integration test: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln::kernel::{module_index, resolve, Kernel, KernelOrigin, KernelSource};
 use kiln_schema::kmod::{KmodError, ModuleEntry, ModuleIndex};
 use std::sync::OnceLock;

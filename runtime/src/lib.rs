@@ -18,6 +18,7 @@
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
 //! - [`vmm`]: running one VM to its end.
+//! - [`watchdog`]: the VMM's heartbeat to PID 1 and its stuck-vCPU check.
 
 pub mod arch;
 pub mod boot;
@@ -30,3 +31,4 @@ pub mod vac;
 pub mod vfio;
 pub mod vm;
 pub mod vmm;
+pub mod watchdog;

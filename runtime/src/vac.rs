@@ -92,7 +92,7 @@ impl Vac {
             }
         })?;
         let found = kvm.get_api_version();
-        if found != KVM_API_VERSION as i32 {
+        if i64::from(found) != i64::from(KVM_API_VERSION) {
             return Err(VacError::ApiVersion {
                 path: path.to_path_buf(),
                 found,

@@ -15,6 +15,7 @@ use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
+use crate::watchdog::{self, Heartbeat, StuckCheck, VcpuClocks};
 use kiln_schema::config::{BootInput, Source, VmConfig, VmSpec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -27,7 +28,14 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 pub use crate::vm::exit::{
     VmExit, CODE_EXIT_PORT_MAX, CODE_INTERNAL_ERROR, CODE_REBOOT, CODE_SIGNAL_BASE,
-    CODE_TRIPLE_FAULT, CODE_VMM_ERROR,
+    CODE_TRIPLE_FAULT, CODE_VCPU_PANIC, CODE_VCPU_STUCK, CODE_VMM_ERROR,
+};
+
+/// How long the VMM waits for its vCPU threads to stop once told to.
+const JOIN_LIMIT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(5)
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +150,8 @@ pub fn run_with(
     }
 
     let ctl = Arc::new(RunControl::new().map_err(VmmError::EventFd)?);
+    let clocks = Arc::new(VcpuClocks::new(vcpus.len()));
+    let mut heartbeat = Heartbeat::from_env();
     install_kick_handler()?;
     let signals = SignalGuard::block_stop_signals()?;
     let setup = started.elapsed();
@@ -150,7 +160,9 @@ pub fn run_with(
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let thread_ctl = ctl.clone();
-        let name = format!("vcpu{}", vcpu.index());
+        let thread_clocks = clocks.clone();
+        let index = vcpu.index();
+        let name = format!("vcpu{index}");
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             // The stop signals stay blocked (the waiting thread takes them),
             // the kick signal must get through.
@@ -159,7 +171,20 @@ pub fn run_with(
                 kick.add(s);
             }
             let _ = kick.thread_unblock();
-            vcpu.run(&thread_ctl)
+            // A panicking vCPU thread ends the VM instead of leaving it
+            // waiting for a stop that no one will request.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                vcpu.run(&thread_ctl, &thread_clocks)
+            }));
+            ran.unwrap_or_else(|payload| {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                thread_ctl.request_stop(VmExit::VcpuPanic { index, message });
+                ExitCounts::default()
+            })
         });
         match spawned {
             Ok(t) => threads.push(t),
@@ -172,12 +197,15 @@ pub fn run_with(
         }
     }
 
-    wait_for_stop(&ctl, &signals);
-    let counts = stop_and_join(threads);
+    wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
+    let counts = stop_and_join(threads, &mut heartbeat);
+    heartbeat.stopping();
     drop(signals);
     let exit = ctl
         .exit()
         .unwrap_or_else(|| VmExit::InternalError("the VM stopped without a reason".into()));
+    // The notes the guest provoked beyond their limit, in one line.
+    vm.notes().finish();
     if options.stats {
         print_stats(&machine, started, setup, counts);
         print_attach_stats(&vm, &attached);
@@ -240,9 +268,27 @@ impl Drop for SignalGuard {
     }
 }
 
-/// Sleeps until the VM stops or a stop signal arrives (which stops it).
-fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
+/// Sleeps until the VM stops or a stop signal arrives (which stops it),
+/// waking every [`watchdog::CHECK_EVERY`] to end the VM if a vCPU thread
+/// is stuck, and otherwise to send PID 1 a heartbeat.
+fn wait_for_stop(
+    ctl: &RunControl,
+    signals: &SignalGuard,
+    clocks: &VcpuClocks,
+    heartbeat: &mut Heartbeat,
+) {
+    let check_ms =
+        libc::c_int::try_from(watchdog::CHECK_EVERY.as_millis()).unwrap_or(libc::c_int::MAX);
+    let mut stuck = StuckCheck::new(clocks, Instant::now());
     while !ctl.stopping() {
+        if let Some((index, out)) = stuck.check(clocks, Instant::now()) {
+            ctl.request_stop(VmExit::VcpuStuck {
+                index: u8::try_from(index).unwrap_or(u8::MAX),
+                secs: out.as_secs(),
+            });
+            break;
+        }
+        heartbeat.beat();
         let mut fds = [
             libc::pollfd {
                 fd: ctl.wake_fd().as_raw_fd(),
@@ -258,7 +304,7 @@ fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
         // SAFETY: `fds` is a valid array of two pollfd for the duration of
         // the call, and both descriptors stay open (owned by `ctl` and
         // `signals`, which outlive it).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, check_ms) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -270,7 +316,9 @@ fn wait_for_stop(ctl: &RunControl, signals: &SignalGuard) {
             break;
         }
         if let Ok(Some(info)) = signals.fd.read_signal() {
-            ctl.request_stop(VmExit::Signal(info.ssi_signo as i32));
+            // Signal numbers are at most 64.
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(i32::MAX);
+            ctl.request_stop(VmExit::Signal(signo));
         }
     }
 }
@@ -295,10 +343,16 @@ fn install_kick_handler() -> Result<(), VmmError> {
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop flag,
 /// then joins them all. Kicks repeat because one can land just before a
-/// thread enters KVM_RUN.
-fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCounts {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// thread enters KVM_RUN. A thread still running after [`JOIN_LIMIT`] is
+/// stuck outside KVM_RUN: it is left behind (the process exit ends it)
+/// rather than waited for forever.
+fn stop_and_join(
+    threads: Vec<std::thread::JoinHandle<ExitCounts>>,
+    heartbeat: &mut Heartbeat,
+) -> ExitCounts {
+    let deadline = Instant::now() + JOIN_LIMIT;
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        heartbeat.beat();
         for t in threads.iter().filter(|t| !t.is_finished()) {
             // SAFETY: the thread has not been joined (we hold its handle),
             // so its pthread_t is valid; the signal's handler is a no-op.
@@ -307,7 +361,7 @@ fn stop_and_join(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> ExitCount
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut total = ExitCounts::default();
-    for t in threads {
+    for t in threads.into_iter().filter(|t| t.is_finished()) {
         if let Ok(c) = t.join() {
             total += c;
         }
@@ -337,7 +391,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
     let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={}\n",
+        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} notes_held={}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
@@ -346,6 +400,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
         counts.mmio_bar,
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
+        vm.notes().held(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
@@ -356,7 +411,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
         let mem: u64 = vm.memory().iter().map(|r| r.len()).sum();
         // One write, like the other stats line.
         let line = format!(
-            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={}\n",
+            "kiln-runtime: stats vfio devices={} guest_mib={} attach_ms={:.1} open_ms={:.1} dma_map_ms={:.1} dma_mib={} backend={} gsi_routing_commits={}\n",
             attached.devices.len(),
             mem >> 20,
             attached.elapsed.as_secs_f64() * 1e3,
@@ -364,6 +419,7 @@ fn print_attach_stats(vm: &Vm, attached: &Attached) {
             s.dma_map.as_secs_f64() * 1e3,
             s.dma_bytes >> 20,
             attached.kind.map_or("-", |k| k.name()),
+            vm.routing_commits(),
         );
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
@@ -378,7 +434,9 @@ fn resident_guest_kib(vm: &Vm) -> (u64, u64) {
         let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
             continue;
         };
-        let len = region.len() as usize;
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
         let mut vec = vec![0u8; len.div_ceil(page)];
         // SAFETY: `host..host+len` is a live mapping owned by the VM's guest
         // memory, and `vec` has one byte per page of it.
@@ -494,6 +552,70 @@ mod tests {
         let exit = runner.join().unwrap().unwrap();
         assert_eq!(exit, VmExit::Signal(libc::SIGTERM));
         assert_eq!(exit.exit_code(), 143);
+    }
+
+    #[test]
+    fn a_panicking_vcpu_thread_ends_its_vm() {
+        use crate::vm::vcpu::test_triggers::PANIC_PORT;
+        // out PANIC_PORT, al; jmp $ (vCPU 1 waits for a SIPI that never comes)
+        let (dir, cfg) = tiny_guest(&[0xe6, PANIC_PORT.to_le_bytes()[0], 0xeb, 0xfe], 2);
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert_eq!(
+            exit,
+            VmExit::VcpuPanic {
+                index: 0,
+                message: "test-only vCPU panic".into()
+            }
+        );
+        assert_eq!(exit.exit_code(), CODE_VCPU_PANIC);
+        assert_eq!(
+            exit.status_line("t").to_string(),
+            "kiln: vm=t state=failed code=197 reason=vcpu-panic: vCPU 0 panicked: test-only vCPU panic"
+        );
+    }
+
+    #[test]
+    fn a_vcpu_stuck_outside_kvm_run_ends_its_vm_without_waiting_for_it() {
+        use crate::vm::vcpu::test_triggers::STALL_PORT;
+        // A guest spinning in KVM_RUN is not stuck: vCPU 1 never leaves it.
+        let (dir, cfg) = tiny_guest(&[0xe6, STALL_PORT.to_le_bytes()[0], 0xeb, 0xfe], 2);
+        let started = Instant::now();
+        let exit = run(&cfg, dir.path()).unwrap();
+        assert!(
+            matches!(exit, VmExit::VcpuStuck { index: 0, .. }),
+            "{exit:?}"
+        );
+        assert_eq!(exit.exit_code(), CODE_VCPU_STUCK);
+        assert!(exit
+            .to_string()
+            .starts_with("vcpu-stuck: vCPU 0 stayed outside KVM_RUN for "));
+        // The stalled thread sleeps for a minute; the VMM does not wait.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_spinning_guest_is_not_stuck() {
+        let (dir, cfg) = tiny_guest(&[0xeb, 0xfe], 1); // jmp $
+        let (tx, rx) = mpsc::channel();
+        let base = dir.path().to_path_buf();
+        let runner = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            run_observed(&cfg, &base, &mut || tx.send(me).unwrap())
+        });
+        let thread = rx.recv().unwrap();
+        // Well past STUCK_AFTER (300 ms in tests).
+        std::thread::sleep(Duration::from_millis(1000));
+        // SAFETY: the runner thread is alive until the VM stops.
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
+        assert_eq!(
+            runner.join().unwrap().unwrap(),
+            VmExit::Signal(libc::SIGTERM)
+        );
     }
 
     #[test]

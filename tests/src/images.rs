@@ -71,6 +71,7 @@ pub fn run(dir: &Path, timeout: Duration) -> Finished {
 }
 
 /// What `kiln test` said and wrote.
+#[derive(Debug)]
 pub struct Tested {
     pub run: Finished,
     /// The JUnit report.

@@ -1,6 +1,9 @@
 //! Helpers for kiln's end-to-end tests: build the `kiln` binary once, run it,
 //! and boot images on the emulated target with a deadline.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod direct_boot;
 pub mod engines;
 pub mod images;
@@ -59,6 +62,7 @@ pub fn require_qemu() {
 }
 
 /// A finished run of a child process with its combined console output.
+#[derive(Debug)]
 pub struct Finished {
     pub output: String,
     pub status: Option<std::process::ExitStatus>,

@@ -8,6 +8,9 @@
 //! Needs QEMU and archive.ubuntu.com (about 52 MB into the kiln cache the
 //! first time).
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{images, require_qemu, root};
 use std::collections::BTreeMap;
 use std::time::Duration;

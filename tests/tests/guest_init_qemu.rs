@@ -5,6 +5,9 @@
 //! Needs `qemu-system-x86_64` and apt (the kernel comes from Debian's
 //! `linux-image-cloud-amd64`, cached); fails, never skips, without them.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -3,6 +3,9 @@
 //! on the emulated target and on a lab machine made of QEMU
 //! (tests/lab/fake-qemu-lab.toml), driven through the `command` target.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{kiln, require_qemu, root, run_kiln, run_with_timeout};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,6 +5,9 @@
 //! Every process of a run is found through /proc by a variable only that
 //! run's processes carry in their environment (kiln passes its own on).
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{kiln, require_qemu, root};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;

@@ -4,6 +4,9 @@
 //! Needs `qemu-system-x86_64` (`apt-get install qemu-system-x86`); fails,
 //! never skips, without it.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! emulated target (QEMU TCG q35, SVM, Intel IOMMU), where the runtime runs
 //! as PID 1 and reports on the console.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::images::build_in;
 use kiln_tests::{require_qemu, root, run_kiln, run_with_timeout};
 use std::path::{Path, PathBuf};

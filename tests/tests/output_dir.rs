@@ -3,6 +3,9 @@
 //! complete new output; the next build succeeds and removes what the killed
 //! ones left.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::images::{self, scratch};
 use kiln_tests::{kiln, root, run_kiln};
 use std::collections::BTreeMap;

@@ -4,6 +4,9 @@
 //! that then never appears. Each boot is one appliance that powers off by
 //! itself; the console is judged line by line.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::images;
 use kiln_tests::{lines, require_qemu, root, run_kiln, Finished};
 use std::time::{Duration, Instant};
@@ -335,4 +338,101 @@ fn kiln_build_refuses_an_unknown_module_with_suggestions() {
         "a refused build wrote {}",
         file.display()
     );
+}
+
+/// A Linux guest whose VMM may use less memory than the guest has RAM: the
+/// guest touches more than that while its kernel unpacks (and `memtest=1`
+/// writes all of it), so the kernel's OOM killer ends the VMM inside its
+/// cgroup. `extra` goes after [vm.boot].
+fn hog_vm(name: &str, extra: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\nmemory = \"256M\"\n[vm.boot]\nkernel = \"debian:linux-image-cloud-amd64\"\n\
+         initrd = {{ init = \"cargo:kiln-guest-init\" }}\ncmdline = \"console=ttyS0 reboot=k panic=-1 quiet memtest=1\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_vmm_over_its_memory_limit_is_oom_killed_and_restarted_and_backoff_is_capped() {
+    require_qemu();
+    let started = Instant::now();
+    let dir = images::scratch("pid1/limits");
+    let text = image(
+        "limits",
+        "",
+        &format!(
+            "{}{}{}",
+            hog_vm(
+                "hog",
+                "[vm.limits]\nmemory = \"40M\"\n[vm.restart]\npolicy = \"on-failure\"\nmax = 1\nbackoff = \"100ms\"\n"
+            ),
+            hello_vm(
+                "flaky",
+                3,
+                "[vm.restart]\npolicy = \"on-failure\"\nmax = 3\nbackoff = \"100ms\"\nmax_backoff = \"250ms\"\n"
+            ),
+            hello_vm("steady", 0, "")
+        ),
+    );
+    let out = dir.join("out");
+    images::build(&images::write(&dir, "limits.toml", &text), &out);
+    let run = images::run(&out, Duration::from_secs(400));
+    powered_off(&run);
+    // PID 1 confined the VMM, and the kernel's OOM killer ended it there.
+    assert!(
+        !run.output.contains("run without memory and process limits"),
+        "{}",
+        run.output
+    );
+    let oom = "state=failed code=137 reason=out of memory: the VMM reached its memory limit \
+               of 40M (cgroup memory.max) and the kernel's OOM killer ended it; \
+               give it more with `limits.memory`";
+    assert_eq!(
+        states(&run.output, "hog"),
+        [
+            "state=starting",
+            "state=running",
+            oom,
+            "state=restarting reason=attempt 1 of 1 in 100ms",
+            "state=starting",
+            "state=running",
+            oom,
+        ],
+        "{}",
+        run.output
+    );
+    // The delay doubles up to max_backoff.
+    let restarts: Vec<&str> = states(&run.output, "flaky")
+        .into_iter()
+        .filter(|s| s.starts_with("state=restarting"))
+        .collect();
+    assert_eq!(
+        restarts,
+        [
+            "state=restarting reason=attempt 1 of 3 in 100ms",
+            "state=restarting reason=attempt 2 of 3 in 200ms",
+            "state=restarting reason=attempt 3 of 3 in 250ms",
+        ],
+        "{}",
+        run.output
+    );
+    // The sibling ran to its end, and PID 1 kept going to the done line,
+    // with its own peak memory just before it.
+    assert!(
+        run.has_line("kiln: vm=steady state=exited code=0"),
+        "{}",
+        run.output
+    );
+    let lines: Vec<&str> = run.lines().collect();
+    let done = lines
+        .iter()
+        .position(|l| *l == "kiln: appliance done ok=1 failed=2")
+        .unwrap_or_else(|| panic!("no done line:\n{}", run.output));
+    let peak = lines[..done]
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("kiln: init memory peak_kib="))
+        .unwrap_or_else(|| panic!("no peak memory line before done:\n{}", run.output));
+    let kib: u64 = peak.parse().unwrap();
+    assert!(kib > 0 && kib < 64 * 1024, "PID 1 peaked at {kib} KiB");
+    report("OOM kill in a cgroup, backoff cap (build + boot)", started);
 }

@@ -3,6 +3,9 @@
 //! the emulated target to the runtime's status lines, the way it would boot
 //! a real machine from a USB stick, and rebuilding gives the same bytes.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{require_qemu, root, run_kiln};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

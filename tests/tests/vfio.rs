@@ -5,6 +5,9 @@
 //! MSI-X and INTx, a Linux guest reads a device's expansion ROM only when
 //! its VM asks for it, and bad assignments fail alone.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{kiln, require_qemu, root, run_with_timeout};
 use std::path::Path;
 use std::process::Command;
@@ -359,14 +362,14 @@ fn expansion_rom(len: usize, pattern: &[u8], vendor: u16, device: u16) -> Vec<u8
     let mut rom = vec![0u8; len];
     rom[..2].copy_from_slice(&[0x55, 0xaa]);
     rom[2..2 + pattern.len()].copy_from_slice(pattern);
-    rom[0x18..0x1a].copy_from_slice(&(PCIR as u16).to_le_bytes());
+    rom[0x18..0x1a].copy_from_slice(&u16::try_from(PCIR).unwrap().to_le_bytes());
     let pcir = &mut rom[PCIR..PCIR + 0x18];
     pcir[..4].copy_from_slice(b"PCIR");
     pcir[4..6].copy_from_slice(&vendor.to_le_bytes());
     pcir[6..8].copy_from_slice(&device.to_le_bytes());
     pcir[10..12].copy_from_slice(&0x18u16.to_le_bytes());
     pcir[12] = 3; // PCI 3.0 data structure
-    pcir[16..18].copy_from_slice(&((len / 512) as u16).to_le_bytes());
+    pcir[16..18].copy_from_slice(&u16::try_from(len / 512).unwrap().to_le_bytes());
     pcir[20] = 3; // EFI image
     pcir[21] = 0x80; // the last image
     rom

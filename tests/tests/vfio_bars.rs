@@ -5,6 +5,9 @@
 //! BARs, and moves each of the three BARs to free space: the device must
 //! answer at the new place and the old one must read all-ones.
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::{kiln, require_qemu, root, run_with_timeout};
 use std::process::Command;
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! lines, and the Debian cloud kernel boots as a guest to kiln-guest-init on
 //! two vCPUs. (images/hello.toml itself is booted by image.rs and harness.rs.)
 
+// kiln-tests is test code throughout: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::images::{self, Tested};
 use kiln_tests::{lines, require_qemu, root};
 use std::path::PathBuf;

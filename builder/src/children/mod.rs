@@ -142,6 +142,7 @@ pub fn spawn(mut cmd: Command, group: ProcessGroup, role: Role) -> io::Result<Su
 }
 
 /// A running child started by [`spawn`]; stopped when dropped.
+#[derive(Debug)]
 pub struct Supervised {
     child: Child,
     key: u64,
@@ -279,7 +280,7 @@ mod tests {
     #[test]
     fn a_dropped_child_is_killed_and_reaped() {
         let c = spawn(sh("exec sleep 60"), ProcessGroup::New, Role::Work).unwrap();
-        let pid = c.id() as i32;
+        let pid = i32::try_from(c.id()).unwrap();
         drop(c);
         assert!(!alive(pid), "killed and reaped, not left a zombie");
     }

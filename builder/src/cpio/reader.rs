@@ -29,6 +29,7 @@ pub type DataFn<'f> = dyn FnMut(&ListedEntry, &mut dyn Read) -> io::Result<()> +
 /// Reads newc archives from a buffered stream, one archive at a time, so a
 /// caller can tell where one ends (e.g. an uncompressed early archive
 /// followed by a compressed one, as the kernel allows).
+#[derive(Debug)]
 pub struct Reader<R> {
     inner: R,
     offset: u64,
@@ -275,9 +276,13 @@ pub fn mode_string(mode: u32) -> String {
     };
     let mut s = String::with_capacity(10);
     s.push(ty);
-    let special = [(0o4000, 's', 'S'), (0o2000, 's', 'S'), (0o1000, 't', 'T')];
-    for (i, (bit, on, off)) in special.into_iter().enumerate() {
-        let shift = 6 - 3 * i as u32;
+    // Owner, group, other: each class's rwx bits and its special bit.
+    let special = [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ];
+    for (shift, bit, on, off) in special {
         let rwx = (mode >> shift) & 0o7;
         s.push(if rwx & 4 != 0 { 'r' } else { '-' });
         s.push(if rwx & 2 != 0 { 'w' } else { '-' });

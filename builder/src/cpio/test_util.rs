@@ -64,7 +64,8 @@ pub(super) fn pseudo_random(n: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x >> 24) as u8
+            // Bits 24..32 of the state.
+            x.to_le_bytes()[3]
         })
         .collect()
 }

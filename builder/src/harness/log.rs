@@ -17,6 +17,7 @@ pub enum LogError {
     },
 }
 
+#[derive(Debug)]
 pub struct ConsoleLog {
     path: PathBuf,
     file: BufWriter<NamedTempFile>,

@@ -855,7 +855,7 @@ mod tests {
         img[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
         img[0x202..0x206].copy_from_slice(b"HdrS");
         let at = 0x800usize;
-        img[0x20e..0x210].copy_from_slice(&((at - 0x200) as u16).to_le_bytes());
+        img[0x20e..0x210].copy_from_slice(&u16::try_from(at - 0x200).unwrap().to_le_bytes());
         img[at..at + version.len()].copy_from_slice(version.as_bytes());
         img
     }

@@ -172,6 +172,8 @@ impl TimeProvider for FixedTime {
 
 /// `epoch` (seconds since 1970, UTC) as a FAT date and time, clamped to
 /// what FAT can store (1980 to 2107).
+// Every field is in range once clamped: year in 1980..=2107, secs < 86400.
+#[allow(clippy::cast_possible_truncation)]
 fn fat_time(epoch: u64) -> fatfs::DateTime {
     const FAT_FIRST: u64 = 315_532_800; // 1980-01-01T00:00:00Z
     let epoch = epoch.max(FAT_FIRST);
@@ -182,7 +184,6 @@ fn fat_time(epoch: u64) -> fatfs::DateTime {
     } else {
         (year, month, day, secs)
     };
-    // Every value below is in range: year in 1980..=2107, secs < 86400.
     fatfs::DateTime {
         date: fatfs::Date {
             year: year as u16,
@@ -482,6 +483,8 @@ impl fmt::Display for DiskListing {
 }
 
 #[cfg(test)]
+// The images here are a few MiB: their sizes and offsets fit every width.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::path::PathBuf;

@@ -257,6 +257,7 @@ pub(crate) fn add_sections(
         size,
     };
     let u32_of = |what: &str, v: u64| u32::try_from(v).map_err(|_| too_large(what, v));
+    let usize_of = |what: &str, v: u64| usize::try_from(v).map_err(|_| too_large(what, v));
 
     for (i, (name, data)) in add.iter().enumerate() {
         let mut raw_name = [0u8; 8];
@@ -295,9 +296,9 @@ pub(crate) fn add_sections(
             object::pod::bytes_of(&header),
         )
         .ok_or_else(corrupt)?;
-        image.resize(raw_ptr as usize, 0);
+        image.resize(usize_of("the image", raw_ptr)?, 0);
         image.extend_from_slice(data);
-        image.resize((raw_ptr + raw_size) as usize, 0);
+        image.resize(usize_of("the image", raw_ptr + raw_size)?, 0);
         next_va = round_up(next_va + len, section_align);
     }
 
@@ -475,7 +476,9 @@ mod tests {
     /// A stand-in bzImage: the boot protocol header and `kernel_version`
     /// string the UKI builder reads, then `len` bytes of a pattern.
     fn fake_bzimage(release: &str, len: usize) -> Vec<u8> {
-        let mut k: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut k: Vec<u8> = (0..len)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
         k[..2].copy_from_slice(b"MZ");
         k[0x202..0x206].copy_from_slice(b"HdrS");
         k[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
@@ -496,7 +499,9 @@ mod tests {
     fn inputs(kernel_len: usize, initrd_len: usize) -> Inputs {
         let dir = tempfile::tempdir().unwrap();
         let kernel_bytes = fake_bzimage("6.1.0-99-test", kernel_len);
-        let initrd_bytes: Vec<u8> = (0..initrd_len).map(|i| (i % 253) as u8 ^ 0x5a).collect();
+        let initrd_bytes: Vec<u8> = (0..initrd_len)
+            .map(|i| u8::try_from(i % 253).unwrap() ^ 0x5a)
+            .collect();
         let kernel = dir.path().join("vmlinuz");
         let initrd = dir.path().join("initramfs.cpio.zst");
         std::fs::write(&kernel, &kernel_bytes).unwrap();
@@ -604,19 +609,19 @@ mod tests {
             prev_raw_end = ptr + raw;
         }
         assert_eq!(
-            uki.len() as u32,
+            u32::try_from(uki.len()).unwrap(),
             prev_raw_end,
             "nothing trails the last section"
         );
         assert_eq!(
             oh.size_of_image(),
-            round_up(prev_end.into(), sa.into()) as u32
+            u32::try_from(round_up(prev_end.into(), sa.into())).unwrap()
         );
         let table_end = {
             let dos = ImageDosHeader::parse(uki.as_slice()).unwrap();
             let mut off = u64::from(dos.nt_headers_offset());
             ImageNtHeaders64::parse(uki.as_slice(), &mut off).unwrap();
-            off as u32 + (secs.len() * SECTION_HEADER) as u32
+            u32::try_from(off).unwrap() + u32::try_from(secs.len() * SECTION_HEADER).unwrap()
         };
         assert!(oh.size_of_headers() >= table_end);
         assert!(oh.size_of_headers() <= secs[0].pointer_to_raw_data.get(LE));
@@ -692,7 +697,7 @@ mod tests {
         let dos = ImageDosHeader::parse(data.as_slice()).unwrap();
         let mut off = u64::from(dos.nt_headers_offset());
         ImageNtHeaders64::parse(data.as_slice(), &mut off).unwrap();
-        let table_end = off as usize + secs.len() * SECTION_HEADER;
+        let table_end = usize::try_from(off).unwrap() + secs.len() * SECTION_HEADER;
         let first = secs
             .iter()
             .map(|s| s.pointer_to_raw_data.get(LE))

@@ -7,7 +7,7 @@ use core::fmt;
 /// Displays an error, then each of its causes (`source()`), outermost
 /// first, each after the separator: `": "` by default, so the whole chain
 /// is one line.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Chain<'a> {
     error: &'a (dyn Error + 'a),
     separator: &'a str,

@@ -28,6 +28,10 @@ pub const CODE_TRIPLE_FAULT: i32 = 194;
 pub const CODE_INTERNAL_ERROR: i32 = 195;
 /// The VMM could not set the VM up or keep it running.
 pub const CODE_VMM_ERROR: i32 = 196;
+/// A vCPU thread panicked (a VMM bug).
+pub const CODE_VCPU_PANIC: i32 = 197;
+/// A vCPU thread stayed outside `KVM_RUN` too long (the VMM hung).
+pub const CODE_VCPU_STUCK: i32 = 198;
 
 // What kiln's own guests write to the exit port on their own failures
 // (a passing run writes the code asked for on its command line, 0 by default).

@@ -10,6 +10,7 @@
 mod boot;
 mod edu_hw;
 mod exceptions;
+mod hostile;
 mod mem;
 mod testdev_hw;
 
@@ -81,6 +82,10 @@ extern "C" fn kmain(start_info_paddr: u64) -> ! {
             testdev_required = o.testdev_required;
         }
         None => code = GUEST_BAD_INPUT,
+    }
+    // `hostile=<mode>`: a guest written to misbehave, for the hostile-guest suite.
+    if let Some(o) = info.cmdline(&memory).ok().and_then(hostile::Options::parse) {
+        hostile::run(&o);
     }
     report_device_tree(&memory, &info);
     let (bus, mut scan) = report_pci();

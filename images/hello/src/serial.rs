@@ -56,6 +56,7 @@ fn put_byte(byte: u8) {
 }
 
 /// A handle on COM1 for `core::fmt`; it holds no state, so any number may exist.
+#[derive(Debug)]
 pub struct Com1;
 
 impl fmt::Write for Com1 {

@@ -141,7 +141,8 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, Boo
     let mut node = Vec::with_capacity(16 + dtb.len());
     node.extend_from_slice(&0u64.to_le_bytes());
     node.extend_from_slice(&SETUP_DTB.to_le_bytes());
-    node.extend_from_slice(&(dtb.len() as u32).to_le_bytes());
+    let dtb_len = u32::try_from(dtb.len()).map_err(|_| BootError::FdtTooLarge(dtb.len()))?;
+    node.extend_from_slice(&dtb_len.to_le_bytes());
     node.extend_from_slice(&dtb);
     mem.write_slice(&node, GuestAddress(FDT_START))
         .map_err(|source| BootError::WriteBootData {
@@ -171,11 +172,16 @@ pub fn fill_zero_page(params: &mut boot_params, spec: &BootSpec, initrd: Option<
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.loadflags |= CAN_USE_HEAP;
     params.hdr.heap_end_ptr = 0xfe00;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    // A constant below 1 MiB.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    }
     params.ext_cmd_line_ptr = 0;
     if let Some((addr, size)) = initrd {
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = size as u32;
+        // The low halves here, the high halves in the ext_ fields.
+        params.hdr.ramdisk_image = (addr & 0xffff_ffff) as u32;
+        params.hdr.ramdisk_size = (size & 0xffff_ffff) as u32;
         params.ext_ramdisk_image = (addr >> 32) as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
@@ -194,7 +200,8 @@ pub fn fill_zero_page(params: &mut boot_params, spec: &BootSpec, initrd: Option<
         };
     }
     params.e820_table = table;
-    params.e820_entries = n as u8;
+    // n <= E820_MAX_ENTRIES_ZEROPAGE (128).
+    params.e820_entries = u8::try_from(n).unwrap_or(u8::MAX);
 }
 
 #[cfg(test)]
@@ -277,7 +284,7 @@ mod tests {
         assert_eq!({ hdr.type_of_loader }, 0xff);
         assert_eq!({ hdr.boot_flag }, 0xaa55);
         assert_eq!({ hdr.header }, HDR_MAGIC);
-        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ hdr.cmd_line_ptr }, u32::try_from(CMDLINE_START).unwrap());
         assert_eq!({ hdr.setup_data }, FDT_START);
         assert_eq!({ zp.acpi_rsdp_addr }, 0xe0000);
         // The initrd sits page-aligned at the top of RAM.

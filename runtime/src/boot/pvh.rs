@@ -161,6 +161,8 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, Boo
             reserved: 0,
         })
         .collect();
+    // One module at most, and a memory map of a handful of entries.
+    #[allow(clippy::cast_possible_truncation)]
     let start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: 1,
@@ -189,6 +191,8 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Loaded, Boo
 }
 
 #[cfg(test)]
+// The test ELF images are a few KiB: their offsets fit every width.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
     use super::*;
     use std::io::Write;

@@ -15,6 +15,7 @@ pub const S5_SLP_TYP: u8 = 5;
 const WAK_STS: u8 = 1 << 7;
 
 /// Offset 0 is the control register, offset 1 the status register.
+#[derive(Debug)]
 pub struct AcpiPm;
 
 impl BusDevice for AcpiPm {

@@ -49,7 +49,7 @@ pub enum Access {
 /// guest probing MMIO cannot grow the map without bound.
 const MAX_UNCLAIMED_ADDRESSES: usize = 1 << 16;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Unclaimed {
     by_address: BTreeMap<u64, u64>,
     total: u64,
@@ -63,6 +63,18 @@ pub struct Bus {
     /// Accesses no device claims: probes such as port 0x80 delays or PCI
     /// config space when nothing is assigned.
     unclaimed: Mutex<Unclaimed>,
+}
+
+// The devices are trait objects: their ranges say where each sits.
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+        let ranges: Vec<_> = ranges.iter().map(|(base, len, _)| (*base, *len)).collect();
+        f.debug_struct("Bus")
+            .field("ranges", &ranges)
+            .field("unclaimed", &self.unclaimed)
+            .finish()
+    }
 }
 
 impl Bus {
@@ -169,7 +181,7 @@ mod tests {
     struct Echo(Vec<(u64, Vec<u8>)>);
     impl BusDevice for Echo {
         fn read(&mut self, _: u64, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(offset.to_le_bytes()[0]);
         }
         fn write(&mut self, _: u64, offset: u64, data: &[u8]) -> Option<StopRequest> {
             self.0.push((offset, data.to_vec()));

@@ -51,24 +51,28 @@ impl Clock {
 
     /// Converts seconds since 1970 (UTC) to a date, by the proleptic
     /// Gregorian calendar (days-from-civil inverted).
+    /// Unsigned throughout: the epoch is day 0, so every term is >= 0.
+    // Every field but the year is in range by construction (day <= 31,
+    // month <= 12, weekday <= 7, hour < 24); the year saturates.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn from_unix(secs: u64) -> Self {
-        let days = (secs / 86_400) as i64;
+        let days = secs / 86_400;
         let rem = secs % 86_400;
         let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
+        let era = z / 146_097;
+        let doe = z % 146_097;
         let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
         let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
         let mp = (5 * doy + 2) / 153;
         let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+        let year = u32::try_from(yoe + era * 400 + u64::from(month <= 2)).unwrap_or(u32::MAX);
         Clock {
             year,
             month,
             day,
             // 1970-01-01 was a Thursday; CMOS counts Sunday as 1.
-            weekday: ((days + 4).rem_euclid(7) + 1) as u8,
+            weekday: ((days + 4) % 7 + 1) as u8,
             hour: (rem / 3600) as u8,
             minute: (rem / 60 % 60) as u8,
             second: (rem % 60) as u8,
@@ -77,10 +81,11 @@ impl Clock {
 }
 
 fn bcd(v: u32) -> u8 {
-    let v = v % 100;
-    ((v / 10) << 4 | (v % 10)) as u8
+    let v = (v % 100) as u8;
+    (v / 10) << 4 | (v % 10)
 }
 
+#[derive(Debug)]
 pub struct Cmos {
     index: u8,
     ram: [u8; 128],

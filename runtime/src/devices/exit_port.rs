@@ -4,6 +4,7 @@
 use super::bus::BusDevice;
 use super::StopRequest;
 
+#[derive(Debug)]
 pub struct ExitPort;
 
 impl BusDevice for ExitPort {

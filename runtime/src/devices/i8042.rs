@@ -11,7 +11,7 @@ use vm_superio::{I8042Device, Trigger};
 /// vm-superio's register offsets from 0x60.
 const COMMAND_OFFSET: u8 = 4;
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 struct ResetLine(Arc<AtomicBool>);
 
 impl Trigger for ResetLine {
@@ -23,6 +23,7 @@ impl Trigger for ResetLine {
 }
 
 /// One i8042 port; both share the controller.
+#[derive(Debug)]
 pub struct I8042Port {
     controller: Arc<Mutex<I8042Device<ResetLine>>>,
     offset: u8,

@@ -4,6 +4,7 @@
 
 use super::bus::BusDevice;
 use super::StopRequest;
+use crate::vm::notes::Stdout;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub enum SerialError {
 }
 
 /// Raises the serial IRQ by signalling an eventfd registered as an irqfd.
+#[derive(Debug)]
 pub struct IrqTrigger(pub EventFd);
 
 impl Trigger for IrqTrigger {
@@ -45,14 +47,16 @@ pub const GUEST_TAG_ENV: &str = "KILN_TAG_GUEST_LINES";
 pub const GUEST_TAG: u8 = 0x1e;
 
 /// Where the guest's serial output goes.
+#[derive(Debug)]
 pub struct ConsoleSink {
     echo: bool,
     log: Option<File>,
     first_output: Arc<OnceLock<Instant>>,
     /// Tag each echoed line ([`GUEST_TAG_ENV`]).
     tag: bool,
-    /// The next echoed byte starts a line.
-    line_start: bool,
+    /// Whether the next byte on stdout starts a line, shared with the
+    /// VMM's notes ([`crate::vm::notes`]).
+    stdout: Stdout,
 }
 
 impl ConsoleSink {
@@ -76,7 +80,7 @@ impl ConsoleSink {
             log,
             first_output: Arc::default(),
             tag: false,
-            line_start: true,
+            stdout: Stdout::default(),
         })
     }
 
@@ -86,20 +90,31 @@ impl ConsoleSink {
         self
     }
 
-    /// `buf` as echoed: with a tag before every line it starts.
-    fn echoed(&mut self, buf: &[u8]) -> Vec<u8> {
-        if !self.tag {
-            return buf.to_vec();
-        }
+    /// Shares stdout's line state with the VM's notes, so a note never
+    /// lands inside a guest line.
+    pub fn sharing(mut self, stdout: Stdout) -> Self {
+        self.stdout = stdout;
+        self
+    }
+
+    /// `buf` as echoed, from the line state `at_start`: with a tag before
+    /// every line it starts, when tagging.
+    fn echoed_from(&self, buf: &[u8], at_start: &mut bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(buf.len() + 8);
         for &b in buf {
-            if self.line_start {
+            if *at_start && self.tag {
                 out.push(GUEST_TAG);
             }
             out.push(b);
-            self.line_start = b == b'\n';
+            *at_start = b == b'\n';
         }
         out
+    }
+
+    #[cfg(test)]
+    fn echoed(&mut self, buf: &[u8]) -> Vec<u8> {
+        let stdout = self.stdout.clone();
+        stdout.with(|at_start| self.echoed_from(buf, at_start))
     }
 
     /// When the guest wrote its first byte (shared with the VM's stats).
@@ -114,8 +129,13 @@ impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.first_output.get_or_init(Instant::now);
         if self.echo {
-            let echoed = self.echoed(buf);
-            let _ = io::stdout().lock().write_all(&echoed);
+            // The line state stays locked until the bytes are out, so a
+            // note cannot slip in between.
+            let stdout = self.stdout.clone();
+            stdout.with(|at_start| {
+                let echoed = self.echoed_from(buf, at_start);
+                let _ = io::stdout().lock().write_all(&echoed);
+            });
         }
         if let Some(f) = &mut self.log {
             let _ = f.write_all(buf);
@@ -134,6 +154,13 @@ impl Write for ConsoleSink {
 /// The UART on the port I/O bus.
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+// vm-superio's UART has no Debug; its state is the guest's business.
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice").finish_non_exhaustive()
+    }
 }
 
 impl SerialDevice {
@@ -226,5 +253,24 @@ mod tests {
         // Untagged when init did not ask (kiln-runtime run by hand).
         let mut plain = ConsoleSink::new(false, None).unwrap();
         assert_eq!(plain.echoed(b"a\nb"), b"a\nb");
+    }
+
+    #[test]
+    fn a_note_amid_a_guest_line_gets_a_line_of_its_own() {
+        use crate::vm::notes::Notes;
+        let cap = Capture::default();
+        let notes = Notes::to("x", Box::new(cap.clone()));
+        let mut sink = ConsoleSink::new(false, None)
+            .unwrap()
+            .tagging_lines(true)
+            .sharing(notes.stdout().clone());
+        let mut out = sink.echoed(b"half a li");
+        notes.note("test", format_args!("a note"));
+        out.extend(cap.0.lock().unwrap().drain(..));
+        out.extend(sink.echoed(b"ne\n"));
+        assert_eq!(out, b"\x1ehalf a li\nkiln: vm x: a note\n\x1ene\n");
+        // At a line start, no empty line first.
+        notes.note("test", format_args!("another"));
+        assert_eq!(&*cap.0.lock().unwrap(), b"kiln: vm x: another\n");
     }
 }

@@ -4,12 +4,14 @@
 //! Init must never die (that is a kernel panic), so every step here reports
 //! its error on the console and carries on to a controlled power-off.
 
+mod cgroup;
 mod console;
 mod modules;
 mod mounts;
 mod power;
 mod supervise;
 mod vfio_binding;
+mod watchdog;
 
 use crate::status::{Emit, StatusLine};
 use kiln_schema::config::{self, ApplianceConfig, APPLIANCE_PATH};
@@ -49,6 +51,10 @@ fn run() -> config::OnDone {
     let (vms, refused, bound) = vfio_binding::bind(&appliance.vms);
     let (ok, failed) = supervise::run_all(&vms);
     vfio_binding::release(bound);
+    // Before the done line, which may end a `kiln test` run.
+    if let Some(kib) = peak_memory_kib() {
+        say(&format!("init memory peak_kib={kib}"));
+    }
     StatusLine::done(ok, failed + refused).print();
     appliance.on_done
 }
@@ -60,10 +66,64 @@ fn load() -> Result<ApplianceConfig, config::ConfigError> {
     Ok(appliance)
 }
 
+/// PID 1's own peak resident memory (VmHWM), in KiB.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_kib(&status)
+}
+
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An error and its causes, outermost first, on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
 /// A line from init itself on the console, whole and at column 0.
 pub(crate) fn say(msg: &str) {
     use std::io::Write;
     let _ = std::io::stdout()
         .lock()
         .write_all(format!("\nkiln: {msg}\n").as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_memory_comes_from_vm_hwm() {
+        let status = "Name:\tinit\nVmPeak:\t   10000 kB\nVmHWM:\t    2345 kB\nVmRSS:\t 2000 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(2345));
+        assert_eq!(vm_hwm_kib("Name: x\n"), None);
+        // This process has one.
+        assert!(peak_memory_kib().is_some_and(|k| k > 0));
+    }
+
+    #[test]
+    fn chains_name_every_cause() {
+        let e = cgroup::CgroupError::Create {
+            path: "/sys/fs/cgroup/kiln".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            chain(&e),
+            "Cannot create /sys/fs/cgroup/kiln: Permission denied (os error 13)"
+        );
+    }
 }

@@ -2,7 +2,12 @@
 
 use nix::mount::{mount, MsFlags};
 
-/// Mounts proc, sysfs, devtmpfs and tmpfs on /run and /tmp. A mount that is
+/// /run holds the VMs' configs and logs (each log at most twice
+/// `console::LOG_MAX`): its size is bounded so that logs can never take the
+/// RAM that PID 1 and the VMs need.
+pub const RUN_OPTIONS: &str = "mode=0755,size=64m";
+
+/// Mounts proc, sysfs, devtmpfs and tmpfs on /run (64 MiB) and /tmp. A mount that is
 /// already there (EBUSY) is fine; any other failure is reported and init
 /// goes on, so the console still tells what happened.
 pub fn mount_early() {
@@ -33,7 +38,7 @@ pub fn mount_early() {
             "/run",
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
+            Some(RUN_OPTIONS),
         ),
         (
             "tmpfs",

@@ -1,12 +1,22 @@
 //! One VMM process per VM (this binary, re-executed as `kiln-runtime run`),
 //! so a crash in one VM cannot take down init or its siblings; restarts as
-//! each VM's policy says.
+//! each VM's policy says. Each VMM runs in its own cgroup (see `cgroup`)
+//! under PID 1's watchdog (see `watchdog`), and a VMM that ends without
+//! saying how its VM ended (killed, out of memory, panicked) gets a
+//! `state=failed` line from PID 1 that says it.
 
+use super::cgroup::{Cgroups, VmCgroup, PIDS_BESIDE_VCPUS};
+use super::watchdog::Watch;
 use crate::status::{Emit, StatusLine, VmState};
-use kiln_schema::config::{ApplianceConfig, RestartPolicy, VmConfig};
+use crate::watchdog::HEARTBEAT_ENV;
+use kiln_schema::config::{ApplianceConfig, ByteSize, RestartPolicy, VmConfig};
+use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +24,9 @@ use std::time::{Duration, Instant};
 /// How long init waits for a device node a VM needs (module loading creates
 /// them asynchronously through devtmpfs).
 const NODE_WAIT: Duration = Duration::from_secs(5);
+
+/// The exit code of a Rust program whose main thread panicked.
+const CODE_RUST_PANIC: i32 = 101;
 
 /// Waits, bounded, for each VM's hypervisor node.
 pub fn wait_for_nodes(appliance: &ApplianceConfig) {
@@ -30,11 +43,18 @@ struct Slot<'a> {
     config_path: PathBuf,
     pid: Option<Pid>,
     /// Copies this VM's output to the console; joined when the VMM exits so
-    /// its last status line comes before anything init prints next.
-    pump: Option<std::thread::JoinHandle<()>>,
+    /// its last status line comes before anything init prints next. It
+    /// says whether that last status line came.
+    pump: Option<std::thread::JoinHandle<bool>>,
     restarts: u32,
     restart_at: Option<Instant>,
     outcome: Option<bool>,
+    cgroup: Option<VmCgroup>,
+    /// The cgroup's OOM kills before this VMM started.
+    oom_kills: u64,
+    watch: Option<Watch>,
+    /// Why PID 1 killed this VMM, when it did.
+    killed: Option<String>,
 }
 
 /// Runs every VM to its end; returns (ok, failed).
@@ -44,6 +64,16 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
     if let Err(e) = std::fs::create_dir_all(dir) {
         super::say(&format!("error: cannot create {}: {e}", dir.display()));
     }
+    let cgroups = match Cgroups::setup() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            super::say(&format!(
+                "note: VMs run without memory and process limits: {}",
+                super::chain(&e)
+            ));
+            None
+        }
+    };
     let mut slots: Vec<Slot> = vms
         .iter()
         .map(|vm| Slot {
@@ -54,6 +84,10 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             restarts: 0,
             restart_at: Some(Instant::now()),
             outcome: None,
+            cgroup: None,
+            oom_kills: 0,
+            watch: None,
+            killed: None,
         })
         .collect();
     for slot in &slots {
@@ -86,9 +120,10 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
                 && s.restart_at.is_some_and(|t| Instant::now() >= t)
             {
                 s.restart_at = None;
-                spawn(s);
+                spawn(s, cgroups.as_ref());
             }
         }
+        watch_all(&mut slots);
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => finished(&mut slots, pid, code, None, stopping),
             Ok(WaitStatus::Signaled(pid, sig, _)) => {
@@ -97,24 +132,108 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             Ok(_) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    let ok = slots.iter().filter(|s| s.outcome == Some(true)).count() as u32;
-    (ok, slots.len() as u32 - ok)
+    let ok = slots.iter().filter(|s| s.outcome == Some(true)).count();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (count(ok), count(slots.len() - ok))
 }
 
-fn spawn(s: &mut Slot) {
+/// Ends every VMM its watchdog finds unresponsive.
+fn watch_all(slots: &mut [Slot]) {
+    let now = Instant::now();
+    for s in slots.iter_mut() {
+        let (Some(pid), Some(watch)) = (s.pid, s.watch.as_mut()) else {
+            continue;
+        };
+        watch.look(now);
+        if let Some(reason) = watch.overdue() {
+            let _ = kill(pid, Signal::SIGKILL);
+            s.killed = Some(reason);
+            s.watch = None;
+        }
+    }
+}
+
+/// Puts VM `s` in its cgroup, with its limits; `None` (and a note) where
+/// that cannot be done.
+fn cgroup_for(s: &Slot, cgroups: Option<&Cgroups>) -> Option<VmCgroup> {
+    let vm = s.vm;
+    let pids = u64::from(vm.vcpus).saturating_add(PIDS_BESIDE_VCPUS);
+    match cgroups?.for_vm(vm.name.as_str(), vm.vmm_memory_limit().bytes(), pids) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            super::say(&format!(
+                "vm {}: runs without memory and process limits: {}",
+                vm.name,
+                super::chain(&e)
+            ));
+            None
+        }
+    }
+}
+
+/// In the child, between fork and exec: joins the VM's cgroup (so that
+/// everything the VMM allocates is charged there) and keeps the heartbeat
+/// pipe open across exec. Only async-signal-safe calls.
+fn enter_child(procs: Option<&CString>, heartbeat: Option<RawFd>) -> std::io::Result<()> {
+    if let Some(procs) = procs {
+        // SAFETY: `procs` is a NUL-terminated path that outlives the call;
+        // open, write and close are async-signal-safe.
+        unsafe {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(err);
+            }
+        }
+    }
+    if let Some(fd) = heartbeat {
+        // SAFETY: `fd` is the write end of a pipe the parent holds open
+        // until after the spawn; clearing FD_CLOEXEC is async-signal-safe.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn spawn(s: &mut Slot, cgroups: Option<&Cgroups>) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
-    let spawned = Command::new(exe)
-        .arg("run")
+    s.cgroup = cgroup_for(s, cgroups);
+    s.oom_kills = s.cgroup.as_ref().map_or(0, VmCgroup::oom_kills);
+    s.killed = None;
+    let beats = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok();
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
         .arg(&s.config_path)
         // Guest lines come tagged, so the pump can tell them from the VMM's.
         .env(crate::devices::serial::GUEST_TAG_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn();
+        .stderr(Stdio::inherit());
+    let beat_fd = beats.as_ref().map(|(_, w)| w.as_raw_fd());
+    if let Some(fd) = beat_fd {
+        cmd.env(HEARTBEAT_ENV, fd.to_string());
+    }
+    let procs = s.cgroup.as_ref().and_then(VmCgroup::procs);
+    // SAFETY: `enter_child` makes only async-signal-safe calls (open,
+    // write, close, fcntl) on data prepared before the fork, and allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || enter_child(procs.as_ref(), beat_fd));
+    }
+    let spawned = cmd.spawn();
+    // The child has its copy of the write end; PID 1 keeps the read end.
+    let beats = beats.map(|(r, _w)| r);
     match spawned {
         Ok(mut child) => {
-            s.pid = Some(Pid::from_raw(child.id() as i32));
+            // Linux PIDs fit an i32 (pid_max is at most 2^22).
+            s.pid = i32::try_from(child.id()).ok().map(Pid::from_raw);
+            s.watch = beats.map(|r| Watch::new(r, Instant::now()));
             if let Some(out) = child.stdout.take() {
                 let (name, echo) = (s.vm.name.to_string(), s.vm.console.echo);
                 s.pump = Some(std::thread::spawn(move || {
@@ -133,6 +252,49 @@ fn spawn(s: &mut Slot) {
     }
 }
 
+/// How a VMM process ended, as PID 1 saw it.
+#[derive(Debug, Default)]
+struct End {
+    code: i32,
+    signal: Option<Signal>,
+    /// Its VM's last status line came through.
+    reported: bool,
+    /// PID 1's watchdog killed it, for this reason.
+    killed: Option<String>,
+    /// The kernel's OOM killer ended it at this `memory.max`.
+    oom_at: Option<u64>,
+}
+
+impl End {
+    /// The `reason=` of the `state=failed` line PID 1 prints, when the VMM
+    /// did not report its VM's end itself (or PID 1 ended it).
+    fn reason(&self) -> Option<String> {
+        if let Some(why) = &self.killed {
+            return Some(why.clone());
+        }
+        if self.reported {
+            return None;
+        }
+        if let Some(limit) = self.oom_at {
+            return Some(format!(
+                "out of memory: the VMM reached its memory limit of {} (cgroup memory.max) \
+                 and the kernel's OOM killer ended it; give it more with `limits.memory`",
+                ByteSize(limit)
+            ));
+        }
+        Some(match self.signal {
+            Some(sig) => format!("VMM process killed by {sig}"),
+            None if self.code == CODE_RUST_PANIC => {
+                "the VMM panicked (exit code 101); its message is above".to_string()
+            }
+            None => format!(
+                "the VMM exited with code {} without reporting how its VM ended",
+                self.code
+            ),
+        })
+    }
+}
+
 /// Records a VMM process's end and decides on a restart.
 fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, stopping: bool) {
     // Orphans reparented to init end up here too; they belong to no slot.
@@ -140,17 +302,29 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
         return;
     };
     s.pid = None;
-    if let Some(pump) = s.pump.take() {
-        let _ = pump.join();
-    }
-    let ok = code == 0;
-    if let Some(sig) = signal {
-        // The VMM died without its own status line: say what happened.
+    s.watch = None;
+    let reported = s
+        .pump
+        .take()
+        .is_some_and(|pump| pump.join().unwrap_or(false));
+    let end = End {
+        code,
+        signal,
+        reported,
+        killed: s.killed.take(),
+        oom_at: s
+            .cgroup
+            .as_ref()
+            .filter(|c| c.oom_kills() > s.oom_kills)
+            .map(|c| c.memory_max),
+    };
+    if let Some(reason) = end.reason() {
         StatusLine::vm(s.vm.name.as_str(), VmState::Failed)
             .with_code(code)
-            .with_reason(format!("VMM process killed by {sig}"))
+            .with_reason(reason)
             .print();
     }
+    let ok = code == 0;
     let policy = s.vm.restart.policy;
     let wants = match policy {
         RestartPolicy::Never => false,
@@ -158,12 +332,8 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
         RestartPolicy::Always => true,
     };
     if wants && !stopping && s.restarts < s.vm.restart.max {
-        let delay =
-            s.vm.restart
-                .backoff
-                .get()
-                .saturating_mul(1 << s.restarts.min(16));
-        s.restarts += 1;
+        let delay = s.vm.restart.delay(s.restarts);
+        s.restarts = s.restarts.saturating_add(1);
         StatusLine::vm(s.vm.name.as_str(), VmState::Restarting)
             .with_reason(format!(
                 "attempt {} of {} in {}ms",
@@ -172,8 +342,122 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
                 delay.as_millis()
             ))
             .print();
-        s.restart_at = Some(Instant::now() + delay);
+        let now = Instant::now();
+        s.restart_at = Some(now.checked_add(delay).unwrap_or(now));
     } else {
         s.outcome = Some(ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vmm_that_reported_its_vm_s_end_gets_no_second_line() {
+        for code in [0, 3, 143, 194, 197] {
+            let end = End {
+                code,
+                reported: true,
+                ..End::default()
+            };
+            assert_eq!(end.reason(), None, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_vmm_that_died_without_a_word_is_reported_with_how() {
+        let panic = End {
+            code: 101,
+            ..End::default()
+        };
+        assert_eq!(
+            panic.reason().unwrap(),
+            "the VMM panicked (exit code 101); its message is above"
+        );
+        let killed = End {
+            code: 128 + 9,
+            signal: Some(Signal::SIGKILL),
+            ..End::default()
+        };
+        assert_eq!(killed.reason().unwrap(), "VMM process killed by SIGKILL");
+        let segv = End {
+            code: 128 + 11,
+            signal: Some(Signal::SIGSEGV),
+            ..End::default()
+        };
+        assert_eq!(segv.reason().unwrap(), "VMM process killed by SIGSEGV");
+        let usage = End {
+            code: 2,
+            ..End::default()
+        };
+        assert_eq!(
+            usage.reason().unwrap(),
+            "the VMM exited with code 2 without reporting how its VM ended"
+        );
+    }
+
+    #[test]
+    fn an_oom_kill_names_the_memory_limit() {
+        let oom = End {
+            code: 137,
+            signal: Some(Signal::SIGKILL),
+            oom_at: Some(96 << 20),
+            ..End::default()
+        };
+        let r = oom.reason().unwrap();
+        assert!(
+            r.starts_with(
+                "out of memory: the VMM reached its memory limit of 96M (cgroup memory.max)"
+            ),
+            "{r}"
+        );
+        assert!(r.contains("limits.memory"), "{r}");
+    }
+
+    #[test]
+    fn a_watchdog_kill_says_so_even_after_the_vm_reported() {
+        let end = End {
+            code: 137,
+            signal: Some(Signal::SIGKILL),
+            killed: Some("watchdog: x".into()),
+            reported: true,
+            ..End::default()
+        };
+        assert_eq!(end.reason().unwrap(), "watchdog: x");
+    }
+
+    #[test]
+    fn the_child_keeps_its_heartbeat_pipe_and_joins_its_cgroup() {
+        // A real fork and exec: `sh` finds the pipe open at the fd number
+        // it was given and writes to it; it has joined the "cgroup" (a plain
+        // file here, which the child writes its "0" into).
+        let dir = tempfile::tempdir().unwrap();
+        let procs_path = dir.path().join("cgroup.procs");
+        std::fs::write(&procs_path, "").unwrap();
+        let procs = CString::new(procs_path.to_str().unwrap()).unwrap();
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let fd = w.as_raw_fd();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(format!("printf . >&{fd}"));
+        // SAFETY: as in `spawn`.
+        unsafe {
+            cmd.pre_exec(move || enter_child(Some(&procs), Some(fd)));
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success());
+        drop(w);
+        let mut buf = [0u8; 4];
+        assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b".");
+        assert_eq!(std::fs::read_to_string(&procs_path).unwrap(), "0");
+        // A cgroup that cannot be joined fails the spawn.
+        let bad = CString::new("/nonexistent/cgroup.procs").unwrap();
+        let mut cmd = Command::new("/bin/true");
+        // SAFETY: as in `spawn`.
+        unsafe {
+            cmd.pre_exec(move || enter_child(Some(&bad), None));
+        }
+        assert!(cmd.status().is_err());
     }
 }

@@ -62,6 +62,16 @@ pub struct Machine {
     vm: Arc<Vm>,
 }
 
+// The devices are trait objects: the VM and their count describe it.
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("vm", &self.vm)
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Machine {
     /// Places the legacy devices on `vm`'s port bus (the console as `cfg`
     /// says), and the PCI root with `pci` (device 1, 2, ... in order) on
@@ -84,7 +94,8 @@ impl Machine {
             vm,
         };
         let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?
-            .tagging_lines(options.tag_guest_lines);
+            .tagging_lines(options.tag_guest_lines)
+            .sharing(m.vm.notes().stdout().clone());
         m.first_output = sink.first_output();
         let sink: Box<dyn Write + Send> = Box::new(sink);
         let irq = m.serial_irq.try_clone().map_err(SerialError::EventFd)?;

@@ -50,6 +50,18 @@ pub struct Attached {
     pub elapsed: Duration,
 }
 
+// The functions are trait objects: the device tree entries describe them.
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("devices", &self.devices)
+            .field("stats", &self.stats)
+            .field("kind", &self.kind)
+            .field("elapsed", &self.elapsed)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens the devices of `cfg.pci` for `vm` and models each as a PCI
 /// function. A VM without devices gets none (its bus has only the host
 /// bridge).

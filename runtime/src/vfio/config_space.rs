@@ -9,10 +9,15 @@
 //! can pass through stay linked; extended capabilities are hidden) and the
 //! MSI and MSI-X capabilities (kept here, turned into routes by the caller).
 //! Everything else, the command register included, goes to the device.
+//!
+//! Accesses of any width (1, 2, 4 or 8 bytes, aligned or not) are split
+//! into the dwords they touch, and each piece goes through the same
+//! virtualization: a wide write never reaches the device past the register
+//! it starts in.
 
 use super::host_function::{HostFunction, ROM_REGION};
 use super::msi::{MsiCap, Msix, MsixChange, CAP_ID_MSI, CAP_ID_MSIX};
-use crate::devices::pci::BarKind;
+use crate::devices::pci::{for_each_dword, BarKind};
 
 pub const COMMAND: u16 = 0x04;
 pub const CMD_IO: u16 = 1 << 0;
@@ -111,15 +116,47 @@ impl Rom {
     }
 }
 
-/// What a config write changed, for the caller to act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigChange {
-    None,
+/// What a config write changed, for the caller to act on; a write that
+/// spans registers may change several things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConfigChange {
     /// A BAR or ROM address or the decode enables changed: re-place the
     /// BARs.
-    Bars,
-    Msi,
-    Msix(MsixChange),
+    pub bars: bool,
+    pub msi: bool,
+    pub msix: MsixChange,
+}
+
+impl ConfigChange {
+    pub const NONE: ConfigChange = ConfigChange {
+        bars: false,
+        msi: false,
+        msix: MsixChange::None,
+    };
+    pub const BARS: ConfigChange = ConfigChange {
+        bars: true,
+        ..Self::NONE
+    };
+    pub const MSI: ConfigChange = ConfigChange {
+        msi: true,
+        ..Self::NONE
+    };
+
+    pub fn msix(change: MsixChange) -> ConfigChange {
+        ConfigChange {
+            msix: change,
+            ..Self::NONE
+        }
+    }
+
+    /// What `self` and then `other` changed together.
+    pub fn and(self, other: ConfigChange) -> ConfigChange {
+        ConfigChange {
+            bars: self.bars || other.bars,
+            msi: self.msi || other.msi,
+            msix: self.msix.and(other.msix),
+        }
+    }
 }
 
 /// One kept capability: where, and the next kept one.
@@ -188,7 +225,8 @@ impl VirtualConfig {
         while next >= 0x40 && left > 0 {
             left -= 1;
             let header = read_u32(dev, next);
-            found.push((next, header as u8, header));
+            // The capability ID is the header's low byte.
+            found.push((next, header.to_le_bytes()[0], header));
             next = ((header >> 8) & 0xfc) as u16;
         }
         let mut msi = None;
@@ -215,7 +253,10 @@ impl VirtualConfig {
             .map(|(i, &(offset, id))| Cap {
                 offset,
                 id,
-                next: kept.get(i + 1).map_or(0, |n| n.0 as u8),
+                // Offsets are below 0x100 (masked to 0xfc when read).
+                next: kept
+                    .get(i + 1)
+                    .map_or(0, |n| u8::try_from(n.0).unwrap_or(0)),
             })
             .collect();
         let rom = if show_rom {
@@ -226,7 +267,8 @@ impl VirtualConfig {
         VirtualConfig {
             bars,
             rom,
-            command: status as u16,
+            // The command register is the low half of command/status.
+            command: low_u16(status),
             line: 0,
             caps,
             msi,
@@ -289,7 +331,7 @@ impl VirtualConfig {
 
     /// The BAR register at `reg` (0x10..0x28), if it belongs to a BAR.
     fn bar_reg(&self, reg: u16) -> Option<(usize, bool)> {
-        let n = ((reg - BAR0) / 4) as u8;
+        let n = u8::try_from(reg.checked_sub(BAR0)? / 4).ok()?;
         self.bars.iter().enumerate().find_map(|(i, b)| {
             if b.index == n {
                 Some((i, false))
@@ -329,7 +371,7 @@ impl VirtualConfig {
                     if high {
                         (value >> 32) as u32
                     } else {
-                        value as u32
+                        (value & 0xffff_ffff) as u32
                     }
                 }
                 None => 0,
@@ -337,7 +379,12 @@ impl VirtualConfig {
             ROM_BAR => self.rom.map_or(0, |r| r.register()),
             CAP_PTR => {
                 let dev_value = read_u32(dev, reg);
-                (dev_value & !0xff) | u32::from(self.caps.first().map_or(0, |c| c.offset as u8))
+                (dev_value & !0xff)
+                    | u32::from(
+                        self.caps
+                            .first()
+                            .map_or(0, |c| u8::try_from(c.offset).unwrap_or(0)),
+                    )
             }
             INTERRUPT_LINE => (read_u32(dev, reg) & !0xff) | u32::from(self.line),
             HEADER_TYPE_DWORD => read_u32(dev, reg) & !(0x80 << 16),
@@ -366,17 +413,35 @@ impl VirtualConfig {
             .map_or(0, |c| c.next)
     }
 
-    /// Reads `data.len()` (1, 2 or 4) bytes at `offset`, within one dword.
+    /// Reads `data.len()` bytes at `offset`, each dword they touch as the
+    /// guest sees it; bytes past config space read all-ones.
     pub fn read(&self, dev: &dyn HostFunction, offset: u16, data: &mut [u8]) {
-        let value = self.read_dword(dev, offset & !3).to_le_bytes();
-        let start = usize::from(offset & 3);
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = value.get(start + i).copied().unwrap_or(0xff);
-        }
+        data.fill(0xff);
+        for_each_dword(offset, data.len(), |at, range| {
+            let value = self.read_dword(dev, at & !3).to_le_bytes();
+            let start = usize::from(at & 3);
+            if let Some(piece) = data.get_mut(range) {
+                for (i, b) in piece.iter_mut().enumerate() {
+                    *b = value.get(start + i).copied().unwrap_or(0xff);
+                }
+            }
+        });
     }
 
-    /// Writes `data` at `offset` (within one dword).
+    /// Writes `data` at `offset`: each dword it touches goes through the
+    /// virtualization on its own; bytes past config space are dropped.
     pub fn write(&mut self, dev: &dyn HostFunction, offset: u16, data: &[u8]) -> ConfigChange {
+        let mut change = ConfigChange::NONE;
+        for_each_dword(offset, data.len(), |at, range| {
+            if let Some(piece) = data.get(range) {
+                change = change.and(self.write_within(dev, at, piece));
+            }
+        });
+        change
+    }
+
+    /// Writes `data` at `offset`, within one dword.
+    fn write_within(&mut self, dev: &dyn HostFunction, offset: u16, data: &[u8]) -> ConfigChange {
         let reg = offset & !3;
         let start = usize::from(offset & 3);
         let merge = |old: u32| {
@@ -389,7 +454,7 @@ impl VirtualConfig {
             u32::from_le_bytes(bytes)
         };
         if reg >= 0x100 {
-            return ConfigChange::None;
+            return ConfigChange::NONE;
         }
         if let Some((o, _)) = &self.msi {
             let o = *o;
@@ -401,9 +466,9 @@ impl VirtualConfig {
                     .as_mut()
                     .is_some_and(|(_, m)| m.write_dword(reg - o, value));
                 return if changed {
-                    ConfigChange::Msi
+                    ConfigChange::MSI
                 } else {
-                    ConfigChange::None
+                    ConfigChange::NONE
                 };
             }
         }
@@ -414,16 +479,16 @@ impl VirtualConfig {
                 let change = self.msix.as_mut().map_or(MsixChange::None, |(_, x)| {
                     x.write_control((value >> 16) as u16)
                 });
-                return ConfigChange::Msix(change);
+                return ConfigChange::msix(change);
             }
             if reg > o && reg < o + 12 {
-                return ConfigChange::None; // table/PBA locations are read-only
+                return ConfigChange::NONE; // table/PBA locations are read-only
             }
         }
         match reg {
             BAR0..=0x24 => {
                 let Some((i, high)) = self.bar_reg(reg) else {
-                    return ConfigChange::None;
+                    return ConfigChange::NONE;
                 };
                 let value = u64::from(merge(self.read_dword(dev, reg)));
                 let b = &mut self.bars[i];
@@ -439,56 +504,66 @@ impl VirtualConfig {
                 };
                 b.addr = addr & mask & !(b.size - 1) & b.field_max();
                 if b.addr != old {
-                    ConfigChange::Bars
+                    ConfigChange::BARS
                 } else {
-                    ConfigChange::None
+                    ConfigChange::NONE
                 }
             }
             ROM_BAR => {
                 let value = merge(self.read_dword(dev, reg));
                 let Some(rom) = self.rom.as_mut() else {
-                    return ConfigChange::None;
+                    return ConfigChange::NONE;
                 };
                 let old = *rom;
                 rom.addr = u64::from(value) & ROM_ADDR_MASK & !(rom.size - 1);
                 rom.enabled = value & ROM_ENABLE != 0;
                 if *rom != old {
-                    ConfigChange::Bars
+                    ConfigChange::BARS
                 } else {
-                    ConfigChange::None
+                    ConfigChange::NONE
                 }
             }
-            CAP_PTR => ConfigChange::None,
+            CAP_PTR => ConfigChange::NONE,
             INTERRUPT_LINE => {
                 if start == 0 {
                     if let Some(b) = data.first() {
                         self.line = *b;
                     }
                 }
-                ConfigChange::None
+                ConfigChange::NONE
             }
             COMMAND => {
                 dev.config_write(offset, data);
                 let old = self.command;
                 if start < 2 {
-                    self.command = merge(u32::from(old)) as u16;
+                    self.command = low_u16(merge(u32::from(old)));
                 }
                 if (old ^ self.command) & (CMD_IO | CMD_MEMORY) != 0 {
-                    ConfigChange::Bars
+                    ConfigChange::BARS
                 } else {
-                    ConfigChange::None
+                    ConfigChange::NONE
                 }
             }
             _ => {
-                // A capability header's ID and next pointer are read-only.
+                // A capability header's ID and next pointer are the VMM's;
+                // the bytes after them are the device's.
                 if self.caps.iter().any(|c| c.offset == reg) && start < 2 {
-                    return ConfigChange::None;
+                    if let Some(rest) = data.get(2 - start..).filter(|r| !r.is_empty()) {
+                        dev.config_write(reg + 2, rest);
+                    }
+                    return ConfigChange::NONE;
                 }
                 dev.config_write(offset, data);
-                ConfigChange::None
+                ConfigChange::NONE
             }
         }
     }
+}
+
+/// The low 16 bits of a register: a word within a dword.
+pub(crate) fn low_u16(v: u32) -> u16 {
+    let [a, b, ..] = v.to_le_bytes();
+    u16::from_le_bytes([a, b])
 }
 
 #[cfg(test)]
@@ -526,7 +601,7 @@ pub(crate) mod tests {
         c.bar_mut(0).unwrap().addr = 0xc000_0000;
         assert_eq!(rd(&c, &f, 0x10), 0xc000_0000);
         // Sizing: all-ones reads back the size mask, and is not "placed".
-        assert_eq!(c.write(&f, 0x10, &[0xff; 4]), ConfigChange::Bars);
+        assert_eq!(c.write(&f, 0x10, &[0xff; 4]), ConfigChange::BARS);
         assert_eq!(rd(&c, &f, 0x10), 0xfff0_0000);
         assert!(!c.bars()[0].placed());
         // Unimplemented BARs read zero and stay zero.
@@ -535,7 +610,7 @@ pub(crate) mod tests {
         // A new address moves the BAR; low bits are dropped.
         assert_eq!(
             c.write(&f, 0x10, &0xd012_3456u32.to_le_bytes()),
-            ConfigChange::Bars
+            ConfigChange::BARS
         );
         assert_eq!(c.bars()[0].addr, 0xd010_0000);
         assert!(c.bars()[0].placed());
@@ -571,7 +646,7 @@ pub(crate) mod tests {
         assert!(c.bars()[1].placed());
         // Decoding follows the command register, which reaches the device.
         assert!(!c.decodes(&c.bars()[1]));
-        assert_eq!(c.write(&f, 0x04, &[0x03, 0x00]), ConfigChange::Bars);
+        assert_eq!(c.write(&f, 0x04, &[0x03, 0x00]), ConfigChange::BARS);
         assert!(c.decodes(&c.bars()[0]) && c.decodes(&c.bars()[1]));
         assert_eq!(f.writes(), [(0x04, vec![0x03, 0x00])]);
     }
@@ -590,12 +665,12 @@ pub(crate) mod tests {
         // MSI programming stays in the VMM.
         assert_eq!(
             c.write(&f, 0x44, &0xfee0_0000u32.to_le_bytes()),
-            ConfigChange::Msi
+            ConfigChange::MSI
         );
-        assert_eq!(c.write(&f, 0x4c, &0x41u16.to_le_bytes()), ConfigChange::Msi);
+        assert_eq!(c.write(&f, 0x4c, &0x41u16.to_le_bytes()), ConfigChange::MSI);
         assert_eq!(
             c.write(&f, 0x42, &0x0001u16.to_le_bytes()),
-            ConfigChange::Msi
+            ConfigChange::MSI
         );
         let msi = c.msi().unwrap();
         assert!(msi.enabled());
@@ -626,7 +701,7 @@ pub(crate) mod tests {
         // bits of a 64 KiB ROM, the reserved bits 10:1 read 0.
         assert_eq!(
             c.write(&f, 0x30, &0xffff_fffeu32.to_le_bytes()),
-            ConfigChange::Bars
+            ConfigChange::BARS
         );
         assert_eq!(rd(&c, &f, 0x30), 0xffff_0000);
         assert!(!c.rom().unwrap().placed());
@@ -636,20 +711,20 @@ pub(crate) mod tests {
         // decodes only with both the enable bit and memory space on.
         assert_eq!(
             c.write(&f, 0x30, &0xd012_3400u32.to_le_bytes()),
-            ConfigChange::Bars
+            ConfigChange::BARS
         );
         assert_eq!(rd(&c, &f, 0x30), 0xd012_0000);
         assert!(c.rom().unwrap().placed());
         assert!(!c.rom_decodes());
-        assert_eq!(c.write(&f, 0x30, &[0x01]), ConfigChange::Bars);
+        assert_eq!(c.write(&f, 0x30, &[0x01]), ConfigChange::BARS);
         assert_eq!(rd(&c, &f, 0x30), 0xd012_0001);
         assert!(!c.rom_decodes(), "memory space is off");
         c.write(&f, 0x04, &CMD_MEMORY.to_le_bytes());
         assert!(c.rom_decodes());
-        assert_eq!(c.write(&f, 0x30, &[0x00]), ConfigChange::Bars);
+        assert_eq!(c.write(&f, 0x30, &[0x00]), ConfigChange::BARS);
         assert!(!c.rom_decodes());
         // Rewriting the same value changes nothing.
-        assert_eq!(c.write(&f, 0x30, &[0x00]), ConfigChange::None);
+        assert_eq!(c.write(&f, 0x30, &[0x00]), ConfigChange::NONE);
         // Only the command register reached the device.
         assert_eq!(f.writes(), [(0x04, CMD_MEMORY.to_le_bytes().to_vec())]);
     }
@@ -661,7 +736,7 @@ pub(crate) mod tests {
         // Present but not asked for.
         let mut c = VirtualConfig::new(&f, false);
         assert!(c.rom().is_none());
-        assert_eq!(c.write(&f, 0x30, &[0xff; 4]), ConfigChange::None);
+        assert_eq!(c.write(&f, 0x30, &[0xff; 4]), ConfigChange::NONE);
         assert_eq!(rd(&c, &f, 0x30), 0);
         // Asked for, but the device has no ROM region, or one the ROM BAR
         // cannot describe.
@@ -697,12 +772,89 @@ pub(crate) mod tests {
         );
         assert_eq!(
             c.write(&f, 0x72, &0x8000u16.to_le_bytes()),
-            ConfigChange::Msix(MsixChange::Control)
+            ConfigChange::msix(MsixChange::Control)
         );
         assert!(c.msix().unwrap().enabled());
         assert_eq!(rd(&c, &f, 0x70), 0x8002_0011);
         c.write(&f, 0x74, &[0; 4]);
         assert_eq!(rd(&c, &f, 0x74), 0x3000);
         assert!(f.writes().is_empty());
+    }
+
+    fn qword(low: u32, high: u32) -> [u8; 8] {
+        (u64::from(low) | u64::from(high) << 32).to_le_bytes()
+    }
+
+    #[test]
+    fn an_eight_byte_write_is_virtualized_per_register() {
+        let f = edu();
+        let mut c = VirtualConfig::new(&f, false);
+        c.bar_mut(0).unwrap().addr = 0xc000_0000;
+        // The header dword (the device's: cache line size, latency timer,
+        // BIST) and BAR0 (the VMM's) in one store: BAR0 moves, and only the
+        // header dword reaches the device.
+        let q = qword(0x0000_0010, 0xd000_0000);
+        assert_eq!(c.write(&f, 0x0c, &q), ConfigChange::BARS);
+        assert_eq!(c.bars()[0].addr, 0xd000_0000);
+        assert_eq!(f.writes(), [(0x0c, q[..4].to_vec())]);
+        // Read back the same way: the header without the multi-function
+        // bit, then BAR0 as the VMM keeps it.
+        let mut r = [0u8; 8];
+        c.read(&f, 0x0c, &mut r);
+        assert_eq!(r, qword(0x0000_0000, 0xd000_0000));
+        f.writes.lock().unwrap().clear();
+
+        // The vendor and device IDs (the device's) and the command
+        // register (passed on, and tracked): memory decoding goes on.
+        let q = qword(0xffff_ffff, u32::from(CMD_MEMORY));
+        assert_eq!(c.write(&f, 0x00, &q), ConfigChange::BARS);
+        assert_eq!(c.command(), CMD_MEMORY);
+        assert_eq!(
+            f.writes(),
+            [(0x00, q[..4].to_vec()), (0x04, q[4..].to_vec())]
+        );
+        f.writes.lock().unwrap().clear();
+
+        // MSI's control word and address in one store: both the VMM's, one
+        // change, nothing for the device.
+        let q = qword(0x0001_0000, 0xfee0_0000);
+        assert_eq!(c.write(&f, 0x40, &q), ConfigChange::MSI);
+        assert!(c.msi().unwrap().enabled());
+        assert_eq!(c.msi().unwrap().message(0).address, 0xfee0_0000);
+        // MSI's data (the VMM's) and the hidden capability after it (the
+        // device's).
+        assert_eq!(
+            c.write(&f, 0x4c, &qword(0x41, 0x0403_0201)),
+            ConfigChange::MSI
+        );
+        assert_eq!(c.msi().unwrap().message(0).data, 0x41);
+        assert_eq!(f.writes(), [(0x50, vec![1, 2, 3, 4])]);
+        f.writes.lock().unwrap().clear();
+
+        // Unaligned: the device ID (the device's) and the command register
+        // (passed on, and tracked), split where the dword ends.
+        assert_eq!(c.write(&f, 0x02, &[0x11, 0x22, 0, 0]), ConfigChange::BARS);
+        assert_eq!(c.command(), 0);
+        assert_eq!(f.writes(), [(0x02, vec![0x11, 0x22]), (0x04, vec![0, 0])]);
+        f.writes.lock().unwrap().clear();
+
+        // Past the end of config space: dropped, and reads all-ones.
+        assert_eq!(c.write(&f, 0xffc, &[1; 8]), ConfigChange::NONE);
+        assert!(f.writes().is_empty());
+        c.read(&f, 0xffc, &mut r);
+        assert_eq!(r, [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_capability_header_keeps_its_links_and_passes_the_rest() {
+        let f = edu();
+        let mut c = VirtualConfig::new(&f, false);
+        // The PCIe capability at 0x60 is kept: its ID and next pointer are
+        // the VMM's, its capabilities register (bytes 2-3) the device's.
+        assert_eq!(c.write(&f, 0x60, &[0xaa, 0xbb, 1, 2]), ConfigChange::NONE);
+        assert_eq!(rd(&c, &f, 0x60) & 0xffff, 0x0010);
+        assert_eq!(f.writes(), [(0x62, vec![1, 2])]);
+        assert_eq!(c.write(&f, 0x61, &[0xbb]), ConfigChange::NONE);
+        assert_eq!(f.writes().len(), 1);
     }
 }

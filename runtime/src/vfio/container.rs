@@ -106,6 +106,7 @@ pub struct AttachStats {
     pub dma_bytes: u64,
 }
 
+#[derive(Debug)]
 struct State {
     devices: usize,
     /// The IOVA ranges mapped (each a guest RAM region), to unmap.
@@ -118,6 +119,17 @@ enum Backend {
     Legacy(Arc<VfioContainer>),
 }
 
+// The vfio-ioctls handles print nothing useful: name the interface.
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Iommufd(_) => "Iommufd",
+            Backend::Legacy(_) => "Legacy",
+        })
+    }
+}
+
+#[derive(Debug)]
 pub struct Container {
     backend: Backend,
     state: Mutex<State>,

@@ -40,6 +40,16 @@ pub struct VfioFunction {
     container: Arc<Container>,
 }
 
+// The vfio-ioctls device has no Debug: the address and node name it.
+impl std::fmt::Debug for VfioFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioFunction")
+            .field("bdf", &self.bdf)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VfioFunction {
     pub(crate) fn new(
         bdf: Bdf,
@@ -189,11 +199,14 @@ impl HostFunction for VfioFunction {
 impl Drop for VfioFunction {
     fn drop(&mut self) {
         for m in self.maps.drain(..).flatten() {
-            // SAFETY: `m` is a mapping this value made (of `m.len` bytes,
-            // which fit a usize when it was made); the guest-facing model
-            // removed the KVM slots pointing into it before dropping this
-            // device (PassthroughFunction's Drop).
-            unsafe { libc::munmap(m.addr as *mut libc::c_void, m.len as usize) };
+            // `m.len` fit a usize when the mapping was made.
+            let Ok(len) = usize::try_from(m.len) else {
+                continue;
+            };
+            // SAFETY: `m` is a mapping this value made, of `len` bytes; the
+            // guest-facing model removed the KVM slots pointing into it
+            // before dropping this device (PassthroughFunction's Drop).
+            unsafe { libc::munmap(m.addr as *mut libc::c_void, len) };
         }
         self.container.device_gone();
     }

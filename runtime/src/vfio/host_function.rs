@@ -61,6 +61,7 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     /// A device that is 256 bytes of config space and records writes.
+    #[derive(Debug)]
     pub struct FakeFunction {
         /// What `region_mappings` answers, per BAR.
         pub areas: [Vec<HostArea>; 6],
@@ -70,6 +71,8 @@ pub(crate) mod tests {
         pub writes: Mutex<Vec<(u16, Vec<u8>)>>,
         pub regions: Mutex<Vec<(u32, u64, Vec<u8>)>>,
         pub irqs: Mutex<Vec<(IrqKind, usize)>>,
+        /// How many MSI-X vectors the device has (INTx and MSI have one).
+        pub msix_vectors: u32,
     }
 
     impl FakeFunction {
@@ -81,6 +84,7 @@ pub(crate) mod tests {
                 writes: Mutex::new(Vec::new()),
                 regions: Mutex::new(Vec::new()),
                 irqs: Mutex::new(Vec::new()),
+                msix_vectors: 0,
             };
             f.set32(0, u32::from(vendor) | u32::from(device) << 16);
             f
@@ -113,7 +117,7 @@ pub(crate) mod tests {
                 .unwrap_or(0)
         }
         fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
-            data.fill(index as u8 + offset as u8);
+            data.fill(index.to_le_bytes()[0].wrapping_add(offset.to_le_bytes()[0]));
         }
         fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
             self.regions
@@ -127,7 +131,7 @@ pub(crate) mod tests {
         fn irq_count(&self, kind: IrqKind) -> u32 {
             match kind {
                 IrqKind::Intx | IrqKind::Msi => 1,
-                IrqKind::Msix => 0,
+                IrqKind::Msix => self.msix_vectors,
             }
         }
         fn enable_irqs(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), HostError> {

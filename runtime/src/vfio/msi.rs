@@ -90,7 +90,7 @@ impl MsiCap {
         let d = self.data_offset();
         match offset & !3 {
             0 => u32::from(header) | u32::from(self.control) << 16,
-            4 => self.address as u32,
+            4 => (self.address & 0xffff_ffff) as u32,
             8 if self.is_64bit() => (self.address >> 32) as u32,
             o if o == d => u32::from(self.data),
             o if self.per_vector_mask() && o == d + 4 => self.mask,
@@ -114,7 +114,8 @@ impl MsiCap {
             8 if self.is_64bit() => {
                 self.address = (self.address & 0xffff_ffff) | u64::from(value) << 32
             }
-            o if o == d => self.data = value as u16,
+            // Message data is 16 bits; the upper half is extended data.
+            o if o == d => self.data = super::config_space::low_u16(value),
             o if self.per_vector_mask() && o == d + 4 => self.mask = value,
             _ => {}
         }
@@ -158,13 +159,43 @@ pub struct Msix {
 }
 
 /// What a guest write to MSI-X state changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MsixChange {
+    #[default]
     None,
-    /// Enable or function mask flipped.
+    /// Enable or function mask flipped: every vector may have changed.
     Control,
-    /// One entry's message or mask changed.
-    Entry(u16),
+    /// The message or mask of entries `first..=last` changed (a write that
+    /// spans entries changes each it touches).
+    Entries { first: u16, last: u16 },
+}
+
+impl MsixChange {
+    /// What `self` and then `other` changed together.
+    pub fn and(self, other: MsixChange) -> MsixChange {
+        match (self, other) {
+            (MsixChange::None, x) | (x, MsixChange::None) => x,
+            (MsixChange::Control, _) | (_, MsixChange::Control) => MsixChange::Control,
+            (
+                MsixChange::Entries { first: a, last: b },
+                MsixChange::Entries { first: c, last: d },
+            ) => MsixChange::Entries {
+                first: a.min(c),
+                last: b.max(d),
+            },
+        }
+    }
+
+    /// The entries changed, as a range of indexes into `0..len`.
+    pub fn entries(self, len: usize) -> std::ops::Range<usize> {
+        match self {
+            MsixChange::None => 0..0,
+            MsixChange::Control => 0..len,
+            MsixChange::Entries { first, last } => {
+                usize::from(first).min(len)..(usize::from(last) + 1).min(len)
+            }
+        }
+    }
 }
 
 impl Msix {
@@ -217,16 +248,20 @@ impl Msix {
         (self.entries.len() as u64).div_ceil(64) * 8
     }
 
-    /// Reads the table at `offset` (from the table's start).
+    /// Reads the table at `offset` (from the table's start); bytes past
+    /// its end read 0.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
-            let at = offset + i as u64;
+            let Some(at) = offset.checked_add(i as u64) else {
+                *b = 0;
+                continue;
+            };
             let Some(e) = self.entries.get((at / MSIX_ENTRY_SIZE) as usize) else {
                 *b = 0;
                 continue;
             };
             let dword = match (at % MSIX_ENTRY_SIZE) / 4 {
-                0 => e.address as u32,
+                0 => (e.address & 0xffff_ffff) as u32,
                 1 => (e.address >> 32) as u32,
                 2 => e.data,
                 _ => u32::from(e.masked),
@@ -235,13 +270,21 @@ impl Msix {
         }
     }
 
-    /// Writes the table; returns the last entry changed.
+    /// Writes the table at `offset` (from the table's start); bytes past
+    /// its end are dropped. Returns the entries that changed: every one
+    /// the write touched and changed, when it spans several.
     pub fn write_table(&mut self, offset: u64, data: &[u8]) -> MsixChange {
         let mut change = MsixChange::None;
         for (i, b) in data.iter().enumerate() {
-            let at = offset + i as u64;
-            let index = at / MSIX_ENTRY_SIZE;
-            let Some(e) = self.entries.get_mut(index as usize) else {
+            let Some(at) = offset.checked_add(i as u64) else {
+                continue;
+            };
+            // MSI-X tables hold at most 2048 entries: a larger index is
+            // outside the table.
+            let Ok(index) = u16::try_from(at / MSIX_ENTRY_SIZE) else {
+                continue;
+            };
+            let Some(e) = self.entries.get_mut(usize::from(index)) else {
                 continue;
             };
             let before = *e;
@@ -249,7 +292,10 @@ impl Msix {
             let byte_mask = !(0xffu32 << shift);
             let put = |v: u32| (v & byte_mask) | u32::from(*b) << shift;
             match (at % MSIX_ENTRY_SIZE) / 4 {
-                0 => e.address = (e.address & !0xffff_ffff) | u64::from(put(e.address as u32)),
+                0 => {
+                    e.address = (e.address & !0xffff_ffff)
+                        | u64::from(put((e.address & 0xffff_ffff) as u32))
+                }
                 1 => {
                     e.address =
                         (e.address & 0xffff_ffff) | u64::from(put((e.address >> 32) as u32)) << 32
@@ -258,7 +304,10 @@ impl Msix {
                 _ => e.masked = put(u32::from(e.masked)) & 1 != 0,
             }
             if *e != before {
-                change = MsixChange::Entry(index as u16);
+                change = change.and(MsixChange::Entries {
+                    first: index,
+                    last: index,
+                });
             }
         }
         change
@@ -330,12 +379,10 @@ mod tests {
         assert!(!x.live(0));
         assert_eq!(x.write_control(0x8000), MsixChange::Control);
         assert!(!x.live(0), "entries start masked");
-        assert_eq!(
-            x.write_table(16, &0xfee0_0000u32.to_le_bytes()),
-            MsixChange::Entry(1)
-        );
+        let one = MsixChange::Entries { first: 1, last: 1 };
+        assert_eq!(x.write_table(16, &0xfee0_0000u32.to_le_bytes()), one);
         x.write_table(24, &0x33u32.to_le_bytes());
-        assert_eq!(x.write_table(28, &0u32.to_le_bytes()), MsixChange::Entry(1));
+        assert_eq!(x.write_table(28, &0u32.to_le_bytes()), one);
         assert!(x.live(1) && !x.live(0));
         assert_eq!(
             x.entries[1],
@@ -357,5 +404,56 @@ mod tests {
             MsixChange::None,
             "beyond the table"
         );
+    }
+
+    #[test]
+    fn a_write_spanning_entries_changes_each_it_touches() {
+        let mut x = Msix::new(0x0003_0011, 0, 0x1000);
+        // 8 bytes at the last dword of entry 0 and the first of entry 1:
+        // entry 0 unmasked, entry 1's address written.
+        let mut qword = [0u8; 8];
+        qword[4..].copy_from_slice(&0xfee0_2000u32.to_le_bytes());
+        assert_eq!(
+            x.write_table(12, &qword),
+            MsixChange::Entries { first: 0, last: 1 }
+        );
+        assert!(!x.entries[0].masked);
+        assert_eq!(x.entries[1].address, 0xfee0_2000);
+        assert!(x.entries[1].masked, "its vector control was not written");
+        // Misaligned: the last 2 bytes of entry 1's data and vector
+        // control, then entry 2's address, through entry 3.
+        let bytes = [0xaa; 40];
+        assert_eq!(
+            x.write_table(16 + 10, &bytes),
+            MsixChange::Entries { first: 1, last: 3 }
+        );
+        assert_eq!(x.entries[1].data, 0xaaaa_0000);
+        assert_eq!(x.entries[2].address, 0xaaaa_aaaa_aaaa_aaaa);
+        assert_eq!(x.entries[3].address & 0xffff, 0xaaaa);
+        // Rewriting the same bytes changes nothing.
+        assert_eq!(x.write_table(16 + 10, &bytes), MsixChange::None);
+        // Reaching past the table, or the top of the address space, drops
+        // the bytes there.
+        assert_eq!(
+            x.write_table(60, &[1; 8]),
+            MsixChange::Entries { first: 3, last: 3 }
+        );
+        assert!(x.entries[3].masked);
+        assert_eq!(x.write_table(u64::MAX - 3, &[1; 8]), MsixChange::None);
+        let mut b = [0xffu8; 8];
+        x.read_table(u64::MAX - 3, &mut b);
+        assert_eq!(b, [0; 8]);
+    }
+
+    #[test]
+    fn changes_combine() {
+        let e = |first, last| MsixChange::Entries { first, last };
+        assert_eq!(MsixChange::None.and(e(3, 3)), e(3, 3));
+        assert_eq!(e(3, 3).and(e(1, 1)), e(1, 3));
+        assert_eq!(e(3, 3).and(MsixChange::Control), MsixChange::Control);
+        assert_eq!(e(2, 5).entries(4), 2..4);
+        assert_eq!(MsixChange::Control.entries(4), 0..4);
+        assert_eq!(MsixChange::None.entries(4), 0..0);
+        assert_eq!(e(7, 9).entries(4), 4..4);
     }
 }

@@ -9,9 +9,17 @@
 //! It holds the VM (`Arc<Vm>`), so the slots and routes it made can always
 //! be removed: its `Drop` takes them away before the host device (and the
 //! mappings the slots point at) is closed.
+//!
+//! A guest drives all of this as often as it likes, so the cost of each
+//! access is bounded: an access that spans the MSI-X table's edge is split
+//! where its target changes, a vector's KVM route is updated only when its
+//! message changed and the vector is unmasked (a masked vector's route
+//! waits until it is unmasked), the routes one access changes go to KVM in
+//! one commit, and what fails is reported as a rate-limited note
+//! ([`crate::vm::notes`]).
 
 use super::bar_mapping;
-use super::config_space::{ConfigChange, VirtualConfig};
+use super::config_space::VirtualConfig;
 use super::host_function::{HostError, HostFunction, IrqKind, ROM_REGION};
 use super::msi::{Msix, MsixChange};
 use crate::arch::x86_64::layout::pci_intx_gsi;
@@ -19,6 +27,8 @@ use crate::devices::pci::root::{BarAllocator, PciRootError};
 use crate::devices::pci::{BarKind, PciFunction};
 use crate::vm::routing::MsiMessage;
 use crate::vm::{Vm, VmError};
+use kiln_abi::error::Chain;
+use std::ops::Range;
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -45,6 +55,7 @@ pub enum PassthroughError {
 }
 
 /// The [`Placed::index`] of the expansion ROM: its VFIO region index.
+#[allow(clippy::cast_possible_truncation)] // VFIO's ROM region index is 6
 pub const ROM_INDEX: u8 = ROM_REGION as u8;
 
 /// A BAR (or the expansion ROM) as it is placed in the guest now.
@@ -71,39 +82,84 @@ enum Target {
     Device,
 }
 
-/// Where an access at `offset` of BAR `index` goes, given the MSI-X state.
-fn target(msix: Option<&Msix>, index: u8, offset: u64) -> Target {
-    let Some(x) = msix else {
+/// Where the VMM emulates parts of the BARs: the MSI-X table and PBA, each
+/// `(BAR index, offset, length)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Emulated {
+    table: (u8, u64, u64),
+    pba: (u8, u64, u64),
+}
+
+impl Emulated {
+    fn of(msix: Option<&Msix>) -> Option<Emulated> {
+        msix.map(|x| Emulated {
+            table: (x.table_bar, x.table_offset, x.table_len()),
+            pba: (x.pba_bar, x.pba_offset, x.pba_len()),
+        })
+    }
+
+    /// The byte ranges `(offset, len)` of BAR `index` it emulates.
+    fn ranges(self, index: u8) -> impl Iterator<Item = (u64, u64)> {
+        [self.table, self.pba]
+            .into_iter()
+            .filter(move |&(bar, _, _)| bar == index)
+            .map(|(_, offset, len)| (offset, len))
+    }
+}
+
+/// Where an access at `offset` of BAR `index` goes.
+fn target(emulated: Option<Emulated>, index: u8, offset: u64) -> Target {
+    let Some(e) = emulated else {
         return Target::Device;
     };
-    let within = |start: u64, len: u64| offset >= start && offset - start < len;
-    if x.table_bar == index && within(x.table_offset, x.table_len()) {
-        Target::Table(offset - x.table_offset)
-    } else if x.pba_bar == index && within(x.pba_offset, x.pba_len()) {
+    let within =
+        |(bar, start, len): (u8, u64, u64)| bar == index && offset >= start && offset - start < len;
+    if within(e.table) {
+        Target::Table(offset - e.table.1)
+    } else if within(e.pba) {
         Target::Pba
     } else {
         Target::Device
     }
 }
 
-/// The byte ranges `(offset, len)` of BAR `index` the VMM emulates.
-fn emulated(msix: Option<&Msix>, index: u8) -> Vec<(u64, u64)> {
-    let Some(x) = msix else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if x.table_bar == index {
-        out.push((x.table_offset, x.table_len()));
+/// Splits an access of `len` bytes at `offset` of BAR `index` where its
+/// target changes (at the edges of the MSI-X table and PBA), so each byte
+/// goes where it belongs: calls `f(target, offset of the piece, its bytes
+/// in the access)` for each piece.
+fn split_by_target(
+    emulated: Option<Emulated>,
+    index: u8,
+    offset: u64,
+    len: usize,
+    mut f: impl FnMut(Target, u64, Range<usize>),
+) {
+    let mut done = 0usize;
+    while done < len {
+        let Some(at) = offset.checked_add(done as u64) else {
+            return;
+        };
+        let edges = emulated
+            .into_iter()
+            .flat_map(|e| e.ranges(index))
+            .flat_map(|(start, len)| [start, start.saturating_add(len)]);
+        let rest = len - done;
+        // The piece ends at the next edge or at the end of the access,
+        // whichever comes first, so it never exceeds `rest`.
+        let n = edges
+            .filter(|&edge| edge > at)
+            .map(|edge| usize::try_from(edge - at).unwrap_or(usize::MAX))
+            .fold(rest, usize::min);
+        f(target(emulated, index, at), at, done..done + n);
+        done += n;
     }
-    if x.pba_bar == index {
-        out.push((x.pba_offset, x.pba_len()));
-    }
-    out
 }
 
 struct Vector {
     fd: EventFd,
     gsi: u32,
+    /// The message its KVM route holds.
+    routed: MsiMessage,
     /// Whether its irqfd is registered (the vector is not masked).
     live: bool,
 }
@@ -121,13 +177,88 @@ pub struct PassthroughFunction {
     placed: Vec<Placed>,
     msi: Vec<Vector>,
     msix: Vec<Vector>,
+    /// Whether MSI, MSI-X are on at the device (they may have no vectors).
+    msi_on: bool,
+    msix_on: bool,
     intx: Option<Intx>,
     host: Box<dyn HostFunction>,
     vm: Arc<Vm>,
+    /// The host device, for notes.
+    name: String,
 }
 
-fn say(what: &str, e: &dyn std::error::Error) {
-    eprintln!("kiln-runtime: passthrough: cannot {what}: {e}");
+/// A note about device `name` of `vm`: `what` (the kind of note) failed.
+fn say(vm: &Vm, name: &str, what: &'static str, e: &dyn std::error::Error) {
+    vm.notes().note(
+        what,
+        format_args!("{name}: cannot {what}: {}", Chain::new(e)),
+    );
+}
+
+/// Brings vectors `range` of `list` in line with what the guest wants,
+/// `want(i)` = (message, unmasked): the routes of unmasked vectors whose
+/// message changed go to KVM in one commit (a masked vector's route is
+/// updated when it is unmasked), then irqfds are registered or removed.
+fn sync_vectors(
+    vm: &Vm,
+    name: &str,
+    list: &mut [Vector],
+    range: Range<usize>,
+    want: impl Fn(usize) -> (MsiMessage, bool),
+) {
+    let range = range.start.min(list.len())..range.end.min(list.len());
+    let route_of = |i: usize, v: &Vector| {
+        let (msg, live) = want(i);
+        (live && v.routed != msg).then_some((v.gsi, msg))
+    };
+    let stale: Vec<usize> = range
+        .clone()
+        .filter(|&i| list.get(i).and_then(|v| route_of(i, v)).is_some())
+        .collect();
+    if !stale.is_empty() {
+        let routes: Vec<(u32, MsiMessage)> = stale
+            .iter()
+            .filter_map(|&i| route_of(i, list.get(i)?))
+            .collect();
+        match vm.update_msi_routes(&routes) {
+            Ok(()) => {
+                for (&i, &(_, msg)) in stale.iter().zip(&routes) {
+                    if let Some(v) = list.get_mut(i) {
+                        v.routed = msg;
+                    }
+                }
+            }
+            Err(e) => say(vm, name, "update MSI routes", &e),
+        }
+    }
+    for (i, v) in list
+        .iter_mut()
+        .enumerate()
+        .take(range.end)
+        .skip(range.start)
+    {
+        let (_, live) = want(i);
+        if live && !v.live {
+            match vm.fd().register_irqfd(&v.fd, v.gsi) {
+                Ok(()) => v.live = true,
+                Err(e) => say(vm, name, "register an MSI irqfd", &e),
+            }
+        } else if !live && v.live {
+            let _ = vm.fd().unregister_irqfd(&v.fd, v.gsi);
+            v.live = false;
+        }
+    }
+}
+
+// The host function is a trait object and the vectors hold eventfds: the
+// virtual config space and the placed BARs describe the function.
+impl std::fmt::Debug for PassthroughFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassthroughFunction")
+            .field("config", &self.config)
+            .field("placed", &self.placed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PassthroughFunction {
@@ -135,7 +266,7 @@ impl PassthroughFunction {
     /// by `bars`, memory decoding on (as firmware leaves it), INTx wired to
     /// the pin's GSI. With `rom`, a device with an expansion ROM shows it
     /// (placed by `bars` in the 32-bit window, its enable bit off as
-    /// firmware leaves it). `name` names the device in errors.
+    /// firmware leaves it). `name` names the device in errors and notes.
     pub fn new(
         vm: Arc<Vm>,
         host: Box<dyn HostFunction>,
@@ -180,9 +311,12 @@ impl PassthroughFunction {
             placed: Vec::new(),
             msi: Vec::new(),
             msix: Vec::new(),
+            msi_on: false,
+            msix_on: false,
             intx: None,
             host,
             vm,
+            name: name.to_string(),
         };
         if pin[0] != 0 && f.host.irq_count(IrqKind::Intx) > 0 {
             f.wire_intx(intx_gsi)?;
@@ -202,6 +336,10 @@ impl PassthroughFunction {
         Ok(f)
     }
 
+    fn say(&self, what: &'static str, e: &dyn std::error::Error) {
+        say(&self.vm, &self.name, what, e);
+    }
+
     fn wire_intx(&mut self, gsi: u32) -> Result<(), PassthroughError> {
         let trigger = EventFd::new(libc::EFD_NONBLOCK).map_err(PassthroughError::EventFd)?;
         let resample = EventFd::new(libc::EFD_NONBLOCK).map_err(PassthroughError::EventFd)?;
@@ -217,7 +355,9 @@ impl PassthroughFunction {
         };
         self.intx = Some(intx);
         self.set_intx(true)?;
-        self.config.set_interrupt_line(gsi as u8);
+        // INTx GSIs are IOAPIC pins (< 24); 0xff means "not connected".
+        self.config
+            .set_interrupt_line(u8::try_from(gsi).unwrap_or(0xff));
         Ok(())
     }
 
@@ -302,13 +442,18 @@ impl PassthroughFunction {
     }
 
     /// Maps the pieces of memory BAR `index` (placed at `gpa`) the guest
-    /// may reach directly; returns their slots. A piece KVM refuses traps.
+    /// may reach directly; returns their slots. A piece KVM refuses (the
+    /// guest put the BAR over its RAM or another BAR) is left out: accesses
+    /// there trap, if they reach the VMM at all.
     fn map_pieces(&self, index: u8, gpa: u64, size: u64) -> Vec<u32> {
         if gpa % bar_mapping::PAGE_SIZE != 0 {
             return Vec::new();
         }
         let areas = self.host.region_mappings(u32::from(index));
-        let trapped = emulated(self.config.msix(), index);
+        let trapped: Vec<(u64, u64)> = Emulated::of(self.config.msix())
+            .into_iter()
+            .flat_map(|e| e.ranges(index))
+            .collect();
         let mut slots = Vec::new();
         for piece in bar_mapping::pieces(size, areas, &trapped) {
             let Some(at) = gpa.checked_add(piece.offset) else {
@@ -319,7 +464,15 @@ impl PassthroughFunction {
             // in `Drop`, before `host` is dropped.
             match unsafe { self.vm.map_device_memory(at, piece.len, piece.addr) } {
                 Ok(slot) => slots.push(slot),
-                Err(e) => say("map part of a BAR into the guest, trapping it instead", &e),
+                Err(e) => self.vm.notes().note(
+                    "map a BAR into the guest",
+                    format_args!(
+                        "{}: cannot map BAR {index} at {at:#x} ({:#x} bytes) into the guest, leaving it to trap: {}",
+                        self.name,
+                        piece.len,
+                        Chain::new(&e)
+                    ),
+                ),
             }
         }
         slots
@@ -328,17 +481,19 @@ impl PassthroughFunction {
     fn unmap(&self, slots: &[u32]) {
         for &slot in slots {
             if let Err(e) = self.vm.unmap_device_memory(slot) {
-                say("unmap part of a BAR", &e);
+                self.say("unmap part of a BAR", &e);
             }
         }
     }
 
-    /// The trapped BAR (or ROM) holding `addr` (memory or I/O space) and
-    /// the offset. A BAR wins over a ROM the guest placed on top of it.
-    fn trapped(&self, io: bool, addr: u64) -> Option<(u8, u64)> {
+    /// The trapped BAR (or ROM) holding `addr` (memory or I/O space): its
+    /// index, the offset and the bytes left in it from there. A BAR wins
+    /// over a ROM the guest placed on top of it.
+    fn trapped(&self, io: bool, addr: u64) -> Option<(u8, u64, u64)> {
         let hit = |p: &Placed| {
             let is_io = p.kind == BarKind::Io;
-            (is_io == io && addr >= p.gpa && addr - p.gpa < p.size).then(|| (p.index, addr - p.gpa))
+            let offset = addr.checked_sub(p.gpa)?;
+            (is_io == io && offset < p.size).then(|| (p.index, offset, p.size - offset))
         };
         let bars = self.placed.iter().filter(|p| p.index != ROM_INDEX);
         let rom = self.placed.iter().filter(|p| p.index == ROM_INDEX);
@@ -350,150 +505,136 @@ impl PassthroughFunction {
             return;
         };
         if !cap.enabled() {
-            if !self.msi.is_empty() {
+            if self.msi_on {
                 if let Err(e) = self.host.disable_irqs(IrqKind::Msi) {
-                    say("disable MSI", e.as_ref());
+                    self.say("disable MSI", e.as_ref());
                 }
                 let vectors = std::mem::take(&mut self.msi);
                 self.drop_vectors(vectors);
+                self.msi_on = false;
                 if let Err(e) = self.set_intx(true) {
-                    say("re-enable INTx", &e);
+                    self.say("re-enable INTx", &e);
                 }
             }
             return;
         }
-        let n = cap.vectors().min(self.host.irq_count(IrqKind::Msi).max(1));
-        if self.msi.is_empty() {
+        if !self.msi_on {
             if let Err(e) = self.set_intx(false) {
-                say("turn INTx off for MSI", &e);
+                self.say("turn INTx off for MSI", &e);
             }
-            match self.new_vectors((0..n).map(|i| cap.message(i)).collect()) {
+            let n = cap.vectors().min(self.host.irq_count(IrqKind::Msi).max(1));
+            let msgs: Vec<MsiMessage> = (0..n).map(|i| cap.message(i)).collect();
+            match self.new_vectors(&msgs) {
                 Ok(v) => self.msi = v,
-                Err(e) => return say("route MSI", &e),
+                Err(e) => return self.say("route MSI", &e),
             }
             let fds: Vec<&EventFd> = self.msi.iter().map(|v| &v.fd).collect();
             if let Err(e) = self.host.enable_irqs(IrqKind::Msi, &fds) {
-                say("enable MSI on the device", e.as_ref());
+                self.say("enable MSI on the device", e.as_ref());
             }
+            self.msi_on = true;
         }
-        for i in 0..self.msi.len() {
-            let msg = cap.message(i as u32);
-            let live = !cap.masked(i as u32);
-            self.refresh_vector(IrqKind::Msi, i, msg, live);
-        }
+        let all = 0..self.msi.len();
+        sync_vectors(&self.vm, &self.name, &mut self.msi, all, |i| {
+            // MSI has at most 32 vectors.
+            let n = u32::try_from(i).unwrap_or(u32::MAX);
+            (cap.message(n), !cap.masked(n))
+        });
     }
 
-    fn update_msix(&mut self, change: MsixChange) {
-        let Some(x) = self.config.msix().cloned() else {
+    fn update_msix(&mut self, mut change: MsixChange) {
+        let Some(enabled) = self.config.msix().map(|x| x.enabled()) else {
             return;
         };
         if change == MsixChange::None {
             return;
         }
-        if !x.enabled() {
-            if !self.msix.is_empty() {
+        if !enabled {
+            if self.msix_on {
                 if let Err(e) = self.host.disable_irqs(IrqKind::Msix) {
-                    say("disable MSI-X", e.as_ref());
+                    self.say("disable MSI-X", e.as_ref());
                 }
                 let vectors = std::mem::take(&mut self.msix);
                 self.drop_vectors(vectors);
+                self.msix_on = false;
                 if let Err(e) = self.set_intx(true) {
-                    say("re-enable INTx", &e);
+                    self.say("re-enable INTx", &e);
                 }
             }
             return;
         }
-        if self.msix.is_empty() {
+        if !self.msix_on {
             if let Err(e) = self.set_intx(false) {
-                say("turn INTx off for MSI-X", &e);
+                self.say("turn INTx off for MSI-X", &e);
             }
-            let n = x
-                .entries
-                .len()
-                .min(self.host.irq_count(IrqKind::Msix) as usize);
-            let msgs = x.entries.iter().take(n).map(|e| MsiMessage {
-                address: e.address,
-                data: e.data,
+            let n = self.host.irq_count(IrqKind::Msix) as usize;
+            let msgs: Vec<MsiMessage> = self.config.msix().map_or_else(Vec::new, |x| {
+                x.entries
+                    .iter()
+                    .take(n)
+                    .map(|e| MsiMessage {
+                        address: e.address,
+                        data: e.data,
+                    })
+                    .collect()
             });
-            match self.new_vectors(msgs.collect()) {
+            match self.new_vectors(&msgs) {
                 Ok(v) => self.msix = v,
-                Err(e) => return say("route MSI-X", &e),
+                Err(e) => return self.say("route MSI-X", &e),
             }
-            let fds: Vec<&EventFd> = self.msix.iter().map(|v| &v.fd).collect();
-            if let Err(e) = self.host.enable_irqs(IrqKind::Msix, &fds) {
-                say("enable MSI-X on the device", e.as_ref());
+            if !self.msix.is_empty() {
+                let fds: Vec<&EventFd> = self.msix.iter().map(|v| &v.fd).collect();
+                if let Err(e) = self.host.enable_irqs(IrqKind::Msix, &fds) {
+                    self.say("enable MSI-X on the device", e.as_ref());
+                }
             }
+            self.msix_on = true;
+            change = MsixChange::Control;
         }
-        let which: Vec<usize> = match change {
-            MsixChange::Entry(i) => vec![usize::from(i)],
-            _ => (0..self.msix.len()).collect(),
+        let Some(x) = self.config.msix() else {
+            return;
         };
-        for i in which {
-            if let Some(e) = x.entries.get(i) {
-                let msg = MsiMessage {
+        let which = change.entries(self.msix.len());
+        sync_vectors(&self.vm, &self.name, &mut self.msix, which, |i| {
+            let msg = x
+                .entries
+                .get(i)
+                .map_or_else(MsiMessage::default, |e| MsiMessage {
                     address: e.address,
                     data: e.data,
-                };
-                self.refresh_vector(IrqKind::Msix, i, msg, x.live(i));
-            }
-        }
+                });
+            (msg, x.live(i))
+        });
     }
 
-    /// One eventfd and route per message; no irqfd yet.
-    fn new_vectors(&self, msgs: Vec<MsiMessage>) -> Result<Vec<Vector>, PassthroughError> {
-        let mut out: Vec<Vector> = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            let made = EventFd::new(libc::EFD_NONBLOCK)
-                .map_err(PassthroughError::EventFd)
-                .and_then(|fd| Ok((fd, self.vm.add_msi_route(msg)?)));
-            match made {
-                Ok((fd, gsi)) => out.push(Vector {
-                    fd,
-                    gsi,
-                    live: false,
-                }),
-                Err(e) => {
-                    self.drop_vectors(out);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Points vector `i` at `msg` and registers or removes its irqfd.
-    fn refresh_vector(&mut self, kind: IrqKind, i: usize, msg: MsiMessage, live: bool) {
-        let vm = self.vm.clone();
-        let list = if kind == IrqKind::Msi {
-            &mut self.msi
-        } else {
-            &mut self.msix
-        };
-        let Some(v) = list.get_mut(i) else {
-            return;
-        };
-        if let Err(e) = vm.update_msi_route(v.gsi, msg) {
-            say("update an MSI route", &e);
-        }
-        if live && !v.live {
-            match vm.fd().register_irqfd(&v.fd, v.gsi) {
-                Ok(()) => v.live = true,
-                Err(e) => say("register an MSI irqfd", &e),
-            }
-        } else if !live && v.live {
-            let _ = vm.fd().unregister_irqfd(&v.fd, v.gsi);
-            v.live = false;
-        }
+    /// One eventfd and route per message, the routes committed together;
+    /// no irqfd yet.
+    fn new_vectors(&self, msgs: &[MsiMessage]) -> Result<Vec<Vector>, PassthroughError> {
+        let fds = msgs
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(PassthroughError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gsis = self.vm.add_msi_routes(msgs)?;
+        Ok(fds
+            .into_iter()
+            .zip(gsis)
+            .zip(msgs)
+            .map(|((fd, gsi), &routed)| Vector {
+                fd,
+                gsi,
+                routed,
+                live: false,
+            })
+            .collect())
     }
 
     fn drop_vectors(&self, vectors: Vec<Vector>) {
-        for v in vectors {
-            if v.live {
-                let _ = self.vm.fd().unregister_irqfd(&v.fd, v.gsi);
-            }
-            if let Err(e) = self.vm.remove_msi_route(v.gsi) {
-                say("remove an MSI route", &e);
-            }
+        for v in vectors.iter().filter(|v| v.live) {
+            let _ = self.vm.fd().unregister_irqfd(&v.fd, v.gsi);
+        }
+        let gsis: Vec<u32> = vectors.iter().map(|v| v.gsi).collect();
+        if let Err(e) = self.vm.remove_msi_routes(&gsis) {
+            self.say("remove MSI routes", &e);
         }
     }
 }
@@ -503,13 +644,17 @@ impl PciFunction for PassthroughFunction {
         self.config.read(self.host.as_ref(), offset, data);
     }
 
+    /// A write of any width: every register it touches is virtualized (see
+    /// [`VirtualConfig::write`]), and what it changed is acted on once.
     fn config_write(&mut self, offset: u16, data: &[u8]) {
-        match self.config.write(self.host.as_ref(), offset, data) {
-            ConfigChange::None => {}
-            ConfigChange::Bars => self.place_bars(),
-            ConfigChange::Msi => self.update_msi(),
-            ConfigChange::Msix(c) => self.update_msix(c),
+        let change = self.config.write(self.host.as_ref(), offset, data);
+        if change.bars {
+            self.place_bars();
         }
+        if change.msi {
+            self.update_msi();
+        }
+        self.update_msix(change.msix);
     }
 
     /// Whether `addr` falls in one of this function's BARs.
@@ -517,42 +662,72 @@ impl PciFunction for PassthroughFunction {
         self.trapped(io, addr).is_some()
     }
 
+    /// Reads up to the end of the BAR (bytes past it read all-ones), each
+    /// piece from where it belongs: the emulated table or PBA, or the
+    /// device.
     fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
-        let Some((index, offset)) = self.trapped(io, addr) else {
+        let Some((index, offset, left)) = self.trapped(io, addr) else {
             return false;
+        };
+        data.fill(0xff);
+        let len = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let Some(data) = data.get_mut(..len) else {
+            return true;
         };
         if index == ROM_INDEX {
             self.host.region_read(ROM_REGION, offset, data);
             return true;
         }
         let msix = self.config.msix();
-        match (target(msix, index, offset), msix) {
-            (Target::Table(at), Some(x)) => x.read_table(at, data),
-            (Target::Pba, Some(x)) => x.read_pba(data),
-            _ => self.host.region_read(u32::from(index), offset, data),
-        }
+        split_by_target(Emulated::of(msix), index, offset, len, |t, at, range| {
+            let Some(piece) = data.get_mut(range) else {
+                return;
+            };
+            match (t, msix) {
+                (Target::Table(at), Some(x)) => x.read_table(at, piece),
+                (Target::Pba, Some(x)) => x.read_pba(piece),
+                _ => self.host.region_read(u32::from(index), at, piece),
+            }
+        });
         true
     }
 
+    /// Writes up to the end of the BAR, each piece where it belongs; the
+    /// MSI-X entries it changed (all of them, when it spans several) are
+    /// acted on once.
     fn bar_write(&mut self, io: bool, addr: u64, data: &[u8]) -> bool {
-        let Some((index, offset)) = self.trapped(io, addr) else {
+        let Some((index, offset, left)) = self.trapped(io, addr) else {
             return false;
         };
         // The ROM is read-only: writes to it are dropped.
         if index == ROM_INDEX {
             return true;
         }
-        match target(self.config.msix(), index, offset) {
-            Target::Table(at) => {
-                if let Some(x) = self.config.msix_mut() {
-                    let change = x.write_table(at, data);
-                    self.update_msix(change);
+        let len = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut change = MsixChange::None;
+        let (host, config) = (&self.host, &mut self.config);
+        split_by_target(
+            Emulated::of(config.msix()),
+            index,
+            offset,
+            len,
+            |t, at, range| {
+                let Some(piece) = data.get(range) else {
+                    return;
+                };
+                match t {
+                    Target::Table(at) => {
+                        if let Some(x) = config.msix_mut() {
+                            change = change.and(x.write_table(at, piece));
+                        }
+                    }
+                    // The PBA is read-only.
+                    Target::Pba => {}
+                    Target::Device => host.region_write(u32::from(index), at, piece),
                 }
-            }
-            // The PBA is read-only.
-            Target::Pba => {}
-            Target::Device => self.host.region_write(u32::from(index), offset, data),
-        }
+            },
+        );
+        self.update_msix(change);
         true
     }
 }
@@ -565,10 +740,10 @@ impl Drop for PassthroughFunction {
         for p in std::mem::take(&mut self.placed) {
             self.unmap(&p.slots);
         }
-        if !self.msix.is_empty() {
+        if self.msix_on {
             let _ = self.host.disable_irqs(IrqKind::Msix);
         }
-        if !self.msi.is_empty() {
+        if self.msi_on {
             let _ = self.host.disable_irqs(IrqKind::Msi);
         }
         let msi = std::mem::take(&mut self.msi);
@@ -587,6 +762,8 @@ impl Drop for PassthroughFunction {
 }
 
 #[cfg(test)]
+// Tests split addresses into BAR dwords on purpose, and map small BARs.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::super::config_space::CMD_MEMORY;
     use super::super::host_function::tests::FakeFunction;
@@ -631,11 +808,18 @@ mod tests {
     /// An NVMe-like function: BAR0 mem64 16 KiB, mmapped whole, with a
     /// 2-entry MSI-X table at 0x2000 and the PBA at 0x3000; no INTx pin.
     fn nvme(host: &HostBar) -> Arc<FakeFunction> {
+        nvme_with(host, 2)
+    }
+
+    /// [`nvme`] with `entries` MSI-X table entries (at most 256, so the
+    /// table stays below the PBA) and as many vectors on the host.
+    fn nvme_with(host: &HostBar, entries: u16) -> Arc<FakeFunction> {
         let mut f = FakeFunction::new(0x1b36, 0x0010);
         f.set32(0x04, 0x0010_0000);
         f.set32(0x10, 0x0000_0004);
         f.set32(0x34, 0x40);
-        f.set32(0x40, 0x0001_0011);
+        f.set32(0x40, 0x0000_0011 | u32::from(entries - 1) << 16);
+        f.msix_vectors = u32::from(entries);
         f.set32(0x44, 0x0000_2000);
         f.set32(0x48, 0x0000_3000);
         f.region_sizes.lock().unwrap()[0] = BAR_SIZE;
@@ -840,6 +1024,242 @@ mod tests {
         assert_eq!(
             bars.allocate(BarKind::Mem32, 0x1000),
             Some(gpa + BAR_SIZE.max(0x1000))
+        );
+    }
+
+    fn function(vm: &Arc<Vm>, fake: &Arc<FakeFunction>) -> PassthroughFunction {
+        let mut bars = BarAllocator::new(16 << 20);
+        PassthroughFunction::new(
+            vm.clone(),
+            Box::new(fake.clone()),
+            1,
+            false,
+            &mut bars,
+            "nvme",
+        )
+        .unwrap()
+    }
+
+    /// Writes MSI-X table entry `i` (table at guest address `table`) the
+    /// way Linux does: address, upper address, data, vector control.
+    fn program(f: &mut PassthroughFunction, table: u64, i: u64, data: u32, masked: bool) {
+        let e = table + 16 * i;
+        assert!(f.bar_write(false, e, &0xfee0_1000u32.to_le_bytes()));
+        assert!(f.bar_write(false, e + 4, &0u32.to_le_bytes()));
+        assert!(f.bar_write(false, e + 8, &data.to_le_bytes()));
+        assert!(f.bar_write(false, e + 12, &u32::from(masked).to_le_bytes()));
+    }
+
+    fn live(f: &PassthroughFunction) -> Vec<bool> {
+        f.msix.iter().map(|v| v.live).collect()
+    }
+
+    const MSIX_ON: u16 = 0x8000;
+    const MSIX_ON_MASKED: u16 = 0xc000;
+
+    #[test]
+    fn rewriting_an_msix_entry_unchanged_commits_the_routes_at_most_once() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        let table = f.placed()[0].gpa + 0x2000;
+        f.config_write(0x42, &MSIX_ON.to_le_bytes());
+        let before = vm.routing_commits();
+        for _ in 0..1000 {
+            program(&mut f, table, 0, 0x41, false);
+        }
+        let commits = vm.routing_commits() - before;
+        assert!(commits <= 1, "{commits} routing commits");
+        assert_eq!(live(&f), [true, false]);
+    }
+
+    #[test]
+    fn masking_and_unmasking_commits_no_routes() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        let table = f.placed()[0].gpa + 0x2000;
+        f.config_write(0x42, &MSIX_ON.to_le_bytes());
+        program(&mut f, table, 0, 0x41, false);
+        program(&mut f, table, 1, 0x42, false);
+        let before = vm.routing_commits();
+        for _ in 0..1000 {
+            f.config_write(0x42, &MSIX_ON_MASKED.to_le_bytes());
+            assert_eq!(live(&f), [false, false]);
+            f.config_write(0x42, &MSIX_ON.to_le_bytes());
+            assert!(f.bar_write(false, table + 12, &1u32.to_le_bytes()));
+            assert_eq!(live(&f), [false, true]);
+            assert!(f.bar_write(false, table + 12, &0u32.to_le_bytes()));
+            assert_eq!(live(&f), [true, true]);
+        }
+        let commits = vm.routing_commits() - before;
+        assert_eq!(commits, 0, "{commits} routing commits");
+    }
+
+    #[test]
+    fn setting_up_many_msix_vectors_commits_once_per_vector_at_most() {
+        let host = HostBar::new();
+        let fake = nvme_with(&host, 64);
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        let table = f.placed()[0].gpa + 0x2000;
+        let before = vm.routing_commits();
+        // Enabled with the function masked, as Linux does: one commit for
+        // all 64 routes.
+        f.config_write(0x42, &MSIX_ON_MASKED.to_le_bytes());
+        assert_eq!(f.msix.len(), 64);
+        assert_eq!(vm.routing_commits() - before, 1);
+        // Each entry programmed while masked, then unmasked: the route goes
+        // to KVM once, when the vector goes live.
+        for i in 0..64 {
+            program(&mut f, table, i, 0x40 + i as u32, true);
+        }
+        assert_eq!(vm.routing_commits() - before, 1, "masked entries wait");
+        f.config_write(0x42, &MSIX_ON.to_le_bytes());
+        for i in 0..64 {
+            assert!(f.bar_write(false, table + 16 * i + 12, &0u32.to_le_bytes()));
+        }
+        assert!(live(&f).iter().all(|&l| l));
+        assert_eq!(vm.routing_commits() - before, 1 + 64);
+        // Disabling takes every route away in one commit.
+        f.config_write(0x42, &0u16.to_le_bytes());
+        assert!(f.msix.is_empty());
+        assert_eq!(vm.routing_commits() - before, 1 + 64 + 1);
+    }
+
+    fn qword(low: u32, high: u32) -> [u8; 8] {
+        (u64::from(low) | u64::from(high) << 32).to_le_bytes()
+    }
+
+    #[test]
+    fn an_msix_write_spanning_two_entries_updates_both_vectors() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        let table = f.placed()[0].gpa + 0x2000;
+        f.config_write(0x42, &MSIX_ON.to_le_bytes());
+        program(&mut f, table, 0, 0x41, true);
+        // One 8-byte store: entry 0's vector control (unmasked) and entry
+        // 1's address.
+        assert!(f.bar_write(false, table + 12, &qword(0, 0xfee0_2000)));
+        assert_eq!(live(&f), [true, false]);
+        assert_eq!(f.config.msix().unwrap().entries[1].address, 0xfee0_2000);
+        // Entry 1's data and vector control in one store: it goes live on
+        // the message it was given.
+        assert!(f.bar_write(false, table + 24, &qword(0x43, 0)));
+        assert_eq!(live(&f), [true, true]);
+        let routed: Vec<MsiMessage> = f.msix.iter().map(|v| v.routed).collect();
+        assert_eq!(
+            routed,
+            [
+                MsiMessage {
+                    address: 0xfee0_1000,
+                    data: 0x41
+                },
+                MsiMessage {
+                    address: 0xfee0_2000,
+                    data: 0x43
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bar_access_across_the_table_edge_goes_where_each_byte_belongs() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        let gpa = f.placed()[0].gpa;
+        // The table is 0x2000..0x2020. Entry 1's vector control and the
+        // device's dword after the table, in one store.
+        assert!(f.bar_write(false, gpa + 0x201c, &qword(0, 0x0403_0201)));
+        assert!(!f.config.msix().unwrap().entries[1].masked);
+        // The device's dword before the table and entry 0's address.
+        assert!(f.bar_write(false, gpa + 0x1ffc, &qword(0x0807_0605, 0xfee0_0000)));
+        assert_eq!(f.config.msix().unwrap().entries[0].address, 0xfee0_0000);
+        assert_eq!(
+            *fake.regions.lock().unwrap(),
+            [(0, 0x2020, vec![1, 2, 3, 4]), (0, 0x1ffc, vec![5, 6, 7, 8])]
+        );
+        // Reads likewise (the fake answers the low byte of the offset).
+        let mut q = [0u8; 8];
+        assert!(f.bar_read(false, gpa + 0x201c, &mut q));
+        assert_eq!(q, [0, 0, 0, 0, 0x20, 0x20, 0x20, 0x20]);
+        assert!(f.bar_read(false, gpa + 0x1ffc, &mut q));
+        assert_eq!(q, [0xfc, 0xfc, 0xfc, 0xfc, 0, 0, 0xe0, 0xfe]);
+        // An access reaching past the end of the BAR stops there.
+        fake.regions.lock().unwrap().clear();
+        assert!(f.bar_write(false, gpa + BAR_SIZE - 4, &[9; 8]));
+        assert_eq!(
+            *fake.regions.lock().unwrap(),
+            [(0, BAR_SIZE - 4, vec![9; 4])]
+        );
+        assert!(f.bar_read(false, gpa + BAR_SIZE - 4, &mut q));
+        assert_eq!(q, [0xfc, 0xfc, 0xfc, 0xfc, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_bar_moved_onto_ram_over_and_over_is_noted_three_times() {
+        let host = HostBar::new();
+        let fake = nvme(&host);
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        let gpa = f.placed()[0].gpa;
+        for _ in 0..100 {
+            // Onto the guest's RAM (1 MiB), which KVM refuses to cover...
+            f.config_write(0x10, &qword(0x10_0004, 0));
+            assert_eq!(f.placed()[0].gpa, 0x10_0000);
+            assert!(f.placed()[0].slots.is_empty());
+            // ...and back.
+            f.config_write(0x10, &qword(gpa as u32 | 4, (gpa >> 32) as u32));
+            assert_eq!(f.placed()[0].slots.len(), 1);
+        }
+        assert_eq!(
+            vm.notes().held(),
+            100 - u64::from(crate::vm::notes::SHOWN_PER_KIND)
+        );
+    }
+
+    /// A function with a 64-bit MSI capability with per-vector masks at
+    /// 0x40 (mask bits at 0x50), one vector, no BARs.
+    fn msi_device() -> Arc<FakeFunction> {
+        let f = FakeFunction::new(0x1234, 0x5678);
+        f.set32(0x04, 0x0010_0000);
+        f.set32(0x34, 0x40);
+        f.set32(0x40, 0x0180_0005);
+        Arc::new(f)
+    }
+
+    #[test]
+    fn msi_masking_commits_no_routes_and_a_wide_store_commits_once() {
+        let fake = msi_device();
+        let vm = vm();
+        let mut f = function(&vm, &fake);
+        f.config_write(0x44, &qword(0xfee0_0000, 0));
+        f.config_write(0x4c, &0x41u32.to_le_bytes());
+        f.config_write(0x42, &1u16.to_le_bytes());
+        assert_eq!(f.msi.iter().map(|v| v.live).collect::<Vec<_>>(), [true]);
+        let before = vm.routing_commits();
+        for _ in 0..1000 {
+            f.config_write(0x50, &1u32.to_le_bytes());
+            assert!(!f.msi[0].live);
+            f.config_write(0x50, &0u32.to_le_bytes());
+            assert!(f.msi[0].live);
+        }
+        assert_eq!(vm.routing_commits() - before, 0);
+        // A new address in one 8-byte store: one commit, nothing for the
+        // device.
+        f.config_write(0x44, &qword(0xfee0_1000, 0));
+        assert_eq!(vm.routing_commits() - before, 1);
+        assert_eq!(f.msi[0].routed.address, 0xfee0_1000);
+        assert!(
+            fake.writes().iter().all(|(o, _)| *o == 0x04),
+            "{:?}",
+            fake.writes()
         );
     }
 }

@@ -12,6 +12,8 @@
 //! | triple fault               | failed        | 194              |
 //! | KVM internal error         | failed        | 195              |
 //! | the VMM could not run it   | failed        | 196              |
+//! | a vCPU thread panicked     | failed        | 197              |
+//! | a vCPU thread got stuck    | failed        | 198              |
 //! | signal S (SIGTERM, SIGINT) | failed        | 128 + S          |
 
 use crate::devices::StopRequest;
@@ -21,7 +23,7 @@ use nix::sys::signal::Signal;
 // The codes are kiln-abi's, shared with the guests and `kiln test`.
 pub use kiln_abi::exit::{
     CODE_EXIT_PORT_MAX, CODE_INTERNAL_ERROR, CODE_REBOOT, CODE_SIGNAL_BASE, CODE_TRIPLE_FAULT,
-    CODE_VMM_ERROR,
+    CODE_VCPU_PANIC, CODE_VCPU_STUCK, CODE_VMM_ERROR,
 };
 
 /// How a VM ended.
@@ -39,6 +41,11 @@ pub enum VmExit {
     InternalError(String),
     /// The runtime received this signal and stopped the VM.
     Signal(i32),
+    /// A vCPU thread panicked (a VMM bug); the message says where.
+    VcpuPanic { index: u8, message: String },
+    /// A vCPU thread stayed outside `KVM_RUN` this long (the VMM hung in
+    /// device emulation or on a lock).
+    VcpuStuck { index: u8, secs: u64 },
 }
 
 impl VmExit {
@@ -53,6 +60,8 @@ impl VmExit {
             VmExit::TripleFault => CODE_TRIPLE_FAULT,
             VmExit::InternalError(_) => CODE_INTERNAL_ERROR,
             VmExit::Signal(s) => CODE_SIGNAL_BASE + s,
+            VmExit::VcpuPanic { .. } => CODE_VCPU_PANIC,
+            VmExit::VcpuStuck { .. } => CODE_VCPU_STUCK,
         }
     }
 
@@ -65,6 +74,8 @@ impl VmExit {
             VmExit::TripleFault => "triple-fault",
             VmExit::InternalError(_) => "internal-error",
             VmExit::Signal(_) => "signal",
+            VmExit::VcpuPanic { .. } => "vcpu-panic",
+            VmExit::VcpuStuck { .. } => "vcpu-stuck",
         }
     }
 
@@ -108,6 +119,13 @@ impl std::fmt::Display for VmExit {
                     .unwrap_or("unknown");
                 write!(f, "signal {name}")
             }
+            VmExit::VcpuPanic { index, message } => {
+                write!(f, "vcpu-panic: vCPU {index} panicked: {message}")
+            }
+            VmExit::VcpuStuck { index, secs } => write!(
+                f,
+                "vcpu-stuck: vCPU {index} stayed outside KVM_RUN for {secs} s"
+            ),
         }
     }
 }
@@ -145,6 +163,12 @@ mod tests {
             VmExit::TripleFault.exit_code(),
             VmExit::InternalError(String::new()).exit_code(),
             CODE_VMM_ERROR,
+            VmExit::VcpuPanic {
+                index: 0,
+                message: String::new(),
+            }
+            .exit_code(),
+            VmExit::VcpuStuck { index: 0, secs: 0 }.exit_code(),
             VmExit::Signal(libc::SIGTERM).exit_code(),
             VmExit::Signal(libc::SIGINT).exit_code(),
         ];

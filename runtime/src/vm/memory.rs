@@ -68,6 +68,8 @@ unsafe impl Sync for AlignedMapping {}
 
 impl AlignedMapping {
     fn new(len: usize) -> std::io::Result<Self> {
+        // A 2 MiB constant.
+        #[allow(clippy::cast_possible_truncation)]
         let align = HUGE_PAGE as usize;
         let total = len
             .checked_add(align)
@@ -244,7 +246,7 @@ mod tests {
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .unwrap() as usize;
             assert_eq!(
-                host % HUGE_PAGE as usize,
+                host % usize::try_from(HUGE_PAGE).unwrap(),
                 0,
                 "region at {:#x}",
                 r.start_addr().raw_value()

@@ -12,6 +12,7 @@
 
 pub mod exit;
 pub mod memory;
+pub mod notes;
 pub mod routing;
 pub mod vcpu;
 
@@ -21,8 +22,10 @@ use crate::vac::{Vac, VacError};
 use kiln_schema::config::VmConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
+use notes::Notes;
 use routing::{MsiMessage, Routing, RoutingError};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -57,6 +60,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// One VM. Fields drop in declaration order: the buses first, then the KVM
 /// VM, then guest memory, and the `Vac` last.
+#[derive(Debug)]
 pub struct Vm {
     pio_bus: Bus,
     mmio_bus: Bus,
@@ -66,6 +70,9 @@ pub struct Vm {
     /// KVM memory slots used by device memory (BARs), beyond guest RAM's.
     slots: Mutex<BTreeSet<u32>>,
     routing: Mutex<Routing>,
+    /// How often the routing table went to KVM (KILN_VMM_STATS).
+    routing_commits: AtomicU64,
+    notes: Notes,
     created: Instant,
     vac: Arc<Vac>,
 }
@@ -85,7 +92,7 @@ impl Vm {
         let created = Instant::now();
         let fd = vac.create_vm()?;
         let memory = memory::create(cfg.memory.bytes(), cfg.hugepages)?;
-        for (slot, region) in memory.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(memory.iter()) {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VmError::Kvm {
@@ -93,7 +100,7 @@ impl Vm {
                     source: kvm_ioctls::Error::new(libc::EFAULT),
                 })?;
             let r = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
@@ -104,7 +111,10 @@ impl Vm {
             // (field order of `Vm`), so KVM never sees a dangling range.
             unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
         }
-        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+        // A constant below 4 GiB.
+        #[allow(clippy::cast_possible_truncation)]
+        let tss = KVM_TSS_ADDRESS as usize;
+        fd.set_tss_address(tss)
             .map_err(kvm_err("set the TSS address"))?;
         if fd.check_extension(Cap::SetIdentityMapAddr) {
             fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
@@ -127,6 +137,8 @@ impl Vm {
             vcpus: cfg.vcpus,
             slots: Mutex::new(BTreeSet::new()),
             routing: Mutex::new(Routing::default()),
+            routing_commits: AtomicU64::new(0),
+            notes: Notes::new(cfg.name.as_str()),
             created,
             vac,
         }))
@@ -157,6 +169,11 @@ impl Vm {
         &self.mmio_bus
     }
 
+    /// The VMM's notes about this VM on the console, rate-limited.
+    pub fn notes(&self) -> &Notes {
+        &self.notes
+    }
+
     /// When the VM was created.
     pub fn created(&self) -> Instant {
         self.created
@@ -174,7 +191,7 @@ impl Vm {
     /// `host .. host + size` must stay mapped until the slot is unmapped.
     pub unsafe fn map_device_memory(&self, gpa: u64, size: u64, host: u64) -> Result<u32, VmError> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = self.memory.num_regions() as u32;
+        let first = u32::try_from(self.memory.num_regions()).map_err(|_| VmError::NoSlot)?;
         let slot = (first..u32::from(u16::MAX))
             .find(|s| !slots.contains(s))
             .ok_or(VmError::NoSlot)?;
@@ -205,35 +222,77 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err("unmap device memory"))
     }
 
-    /// Routes a new GSI to `msg` and returns it.
-    pub fn add_msi_route(&self, msg: MsiMessage) -> Result<u32, VmError> {
+    /// Routes a new GSI to each of `msgs` and returns them, in order; the
+    /// table goes to KVM once.
+    pub fn add_msi_routes(&self, msgs: &[MsiMessage]) -> Result<Vec<u32>, VmError> {
         let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
-        let gsi = r.allocate()?;
-        r.set_msi(gsi, msg);
-        if let Err(e) = self.commit_routes(&r) {
-            r.remove(gsi);
+        let mut gsis = Vec::with_capacity(msgs.len());
+        let mut added = || -> Result<(), VmError> {
+            let mut next = 0;
+            for &msg in msgs {
+                let gsi = r.allocate_from(next)?;
+                r.set_msi(gsi, msg);
+                gsis.push(gsi);
+                next = gsi + 1;
+            }
+            if !gsis.is_empty() {
+                self.commit_routes(&r)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = added() {
+            for gsi in &gsis {
+                r.remove(*gsi);
+            }
             return Err(e);
         }
-        Ok(gsi)
+        Ok(gsis)
     }
 
-    /// Points an existing MSI GSI at a new message.
-    pub fn update_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), VmError> {
+    /// Points existing MSI GSIs at new messages; the table goes to KVM
+    /// once, and only if one of them changed.
+    pub fn update_msi_routes(&self, routes: &[(u32, MsiMessage)]) -> Result<(), VmError> {
         let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
-        r.set_msi(gsi, msg);
-        self.commit_routes(&r)
+        let before: Vec<Option<MsiMessage>> = routes.iter().map(|&(gsi, _)| r.msi(gsi)).collect();
+        let mut changed = false;
+        for &(gsi, msg) in routes {
+            changed |= r.set_msi(gsi, msg);
+        }
+        if changed {
+            if let Err(e) = self.commit_routes(&r) {
+                // Keep the table as KVM has it, so a retry sends the change.
+                for (&(gsi, _), old) in routes.iter().zip(before).rev() {
+                    match old {
+                        Some(msg) => r.set_msi(gsi, msg),
+                        None => r.remove(gsi),
+                    };
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
-    /// Frees a GSI from [`Self::add_msi_route`].
-    pub fn remove_msi_route(&self, gsi: u32) -> Result<(), VmError> {
+    /// Frees GSIs from [`Self::add_msi_routes`]; the table goes to KVM once.
+    pub fn remove_msi_routes(&self, gsis: &[u32]) -> Result<(), VmError> {
         let mut r = self.routing.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.remove(gsi) {
+        let mut changed = false;
+        for &gsi in gsis {
+            changed |= r.remove(gsi);
+        }
+        if changed {
             self.commit_routes(&r)?;
         }
         Ok(())
     }
 
+    /// How many times the GSI routing table was sent to KVM.
+    pub fn routing_commits(&self) -> u64 {
+        self.routing_commits.load(Ordering::Relaxed)
+    }
+
     fn commit_routes(&self, r: &Routing) -> Result<(), VmError> {
+        self.routing_commits.fetch_add(1, Ordering::Relaxed);
         self.fd
             .set_gsi_routing(&r.to_kvm()?)
             .map_err(kvm_err("set the interrupt routes"))
@@ -305,6 +364,30 @@ pub(crate) mod tests {
         assert_eq!(b.pio_bus().unclaimed().get(&0x80), Some(&1));
         let seen: u32 = b.memory().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(seen, 0);
+    }
+
+    #[test]
+    fn msi_routes_go_to_kvm_once_per_batch_and_only_when_changed() {
+        let vm = Vm::new(Vac::open(kvm_path()).unwrap(), &config(1, "16M")).unwrap();
+        let msg = |data| MsiMessage {
+            address: 0xfee0_0000,
+            data,
+        };
+        let gsis = vm.add_msi_routes(&[msg(1), msg(2), msg(3)]).unwrap();
+        assert_eq!(gsis, [24, 25, 26]);
+        assert_eq!(vm.routing_commits(), 1);
+        let same: Vec<(u32, MsiMessage)> =
+            gsis.iter().zip(1..).map(|(&g, d)| (g, msg(d))).collect();
+        vm.update_msi_routes(&same).unwrap();
+        assert_eq!(vm.routing_commits(), 1, "nothing changed");
+        vm.update_msi_routes(&[(25, msg(2)), (26, msg(9))]).unwrap();
+        assert_eq!(vm.routing_commits(), 2);
+        vm.remove_msi_routes(&gsis).unwrap();
+        assert_eq!(vm.routing_commits(), 3);
+        vm.remove_msi_routes(&gsis).unwrap();
+        assert_eq!(vm.routing_commits(), 3, "already gone");
+        // Freed GSIs are handed out again, lowest first.
+        assert_eq!(vm.add_msi_routes(&[msg(4)]).unwrap(), [24]);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! KVM_SET_GSI_ROUTING replaces the whole table, so the VM keeps the table
 //! and every change re-sends all of it; the irqchip entries must stay in it
-//! or the legacy interrupts (COM1, INTx) would stop.
+//! or the legacy interrupts (COM1, INTx) would stop. A guest reprograms its
+//! vectors as often as it likes, so callers batch their changes and the
+//! table goes to KVM only when an entry really changed ([`Routing::set_msi`]
+//! says whether it did).
 
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -42,13 +45,25 @@ pub struct Routing {
 impl Routing {
     /// The lowest free GSI above the IOAPIC pins.
     pub fn allocate(&self) -> Result<u32, RoutingError> {
-        (IOAPIC_PINS..MAX_GSI)
+        self.allocate_from(IOAPIC_PINS)
+    }
+
+    /// The lowest free GSI from `first` on: a caller taking several in a
+    /// row starts each search after the last it took.
+    pub fn allocate_from(&self, first: u32) -> Result<u32, RoutingError> {
+        (first.max(IOAPIC_PINS)..MAX_GSI)
             .find(|g| !self.msi.contains_key(g))
             .ok_or(RoutingError::Exhausted)
     }
 
-    pub fn set_msi(&mut self, gsi: u32, msg: MsiMessage) {
-        self.msi.insert(gsi, msg);
+    /// Routes `gsi` to `msg`; returns whether the table changed.
+    pub fn set_msi(&mut self, gsi: u32, msg: MsiMessage) -> bool {
+        self.msi.insert(gsi, msg) != Some(msg)
+    }
+
+    /// Where `gsi` is routed, if it is an MSI route.
+    pub fn msi(&self, gsi: u32) -> Option<MsiMessage> {
+        self.msi.get(&gsi).copied()
     }
 
     pub fn remove(&mut self, gsi: u32) -> bool {
@@ -75,7 +90,7 @@ impl Routing {
                 type_: KVM_IRQ_ROUTING_MSI,
                 ..Default::default()
             };
-            e.u.msi.address_lo = m.address as u32;
+            e.u.msi.address_lo = (m.address & 0xffff_ffff) as u32;
             e.u.msi.address_hi = (m.address >> 32) as u32;
             e.u.msi.data = m.data;
             v.push(e);
@@ -110,18 +125,18 @@ mod tests {
         assert_eq!(r.entries().len(), 16 + 24);
         let g = r.allocate().unwrap();
         assert_eq!(g, IOAPIC_PINS);
-        r.set_msi(
-            g,
-            MsiMessage {
-                address: 0x1_fee0_1000,
-                data: 0x41,
-            },
-        );
+        let msg = MsiMessage {
+            address: 0x1_fee0_1000,
+            data: 0x41,
+        };
+        assert!(r.set_msi(g, msg));
+        assert!(!r.set_msi(g, msg), "the same route again changes nothing");
         assert_eq!(r.allocate().unwrap(), IOAPIC_PINS + 1);
         let e = r.entries();
         let last = e.last().unwrap();
         assert_eq!((last.gsi, last.type_), (g, KVM_IRQ_ROUTING_MSI));
-        // SAFETY (test): the entry was written as an MSI route.
+        // SAFETY: the entry was written as an MSI route (type_ checked above),
+        // so `msi` is the union member that was initialised.
         let msi = unsafe { last.u.msi };
         assert_eq!(
             (msi.address_lo, msi.address_hi, msi.data),

@@ -10,6 +10,7 @@ use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::devices::pci::PciRoot;
 use crate::devices::Access;
+use crate::watchdog::VcpuClocks;
 use kvm_bindings::{
     kvm_lapic_state, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -44,6 +45,7 @@ pub enum VcpuError {
 
 /// Shared by the vCPU threads and the thread that waits for them: the
 /// first reason to stop wins, and a stopped VM wakes the waiter.
+#[derive(Debug)]
 pub struct RunControl {
     stop: AtomicBool,
     exit: Mutex<Option<VmExit>>,
@@ -117,6 +119,7 @@ impl std::ops::AddAssign for ExitCounts {
 /// One vCPU. It holds its VM, so a running vCPU thread keeps the VM (and
 /// through it the `Vac`) alive, and reaches the devices through the VM's
 /// buses; the vCPU fd closes before that handle drops.
+#[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
@@ -197,18 +200,24 @@ impl Vcpu {
     }
 
     /// Runs until the VM stops, handling port and MMIO exits. Any reason to
-    /// end the VM is reported to `ctl`.
-    pub fn run(mut self, ctl: &RunControl) -> ExitCounts {
+    /// end the VM is reported to `ctl`; `clocks` learns when this vCPU
+    /// enters and leaves `KVM_RUN`.
+    pub fn run(mut self, ctl: &RunControl, clocks: &VcpuClocks) -> ExitCounts {
         let mut counts = ExitCounts::default();
         let index = self.index;
         while !ctl.stopping() {
             let mut internal_error = false;
-            let outcome = match self.fd.run() {
+            clocks.entering(usize::from(index));
+            let ran = self.fd.run();
+            clocks.left(usize::from(index));
+            let outcome = match ran {
                 Ok(exit) => {
                     counts.total += 1;
                     match exit {
                         VcpuExit::IoOut(port, data) => {
                             counts.pio += 1;
+                            #[cfg(test)]
+                            test_triggers::on_out(port);
                             match self.vm.pio_bus().write(u64::from(port), data) {
                                 Access::Stop(stop) => Some(VmExit::from(stop)),
                                 Access::Claimed | Access::Unclaimed => None,
@@ -293,17 +302,34 @@ impl Vcpu {
     }
 }
 
+/// Ports that misbehave on purpose, in unit tests only: a write to
+/// [`test_triggers::PANIC_PORT`] panics the vCPU thread, one to
+/// [`test_triggers::STALL_PORT`] keeps it outside `KVM_RUN` for a minute.
+#[cfg(test)]
+pub mod test_triggers {
+    pub const PANIC_PORT: u16 = 0xf5;
+    pub const STALL_PORT: u16 = 0xf6;
+
+    pub fn on_out(port: u16) {
+        match port {
+            PANIC_PORT => panic!("test-only vCPU panic"),
+            STALL_PORT => std::thread::sleep(std::time::Duration::from_secs(60)),
+            _ => {}
+        }
+    }
+}
+
 fn set_lvt_mode(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
     let Some(bytes) = lapic.regs.get_mut(offset..offset + 4) else {
         return;
     };
     let mut raw = [0u8; 4];
     for (d, s) in raw.iter_mut().zip(bytes.iter()) {
-        *d = *s as u8;
+        *d = u8::from_ne_bytes(s.to_ne_bytes());
     }
     let value = (u32::from_le_bytes(raw) & !0x700) | (mode << 8);
     for (d, s) in bytes.iter_mut().zip(value.to_le_bytes()) {
-        *d = s as std::os::raw::c_char;
+        *d = std::os::raw::c_char::from_ne_bytes([s]);
     }
 }
 
@@ -312,7 +338,10 @@ mod tests {
     use super::*;
 
     fn lvt(l: &kvm_lapic_state, off: usize) -> u32 {
-        let b: Vec<u8> = l.regs[off..off + 4].iter().map(|c| *c as u8).collect();
+        let b: Vec<u8> = l.regs[off..off + 4]
+            .iter()
+            .map(|c| u8::from_ne_bytes(c.to_ne_bytes()))
+            .collect();
         u32::from_le_bytes(b.try_into().unwrap())
     }
 
@@ -322,7 +351,7 @@ mod tests {
         // Masked, with a stale delivery mode and vector.
         for off in [APIC_LVT0, APIC_LVT1] {
             for (i, b) in 0x0001_0630u32.to_le_bytes().iter().enumerate() {
-                l.regs[off + i] = *b as std::os::raw::c_char;
+                l.regs[off + i] = std::os::raw::c_char::from_ne_bytes([*b]);
             }
         }
         set_lvt_mode(&mut l, APIC_LVT0, APIC_MODE_EXTINT);

@@ -144,6 +144,7 @@ impl LabConfig {
     }
 }
 
+#[derive(Debug)]
 pub struct LabTarget {
     name: String,
     dir: PathBuf,

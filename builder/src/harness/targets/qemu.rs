@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+#[derive(Debug)]
 pub struct QemuTarget {
     qemu: PathBuf,
     accel: Accel,

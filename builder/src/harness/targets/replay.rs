@@ -15,6 +15,7 @@ use super::{Console, Deployable, Target, TargetError};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+#[derive(Debug)]
 pub struct ReplayTarget {
     log: PathBuf,
     /// The file is a LAVA job log.

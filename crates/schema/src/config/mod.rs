@@ -28,10 +28,10 @@ pub use locate::{locate, KeyPath};
 pub use pci::{Bdf, PciSelector};
 pub use run::{BootConfig, VmConfig};
 pub use source::{InitrdBuild, InitrdSource, Source};
-pub use units::{ByteSize, Duration};
+pub use units::{ByteSize, Duration, MAX_DURATION};
 pub use vm::{
-    BootInput, BootSpec, ConsoleConfig, PciAssignment, RestartConfig, RestartPolicy,
-    TestExpectations, VfioBackend, VfioConfig, VmName, VmSpec,
+    BootInput, BootSpec, ConsoleConfig, LimitsConfig, PciAssignment, RestartConfig, RestartPolicy,
+    TestExpectations, VfioBackend, VfioConfig, VmName, VmSpec, VMM_MEMORY_BUDGET,
 };
 
 use serde::de::DeserializeOwned;

@@ -9,8 +9,8 @@ use super::locate::KeyPath;
 use super::source::Source;
 use super::units::ByteSize;
 use super::vm::{
-    check_file, check_size, default_hypervisor, one, ConsoleConfig, PciAssignment, RestartConfig,
-    VfioConfig, VmName,
+    check_file, check_values, default_hypervisor, one, ConsoleConfig, LimitsConfig, PciAssignment,
+    RestartConfig, Sizes, VfioConfig, VmName,
 };
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub restart: RestartConfig,
+    /// What the VMM process may use (PID 1 confines it in a cgroup).
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_default")]
+    pub limits: LimitsConfig,
 }
 
 /// `[boot]` of the run form: files, relative to the config that names them.
@@ -63,6 +66,11 @@ pub struct BootConfig {
 }
 
 impl VmConfig {
+    /// The VMM process's memory limit (see [`LimitsConfig::vmm_memory`]).
+    pub fn vmm_memory_limit(&self) -> ByteSize {
+        self.limits.vmm_memory(self.memory)
+    }
+
     /// Checks what the types cannot: value ranges, and that the kernel and
     /// initrd exist. `at` is where this VM sits in `src`, and relative paths
     /// resolve against `base_dir`.
@@ -73,7 +81,17 @@ impl VmConfig {
         at: &KeyPath,
         base_dir: &Path,
     ) -> Result<(), ConfigError> {
-        check_size(self.vcpus, self.memory, file, src, at)?;
+        check_values(
+            &Sizes {
+                vcpus: self.vcpus,
+                memory: self.memory,
+                limits: &self.limits,
+                restart: &self.restart,
+            },
+            file,
+            src,
+            at,
+        )?;
         let boot = at.clone().key("boot");
         check_file(
             file,
@@ -207,5 +225,24 @@ mod tests {
         std::fs::write(dir.path().join("hello/initrd"), b"i").unwrap();
         run.check(Path::new("a.toml"), RUN, &KeyPath::root(), dir.path())
             .unwrap();
+    }
+
+    #[test]
+    fn limits_reach_the_vmm_and_its_values_are_range_checked() {
+        let src = format!("{RUN}[limits]\nmemory = \"40M\"\n[restart]\nbackoff = \"2h\"\n");
+        let run: VmConfig = parse(Path::new("a.toml"), &src).unwrap();
+        assert_eq!(run.vmm_memory_limit(), ByteSize::mib(40));
+        let text = toml::to_string(&run).unwrap();
+        assert!(text.contains("[limits]\nmemory = \"40M\""), "{text}");
+        let e = run
+            .check(Path::new("a.toml"), &src, &KeyPath::root(), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml:9:1: key `restart.backoff`: 2h is out of range"),
+            "{e}"
+        );
+        let plain: VmConfig = parse(Path::new("a.toml"), RUN).unwrap();
+        assert_eq!(plain.vmm_memory_limit(), ByteSize::mib(64 + 64));
     }
 }

@@ -29,6 +29,20 @@ impl ByteSize {
         ByteSize(n << 20)
     }
 
+    pub const fn gib(n: u64) -> Self {
+        ByteSize(n << 30)
+    }
+
+    /// Checks `min <= self <= max`; the error says what a key takes.
+    pub fn check_range(self, min: ByteSize, max: ByteSize) -> Result<(), String> {
+        if self < min || self > max {
+            return Err(format!(
+                "{self} is out of range; expected a size from {min} to {max}"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -114,9 +128,31 @@ pub struct Duration(pub std::time::Duration);
 const DURATION_EXPECTED: &str =
     "a duration with a unit, such as \"500ms\", \"30s\", \"5m\" or \"1h\"";
 
+/// No config key takes more than this; each key checks its own, narrower
+/// range too. Bounding every duration at parse keeps deadline arithmetic
+/// (`Instant + duration`) far from overflow wherever a duration is used.
+pub const MAX_DURATION: Duration = Duration::secs(365 * 24 * 3600);
+
 impl Duration {
     pub const fn secs(n: u64) -> Self {
         Duration(std::time::Duration::from_secs(n))
+    }
+
+    pub const fn millis(n: u64) -> Self {
+        Duration(std::time::Duration::from_millis(n))
+    }
+
+    /// Checks `min <= self <= max`; the error says what a key takes.
+    pub fn check_range(self, min: Duration, max: Duration) -> Result<(), String> {
+        if self < min || self > max {
+            return Err(format!(
+                "{} is out of range; expected a duration from {} to {}",
+                self.human(),
+                min.human(),
+                max.human()
+            ));
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -151,9 +187,13 @@ impl Duration {
                 ))
             }
         };
-        std::time::Duration::try_from_secs_f64(secs)
-            .map(Duration)
-            .map_err(|_| format!("\"{text}\" is out of range"))
+        match std::time::Duration::try_from_secs_f64(secs) {
+            Ok(d) if d <= MAX_DURATION.0 => Ok(Duration(d)),
+            _ => Err(format!(
+                "\"{text}\" is out of range; expected a duration of at most {}",
+                MAX_DURATION.human()
+            )),
+        }
     }
 
     pub fn get(self) -> std::time::Duration {
@@ -172,10 +212,31 @@ impl fmt::Display for Duration {
     }
 }
 
+impl Duration {
+    /// In the largest unit that writes it exactly (ms, s, m or h), for
+    /// messages about ranges: "from 1ms to 1h".
+    pub fn human(self) -> String {
+        let ms = self.0.as_millis();
+        for (unit, per) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+            if ms >= per && ms % per == 0 {
+                return format!("{}{unit}", ms / per);
+            }
+        }
+        format!("{ms}ms")
+    }
+}
+
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// A bare number where a duration belongs: say how to write it.
+fn no_unit<E: de::Error>(v: impl fmt::Display) -> E {
+    E::custom(format!(
+        "the number {v} has no unit; write it as a string with a unit, such as \"{v}s\""
+    ))
 }
 
 impl<'de> Deserialize<'de> for Duration {
@@ -190,12 +251,10 @@ impl<'de> Deserialize<'de> for Duration {
                 Duration::parse(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                Err(E::custom(format!(
-                    "the number {v} has no unit; write it as a string with a unit, such as \"{v}s\""
-                )))
+                Err(no_unit(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                self.visit_i64(v as i64)
+                Err(no_unit(v))
             }
         }
         d.deserialize_any(V)
@@ -229,5 +288,40 @@ mod tests {
         assert!(Duration::parse("30").unwrap_err().contains("no unit"));
         assert!(Duration::parse("-1s").unwrap_err().contains("positive"));
         assert_eq!(Duration::parse("1500ms").unwrap().to_string(), "1500ms");
+        assert_eq!(Duration::parse("3600s").unwrap().human(), "1h");
+        assert_eq!(Duration::parse("90s").unwrap().human(), "90s");
+        assert_eq!(Duration::parse("120s").unwrap().human(), "2m");
+        assert_eq!(Duration::parse("0s").unwrap().human(), "0ms");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_at_parse() {
+        // Once a PID 1 panic in `Instant::now() + delay`.
+        let e = Duration::parse("3000000000000000h").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        assert!(e.contains("at most 8760h"), "{e}");
+        assert!(Duration::parse("8760h").is_ok());
+        assert!(Duration::parse("8761h").is_err());
+        assert!(Duration::parse("1e300s").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        let (lo, hi) = (Duration::millis(1), Duration::secs(3600));
+        assert!(Duration::secs(30).check_range(lo, hi).is_ok());
+        assert_eq!(
+            Duration::secs(7200).check_range(lo, hi).unwrap_err(),
+            "2h is out of range; expected a duration from 1ms to 1h"
+        );
+        assert!(Duration::millis(0).check_range(lo, hi).is_err());
+        assert_eq!(
+            ByteSize::mib(1)
+                .check_range(ByteSize::mib(16), ByteSize::gib(1024))
+                .unwrap_err(),
+            "1M is out of range; expected a size from 16M to 1T"
+        );
+        assert!(ByteSize::mib(16)
+            .check_range(ByteSize::mib(16), ByteSize::gib(1024))
+            .is_ok());
     }
 }

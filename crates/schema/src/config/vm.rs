@@ -19,6 +19,17 @@ use std::path::{Path, PathBuf};
 /// Smallest guest RAM kiln accepts: below this neither hello nor Linux fit
 /// their boot structures, page tables and stack.
 pub const MIN_MEMORY: ByteSize = ByteSize::mib(16);
+/// Largest guest RAM (and VMM memory limit) kiln accepts.
+pub const MAX_MEMORY: ByteSize = ByteSize::gib(1024);
+/// What the VMM process may use beside guest RAM, by default: its own code,
+/// heap and stacks, and the kernel memory charged to it (vCPUs, page
+/// tables, VFIO). The default `limits.memory` is `memory` plus this.
+pub const VMM_MEMORY_BUDGET: ByteSize = ByteSize::mib(64);
+/// The range of `restart.backoff` and `restart.max_backoff`.
+pub const BACKOFF_RANGE: (Duration, Duration) = (Duration::millis(1), Duration::secs(3600));
+/// The range of `test.timeout`.
+pub const TEST_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::millis(1), Duration::secs(24 * 3600));
 
 /// The authoring form of a VM: the VM config users write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +58,9 @@ pub struct VmSpec {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub restart: RestartConfig,
+    /// What the VMM process may use (PID 1 confines it in a cgroup).
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_default")]
+    pub limits: LimitsConfig,
     /// What `kiln test` expects of this VM's console.
     #[serde(default)]
     pub test: TestExpectations,
@@ -171,6 +185,49 @@ pub struct RestartConfig {
     /// First delay before a restart; doubled after each one.
     #[serde(default = "default_backoff")]
     pub backoff: Duration,
+    /// The delay never grows beyond this.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::secs(30)
+}
+
+impl RestartConfig {
+    /// The delay before restart number `done + 1`: `backoff` doubled
+    /// `done` times, at most `max_backoff`.
+    pub fn delay(&self, done: u32) -> std::time::Duration {
+        let cap = self.max_backoff.get();
+        1u32.checked_shl(done)
+            .and_then(|factor| self.backoff.get().checked_mul(factor))
+            .map_or(cap, |d| d.min(cap))
+    }
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The VMM process's memory limit (cgroup `memory.max`): guest RAM the
+    /// guest touches counts, and so does the VMM's own. Default: `memory`
+    /// plus [`VMM_MEMORY_BUDGET`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+}
+
+impl LimitsConfig {
+    pub(super) fn is_default(&self) -> bool {
+        *self == LimitsConfig::default()
+    }
+
+    /// The VMM process's memory limit for a VM of `guest` RAM:
+    /// `limits.memory`, or guest RAM plus [`VMM_MEMORY_BUDGET`].
+    pub fn vmm_memory(&self, guest: ByteSize) -> ByteSize {
+        self.memory.unwrap_or(ByteSize(
+            guest.bytes().saturating_add(VMM_MEMORY_BUDGET.bytes()),
+        ))
+    }
 }
 
 fn default_max_restarts() -> u32 {
@@ -187,6 +244,7 @@ impl Default for RestartConfig {
             policy: RestartPolicy::Never,
             max: default_max_restarts(),
             backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
         }
     }
 }
@@ -294,7 +352,23 @@ impl VmSpec {
         at: &KeyPath,
         base_dir: &Path,
     ) -> Result<(), ConfigError> {
-        check_size(self.vcpus, self.memory, file, src, at)?;
+        check_values(
+            &Sizes {
+                vcpus: self.vcpus,
+                memory: self.memory,
+                limits: &self.limits,
+                restart: &self.restart,
+            },
+            file,
+            src,
+            at,
+        )?;
+        if let Some(t) = self.test.timeout {
+            let (lo, hi) = TEST_TIMEOUT_RANGE;
+            t.check_range(lo, hi).map_err(|m| {
+                ConfigError::at_key(file, src, &at.clone().key("test").key("timeout"), m)
+            })?;
+        }
         let boot = at.clone().key("boot");
         let check_source = |key: KeyPath, source: &Source| match source {
             Source::Path(p) => check_file(file, src, &key, p, base_dir),
@@ -339,33 +413,67 @@ impl VmSpec {
             vfio: self.vfio,
             console: self.console.clone(),
             restart: self.restart.clone(),
+            limits: self.limits,
         })
     }
 }
 
-/// The range checks both forms share: at least one vCPU, and guest RAM of
-/// at least [`MIN_MEMORY`] in whole pages.
-pub(super) fn check_size(
-    vcpus: u8,
-    memory: ByteSize,
+/// The values both forms range-check.
+pub(super) struct Sizes<'a> {
+    pub vcpus: u8,
+    pub memory: ByteSize,
+    pub limits: &'a LimitsConfig,
+    pub restart: &'a RestartConfig,
+}
+
+/// The range checks both forms share: at least one vCPU, guest RAM from
+/// [`MIN_MEMORY`] to [`MAX_MEMORY`] in whole pages, the VMM's memory limit
+/// and the restart delays.
+pub(super) fn check_values(
+    v: &Sizes<'_>,
     file: &Path,
     src: &str,
     at: &KeyPath,
 ) -> Result<(), ConfigError> {
-    let err = |key: &str, msg: String| ConfigError::at_key(file, src, &at.clone().key(key), msg);
-    if vcpus == 0 {
+    let err = |key: &str, msg: String| {
+        let path = key.split('.').fold(at.clone(), KeyPath::key);
+        ConfigError::at_key(file, src, &path, msg)
+    };
+    if v.vcpus == 0 {
         return Err(err("vcpus", "expected at least 1 vCPU".into()));
     }
-    if memory < MIN_MEMORY {
+    v.memory
+        .check_range(MIN_MEMORY, MAX_MEMORY)
+        .map_err(|m| err("memory", m))?;
+    if v.memory.bytes() % 4096 != 0 {
         return Err(err(
             "memory",
-            format!("{memory} is too little; expected at least {MIN_MEMORY}"),
+            format!("{} is not a whole number of 4 KiB pages", v.memory),
         ));
     }
-    if memory.bytes() % 4096 != 0 {
+    if let Some(limit) = v.limits.memory {
+        limit
+            .check_range(MIN_MEMORY, MAX_MEMORY)
+            .map_err(|m| err("limits.memory", m))?;
+    }
+    let (lo, hi) = BACKOFF_RANGE;
+    let restart = v.restart;
+    restart
+        .backoff
+        .check_range(lo, hi)
+        .map_err(|m| err("restart.backoff", m))?;
+    restart
+        .max_backoff
+        .check_range(lo, hi)
+        .map_err(|m| err("restart.max_backoff", m))?;
+    if restart.backoff > restart.max_backoff {
         return Err(err(
-            "memory",
-            format!("{memory} is not a whole number of 4 KiB pages"),
+            "restart.backoff",
+            format!(
+                "{} is more than restart.max_backoff ({}); expected at most that",
+                restart.backoff.human(),
+                restart.max_backoff.human()
+            ),
         ));
     }
     Ok(())
@@ -522,9 +630,123 @@ mod tests {
             .check(Path::new("t.toml"), src, &KeyPath::root(), Path::new("."))
             .unwrap_err();
         assert!(
-            e.to_string().contains("key `memory`: 1M is too little"),
+            e.to_string()
+                .contains("key `memory`: 1M is out of range; expected a size from 16M to 1T"),
             "{e}"
         );
+    }
+
+    fn checked(src: &str) -> Result<VmSpec, String> {
+        let v = vm(src)?;
+        v.check(Path::new("t.toml"), src, &KeyPath::root(), Path::new("."))
+            .map_err(|e| e.to_string())?;
+        Ok(v)
+    }
+
+    const CARGO: &str = "name = \"a\"\nmemory = \"64M\"\n[boot]\nkernel = \"cargo:x\"\n";
+
+    #[test]
+    fn every_duration_and_size_is_range_checked_with_its_location() {
+        for (extra, at, key, expected) in [
+            (
+                "[restart]\nbackoff = \"2h\"\n",
+                "6:1",
+                "restart.backoff",
+                "2h is out of range; expected a duration from 1ms to 1h",
+            ),
+            (
+                "[restart]\nbackoff = \"0ms\"\n",
+                "6:1",
+                "restart.backoff",
+                "expected a duration from 1ms to 1h",
+            ),
+            (
+                "[restart]\nmax_backoff = \"2h\"\n",
+                "6:1",
+                "restart.max_backoff",
+                "expected a duration from 1ms to 1h",
+            ),
+            (
+                "[restart]\nbackoff = \"1m\"\nmax_backoff = \"10s\"\n",
+                "6:1",
+                "restart.backoff",
+                "1m is more than restart.max_backoff (10s)",
+            ),
+            (
+                "[test]\ntimeout = \"25h\"\n",
+                "6:1",
+                "test.timeout",
+                "expected a duration from 1ms to 24h",
+            ),
+            (
+                "[limits]\nmemory = \"2T\"\n",
+                "6:1",
+                "limits.memory",
+                "2T is out of range; expected a size from 16M to 1T",
+            ),
+        ] {
+            let e = checked(&format!("{CARGO}{extra}")).unwrap_err();
+            assert!(
+                e.starts_with(&format!("t.toml:{at}: key `{key}`: ")) && e.contains(expected),
+                "{extra}: {e}"
+            );
+        }
+        let e = checked(&CARGO.replace("64M", "2T")).unwrap_err();
+        assert!(
+            e.starts_with("t.toml:2:1: key `memory`: 2T is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_issue_s_backoff_is_refused_where_it_is_written() {
+        // It passed validation and panicked PID 1 in `Instant::now() + delay`.
+        let e = vm(&format!(
+            "{CARGO}[restart]\nbackoff = \"3000000000000000h\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.starts_with("configs/t.toml:6:11: key `restart.backoff`: ")
+                && e.contains("out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn restart_delay_doubles_up_to_its_cap_without_overflow() {
+        let v = checked(&format!(
+            "{CARGO}[restart]\npolicy = \"always\"\nmax = 25\nbackoff = \"10ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(v.restart.max_backoff, Duration::secs(30));
+        let ms = |n| v.restart.delay(n).as_millis();
+        assert_eq!((ms(0), ms(1), ms(2)), (10, 20, 40));
+        // The issue saw 164 s by the 15th attempt; now the cap holds.
+        assert_eq!(ms(14), 30_000);
+        for n in [31, 32, 33, 64, u32::MAX] {
+            assert_eq!(ms(n), 30_000, "attempt {n}");
+        }
+        // Whatever the values (even unchecked ones), never a panic.
+        let r = RestartConfig {
+            backoff: Duration(std::time::Duration::MAX),
+            max_backoff: Duration(std::time::Duration::MAX),
+            ..RestartConfig::default()
+        };
+        assert_eq!(r.delay(5), std::time::Duration::MAX);
+    }
+
+    #[test]
+    fn vmm_memory_limit_is_guest_ram_plus_the_budget_unless_set() {
+        let v = checked(CARGO).unwrap();
+        assert_eq!(v.limits.vmm_memory(v.memory), ByteSize::mib(64 + 64));
+        let v = checked(&format!("{CARGO}[limits]\nmemory = \"32M\"\n")).unwrap();
+        assert_eq!(v.limits.vmm_memory(v.memory), ByteSize::mib(32));
+        let text = toml::to_string(&v).unwrap();
+        assert!(text.contains("[limits]\nmemory = \"32M\""), "{text}");
+        assert_eq!(vm(&text).unwrap(), v);
+        assert!(!toml::to_string(&checked(CARGO).unwrap())
+            .unwrap()
+            .contains("limits"));
     }
 
     #[test]

@@ -55,6 +55,8 @@ fn checksum(bytes: &[u8]) -> u8 {
 
 /// A system description table: the 36-byte header, then `body`, with
 /// length and checksum filled in.
+// kiln's tables are built from constants and are a few KiB at most.
+#[allow(clippy::cast_possible_truncation)]
 fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let len = (36 + body.len()) as u32;
     let mut t = Vec::with_capacity(len as usize);
@@ -92,6 +94,8 @@ fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
     }
 }
 
+// DSDT_START is a constant below 1 MiB.
+#[allow(clippy::cast_possible_truncation)]
 fn fadt() -> Vec<u8> {
     let mut body = vec![0u8; FADT_LEN - 36];
     // Offsets below are from the start of the table, minus the header.
@@ -110,7 +114,9 @@ fn fadt() -> Vec<u8> {
 
 /// AML encoders for the few constructs the DSDT uses (ACPI 6, chapter 20).
 mod aml {
-    /// PkgLength for `len` bytes that follow it.
+    /// PkgLength for `len` bytes that follow it: kiln's AML stays below
+    /// 4 KiB, the two-byte form's limit, so each cast keeps every bit.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn pkg_length(len: usize) -> Vec<u8> {
         if len + 1 < 0x40 {
             vec![(len + 1) as u8]
@@ -144,6 +150,7 @@ mod aml {
     }
 
     /// A buffer of fewer than 256 bytes.
+    #[allow(clippy::cast_possible_truncation)] // the length, below 256
     pub fn buffer(bytes: &[u8]) -> Vec<u8> {
         let mut v = vec![0x11];
         v.extend(pkg_length(2 + bytes.len()));
@@ -152,7 +159,8 @@ mod aml {
         v
     }
 
-    /// A package of byte constants.
+    /// A package of byte constants (fewer than 256).
+    #[allow(clippy::cast_possible_truncation)] // the count, below 256
     pub fn byte_package(items: &[u8]) -> Vec<u8> {
         let mut body = vec![items.len() as u8];
         for i in items {
@@ -173,9 +181,9 @@ mod aml {
         match n {
             0 => vec![0x00],
             1 => vec![0x01],
-            2..=0xff => vec![0x0a, n as u8],
+            2..=0xff => vec![0x0a, n.to_le_bytes()[0]],
             0x100..=0xffff => {
-                let [a, b] = (n as u16).to_le_bytes();
+                let [a, b, ..] = n.to_le_bytes();
                 vec![0x0b, a, b]
             }
             _ => {
@@ -187,6 +195,7 @@ mod aml {
     }
 
     /// A package of already-encoded elements (fewer than 256).
+    #[allow(clippy::cast_possible_truncation)] // the count, below 256
     pub fn package(items: &[Vec<u8>]) -> Vec<u8> {
         let mut body = vec![items.len() as u8];
         for i in items {
@@ -203,7 +212,10 @@ mod aml {
         // `id` is a fixed-size array; its constant indices are checked at
         // compile time.
         let letter = |c: u8| u16::from(c.wrapping_sub(b'@') & 0x1f);
-        let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let hex = |c: u8| {
+            let digit = char::from(c).to_digit(16).unwrap_or(0);
+            u8::try_from(digit).unwrap_or(0)
+        };
         let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
         let [v0, v1] = vendor.to_be_bytes();
         vec![
@@ -223,20 +235,11 @@ mod aml {
 fn dsdt(mem_size: u64) -> Vec<u8> {
     let mut aml = aml::name(b"_S5_", &aml::byte_package(&[S5_SLP_TYP, 0, 0, 0]));
     let [lo, hi] = COM1_PORT.to_le_bytes();
+    let [irq_lo, irq_hi] = (1u16 << COM1_IRQ).to_le_bytes();
     let resources = [
-        0x47,
-        0x01,
-        lo,
-        hi,
-        lo,
-        hi,
-        0x01,
-        0x08, // IO (Decode16, port, port, 1, 8)
-        0x22,
-        (1u16 << COM1_IRQ) as u8,
-        ((1u16 << COM1_IRQ) >> 8) as u8, // IRQNoFlags {4}
-        0x79,
-        0x00, // EndTag
+        0x47, 0x01, lo, hi, lo, hi, 0x01, 0x08, // IO (Decode16, port, port, 1, 8)
+        0x22, irq_lo, irq_hi, // IRQNoFlags {4}
+        0x79, 0x00, // EndTag
     ];
     let mut com1 = aml::name(b"_HID", &aml::eisa_id(b"PNP0501"));
     com1.extend(aml::name(b"_UID", &[0x00]));
@@ -277,6 +280,9 @@ fn qword_memory(min: u64, max: u64) -> Vec<u8> {
 /// resources (bus 0, the config ports, the I/O and memory windows the VMM
 /// places BARs in) and a _PRT routing each slot's INTA-INTD to the IOAPIC
 /// pins the VMM wires INTx to.
+// In range by construction: the I/O window ends below 64 KiB, the 32-bit
+// window below 4 GiB, 31 slots x 4 pins = 124 routes.
+#[allow(clippy::cast_possible_truncation)]
 fn pci0(mem_size: u64) -> Vec<u8> {
     let [w32, w64] = BarAllocator::windows(mem_size);
     let [plo, phi] = PCI_CONFIG_PORT.to_le_bytes();

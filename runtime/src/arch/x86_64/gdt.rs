@@ -21,6 +21,8 @@ fn base(entry: u64) -> u64 {
 }
 
 fn limit(entry: u64) -> u32 {
+    // Masked to the descriptor's 20 limit bits.
+    #[allow(clippy::cast_possible_truncation)]
     let raw = (((entry & 0x000f_0000_0000_0000) >> 32) | (entry & 0xffff)) as u32;
     // With the granularity bit set, the limit counts 4 KiB pages.
     if (entry >> 55) & 1 == 1 {

@@ -81,7 +81,9 @@ pub fn build(cpus: u8, at: u32) -> Vec<u8> {
 
     const FLOATING_LEN: u32 = 16;
     const HEADER_LEN: usize = 44;
-    let table_len = (HEADER_LEN + entries.len()) as u16;
+    // At most 255 CPUs' entries fit easily; `write` rejects a table that
+    // does not fit below the RSDP anyway.
+    let table_len = u16::try_from(HEADER_LEN + entries.len()).unwrap_or(u16::MAX);
     let mut table = Vec::with_capacity(usize::from(table_len));
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&table_len.to_le_bytes());
@@ -113,6 +115,8 @@ pub fn build(cpus: u8, at: u32) -> Vec<u8> {
 
 /// Writes the MP table into the EBDA of `mem`.
 pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MptableError> {
+    // A constant below 1 MiB.
+    #[allow(clippy::cast_possible_truncation)]
     let bytes = build(cpus, MPTABLE_START as u32);
     if MPTABLE_START + bytes.len() as u64 > RSDP_START {
         return Err(MptableError::TooLarge(cpus));

@@ -85,7 +85,11 @@ pub fn setup_sregs(
     // the table chosen with them just above, all within its length.
     let entry_at = |i: u8| table.get(usize::from(i)).copied().unwrap_or(0);
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(table) - 1) as u16;
+    // A table of a handful of 8-byte entries.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        sregs.gdt.limit = (std::mem::size_of_val(table) - 1) as u16;
+    }
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 0;
 

@@ -7,8 +7,13 @@
 //! the port bus at the config ports and the I/O window, on the MMIO bus at
 //! ECAM and the two memory windows. Within a window it decodes only what a
 //! function's BAR claims.
+//!
+//! Config accesses reach a function whole (1 to 8 bytes, as the guest made
+//! them) but never past its 4 KiB of config space, nor past the 4 data
+//! ports of mechanism #1; the function virtualizes each register they
+//! touch ([`super::for_each_dword`]).
 
-use super::{BarKind, PciFunction};
+use super::{for_each_dword, BarKind, PciFunction, CONFIG_SPACE_SIZE};
 use crate::arch::x86_64::layout::{
     pci_mmio64_start, PCI_CONFIG_PORT, PCI_CONFIG_PORTS, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_IO_END,
     PCI_IO_START, PCI_MMIO32_END, PCI_MMIO32_START, PCI_MMIO64_SIZE,
@@ -99,9 +104,20 @@ pub struct PciRoot {
 
 /// Where the root sits: `(base, len)` ranges on the port bus and on the
 /// MMIO bus.
+#[derive(Debug)]
 pub struct RootRanges {
     pub pio: [(u64, u64); 2],
     pub mmio: [(u64, u64); 3],
+}
+
+// The functions are trait objects: their count is what there is to show.
+impl std::fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciRoot")
+            .field("address", &self.address)
+            .field("functions", &self.functions.len())
+            .finish()
+    }
 }
 
 impl PciRoot {
@@ -136,8 +152,10 @@ impl PciRoot {
     }
 
     /// The device number of the function at index `i` (in config order).
+    /// Saturates past the bus's 31 devices: such a number matches no
+    /// function (callers hold at most [`MAX_FUNCTIONS`]).
     pub fn device_number(i: usize) -> u8 {
-        (i + 1) as u8
+        u8::try_from(i.saturating_add(1)).unwrap_or(u8::MAX)
     }
 
     fn function(&self, device: u8) -> Option<&dyn PciFunction> {
@@ -150,22 +168,31 @@ impl PciRoot {
         self.functions.get_mut(usize::from(device).checked_sub(1)?)
     }
 
+    /// `data` cut to what fits in config space from `reg`.
+    fn within_function(reg: u16, len: usize) -> usize {
+        len.min(usize::from(CONFIG_SPACE_SIZE.saturating_sub(reg)))
+    }
+
     fn config_read(&self, device: u8, function: u8, reg: u16, data: &mut [u8]) {
-        if function != 0 {
-            data.fill(0xff);
+        data.fill(0xff);
+        let len = Self::within_function(reg, data.len());
+        let Some(data) = data.get_mut(..len).filter(|_| function == 0) else {
             return;
-        }
+        };
         if device == 0 {
-            let v = host_bridge_dword(reg & !3).to_le_bytes();
-            let start = usize::from(reg & 3);
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = v.get(start + i).copied().unwrap_or(0xff);
-            }
+            for_each_dword(reg, len, |at, range| {
+                let v = host_bridge_dword(at & !3).to_le_bytes();
+                let start = usize::from(at & 3);
+                if let Some(piece) = data.get_mut(range) {
+                    for (i, b) in piece.iter_mut().enumerate() {
+                        *b = v.get(start + i).copied().unwrap_or(0xff);
+                    }
+                }
+            });
             return;
         }
-        match self.function(device) {
-            Some(f) => f.config_read(reg, data),
-            None => data.fill(0xff),
+        if let Some(f) = self.function(device) {
+            f.config_read(reg, data);
         }
     }
 
@@ -173,9 +200,21 @@ impl PciRoot {
         if function != 0 || device == 0 {
             return;
         }
-        if let Some(f) = self.function_mut(device) {
+        let len = Self::within_function(reg, data.len());
+        if let (Some(f), Some(data)) = (self.function_mut(device), data.get(..len)) {
             f.config_write(reg, data);
         }
+    }
+
+    /// The bytes of a data-port access at 0xCFC + `byte` that are config
+    /// data: up to 0xCFF. A string access (`rep ins`/`outs`, which KVM
+    /// hands over as one run of more than 4 bytes) repeats one port, which
+    /// a run of bytes cannot say: it gets none.
+    fn data_port_len(byte: u16, len: usize) -> usize {
+        if len > 4 {
+            return 0;
+        }
+        len.min(usize::from(4u16.saturating_sub(byte)))
     }
 
     /// The (device, function, register) mechanism #1 selects for a data
@@ -201,9 +240,13 @@ impl PciRoot {
                 true
             }
             p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
-                match self.selected(p - PCI_CONFIG_PORT - 4) {
-                    Some((d, f, r)) => self.config_read(d, f, r, data),
-                    None => data.fill(0xff),
+                let byte = p - PCI_CONFIG_PORT - 4;
+                data.fill(0xff);
+                let len = Self::data_port_len(byte, data.len());
+                if let (Some((d, f, r)), Some(data)) = (self.selected(byte), data.get_mut(..len)) {
+                    if len > 0 {
+                        self.config_read(d, f, r, data);
+                    }
                 }
                 true
             }
@@ -224,8 +267,12 @@ impl PciRoot {
                 true
             }
             p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
-                if let Some((d, f, r)) = self.selected(p - PCI_CONFIG_PORT - 4) {
-                    self.config_write(d, f, r, data);
+                let byte = p - PCI_CONFIG_PORT - 4;
+                let len = Self::data_port_len(byte, data.len());
+                if let (Some((d, f, r)), Some(data)) = (self.selected(byte), data.get(..len)) {
+                    if len > 0 {
+                        self.config_write(d, f, r, data);
+                    }
                 }
                 true
             }
@@ -391,5 +438,73 @@ mod tests {
         // A big guest's 64-bit window starts above its RAM.
         let [_, w64] = BarAllocator::windows(5 << 30);
         assert_eq!(w64.0, 6 << 30);
+    }
+
+    /// The config writes a [`Recorder`] got: offset and bytes.
+    type Writes = std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>;
+
+    /// A function that records the config writes it gets and reads as
+    /// its offset's low byte.
+    #[derive(Default)]
+    struct Recorder(Writes);
+
+    impl PciFunction for Recorder {
+        fn config_read(&self, offset: u16, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (usize::from(offset) + i).to_le_bytes()[0];
+            }
+        }
+        fn config_write(&mut self, offset: u16, data: &[u8]) {
+            self.0.lock().unwrap().push((offset, data.to_vec()));
+        }
+        fn claims(&self, _: bool, _: u64) -> bool {
+            false
+        }
+        fn bar_read(&self, _: bool, _: u64, _: &mut [u8]) -> bool {
+            false
+        }
+        fn bar_write(&mut self, _: bool, _: u64, _: &[u8]) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn config_accesses_stay_in_the_function_and_the_data_ports() {
+        let rec = Recorder::default();
+        let seen = rec.0.clone();
+        let mut root = PciRoot::new(vec![Box::new(rec)]).unwrap();
+        let dev1 = PCI_ECAM_START + (1 << 15);
+        // An 8-byte ECAM store reaches the function whole, to split per
+        // register; one at the end of its config space stops there.
+        assert!(root.mmio_write(dev1 + 0x0c, &[1; 8]));
+        assert!(root.mmio_write(dev1 + 0xffc, &[2; 8]));
+        let mut q = [0u8; 8];
+        assert!(root.mmio_read(dev1 + 0xffc, &mut q));
+        assert_eq!(q, [0xfc, 0xfd, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        // Mechanism #1: a dword at 0xCFE is config data up to 0xCFF only;
+        // a string access (more than 4 bytes) is dropped.
+        root.pio_write(0xcf8, &0x8000_0810u32.to_le_bytes());
+        root.pio_write(0xcfe, &[3; 4]);
+        root.pio_write(0xcfc, &[4; 8]);
+        let mut d = [0u8; 4];
+        root.pio_read(0xcfe, &mut d);
+        assert_eq!(d, [0x12, 0x13, 0xff, 0xff]);
+        let mut s = [0u8; 8];
+        root.pio_read(0xcfc, &mut s);
+        assert_eq!(s, [0xff; 8]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(0x0c, vec![1; 8]), (0xffc, vec![2; 4]), (0x12, vec![3; 2]),]
+        );
+    }
+
+    #[test]
+    fn the_host_bridge_answers_wide_reads_per_register() {
+        let root = PciRoot::new(Vec::new()).unwrap();
+        let mut q = [0u8; 8];
+        assert!(root.mmio_read(PCI_ECAM_START + 4, &mut q));
+        assert_eq!(q, [0, 0, 0, 0, 0, 0, 0, 6]);
+        assert!(root.mmio_read(PCI_ECAM_START + 2, &mut q));
+        assert_eq!(q, [0x08, 0x00, 0, 0, 0, 0, 0, 0]);
     }
 }
