@@ -63,6 +63,7 @@ pub fn attr(text: &str, name: &str) -> Option<String> {
 }
 
 /// What `kiln test` said about an image on a target.
+#[derive(Debug)]
 pub struct Judged {
     pub code: Option<i32>,
     /// The JUnit report's path.
@@ -315,6 +316,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A process the test started, killed when dropped.
+#[derive(Debug)]
 pub struct Daemon {
     pub name: &'static str,
     child: Child,
@@ -368,6 +370,7 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 /// clients (labgrid's `NetworkSerialPort`) to `client_port`; what the board
 /// sends goes to the client connected then, as on a real UART. It serves
 /// for the test process's life.
+#[derive(Debug)]
 pub struct ConsoleServer {
     pub client_port: u16,
     pub board_port: u16,

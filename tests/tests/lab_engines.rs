@@ -9,6 +9,9 @@
 //! failure. Engines are installed by tests/setup (lava-dispatcher) and here
 //! (labgrid from PyPI into a venv); one that cannot run fails the test.
 
+// Test code: a failed step stops the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use kiln_tests::engines::{
     self, assert_same_verdicts, free_port, kiln_test, labgrid_bin, path_with, run_ok, wait_until,
     ConsoleServer, Daemon, Judged, LavaRun,

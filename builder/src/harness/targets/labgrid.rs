@@ -88,6 +88,7 @@ pub fn parse_spec(text: &str) -> (PathBuf, Option<String>) {
     (PathBuf::from(text), None)
 }
 
+#[derive(Debug)]
 pub struct LabgridTarget {
     name: String,
     /// Absolute.
