@@ -149,6 +149,19 @@ fn parse_accel(accel: &str) -> Result<Accel, BoxError> {
     })
 }
 
+/// The accelerator of a machine elsewhere (a LAVA worker, a labgrid
+/// environment): this host's cannot stand for it.
+fn parse_lab_accel(accel: &str) -> Result<Accel, BoxError> {
+    match accel {
+        "tcg" => Ok(Accel::Tcg),
+        "kvm" => Ok(Accel::Kvm),
+        other => Err(format!(
+            "--accel {other}: expected tcg or kvm (the lab's machine, not this host)"
+        )
+        .into()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = run(cli);
@@ -251,7 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 boot: lava_job::BootMethod::parse(boot.as_deref(), &device_type, Some(&commands)),
                 device_type,
                 artifacts,
-                accel: parse_accel(&accel)?,
+                accel: parse_lab_accel(&accel)?,
                 job_name,
                 boot_timeout,
             };
@@ -262,7 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             let built = Built::load(&dir)?;
             write_out(
                 output.as_deref(),
-                &labgrid_env::write(&built, parse_accel(&accel)?)?,
+                &labgrid_env::write(&built, parse_lab_accel(&accel)?)?,
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -130,11 +130,13 @@ pub fn job(built: &Built, opts: &JobOptions) -> Result<Value, LavaJobError> {
     );
     job.insert(s("priority"), s("medium"));
     job.insert(s("visibility"), s("public"));
+    // A monitor gives up after the connection timeout without a matching
+    // line: one VM's start to its end may take that long.
     job.insert(
         s("timeouts"),
         map([
             ("job", seconds(job_timeout)),
-            ("connection", seconds(boot_timeout)),
+            ("connection", seconds(test_timeout)),
         ]),
     );
     job.insert(s("metadata"), Value::Mapping(metadata));
@@ -433,9 +435,14 @@ mod tests {
         );
         assert_eq!(text(kernel, &["sha256sum"]), "aa");
         assert_eq!(text(&job, &["actions", "1", "boot", "method"]), "qemu");
-        // Boot timeout, the longest VM's, and the grace for `done`.
+        // Boot timeout, the longest VM's, and the grace for `done`; the
+        // monitor waits as long for a line.
         assert_eq!(
             get(&job, &["actions", "2", "test", "timeout", "seconds"]).as_u64(),
+            Some(120 + 300 + 5)
+        );
+        assert_eq!(
+            get(&job, &["timeouts", "connection", "seconds"]).as_u64(),
             Some(120 + 300 + 5)
         );
         let mon = get(&job, &["actions", "2", "test", "monitors", "0"]);
