@@ -5,7 +5,7 @@
 //! clock or a target itself, so every rule below is tested on scripted
 //! consoles.
 //!
-//! Rules (DESIGN.md, "`kiln test` verdicts and reports"):
+//! Rules (docs/architecture.md, "Verdicts"; docs/testing.md):
 //! - `kiln: vm=X state=exited code=0` passes X if each of its `expect`
 //!   patterns appeared on its lines; a non-zero code or `state=failed` fails
 //!   it. A later `state=restarting` reopens a verdict that came from a status

@@ -1,4 +1,4 @@
-//! The JUnit XML report (DESIGN.md): `<testsuites>` → one `<testsuite>`
+//! The JUnit XML report (docs/architecture.md, "Verdicts"; docs/testing.md): `<testsuites>` → one `<testsuite>`
 //! per image run, with its `<properties>` → one `<testcase>` per VM, with
 //! `<failure>` or `<error>` and the VM's console in `<system-out>`.
 //!

@@ -11,6 +11,7 @@
 
 use crate::devices::serial::GUEST_TAG;
 use crate::status::{note_vm, StatusLine, VmState};
+use kiln_abi::console::GuestLine;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -84,8 +85,9 @@ pub fn console_line(vm: &str, piece: &[u8], continues: bool) -> Option<String> {
         // noise to the shared console (the log keeps them).
         return None;
     }
+    let guest_line = |text: &str| format!("{}\n", GuestLine { vm, text });
     if guest || continues {
-        return Some(format!("[{vm}] {line}\n"));
+        return Some(guest_line(&line));
     }
     let note = note_vm(&line) == Some(vm);
     if note
@@ -96,7 +98,7 @@ pub fn console_line(vm: &str, piece: &[u8], continues: bool) -> Option<String> {
     {
         Some(format!("{}\n", line.trim_start()))
     } else {
-        Some(format!("[{vm}] {line}\n"))
+        Some(guest_line(&line))
     }
 }
 

@@ -271,12 +271,8 @@ pub struct VmName(String);
 
 impl VmName {
     pub fn new(name: &str) -> Result<Self, String> {
-        let valid = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if valid {
+        // The same rule the console grammar reads a guest line's prefix by.
+        if kiln_abi::console::is_vm_name(name) {
             Ok(VmName(name.to_string()))
         } else {
             Err(format!(
