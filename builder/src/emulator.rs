@@ -64,7 +64,7 @@ pub fn find() -> Result<PathBuf, QemuError> {
 }
 
 /// The files of a built image that QEMU boots.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BootFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -110,18 +110,54 @@ impl BootFiles {
     }
 }
 
+/// The emulated machine an image boots on, apart from its console and boot
+/// files: what `kiln run`/`kiln test`, a LAVA job (`kiln lava-job`) and a
+/// labgrid environment (`kiln labgrid-env`) give QEMU alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// `-machine`: q35 and the accelerator.
+    pub machine: String,
+    /// `-cpu`: `max`, which offers AMD-V under TCG.
+    pub cpu: &'static str,
+    pub memory_mib: u64,
+    pub smp: u8,
+    /// `-device` values: the Intel IOMMU first, then the image's devices.
+    pub devices: Vec<String>,
+    /// The image's extra QEMU arguments (`[target] qemu_args`), last.
+    pub extra: Vec<String>,
+}
+
+/// The Intel IOMMU with interrupt remapping the runtime's VFIO needs.
+pub const IOMMU_DEVICE: &str = "intel-iommu,intremap=on,caching-mode=on";
+
+impl Shape {
+    pub fn of(target: &TargetSection, accel: Accel) -> Shape {
+        let machine = match accel {
+            // The Intel IOMMU with interrupt remapping needs a split irqchip under KVM.
+            Accel::Kvm => "q35,accel=kvm,kernel-irqchip=split",
+            Accel::Tcg => "q35,accel=tcg",
+        };
+        let mut devices = vec![IOMMU_DEVICE.to_string()];
+        devices.extend(target.devices.iter().cloned());
+        Shape {
+            machine: machine.to_string(),
+            cpu: "max",
+            memory_mib: target.memory.bytes() >> 20,
+            smp: target.smp,
+            devices,
+            extra: target.qemu_args.clone(),
+        }
+    }
+}
+
 /// The QEMU command line for booting `files` on `target`. The console is
 /// QEMU's stdio; Ctrl-C there stops QEMU (`signal=on`).
 pub fn command(qemu: &Path, files: &BootFiles, target: &TargetSection, accel: Accel) -> Command {
     let mut cmd = Command::new(qemu);
-    let machine = match accel {
-        // The Intel IOMMU with interrupt remapping needs a split irqchip under KVM.
-        Accel::Kvm => "q35,accel=kvm,kernel-irqchip=split",
-        Accel::Tcg => "q35,accel=tcg",
-    };
-    cmd.args(["-machine", machine, "-cpu", "max"])
-        .args(["-m", &format!("{}M", target.memory.bytes() >> 20)])
-        .args(["-smp", &target.smp.to_string()])
+    let shape = Shape::of(target, accel);
+    cmd.args(["-machine", &shape.machine, "-cpu", shape.cpu])
+        .args(["-m", &format!("{}M", shape.memory_mib)])
+        .args(["-smp", &shape.smp.to_string()])
         .args([
             "-display",
             "none",
@@ -136,15 +172,14 @@ pub fn command(qemu: &Path, files: &BootFiles, target: &TargetSection, accel: Ac
             "stdio,id=console,signal=on",
             "-serial",
             "chardev:console",
-        ])
-        .args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
-    for dev in &target.devices {
+        ]);
+    for dev in &shape.devices {
         cmd.args(["-device", dev]);
     }
     cmd.arg("-kernel").arg(&files.kernel);
     cmd.arg("-initrd").arg(&files.initrd);
     cmd.args(["-append", &target_cmdline(&files.cmdline, accel)]);
-    cmd.args(&target.qemu_args);
+    cmd.args(&shape.extra);
     cmd
 }
 

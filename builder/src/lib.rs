@@ -11,6 +11,7 @@ pub mod harness;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
+pub mod lab;
 pub mod manifest;
 pub mod output;
 pub mod payload;

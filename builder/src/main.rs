@@ -6,6 +6,8 @@ use kiln::children::{self, interrupt, reaper, ProcessGroup, Role};
 use kiln::emulator::{self, Accel};
 use kiln::harness;
 use kiln::image::Image;
+use kiln::lab::built::Built;
+use kiln::lab::{labgrid_env, lava_job};
 use kiln::progress;
 use kiln_abi::error::Chain;
 use std::path::{Path, PathBuf};
@@ -99,6 +101,51 @@ enum Cmd {
         #[arg(long = "add-db", value_name = "CERT")]
         add_db: Vec<PathBuf>,
     },
+    /// Write a LAVA job definition for a built image: deploy, boot, and a
+    /// monitor per VM. Judge LAVA's log with `kiln test DIR --target replay:LOG`.
+    LavaJob {
+        /// A built image directory.
+        dir: PathBuf,
+        /// Write the job here [default: stdout].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The LAVA device type.
+        #[arg(long, default_value = "qemu")]
+        device_type: String,
+        /// qemu, minimal (the board boots the disk image), or a bootloader
+        /// method such as ipxe or grub [default: qemu for the device type
+        /// qemu, else minimal].
+        #[arg(long, value_name = "METHOD")]
+        boot: Option<String>,
+        /// The device's command set for a bootloader method.
+        #[arg(long, value_name = "NAME", default_value = "ramdisk")]
+        commands: String,
+        /// Base URL the lab fetches the image's files from (the file names
+        /// are appended) [default: file:// and DIR].
+        #[arg(long, value_name = "URL")]
+        artifacts: Option<String>,
+        /// QEMU accelerator of the qemu method: tcg or kvm.
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+        /// The job's name [default: kiln <image>].
+        #[arg(long, value_name = "NAME")]
+        job_name: Option<String>,
+        /// Limit from power-on to the first VM starting [default: 120s].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        boot_timeout: Option<std::time::Duration>,
+    },
+    /// Write a labgrid environment that boots a built image on the emulated
+    /// target (QEMUDriver), for `pytest --lg-env` and `kiln test --target labgrid:FILE`.
+    LabgridEnv {
+        /// A built image directory.
+        dir: PathBuf,
+        /// Write the environment here [default: stdout].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// QEMU accelerator: tcg or kvm.
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+    },
     /// kiln's reaper (internal): kills what `kiln test` still runs when it dies.
     #[command(name = reaper::SUBCOMMAND, hide = true)]
     Reaper,
@@ -115,6 +162,19 @@ fn parse_accel(accel: &str) -> Result<Accel, BoxError> {
         "kvm" => Accel::Kvm,
         other => return Err(format!("--accel {other}: expected auto, tcg or kvm").into()),
     })
+}
+
+/// The accelerator of a machine elsewhere (a LAVA worker, a labgrid
+/// environment): this host's cannot stand for it.
+fn parse_lab_accel(accel: &str) -> Result<Accel, BoxError> {
+    match accel {
+        "tcg" => Ok(Accel::Tcg),
+        "kvm" => Ok(Accel::Kvm),
+        other => Err(format!(
+            "--accel {other}: expected tcg or kvm (the lab's machine, not this host)"
+        )
+        .into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -224,6 +284,37 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::LavaJob {
+            dir,
+            output,
+            device_type,
+            boot,
+            commands,
+            artifacts,
+            accel,
+            job_name,
+            boot_timeout,
+        } => {
+            let built = Built::load(&dir)?;
+            let opts = lava_job::JobOptions {
+                boot: lava_job::BootMethod::parse(boot.as_deref(), &device_type, Some(&commands)),
+                device_type,
+                artifacts,
+                accel: parse_lab_accel(&accel)?,
+                job_name,
+                boot_timeout,
+            };
+            write_out(output.as_deref(), &lava_job::write(&built, &opts)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LabgridEnv { dir, output, accel } => {
+            let built = Built::load(&dir)?;
+            write_out(
+                output.as_deref(),
+                &labgrid_env::write(&built, parse_lab_accel(&accel)?)?,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Reaper => {
             reaper::serve(std::io::stdin().lock());
             Ok(ExitCode::SUCCESS)
@@ -272,6 +363,20 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             } else {
                 ExitCode::from(1)
             })
+        }
+    }
+}
+
+/// Writes `text` to `path`, or to stdout.
+fn write_out(path: Option<&Path>, text: &str) -> Result<(), BoxError> {
+    match path {
+        Some(p) => {
+            std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()).into())
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(())
         }
     }
 }

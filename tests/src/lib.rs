@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod direct_boot;
+pub mod engines;
 pub mod images;
 
 use std::io::Read;

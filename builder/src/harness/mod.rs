@@ -381,6 +381,10 @@ fn spec_name(spec: &TargetSpec) -> String {
     match spec {
         TargetSpec::Qemu(_) => "qemu".to_string(),
         TargetSpec::Replay(_) => "replay".to_string(),
+        TargetSpec::Labgrid { env, place } => place.clone().unwrap_or_else(|| {
+            env.file_stem()
+                .map_or("labgrid".to_string(), |s| s.to_string_lossy().into_owned())
+        }),
         TargetSpec::Lab(p) => p
             .file_stem()
             .map_or("lab".to_string(), |s| s.to_string_lossy().into_owned()),
@@ -464,23 +468,30 @@ fn run_once(
     let mut judge = Judge::new(p.plans.clone(), boot_timeout, run_timeout);
     let booted = target.deploy(&image).and_then(|()| target.boot(&image));
     let power_on = Instant::now();
+    // A console recorded with its times is judged on its own clock.
+    let mut recorded_end = None;
     match booted {
-        Ok(console) => watch(
-            console,
-            &mut judge,
-            target,
-            log,
-            opts.echo,
-            interrupted,
-            power_on,
-        ),
+        Ok(console) => match target.timeline() {
+            Some(lines) => {
+                recorded_end = Some(judge_timeline(&lines, &mut judge, target, log, opts.echo));
+            }
+            None => watch(
+                console,
+                &mut judge,
+                target,
+                log,
+                opts.echo,
+                interrupted,
+                power_on,
+            ),
+        },
         Err(e) => judge.abort(if interrupted.load(Ordering::Relaxed) {
             RunError::Interrupted
         } else {
             RunError::Target(Chain::new(&e).to_string())
         }),
     }
-    let judgement = judge.finish(power_on.elapsed());
+    let judgement = judge.finish(recorded_end.unwrap_or_else(|| power_on.elapsed()));
     let stopped = target.stop();
 
     let mut error = match &judgement.end {
@@ -561,17 +572,6 @@ fn watch(
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || pump(console, tx));
     let mut splitter = LineSplitter::default();
-    let feed = |piece: &Piece, judge: &mut Judge, at: Duration| {
-        let text = console::clean(&piece.bytes);
-        if echo {
-            eprintln!("{text}");
-        }
-        if piece.continues {
-            judge.continued(&text, at)
-        } else {
-            judge.line(&text, at)
-        }
-    };
     loop {
         if interrupted.load(Ordering::Relaxed) {
             progress::note(
@@ -584,7 +584,7 @@ fn watch(
             Ok(Chunk::Data(bytes)) => {
                 log.write(&bytes);
                 for line in splitter.push(&bytes) {
-                    if feed(&line, judge, t0.elapsed()) == judge::Step::End {
+                    if feed(&line, judge, t0.elapsed(), echo) == judge::Step::End {
                         return;
                     }
                 }
@@ -595,7 +595,7 @@ fn watch(
                 if interrupted.load(Ordering::Relaxed) => {}
             Ok(Chunk::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(line) = splitter.finish() {
-                    if feed(&line, judge, t0.elapsed()) == judge::Step::End {
+                    if feed(&line, judge, t0.elapsed(), echo) == judge::Step::End {
                         return;
                     }
                 }
@@ -612,6 +612,60 @@ fn watch(
         if judge.tick(t0.elapsed()) == judge::Step::End {
             return;
         }
+    }
+}
+
+/// Feeds a console recorded with each line's time since power-on (a LAVA
+/// job log) to the judge as if it came then: the clock's verdicts (a VM's
+/// timeout, the boot and run timeouts) fall where they fell in the run.
+/// Returns the time the run ended at.
+fn judge_timeline(
+    lines: &[(Duration, Vec<u8>)],
+    judge: &mut Judge,
+    target: &mut dyn Target,
+    log: &mut ConsoleLog,
+    echo: bool,
+) -> Duration {
+    let mut last = Duration::ZERO;
+    for (at, line) in lines {
+        // The clock runs between lines as it would have live.
+        while last + TICK < *at {
+            last += TICK;
+            if judge.tick(last) == judge::Step::End {
+                return last;
+            }
+        }
+        last = last.max(*at);
+        if judge.tick(last) == judge::Step::End {
+            return last;
+        }
+        let mut bytes = line.clone();
+        bytes.push(b'\n');
+        log.write(&bytes);
+        let mut splitter = LineSplitter::default();
+        for piece in splitter.push(&bytes) {
+            if feed(&piece, judge, last, echo) == judge::Step::End {
+                return last;
+            }
+        }
+    }
+    if judge.tick(last) != judge::Step::End {
+        let why = target.why_closed();
+        judge.console_closed(&why);
+    }
+    last
+}
+
+/// One piece of a console line, cleaned, to the judge.
+fn feed(piece: &Piece, judge: &mut Judge, at: Duration, echo: bool) -> judge::Step {
+    let text = console::clean(&piece.bytes);
+    if echo {
+        eprintln!("{text}");
+    }
+    if piece.continues {
+        judge.continued(&text, at)
+    } else {
+        judge.line(&text, at)
     }
 }
 

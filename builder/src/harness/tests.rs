@@ -648,3 +648,78 @@ fn old_manifests_still_parse() {
     let m: Manifest = serde_json::from_value(v).unwrap();
     assert!(m.vms.is_empty());
 }
+
+/// A LAVA job's log (lava-run's records) whose VM starts and then stays
+/// silent until LAVA's own test timeout ends the job.
+fn silent_vm_lava_log() -> String {
+    let rec = |dt: &str, lvl: &str, msg: &str| {
+        format!("{{\"dt\": \"2026-12-06T12:{dt}\", \"lvl\": \"{lvl}\", \"msg\": \"{msg}\"}}\n")
+    };
+    [
+        rec(
+            "00:00.000000",
+            "info",
+            "start: 1 deployimages (timeout 00:10:00) [common]",
+        ),
+        rec(
+            "00:01.000000",
+            "info",
+            "start: 2 boot-image-retry (timeout 00:02:00) [common]",
+        ),
+        rec("00:12.000000", "target", "kiln: vm=hello state=starting"),
+        rec(
+            "00:12.100000",
+            "target",
+            "[hello] hello: kiln hello unikernel",
+        ),
+        rec(
+            "00:20.000000",
+            "info",
+            "start: 3 lava-test-monitor-retry (timeout 00:03:05) [common]",
+        ),
+        rec(
+            "03:20.000000",
+            "warning",
+            "err: lava test monitoring has timed out",
+        ),
+        rec("03:21.000000", "target", "[    200.5] reboot: Power down"),
+    ]
+    .concat()
+}
+
+#[test]
+fn a_lava_log_is_judged_on_its_own_clock() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = image_dir(
+        d.path(),
+        "hello",
+        &[("hello", expect(&["hello unikernel"], &[], Some(60)))],
+    );
+    let log = d.path().join("output.yaml");
+    let server: String = silent_vm_lava_log()
+        .lines()
+        .map(|l| format!("- {l}\n"))
+        .collect();
+    std::fs::write(&log, server).unwrap();
+    let mut opts = options(vec![dir], Some(d.path().join("r.xml")));
+    opts.target = TargetSpec::Replay(log);
+    let report = run(&opts, flag()).unwrap();
+    let r = &report.runs[0];
+    assert_eq!(r.target, "lava");
+    // Silent past its 60 s timeout: a failure, as live, and not a console
+    // that closed (which a replay without times would say).
+    assert_eq!(r.vms[0].verdict, Verdict::Failure, "{r:?}");
+    assert_eq!(r.vms[0].kind, "never-reported", "{r:?}");
+    assert_eq!(r.vms[0].time.as_secs(), 60, "{r:?}");
+    assert_eq!(report.exit_code(), 1);
+    assert!(r
+        .properties
+        .contains(&("lava.job".to_string(), "incomplete".to_string())));
+    // The kiln console log holds the console LAVA recorded, not its records.
+    let console = std::fs::read_to_string(d.path().join("r.xml.console.log")).unwrap();
+    assert!(
+        console.contains("\n[hello] hello: kiln hello unikernel\n"),
+        "{console}"
+    );
+    assert!(!console.contains("\"lvl\""), "{console}");
+}

@@ -215,64 +215,98 @@ impl LabTarget {
         } else {
             PHASE_TIMEOUT
         });
-        let spawn_err = |source| LabError::Spawn {
-            lab: self.name.clone(),
+        let bounded = Bounded {
+            lab: &self.name,
             phase,
-            command: step.command.clone(),
-            source,
+            command: &step.command,
+            timeout,
+            role: if phase == "power_off" {
+                Role::Cleanup
+            } else {
+                Role::Work
+            },
+            interrupted: &self.interrupted,
+            echo: self.echo,
         };
-        // Output goes to a file, not a pipe: a command that leaves a daemon
-        // behind (QEMU -daemonize, a socat) must not keep kiln reading.
-        let mut out = tempfile::tempfile().map_err(spawn_err)?;
-        let mut cmd = self.command(&step.command);
-        cmd.stdout(out.try_clone().map_err(spawn_err)?)
-            .stderr(out.try_clone().map_err(spawn_err)?);
-        let mut child = self.spawn(phase, cmd).map_err(spawn_err)?;
-        let deadline = Instant::now() + timeout.get();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break Ok(s),
-                Ok(None) => {}
-                Err(e) => break Err(spawn_err(e)),
-            }
-            if phase != "power_off" && self.interrupted.load(Ordering::Relaxed) {
-                child.stop(std::time::Duration::from_millis(200));
-                return Err(LabError::Interrupted {
-                    lab: self.name.clone(),
-                    phase,
-                });
-            }
-            if Instant::now() >= deadline {
-                child.stop(std::time::Duration::ZERO);
-                return Err(LabError::Timeout {
-                    lab: self.name.clone(),
-                    phase,
-                    command: step.command.clone(),
-                    timeout,
-                    output: super::tail(&super::read_back(&mut out), 10),
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }?;
-        // What it left running on purpose (a daemon) is the lab's.
-        child.release();
-        let output = super::read_back(&mut out);
-        if self.echo {
-            for line in output.lines() {
-                crate::progress::note(format!("{} {phase}: {line}", self.name));
-            }
+        run_bounded(&bounded, self.command(&step.command))
+    }
+}
+
+/// A lab command run to its end or its timeout.
+pub(super) struct Bounded<'a> {
+    /// The lab, for messages.
+    pub lab: &'a str,
+    pub phase: &'static str,
+    /// The command as the user knows it, for messages.
+    pub command: &'a str,
+    pub timeout: Duration,
+    /// `Cleanup` (a power-off) is never cut short by Ctrl-C.
+    pub role: Role,
+    pub interrupted: &'a AtomicBool,
+    /// Show what it printed.
+    pub echo: bool,
+}
+
+/// Runs `cmd` as `b` says, in its own process group (terminal signals stay
+/// with kiln, a timeout kills everything it started, nothing of it outlives
+/// kiln), its output kept for errors.
+pub(super) fn run_bounded(b: &Bounded, mut cmd: Command) -> Result<(), LabError> {
+    let spawn_err = |source| LabError::Spawn {
+        lab: b.lab.to_string(),
+        phase: b.phase,
+        command: b.command.to_string(),
+        source,
+    };
+    // Output goes to a file, not a pipe: a command that leaves a daemon
+    // behind (QEMU -daemonize, a socat) must not keep kiln reading.
+    let mut out = tempfile::tempfile().map_err(spawn_err)?;
+    cmd.stdout(out.try_clone().map_err(spawn_err)?)
+        .stderr(out.try_clone().map_err(spawn_err)?);
+    let mut child = children::spawn(cmd, ProcessGroup::New, b.role).map_err(spawn_err)?;
+    let deadline = Instant::now() + b.timeout.get();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Ok(s),
+            Ok(None) => {}
+            Err(e) => break Err(spawn_err(e)),
         }
-        if status.success() {
-            Ok(())
-        } else {
-            Err(LabError::Failed {
-                lab: self.name.clone(),
-                phase,
-                command: step.command.clone(),
-                status,
-                output: super::tail(&output, 10),
-            })
+        if b.role == Role::Work && b.interrupted.load(Ordering::Relaxed) {
+            child.stop(std::time::Duration::from_millis(200));
+            return Err(LabError::Interrupted {
+                lab: b.lab.to_string(),
+                phase: b.phase,
+            });
         }
+        if Instant::now() >= deadline {
+            child.stop(std::time::Duration::ZERO);
+            return Err(LabError::Timeout {
+                lab: b.lab.to_string(),
+                phase: b.phase,
+                command: b.command.to_string(),
+                timeout: b.timeout,
+                output: super::tail(&super::read_back(&mut out), 10),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }?;
+    // What it left running on purpose (a daemon) is the lab's.
+    child.release();
+    let output = super::read_back(&mut out);
+    if b.echo {
+        for line in output.lines() {
+            crate::progress::note(format!("{} {}: {line}", b.lab, b.phase));
+        }
+    }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Failed {
+            lab: b.lab.to_string(),
+            phase: b.phase,
+            command: b.command.to_string(),
+            status,
+            output: super::tail(&output, 10),
+        })
     }
 }
 

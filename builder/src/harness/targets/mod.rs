@@ -6,6 +6,8 @@
 //! it. The harness calls `stop` after every `deploy`, whatever happened.
 
 pub mod command;
+pub mod labgrid;
+pub mod lava_log;
 pub mod qemu;
 pub mod replay;
 
@@ -37,6 +39,14 @@ pub enum TargetError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot read the LAVA job log {}", path.display())]
+    LavaLog {
+        path: PathBuf,
+        #[source]
+        source: lava_log::LavaLogError,
+    },
+    #[error(transparent)]
+    Labgrid(#[from] labgrid::LabgridError),
 }
 
 /// The image a target boots: a built output directory.
@@ -69,6 +79,13 @@ pub trait Target {
     /// Opens the console, then powers the machine on.
     fn boot(&mut self, image: &Deployable) -> Result<Console, TargetError>;
 
+    /// A recorded console that kept each line's time since power-on (a LAVA
+    /// job log): its lines (without their `\n`), for the judge to read on
+    /// that clock instead of `boot`'s stream. Asked after `boot`.
+    fn timeline(&mut self) -> Option<Vec<(Duration, Vec<u8>)>> {
+        None
+    }
+
     /// Why the console ended, when it ended before the run did.
     fn why_closed(&mut self) -> String {
         "end of the console stream".to_string()
@@ -84,18 +101,28 @@ pub enum TargetSpec {
     Qemu(crate::emulator::Accel),
     /// A lab file (TOML).
     Lab(PathBuf),
-    /// A recorded console log, judged again.
+    /// A recorded console log (or a LAVA job log), judged again.
     Replay(PathBuf),
+    /// A labgrid environment, and the place to acquire for the run.
+    Labgrid {
+        env: PathBuf,
+        place: Option<String>,
+    },
 }
 
 impl TargetSpec {
-    /// `qemu`; `replay:LOG`; a path to a lab file; or NAME for `labs/NAME.toml`.
+    /// `qemu`; `replay:LOG`; `labgrid:ENV[:PLACE]`; a path to a lab file; or
+    /// NAME for `labs/NAME.toml`.
     pub fn parse(text: &str, accel: crate::emulator::Accel) -> TargetSpec {
         if text == "qemu" {
             return TargetSpec::Qemu(accel);
         }
         if let Some(log) = text.strip_prefix("replay:") {
             return TargetSpec::Replay(PathBuf::from(log));
+        }
+        if let Some(rest) = text.strip_prefix("labgrid:") {
+            let (env, place) = labgrid::parse_spec(rest);
+            return TargetSpec::Labgrid { env, place };
         }
         let path = Path::new(text);
         if path.extension().is_some_and(|e| e == "toml") || text.contains('/') {
@@ -117,6 +144,12 @@ pub fn open(
         TargetSpec::Qemu(accel) => Box::new(qemu::QemuTarget::new(*accel)?),
         TargetSpec::Lab(file) => Box::new(command::LabTarget::load(file, interrupted, echo)?),
         TargetSpec::Replay(log) => Box::new(replay::ReplayTarget::new(log)),
+        TargetSpec::Labgrid { env, place } => Box::new(labgrid::LabgridTarget::open(
+            env,
+            place.clone(),
+            interrupted,
+            echo,
+        )?),
     })
 }
 
@@ -159,6 +192,13 @@ mod tests {
         assert_eq!(
             TargetSpec::parse("replay:out/r.xml.console.log", Accel::Tcg),
             TargetSpec::Replay("out/r.xml.console.log".into())
+        );
+        assert_eq!(
+            TargetSpec::parse("labgrid:lab/box.yaml:box1", Accel::Tcg),
+            TargetSpec::Labgrid {
+                env: "lab/box.yaml".into(),
+                place: Some("box1".into())
+            }
         );
     }
 
