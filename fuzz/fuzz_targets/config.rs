@@ -4,7 +4,6 @@
 #![no_main]
 
 use kiln_schema::config::{self, ApplianceConfig, KeyPath, VmConfig, VmSpec};
-use kiln_schema::error_chain::chain;
 use libfuzzer_sys::fuzz_target;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         0 => match config::parse::<VmSpec>(file, src) {
             Ok(vm) => {
                 if let Err(e) = vm.check(file, src, &KeyPath::root(), dir) {
-                    let _ = chain(&e);
+                    let _ = kiln_abi::error::Chain::new(&e).to_string();
                 }
                 let back: VmSpec = reparse(&vm);
                 assert_eq!(back, vm, "a VM config changes through TOML");
@@ -43,31 +42,31 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(back, run, "a run form changes through TOML");
             }
             Err(e) => {
-                let _ = chain(&e);
+                let _ = kiln_abi::error::Chain::new(&e).to_string();
             }
         },
         1 => match config::parse::<VmConfig>(file, src) {
             Ok(vm) => {
                 if let Err(e) = vm.check(file, src, &KeyPath::root(), dir) {
-                    let _ = chain(&e);
+                    let _ = kiln_abi::error::Chain::new(&e).to_string();
                 }
                 let back: VmConfig = reparse(&vm);
                 assert_eq!(back, vm, "a run form changes through TOML");
             }
             Err(e) => {
-                let _ = chain(&e);
+                let _ = kiln_abi::error::Chain::new(&e).to_string();
             }
         },
         _ => match config::parse::<ApplianceConfig>(file, src) {
             Ok(a) => {
                 if let Err(e) = a.check(file, src, dir) {
-                    let _ = chain(&e);
+                    let _ = kiln_abi::error::Chain::new(&e).to_string();
                 }
                 let back: ApplianceConfig = reparse(&a);
                 assert_eq!(back, a, "an appliance config changes through TOML");
             }
             Err(e) => {
-                let _ = chain(&e);
+                let _ = kiln_abi::error::Chain::new(&e).to_string();
             }
         },
     }
@@ -77,6 +76,10 @@ fuzz_target!(|data: &[u8]| {
 /// parsed again.
 fn reparse<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
     let text = toml::to_string(value).expect("a config serializes");
-    config::parse(Path::new("back.toml"), &text)
-        .unwrap_or_else(|e| panic!("kiln's own TOML does not parse back: {}\n{text}", chain(&e)))
+    config::parse(Path::new("back.toml"), &text).unwrap_or_else(|e| {
+        panic!(
+            "kiln's own TOML does not parse back: {}\n{text}",
+            kiln_abi::error::Chain::new(&e)
+        )
+    })
 }

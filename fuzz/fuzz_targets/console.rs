@@ -1,17 +1,17 @@
 //! The console reader of `kiln test`: bytes cut into lines (in chunks of
-//! any size, which must not change the lines) and cleaned into text with no
-//! control character but tab, then read for status lines.
+//! any size, which must not change the lines), cleaned into text with no
+//! control character but tab, and classified by the console grammar.
 #![no_main]
 
-use kiln::harness::console::{clean, LineSplitter, MAX_LINE};
-use kiln_schema::status::{note_vm, StatusLine};
+use kiln::harness::console::{clean, LineSplitter, Piece, MAX_LINE};
+use kiln::harness::grammar::classify;
 use libfuzzer_sys::fuzz_target;
 
-fn lines(bytes: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+fn pieces(bytes: &[u8], chunk: usize) -> Vec<Piece> {
     let mut s = LineSplitter::default();
     let mut out = Vec::new();
-    for piece in bytes.chunks(chunk) {
-        out.extend(s.push(piece));
+    for part in bytes.chunks(chunk) {
+        out.extend(s.push(part));
     }
     out.extend(s.finish());
     out
@@ -21,22 +21,21 @@ fuzz_target!(|data: &[u8]| {
     let Some((&chunk, bytes)) = data.split_first() else {
         return;
     };
-    let chunked = lines(bytes, usize::from(chunk).max(1));
+    let chunked = pieces(bytes, usize::from(chunk).max(1));
     assert_eq!(
         chunked,
-        lines(bytes, bytes.len().max(1)),
+        pieces(bytes, bytes.len().max(1)),
         "chunking changed the lines"
     );
-    for line in &chunked {
-        assert!(line.len() <= MAX_LINE);
-        assert!(!line.contains(&b'\n') && !line.contains(&b'\r'));
-        let text = clean(line);
+    for piece in &chunked {
+        assert!(piece.bytes.len() <= MAX_LINE);
+        assert!(!piece.bytes.contains(&b'\n'));
+        let text = clean(&piece.bytes);
         assert!(
             text.chars()
                 .all(|c| c == '\t' || !(c.is_control() || c == '\u{fffe}' || c == '\u{ffff}')),
             "{text:?}"
         );
-        let _ = StatusLine::parse(&text);
-        let _ = note_vm(&text);
+        let _ = classify(&text);
     }
 });

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.len(), entries.len());
         }
         Err(e) => {
-            let _ = kiln_schema::error_chain::chain(&e);
+            let _ = kiln_abi::error::Chain::new(&e).to_string();
         }
     }
 });

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let root = kiln_fuzz::scratch().join("root");
     let _ = std::fs::remove_dir_all(&root);
     if let Err(e) = kiln::kernel::debian::unpack_data(&deb, "linux-image-fuzz", &root) {
-        let _ = kiln_schema::error_chain::chain(&e);
+        let _ = kiln_abi::error::Chain::new(&e).to_string();
     }
     // The tar crate refuses paths that leave the destination.
     let escaped = kiln_fuzz::scratch().join("escaped");

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(e) => {
-            let _ = kiln_schema::error_chain::chain(&e);
+            let _ = kiln_abi::error::Chain::new(&e).to_string();
         }
     }
 });

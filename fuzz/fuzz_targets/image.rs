@@ -4,7 +4,6 @@
 
 use kiln::image::{Image, ImageConfig};
 use kiln_schema::config;
-use kiln_schema::error_chain::chain;
 use libfuzzer_sys::fuzz_target;
 use std::path::{Component, Path, PathBuf};
 
@@ -48,7 +47,7 @@ fuzz_target!(|src: &str| {
     let config: ImageConfig = match config::parse(&file, src) {
         Ok(c) => c,
         Err(e) => {
-            let _ = chain(&e);
+            let _ = kiln_abi::error::Chain::new(&e).to_string();
             return;
         }
     };
@@ -73,7 +72,7 @@ fuzz_target!(|src: &str| {
             let _ = image.error_at("kernel.source", "fuzzed").to_string();
         }
         Err(e) => {
-            let _ = chain(&e);
+            let _ = kiln_abi::error::Chain::new(&e).to_string();
         }
     }
 });

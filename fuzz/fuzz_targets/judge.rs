@@ -42,6 +42,8 @@ struct Plan {
 enum Event {
     /// Raw console bytes, cleaned as the harness cleans them.
     Raw(Vec<u8>),
+    /// A piece continuing the line before it (cut at the length limit).
+    Continued(Vec<u8>),
     /// A status line of a VM.
     Status {
         vm: u8,
@@ -151,6 +153,10 @@ fuzz_target!(|input: Input| {
             }
             Event::Done { ok, failed } => {
                 Some(format!("kiln: appliance done ok={ok} failed={failed}"))
+            }
+            Event::Continued(bytes) => {
+                judge.continued(&clean(bytes), at);
+                None
             }
             Event::Tick(ms) => {
                 at = at.saturating_add(Duration::from_millis(u64::from(*ms)));

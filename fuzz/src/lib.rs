@@ -60,7 +60,7 @@ pub fn inspect_file(name: &str, bytes: &[u8]) {
     for json in [false, true] {
         let mut out = Vec::new();
         if let Err(e) = kiln::inspect::inspect(&path, json, &mut out) {
-            let _ = kiln_schema::error_chain::chain(&e);
+            let _ = kiln_abi::error::Chain::new(&e).to_string();
         }
     }
 }
@@ -92,7 +92,7 @@ pub fn boot(kernel: &Path) {
     };
     RAM.with(|ram| {
         if let Err(e) = kiln_runtime::boot::load(ram, &spec) {
-            let _ = kiln_schema::error_chain::chain(&e);
+            let _ = kiln_abi::error::Chain::new(&e).to_string();
         }
     });
 }
