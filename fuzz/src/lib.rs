@@ -5,6 +5,8 @@
 //! This is test code: a harness that cannot set itself up panics, which
 //! libFuzzer reports like any crash.
 
+pub mod fake_host;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
