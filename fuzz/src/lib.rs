@@ -18,8 +18,10 @@ extern "C" fn remove_scratch() {
     }
 }
 
-/// This process's scratch directory, created on first use and removed at
-/// exit (libFuzzer ends a run with `exit`, which runs `atexit` handlers).
+/// This process's scratch directory, `kiln-fuzz-<pid>`, created on first
+/// use and removed at exit (libFuzzer ends a run with `exit`, which runs
+/// `atexit` handlers). A run that crashed left its directory: those of
+/// processes no longer alive are removed here.
 pub fn scratch() -> &'static Path {
     SCRATCH.get_or_init(|| {
         let shm = Path::new("/dev/shm");
@@ -28,11 +30,19 @@ pub fn scratch() -> &'static Path {
         } else {
             std::env::temp_dir()
         };
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-fuzz-")
-            .tempdir_in(base)
-            .expect("cannot create the fuzzer's scratch directory")
-            .keep();
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("kiln-fuzz-"))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new("/proc").join(p.to_string()).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("kiln-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("cannot create the fuzzer's scratch directory");
         // SAFETY: `remove_scratch` is a plain function that only reads a
         // static set before it is registered.
         unsafe { libc::atexit(remove_scratch) };
