@@ -254,7 +254,7 @@ impl Image {
         )
     }
 
-    fn from_parts(
+    pub fn from_parts(
         config: ImageConfig,
         file: &Path,
         src: String,

@@ -576,7 +576,8 @@ impl Judge {
         }
         for t in &mut self.vms {
             if let Some(started) = t.started {
-                if t.running() && at >= started + t.plan.timeout {
+                // A config may give any timeout: no `started + timeout`.
+                if t.running() && at.saturating_sub(started) >= t.plan.timeout {
                     let reason = format!(
                         "it never reported an end within its timeout ({} after starting)",
                         secs(t.plan.timeout)
@@ -753,6 +754,19 @@ mod tests {
             j.tick(s(end_at));
         }
         j.finish(s(end_at))
+    }
+
+    /// A VM config may set a timeout beyond any clock (the longest it can
+    /// write, `"18446744073709549568s"`): a tick must not overflow adding it
+    /// to a start more than 2048 s after power-on.
+    #[test]
+    fn a_timeout_beyond_any_clock_never_expires() {
+        let longest = CfgDuration::parse("18446744073709549568s").unwrap().get();
+        let forever = plan("hello", &[], &[], Some(longest.as_secs()));
+        let mut j = Judge::new(vec![forever], s(30), Duration::MAX);
+        j.line("kiln: vm=hello state=starting", s(4096));
+        assert_eq!(j.tick(s(5000)), Step::Continue);
+        assert!(j.end().is_none());
     }
 
     fn hello() -> VmPlan {

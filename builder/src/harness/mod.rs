@@ -446,7 +446,10 @@ fn run_once(
         .or_else(|| target.boot_timeout())
         .unwrap_or(judge::DEFAULT_BOOT_TIMEOUT);
     let longest_vm = p.plans.iter().map(|v| v.timeout).max().unwrap_or_default();
-    let run_timeout = opts.timeout.unwrap_or(boot_timeout + longest_vm);
+    // Timeouts come from configs and may be huge: no overflow adding them.
+    let run_timeout = opts
+        .timeout
+        .unwrap_or(boot_timeout.saturating_add(longest_vm));
     let what = format!(
         "{} on {}, attempt {} of {}",
         p.name,

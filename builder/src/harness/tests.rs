@@ -602,6 +602,34 @@ fn a_replayed_console_is_judged_again() {
     assert_eq!(report.runs[0].target, "replay");
 }
 
+/// Timeouts beyond any clock (the longest a config or the command line
+/// can write) made the run timeout, their sum, overflow: `kiln test`
+/// panicked before booting anything.
+#[test]
+fn a_timeout_beyond_any_clock_is_no_overflow() {
+    let d = tempfile::tempdir().unwrap();
+    let longest = CfgDuration::parse("18446744073709549568s").unwrap();
+    let dir = image_dir(
+        d.path(),
+        "hello",
+        &[(
+            "hello",
+            expect(&["exit 0"], &[], Some(longest.get().as_secs())),
+        )],
+    );
+    let log = d.path().join("old.console.log");
+    std::fs::write(
+        &log,
+        "kiln: vm=hello state=starting\nhello: exit 0\nkiln: vm=hello state=exited code=0\n",
+    )
+    .unwrap();
+    let mut opts = options(vec![dir], None);
+    opts.target = TargetSpec::Replay(log);
+    opts.boot_timeout = Some(longest.get());
+    let report = run(&opts, flag()).unwrap();
+    assert_eq!(report.exit_code(), 0, "{:?}", report.runs[0]);
+}
+
 #[test]
 fn zero_repeats_is_refused() {
     let mut opts = options(Vec::new(), None);

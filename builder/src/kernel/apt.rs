@@ -371,7 +371,7 @@ fn binary_cache_options(dir: &Path) -> Vec<String> {
 
 /// The first stanza of deb822 text: `Key: value`, continuation lines
 /// starting with a space.
-pub(super) fn parse_stanza(text: &str) -> BTreeMap<String, String> {
+pub fn parse_stanza(text: &str) -> BTreeMap<String, String> {
     let mut fields = BTreeMap::new();
     let mut last: Option<String> = None;
     for line in text.lines() {

@@ -297,7 +297,7 @@ fn alternative(alt: &str) -> (String, Option<String>) {
 /// The first dependency named `linux-image-<digit>...` (the versioned
 /// kernel image package a metapackage stands for), with the version it
 /// pins, if any. Debian 7.x metapackages list `linux-base-<flavour>` first.
-pub(super) fn versioned_image(depends: &str) -> Option<(String, Option<String>)> {
+pub fn versioned_image(depends: &str) -> Option<(String, Option<String>)> {
     depends
         .split([',', '|'])
         .map(alternative)
@@ -312,7 +312,7 @@ pub(super) fn versioned_image(depends: &str) -> Option<(String, Option<String>)>
 /// kernel: named `linux-<part>-<release>`, other than the image itself
 /// (`linux-modules-6.8.0-151-generic`, `linux-base-7.3.1-cloud-amd64`).
 /// Of alternatives, the first such name is taken.
-pub(super) fn split_parts(release: &str, depends: &str) -> Vec<(String, Option<String>)> {
+pub fn split_parts(release: &str, depends: &str) -> Vec<(String, Option<String>)> {
     let image = format!("linux-image-{release}");
     let suffix = format!("-{release}");
     let mut parts: Vec<(String, Option<String>)> = Vec::new();
@@ -470,7 +470,7 @@ fn unpack(debs: &[(&Path, &str)], kernels: &Path, dest: &Path) -> Result<(), Ker
     Ok(())
 }
 
-fn unpack_data(deb: &Path, package: &str, root: &Path) -> Result<(), KernelError> {
+pub fn unpack_data(deb: &Path, package: &str, root: &Path) -> Result<(), KernelError> {
     let unpack_err = |source| KernelError::Unpack {
         deb: deb.to_path_buf(),
         source,

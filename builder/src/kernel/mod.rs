@@ -8,10 +8,10 @@
 //! [`module_index`] gives the kernel's module dependencies for
 //! [`kiln_schema::kmod`].
 
-mod apt;
-mod debian;
+pub mod apt;
+pub mod debian;
 pub mod kconfig;
-mod modinfo;
+pub mod modinfo;
 
 pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;
@@ -534,7 +534,7 @@ fn read_config(path: &Path, required: bool) -> Result<Option<KernelConfig>, Kern
 
 /// The release (`uname -r`) in a bzImage's setup header
 /// (`kiln_abi::bzimage::release`).
-fn bzimage_release(path: &Path) -> Result<String, KernelError> {
+pub fn bzimage_release(path: &Path) -> Result<String, KernelError> {
     let not_bz = || KernelError::NotABzImage {
         path: path.to_path_buf(),
     };

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The dependency fields of one module's `.modinfo`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct ModInfo {
+pub struct ModInfo {
     /// `name=`: the module's own name, when given.
     pub name: Option<String>,
     /// `depends=`: names of the modules it needs.
@@ -27,7 +27,7 @@ pub(super) struct ModInfo {
 }
 
 /// Reads the `.modinfo` section of a module's ELF image.
-pub(super) fn parse_modinfo(elf: &[u8]) -> Result<ModInfo, String> {
+pub fn parse_modinfo(elf: &[u8]) -> Result<ModInfo, String> {
     use object::{Object, ObjectSection};
     let file = object::File::parse(elf).map_err(|e| format!("not an ELF object ({e})"))?;
     let section = file

@@ -330,6 +330,7 @@ fn fat32_root_dotdot_fix(esp: &mut [u8]) -> Option<()> {
 /// partitions. Reading goes through the `gpt` crate, which checks both
 /// headers' CRCs.
 pub fn list_disk(path: &Path) -> Result<DiskListing, OutputError> {
+    check_entry_size(path)?;
     let disk = gpt::GptConfig::new()
         .writable(false)
         .open(path)
@@ -372,6 +373,38 @@ pub fn list_disk(path: &Path) -> Result<DiskListing, OutputError> {
     })
 }
 
+/// Refuses partition entries of another size than 128 bytes, which the
+/// gpt crate asserts (a panic, in release builds too). It reads the primary
+/// header, or the backup, at the file's last sector, when the primary's
+/// CRC is wrong: so is this.
+fn check_entry_size(path: &Path) -> Result<(), OutputError> {
+    use gpt::disk::LogicalBlockSize::Lb512;
+    use gpt::header::read_header_from_arbitrary_device as read_header;
+    let what = || format!("read {}", path.display());
+    let mut file = std::fs::File::open(path).map_err(io_err(what()))?;
+    let header = match read_header(&mut file, Lb512) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            let len = file.metadata().map_err(io_err(what()))?.len();
+            // A copy with the last sector as its LBA 1, where read_header looks.
+            let mut copy = [0u8; 1024];
+            if len >= 3 * SECTOR {
+                file.seek(SeekFrom::Start((len / SECTOR - 1) * SECTOR))
+                    .map_err(io_err(what()))?;
+                file.read_exact(&mut copy[512..]).map_err(io_err(what()))?;
+            }
+            read_header(&mut Cursor::new(copy), Lb512).ok()
+        }
+    };
+    match header {
+        Some(h) if h.part_size != 128 => Err(OutputError::GptEntrySize {
+            path: path.to_path_buf(),
+            size: h.part_size,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn type_name(t: &gpt::partition_types::Type) -> &'static str {
     if *t == partition_types::EFI {
         "EFI System"
@@ -403,40 +436,9 @@ fn esp_files(
     file.take(len)
         .read_to_end(&mut data)
         .map_err(io_err(&what))?;
-    let fs = FileSystem::new(Cursor::new(data), FsOptions::new()).map_err(fat_err(&what))?;
-    let fat = match fs.fat_type() {
-        FatType::Fat12 => "FAT12",
-        FatType::Fat16 => "FAT16",
-        FatType::Fat32 => "FAT32",
-    };
-    let mut files = Vec::new();
-    walk(fs.root_dir(), "", &mut files).map_err(fat_err(&what))?;
-    Ok((fat.to_string(), files))
-}
-
-fn walk<T: fatfs::ReadWriteSeek>(
-    dir: fatfs::Dir<T>,
-    prefix: &str,
-    out: &mut Vec<EspFile>,
-) -> std::io::Result<()> {
-    for entry in dir.iter() {
-        let entry = entry?;
-        // 8.3 names only: see the fatfs features in Cargo.toml.
-        let name = String::from_utf8_lossy(entry.short_file_name_as_bytes()).into_owned();
-        if name == "." || name == ".." {
-            continue;
-        }
-        let path = format!("{prefix}{name}");
-        if entry.is_dir() {
-            walk(entry.to_dir(), &format!("{path}/"), out)?;
-        } else {
-            out.push(EspFile {
-                path,
-                size: entry.len(),
-            });
-        }
-    }
-    Ok(())
+    let listing =
+        super::fat::list(data).map_err(|source| OutputError::FatVolume { what, source })?;
+    Ok((listing.fat_type.to_string(), listing.files))
 }
 
 impl fmt::Display for DiskListing {
@@ -458,7 +460,12 @@ impl fmt::Display for DiskListing {
             state(self.backup_valid)
         )?;
         for p in &self.partitions {
-            let size = (p.last_lba + 1 - p.first_lba.min(p.last_lba + 1)) * self.sector_size;
+            // The LBAs come from the disk: a damaged table may hold anything.
+            let size = p
+                .last_lba
+                .saturating_add(1)
+                .saturating_sub(p.first_lba)
+                .saturating_mul(self.sector_size);
             writeln!(
                 f,
                 "  partition {}: {} ({}), LBA {}-{} ({}), GUID {}, name \"{}\"",
@@ -758,5 +765,52 @@ mod tests {
         );
         assert!(text.contains("partition 1: EFI System"), "{text}");
         assert!(text.contains("EFI/BOOT/BOOTX64.EFI"), "{text}");
+    }
+
+    /// Found by the `gpt` fuzz target: the gpt crate asserts 128-byte
+    /// partition entries, so a disk with others panicked `kiln inspect`.
+    #[test]
+    fn other_partition_entry_sizes_are_refused() {
+        let b = build(MIB as usize, 5, 0);
+        let mut disk = std::fs::read(&b.disk).unwrap();
+        let len = disk.len();
+        for header in [SECTOR as usize, len - SECTOR as usize] {
+            disk[header + 84..header + 88].copy_from_slice(&256u32.to_le_bytes());
+            disk[header + 16..header + 20].fill(0);
+            let crc = crc32fast::hash(&disk[header..header + 92]);
+            disk[header + 16..header + 20].copy_from_slice(&crc.to_le_bytes());
+        }
+        std::fs::write(&b.disk, &disk).unwrap();
+        let e = list_disk(&b.disk).unwrap_err().to_string();
+        assert!(e.contains("has GPT partition entries of 256 bytes"), "{e}");
+        // With the primary header damaged, the backup's entries count.
+        disk[SECTOR as usize] ^= 0xff;
+        std::fs::write(&b.disk, &disk).unwrap();
+        let e = list_disk(&b.disk).unwrap_err().to_string();
+        assert!(e.contains("has GPT partition entries of 256 bytes"), "{e}");
+    }
+
+    /// A corrupted ESP used to panic fatfs in debug builds (an overflow at
+    /// its boot_sector.rs:311 with byte 0x100027 = 0xff, one at fs.rs:448
+    /// with root cluster 0): `kiln inspect` reports it instead.
+    #[test]
+    fn a_corrupted_esp_is_an_error() {
+        let b = build(MIB as usize, 3, 0);
+        let good = std::fs::read(&b.disk).unwrap();
+        let root_cluster = ESP_START as usize + 44;
+        for (at, bytes) in [(0x100027, &[0xff][..]), (root_cluster, &[0, 0, 0, 0][..])] {
+            let mut bad = good.clone();
+            bad[at..at + bytes.len()].copy_from_slice(bytes);
+            std::fs::write(&b.disk, &bad).unwrap();
+            let e = kiln_abi::error::Chain::new(&list_disk(&b.disk).unwrap_err()).to_string();
+            assert!(
+                e.starts_with("Cannot read partition EFI System Partition of")
+                    && e.contains("is not a valid FAT boot sector"),
+                "{e}"
+            );
+            let mut out = Vec::new();
+            crate::inspect::inspect(&b.disk, true, &mut out).unwrap_err();
+            crate::inspect::inspect(&b.disk, false, &mut out).unwrap_err();
+        }
     }
 }

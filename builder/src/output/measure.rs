@@ -63,6 +63,8 @@ pub enum MeasureError {
     UnknownStub(String),
     #[error("its section {0} lies outside the file")]
     Truncated(String),
+    #[error("its section {0} is larger in memory than the whole file")]
+    Oversized(String),
 }
 
 /// The systemd-stub version a UKI is built on, from the `.sdmagic`
@@ -70,7 +72,7 @@ pub enum MeasureError {
 pub fn stub_version(uki: &[u8]) -> Result<String, MeasureError> {
     let pe = PeFile64::parse(uki).map_err(|e| MeasureError::NotPe(e.to_string()))?;
     let magic = section_data(&pe, uki, ".sdmagic")?.ok_or(MeasureError::NoStub)?;
-    let text = String::from_utf8_lossy(&magic);
+    let text = String::from_utf8_lossy(magic.raw);
     let version = text
         .split("systemd-stub ")
         .nth(1)
@@ -98,8 +100,8 @@ pub fn predict_pcr11(uki: &[u8]) -> Result<Pcr11, MeasureError> {
         };
         let mut with_nul = name.as_bytes().to_vec();
         with_nul.push(0);
-        extend(&mut pcr, &with_nul);
-        extend(&mut pcr, &data);
+        extend(&mut pcr, &Sha256::digest(&with_nul));
+        extend(&mut pcr, data.digest().as_ref());
     }
     Ok(Pcr11 {
         sha256: crate::manifest::hex(&pcr),
@@ -107,18 +109,47 @@ pub fn predict_pcr11(uki: &[u8]) -> Result<Pcr11, MeasureError> {
     })
 }
 
-/// TPM2_PCR_Extend of the sha256 bank with the digest of `event`.
-fn extend(pcr: &mut [u8; 32], event: &[u8]) {
+/// TPM2_PCR_Extend of the sha256 bank with an event's `digest`.
+fn extend(pcr: &mut [u8; 32], digest: &[u8]) {
     let mut h = Sha256::new();
     h.update(*pcr);
-    h.update(Sha256::digest(event));
+    h.update(digest);
     pcr.copy_from_slice(&h.finalize());
 }
 
-/// A section's data as the loaded image holds it: `VirtualSize` bytes, the
-/// part beyond the file's raw data being zeros. The first section of that
-/// name, as the stub takes it.
-fn section_data(pe: &PeFile64, data: &[u8], name: &str) -> Result<Option<Vec<u8>>, MeasureError> {
+/// A section's data as the loaded image holds it: `VirtualSize` bytes, its
+/// raw data in the file and then zeros.
+#[derive(Debug)]
+struct SectionData<'a> {
+    raw: &'a [u8],
+    zeros: usize,
+}
+
+impl SectionData<'_> {
+    /// The sha256 of the data, the zeros hashed without being allocated.
+    fn digest(&self) -> impl AsRef<[u8]> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut h = Sha256::new();
+        h.update(self.raw);
+        let mut left = self.zeros;
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            h.update(&ZEROS[..n]);
+            left -= n;
+        }
+        h.finalize()
+    }
+}
+
+/// The data of the first section called `name`, as the stub takes it.
+/// `VirtualSize` comes from the file: a section larger in memory than the
+/// whole file is refused rather than hashed (a 1 KiB file could otherwise
+/// name 4 GiB of zeros).
+fn section_data<'a>(
+    pe: &PeFile64,
+    data: &'a [u8],
+    name: &str,
+) -> Result<Option<SectionData<'a>>, MeasureError> {
     let Some(s) = pe
         .section_table()
         .iter()
@@ -126,16 +157,21 @@ fn section_data(pe: &PeFile64, data: &[u8], name: &str) -> Result<Option<Vec<u8>
     else {
         return Ok(None);
     };
-    let vsize = s.virtual_size.get(LE) as usize;
-    let raw = (s.size_of_raw_data.get(LE) as usize).min(vsize);
-    let start = s.pointer_to_raw_data.get(LE) as usize;
+    let size = |v: u32| usize::try_from(v).map_err(|_| MeasureError::Oversized(name.to_string()));
+    let vsize = size(s.virtual_size.get(LE))?;
+    let raw = size(s.size_of_raw_data.get(LE))?.min(vsize);
+    let start = size(s.pointer_to_raw_data.get(LE))?;
     let bytes = start
         .checked_add(raw)
         .and_then(|end| data.get(start..end))
         .ok_or_else(|| MeasureError::Truncated(name.to_string()))?;
-    let mut out = bytes.to_vec();
-    out.resize(vsize, 0);
-    Ok(Some(out))
+    if vsize > data.len() {
+        return Err(MeasureError::Oversized(name.to_string()));
+    }
+    Ok(Some(SectionData {
+        raw: bytes,
+        zeros: vsize - raw,
+    }))
 }
 
 #[cfg(test)]
@@ -207,6 +243,22 @@ mod tests {
         // A changed command line changes the prediction.
         let (other, _) = uki(d.path(), "console=ttyS0 panic=-1 quiet");
         assert_ne!(predict_pcr11(&other).unwrap().sha256, p.sha256);
+    }
+
+    /// Found by the `uki` fuzz target: a section's VirtualSize of 4 GiB in
+    /// a 1 KiB file made `kiln inspect` allocate 4 GiB of zeros to hash.
+    #[test]
+    fn a_section_larger_than_the_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut bytes, _) = uki(d.path(), "x");
+        // The section's entry in the section table: its name, then its
+        // VirtualSize.
+        let table = bytes.windows(8).position(|w| w == b".osrel\0\0").unwrap();
+        bytes[table + 8..table + 12].copy_from_slice(&0xffff_f000u32.to_le_bytes());
+        assert_eq!(
+            predict_pcr11(&bytes).unwrap_err(),
+            MeasureError::Oversized(".osrel".into())
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! same bytes. Both are written to a temporary file and renamed into place.
 
 pub mod disk;
+pub mod fat;
 pub mod measure;
 pub mod uki;
 
@@ -44,6 +45,8 @@ pub enum OutputError {
         #[source]
         source: gpt::GptError,
     },
+    #[error("{} has GPT partition entries of {size} bytes; kiln reads disks with the standard 128-byte entries", path.display())]
+    GptEntrySize { path: PathBuf, size: u32 },
     #[error("Cannot write the partition table of {}", path.display())]
     Gpt {
         path: PathBuf,
@@ -61,6 +64,12 @@ pub enum OutputError {
         what: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("Cannot {what}")]
+    FatVolume {
+        what: String,
+        #[source]
+        source: fat::FatError,
     },
     #[error("Cannot {what}")]
     Io {

@@ -80,6 +80,17 @@ pub fn module_name_from_path(path: &str) -> Option<String> {
     (!stem.is_empty()).then(|| normalize_name(stem))
 }
 
+/// Why modules.dep cannot name `path`: it is no module file, or it holds
+/// whitespace or `:`, which separate modules.dep's fields (kiln writes the
+/// paths it reads back into the image's modules.dep).
+fn bad_path(path: &str) -> String {
+    if path.contains(|c: char| c.is_whitespace() || c == ':') {
+        format!("\"{path}\" has whitespace or ':' in it, which modules.dep cannot hold")
+    } else {
+        format!("\"{path}\" is not a kernel module file")
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Module {
     name: String,
@@ -152,9 +163,7 @@ impl ModuleIndex {
                 .split_once(':')
                 .ok_or_else(|| malformed("expected \"<module path>: <dependencies>\"".into()))?;
             let path = path.trim();
-            let id = index
-                .add(path)
-                .ok_or_else(|| malformed(format!("\"{path}\" is not a kernel module file")))?;
+            let id = index.add(path).ok_or_else(|| malformed(bad_path(path)))?;
             lines.push((n + 1, id, deps));
         }
         let mut assigned = HashSet::new();
@@ -166,7 +175,7 @@ impl ModuleIndex {
                 let dep = index.add(dep_path).ok_or_else(|| KmodError::Malformed {
                     file: "modules.dep",
                     line,
-                    reason: format!("\"{dep_path}\" is not a kernel module file"),
+                    reason: bad_path(dep_path),
                 })?;
                 ids.push(dep);
             }
@@ -192,8 +201,12 @@ impl ModuleIndex {
     }
 
     /// Registers a module path and returns its id; an already known name
-    /// returns the existing id.
+    /// returns the existing id. `None` for a path that is no module file,
+    /// or that modules.dep cannot hold (see [`bad_path`]).
     fn add(&mut self, path: &str) -> Option<usize> {
+        if path.contains(|c: char| c.is_whitespace() || c == ':') {
+            return None;
+        }
         if let Some(&id) = self.by_path.get(path) {
             return Some(id);
         }
@@ -594,6 +607,28 @@ fn parse_softdep_words<'a>(words: impl Iterator<Item = &'a str>) -> (Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `kmod` fuzz target: a path with a space was indexed,
+    /// and the modules.dep kiln wrote from it did not parse back.
+    #[test]
+    fn paths_modules_dep_cannot_hold_are_refused() {
+        for (dep, bad) in [
+            ("kernel/a b/kvm.ko:\n", "kernel/a b/kvm.ko"),
+            ("kvm.ko: irq:bypass.ko\n", "irq:bypass.ko"),
+        ] {
+            let e = ModuleIndex::from_modules_dep(dep, None, None)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!("Cannot parse modules.dep line 1: \"{bad}\" has whitespace or ':' in it, which modules.dep cannot hold")
+            );
+        }
+        let index = ModuleIndex::from_modules_dep("k/a.ko: k/b.ko\nk/b.ko:\n", None, None).unwrap();
+        let all = index.modules();
+        let again = ModuleIndex::from_modules_dep(&index.to_modules_dep(&all), None, None).unwrap();
+        assert_eq!(again.modules(), all);
+    }
 
     fn names(entries: &[ModuleEntry]) -> Vec<&str> {
         entries.iter().map(|e| e.name.as_str()).collect()

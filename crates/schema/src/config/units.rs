@@ -202,7 +202,15 @@ impl Duration {
 }
 
 impl fmt::Display for Duration {
+    /// Exact, so that it parses back to the same duration: `kiln build`
+    /// writes the durations of VM configs into the appliance config.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.subsec_nanos();
+        if nanos % 1_000_000 != 0 {
+            // Finer than a millisecond: seconds with every digit.
+            let digits = format!("{nanos:09}");
+            return write!(f, "{}.{}s", self.0.as_secs(), digits.trim_end_matches('0'));
+        }
         let ms = self.0.as_millis();
         if ms % 1000 != 0 {
             write!(f, "{ms}ms")
@@ -323,5 +331,23 @@ mod tests {
         assert!(ByteSize::mib(16)
             .check_range(ByteSize::mib(16), ByteSize::gib(1024))
             .is_ok());
+    }
+
+    /// Found by the `config` fuzz target: "1.5ms" was written back as
+    /// "1ms", so a VM in the image restarted on another schedule than its
+    /// config said.
+    #[test]
+    fn durations_print_as_they_parse() {
+        for (text, shown) in [
+            ("1.5ms", "0.0015s"),
+            ("0.000000001s", "0.000000001s"),
+            ("2.25s", "2250ms"),
+            ("90m", "5400s"),
+            ("18446744073709549568s", "18446744073709549568s"),
+        ] {
+            let d = Duration::parse(text).unwrap();
+            assert_eq!(d.to_string(), shown);
+            assert_eq!(Duration::parse(shown).unwrap(), d, "{text}");
+        }
     }
 }
