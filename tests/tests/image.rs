@@ -50,6 +50,7 @@ fn output_has_every_artifact_listed_in_the_manifest() {
             "initramfs.cpio.zst",
             "cmdline",
             "kiln.efi",
+            "kiln.pcrs.json",
             "disk.img"
         ]
     );

@@ -757,11 +757,11 @@ mod tests {
     }
 
     /// A VM config may set a timeout beyond any clock (the longest it can
-    /// write, `"18446744073709549568s"`): a tick must not overflow adding it
+    /// write, `"8760h"`, the cap every duration has at parse): a tick must not overflow adding it
     /// to a start more than 2048 s after power-on.
     #[test]
     fn a_timeout_beyond_any_clock_never_expires() {
-        let longest = CfgDuration::parse("18446744073709549568s").unwrap().get();
+        let longest = CfgDuration::parse("8760h").unwrap().get();
         let forever = plan("hello", &[], &[], Some(longest.as_secs()));
         let mut j = Judge::new(vec![forever], s(30), Duration::MAX);
         j.line("kiln: vm=hello state=starting", s(4096));
