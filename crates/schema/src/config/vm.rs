@@ -84,6 +84,49 @@ pub struct BootSpec {
     pub initrd: Option<InitrdSource>,
     #[serde(default)]
     pub cmdline: String,
+    /// For a `debian:` kernel, put [`FAST_BOOT_CMDLINE`] before `cmdline`
+    /// (each word whose key `cmdline` does not set itself).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fast_boot: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// What a `debian:` guest kernel gets on its command line by default, to
+/// boot fast in a kiln VM (docs/config.md#fast-boot): no crypto self-tests
+/// (`cryptomgr.notests`, and the KDF self-test and the kprobe-event setup
+/// skipped), the TSC trusted without a watchdog (kiln's vCPUs have a
+/// constant, kvmclock-described TSC), no IO-APIC timer check, no probing of
+/// the PS/2 mouse port or of serial ports kiln's board does not have.
+pub const FAST_BOOT_CMDLINE: &[&str] = &[
+    "cryptomgr.notests",
+    "initcall_blacklist=crypto_kdf108_init,init_kprobe_trace",
+    "tsc=reliable",
+    "no_timer_check",
+    "i8042.noaux",
+    "8250.nr_uarts=1",
+];
+
+impl BootSpec {
+    /// The command line the guest gets: [`FAST_BOOT_CMDLINE`] first for a
+    /// `debian:` kernel with `fast_boot` on, less any word whose key
+    /// (before `=`) the user's `cmdline` sets, then the user's `cmdline`.
+    pub fn effective_cmdline(&self) -> String {
+        if !self.fast_boot || !matches!(self.kernel, Source::Debian(_)) {
+            return self.cmdline.clone();
+        }
+        let key = |w: &str| w.split('=').next().unwrap_or(w).to_string();
+        let users: Vec<String> = self.cmdline.split_whitespace().map(key).collect();
+        let mut words: Vec<&str> = FAST_BOOT_CMDLINE
+            .iter()
+            .copied()
+            .filter(|w| !users.contains(&key(w)))
+            .collect();
+        words.extend(self.cmdline.split_whitespace());
+        words.join(" ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,7 +446,7 @@ impl VmSpec {
             boot: BootConfig {
                 kernel,
                 initrd,
-                cmdline: self.boot.cmdline.clone(),
+                cmdline: self.boot.effective_cmdline(),
             },
             pci: self.pci.clone(),
             vfio: self.vfio,
@@ -518,6 +561,52 @@ mod tests {
         assert_eq!(v.hypervisor, PathBuf::from("/dev/kvm"));
         assert_eq!(v.restart.policy, RestartPolicy::Never);
         assert!(v.console.echo);
+    }
+
+    fn boot(kernel: &str, cmdline: &str, fast_boot: Option<bool>) -> BootSpec {
+        let fast = fast_boot.map_or(String::new(), |b| format!("fast_boot = {b}\n"));
+        let src = format!(
+            "name = \"a\"\nmemory = \"64M\"\n[boot]\nkernel = \"{kernel}\"\ncmdline = \"{cmdline}\"\n{fast}"
+        );
+        vm(&src).unwrap().boot
+    }
+
+    #[test]
+    fn a_debian_kernel_gets_the_fast_boot_words_first() {
+        let b = boot(
+            "debian:linux-image-cloud-amd64",
+            "console=ttyS0 quiet",
+            None,
+        );
+        let want = format!("{} console=ttyS0 quiet", FAST_BOOT_CMDLINE.join(" "));
+        assert_eq!(b.effective_cmdline(), want);
+    }
+
+    #[test]
+    fn the_users_words_replace_fast_boot_words_of_the_same_key() {
+        let b = boot(
+            "debian:linux-image-amd64",
+            "tsc=unstable 8250.nr_uarts=4 quiet",
+            None,
+        );
+        let line = b.effective_cmdline();
+        assert!(line.contains("cryptomgr.notests"), "{line}");
+        assert!(!line.contains("tsc=reliable"), "{line}");
+        assert!(!line.contains("nr_uarts=1"), "{line}");
+        assert!(
+            line.ends_with("tsc=unstable 8250.nr_uarts=4 quiet"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn fast_boot_off_or_another_kernel_keeps_the_cmdline_as_written() {
+        let off = boot("debian:linux-image-amd64", "quiet", Some(false));
+        assert_eq!(off.effective_cmdline(), "quiet");
+        let own = boot("bzImage", "quiet", None);
+        assert_eq!(own.effective_cmdline(), "quiet");
+        let cargo = boot("cargo:kiln-hello", "hello.exit=0", Some(true));
+        assert_eq!(cargo.effective_cmdline(), "hello.exit=0");
     }
 
     #[test]
