@@ -5,6 +5,7 @@
 //! `Arc`, so a node stays open while any VM made from it lives; several
 //! `Vac`s may be open side by side and share nothing.
 
+use crate::arch::x86_64::cpuid;
 use kvm_bindings::{CpuId, KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::ffi::CString;
@@ -106,12 +107,18 @@ impl Vac {
                 });
             }
         }
-        let cpuid = kvm
+        let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|source| VacError::Cpuid {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // KVM emulates the TSC-deadline timer in its LAPIC but leaves the
+        // bit out of the supported set: offer it when the capability says
+        // so, and Linux guests skip calibrating the LAPIC timer.
+        if kvm.check_extension(Cap::TscDeadlineTimer) {
+            cpuid::offer_tsc_deadline(cpuid.as_mut_slice());
+        }
         let msrs = kvm
             .get_msr_index_list()
             .map_err(|source| VacError::MsrList {

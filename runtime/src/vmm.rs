@@ -207,7 +207,7 @@ pub fn run_with(
     // The notes the guest provoked beyond their limit, in one line.
     vm.notes().finish();
     if options.stats {
-        print_stats(&machine, started, setup, counts);
+        print_stats(cfg.name.as_str(), &machine, started, setup, counts);
         print_attach_stats(&vm, &attached);
     }
     Ok(exit)
@@ -372,17 +372,18 @@ fn stop_and_join(
 /// One line on stderr with timings (from `started`, the start of the run),
 /// exit counts and the VMM's own memory (resident set minus the guest RAM
 /// pages that are resident).
-fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: ExitCounts) {
+fn print_stats(
+    name: &str,
+    machine: &Machine,
+    started: Instant,
+    setup: Duration,
+    counts: ExitCounts,
+) {
     let vm = machine.vm();
     let total = started.elapsed();
-    let rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status_kib(&status, "VmRSS:");
+    let hwm_kib = status_kib(&status, "VmHWM:");
     let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
     let first = machine
         .first_output()
@@ -391,7 +392,7 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
     let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} notes_held={}\n",
+        "kiln-runtime: stats vm={name} setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} vmm_peak_kib={} notes_held={}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
@@ -400,9 +401,20 @@ fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: Exi
         counts.mmio_bar,
         counts.interrupted,
         rss_kib.saturating_sub(guest_in_rss_kib),
+        // Guest RAM only grows, so what is resident now is the most it held.
+        hwm_kib.saturating_sub(guest_in_rss_kib),
         vm.notes().held(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+}
+
+/// A `Key:  <n> kB` line of /proc/self/status, in KiB (0 when absent).
+fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One line on stderr with what attaching devices cost.

@@ -27,6 +27,18 @@ fn core_shift(count: u8) -> u32 {
     u32::BITS - (n - 1).leading_zeros()
 }
 
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Sets the TSC-deadline timer bit (leaf 1, ECX bit 24), for a hypervisor
+/// with `KVM_CAP_TSC_DEADLINE_TIMER`: its LAPIC emulates the timer, and a
+/// guest that sees the bit arms it by TSC value instead of calibrating the
+/// LAPIC timer against the PIT at boot.
+pub fn offer_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries.iter_mut().filter(|e| e.function == 0x1) {
+        e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+    }
+}
+
 /// Rewrites `entries` (one vCPU's copy of the supported CPUID) in place.
 pub fn patch(entries: &mut [kvm_cpuid_entry2], topo: Topology) {
     let apic = u32::from(topo.index);
@@ -139,6 +151,14 @@ mod tests {
         let l4 = find(&e, 4, 0);
         assert_eq!((l4.eax >> 26, (l4.eax >> 14) & 0xfff), (2, 2));
         assert_eq!(find(&e, 1, 0).edx & LEAF1_EDX_HTT, LEAF1_EDX_HTT);
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_in_leaf_1_only() {
+        let mut e = vec![leaf(0x1, 0), leaf(0x7, 0)];
+        offer_tsc_deadline(&mut e);
+        assert_eq!(find(&e, 0x1, 0).ecx & (1 << 24), 1 << 24);
+        assert_eq!(find(&e, 0x7, 0).ecx, 2);
     }
 
     #[test]
