@@ -14,10 +14,29 @@
 # The Linux guests boot with loglevel=1, so their first console byte is
 # kiln-guest-init's first line: "first output" is VMM start to /init.
 #
-# Usage: bench/vmm.sh [RUNS]    (median of RUNS boots per guest, default 3)
+#
+# Then the side-by-side table: kiln's VMM against QEMU's `microvm` machine on
+# KVM, inside the same emulated target, in interleaved pairs (the harness is
+# bench/vmmbench; the method is in docs/benchmarks.md).
+#
+# Usage: bench/vmm.sh [RUNS] [--pairs N] [--peer-only] [--before KILN-RUNTIME]
+#   RUNS        median of RUNS boots per guest for the first table, default 3
+#   --pairs N   pairs per setting for the side-by-side table, default 5
+#               (the recorded run used 20; each pair is 7 boots)
+#   --peer-only only the side-by-side table
+#   --before F  also time the static kiln-runtime F (an earlier build) in
+#               every pair, for the "kiln today" ratios
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-3}
+runs=3 pairs=5 peer_only= before=
+while [ $# -gt 0 ]; do
+  case $1 in
+  --pairs) pairs=$2; shift 2 ;;
+  --peer-only) peer_only=1; shift ;;
+  --before) before=$(realpath "$2"); shift 2 ;;
+  *) runs=$1; shift ;;
+  esac
+done
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86" >&2; exit 2; }
 
 cargo build --release -q -p kiln
@@ -59,7 +78,9 @@ stat_of() { # key, file of stats lines
 }
 
 rows=()
-for guest in hello linux-1 linux-2 linux-hp; do
+guests="hello linux-1 linux-2 linux-hp"
+[ -z "$peer_only" ] || guests=
+for guest in $guests; do
   "$kiln" build "$work/$guest.toml" -o "$work/$guest" --json >/dev/null
   : >"$work/$guest.stats"
   for i in $(seq "$runs"); do
@@ -80,7 +101,68 @@ for guest in hello linux-1 linux-2 linux-hp; do
     "$(stat_of exits "$s")" "$(stat_of vmm_kib "$s")")")
 done
 
-printf '\nkiln VMM on QEMU TCG (nested KVM), %s cores, median of %s runs\n\n' "$(nproc)" "$runs"
-printf '| %-8s | %9s | %13s | %10s | %9s | %13s |\n' guest "setup ms" "1st output ms" "exit ms" "VM exits" "VMM RSS KiB"
-printf '|----------|-----------|---------------|------------|-----------|---------------|\n'
-printf '%s\n' "${rows[@]}"
+if [ -z "$peer_only" ]; then
+  printf '\nkiln VMM on QEMU TCG (nested KVM), %s cores, median of %s runs\n\n' "$(nproc)" "$runs"
+  printf '| %-8s | %9s | %13s | %10s | %9s | %13s |\n' guest "setup ms" "1st output ms" "exit ms" "VM exits" "VMM RSS KiB"
+  printf '|----------|-----------|---------------|------------|-----------|---------------|\n'
+  printf '%s\n' "${rows[@]}"
+fi
+
+# --- Side by side with QEMU microvm -------------------------------------
+# One appliance holds the guests: `linux` (kiln's default command line for
+# a debian: kernel), `linux-plain` (fast_boot = false: the command line as
+# written) and `hello`. Its initramfs gets a second archive appended with
+# the harness (/bench/init, started by rdinit= instead of kiln's PID 1),
+# QEMU with its shared libraries at the host's paths and microvm's
+# firmware; kiln's VMM is the appliance's own /init.
+guest_cmdline="console=ttyS0 reboot=k panic=-1 quiet loglevel=1"
+peer_vm() { # name, extra boot keys
+  printf '[[vm]]\nname = "%s"\nmemory = "128M"\nhugepages = true\n[vm.boot]\n%s\n%s\ncmdline = "%s"\n%s' "$1" \
+    'kernel = "debian:linux-image-cloud-amd64"' 'initrd = { init = "cargo:kiln-guest-init" }' "$guest_cmdline" "${2:-}"
+}
+{
+  printf 'name = "vmmbench"\n[kernel]\nsource = "debian:linux-image-cloud-amd64"\n'
+  # Guest RAM of both VMMs on hugetlbfs: 64 pages each, one VM at a time.
+  printf 'cmdline = "console=ttyS0 panic=-1 quiet hugepages=80"\n[target]\nmemory = "1024M"\n'
+  peer_vm linux
+  peer_vm linux-plain 'fast_boot = false
+'
+  printf '[[vm]]\nname = "hello"\nmemory = "64M"\n[vm.boot]\nkernel = "cargo:kiln-hello"\ncmdline = "hello.exit=0"\n'
+} >"$work/peer.toml"
+"$kiln" build "$work/peer.toml" -o "$work/peer" --json >/dev/null
+cargo build --profile runtime -q -p kiln-vmmbench
+overlay=$work/overlay
+mkdir -p "$overlay/bench/qemu"
+cp target/x86_64-unknown-linux-gnu/runtime/kiln-vmmbench "$overlay/bench/init"
+qemu=$(command -v qemu-system-x86_64)
+cp "$qemu" "$overlay/bench/qemu-system-x86_64"
+ldd "$qemu" | grep -o '/[^ ]*' | while read -r lib; do
+  mkdir -p "$overlay$(dirname "$lib")"
+  cp -L "$lib" "$overlay$lib"
+done
+for rom in bios-microvm.bin linuxboot_dma.bin pvh.bin; do
+  cp -L "/usr/share/qemu/$rom" "$overlay/bench/qemu/"
+done
+[ -z "$before" ] || cp "$before" "$overlay/bench/kiln-runtime.before"
+bench=$work/peer-boot
+mkdir -p "$bench"
+cp "$work/peer/vmlinuz" "$work/peer/manifest.json" "$bench/"
+# The kernel unpacks concatenated archives in order; the overlay adds files.
+{
+  cat "$work"/peer/initramfs.cpio.*
+  (cd "$overlay" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -T0)
+} >"$bench/initramfs.cpio.zst"
+echo "$(cat "$work/peer/cmdline") rdinit=/bench/init vmmbench.pairs=$pairs" >"$bench/cmdline"
+echo "bench/vmm.sh: side by side with QEMU microvm, $pairs pairs (7 boots each)" >&2
+echo "bench/vmm.sh: its console: $work/peer.log (kept as target/bench-vmm-peer.log)" >&2
+timeout $((600 + pairs * 600)) "$kiln" run "$bench" >"$work/peer.log" 2>&1 || true
+tr -d '\r' <"$work/peer.log" >"$work/peer.txt"
+cp "$work/peer.txt" target/bench-vmm-peer.log # kept: every run's line
+if ! grep -q '^vmmbench: results' "$work/peer.txt"; then
+  echo "the side-by-side run did not finish; its console:" >&2
+  cat "$work/peer.txt" >&2
+  exit 1
+fi
+grep '^vmmbench: run ' "$work/peer.txt" >&2
+printf '\nkiln VMM and QEMU microvm (KVM) side by side on QEMU TCG, %s pairs, medians\n\n' "$pairs"
+sed -n '/^vmmbench: results/,/^vmmbench: done/{/^vmmbench/d;p}' "$work/peer.txt"

@@ -7,8 +7,8 @@
 mod cgroup;
 mod console;
 mod firmware;
-mod modules;
-mod mounts;
+pub mod modules;
+pub mod mounts;
 mod power;
 mod supervise;
 mod vfio_binding;
