@@ -43,7 +43,7 @@ fn stats(console: &str) -> BTreeMap<String, BTreeMap<String, f64>> {
 const LINUX_EXITS_MAX: f64 = 1000.0;
 const HELLO_EXITS_MAX: f64 = 1600.0;
 const LINUX_UNCLAIMED_PIO_MAX: f64 = 200.0;
-const SETUP_RATIO_MAX: f64 = 3.0;
+const SETUP_RATIO_MAX: f64 = 5.0;
 const VMM_PEAK_KIB_MAX: f64 = 6144.0;
 
 #[test]
