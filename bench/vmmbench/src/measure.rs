@@ -2,7 +2,7 @@
 //! arrive, reap it with its peak resident memory.
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ impl Sample {
 pub enum MeasureError {
     #[error("cannot create the output pipe")]
     Pipe(#[source] nix::Error),
+    #[error("cannot duplicate the output pipe")]
+    Dup(#[source] std::io::Error),
     #[error("cannot start {program}; is it in the benchmark initramfs?")]
     Spawn {
         program: String,
@@ -81,9 +83,7 @@ const OUTPUT_CAP: usize = 256 * 1024;
 pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample, MeasureError> {
     let (read, write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(MeasureError::Pipe)?;
-    let write2 = write
-        .try_clone()
-        .map_err(|e| MeasureError::Pipe(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    let write2 = write.try_clone().map_err(MeasureError::Dup)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(write))
         .stderr(Stdio::from(write2));
@@ -98,7 +98,7 @@ pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample
     let ms = |t: Instant| t.saturating_duration_since(started).as_secs_f64() * 1000.0;
 
     let mut sample = Sample::default();
-    let mut file = std::fs::File::from(OwnedFd::from(read));
+    let mut file = std::fs::File::from(read);
     let mut buf = [0u8; 4096];
     let mut killed = false;
     loop {
