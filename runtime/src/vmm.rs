@@ -79,6 +79,13 @@ pub struct RunOptions {
 /// Set (to anything) to get the stats lines (docs/runtime.md).
 pub const STATS_ENV: &str = "KILN_VMM_STATS";
 
+/// A vCPU thread's stack. Not the default 2 MiB: a stack mapping of exactly
+/// 2 MiB lands 2 MiB-aligned below the aligned guest RAM, and on a host with
+/// transparent huge pages its first touch faults in a whole huge page, 2 MiB
+/// of the VMM's peak memory for a few KiB used (docs/benchmarks.md). The
+/// exit handlers recurse nowhere and keep no large locals.
+const VCPU_STACK: usize = 512 * 1024;
+
 impl RunOptions {
     /// The options as this process's environment sets them.
     pub fn from_env() -> Self {
@@ -163,29 +170,32 @@ pub fn run_with(
         let thread_clocks = clocks.clone();
         let index = vcpu.index();
         let name = format!("vcpu{index}");
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            // The stop signals stay blocked (the waiting thread takes them),
-            // the kick signal must get through.
-            let mut kick = SigSet::empty();
-            if let Ok(s) = Signal::try_from(kick_signal()) {
-                kick.add(s);
-            }
-            let _ = kick.thread_unblock();
-            // A panicking vCPU thread ends the VM instead of leaving it
-            // waiting for a stop that no one will request.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                vcpu.run(&thread_ctl, &thread_clocks)
-            }));
-            ran.unwrap_or_else(|payload| {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into());
-                thread_ctl.request_stop(VmExit::VcpuPanic { index, message });
-                ExitCounts::default()
-            })
-        });
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .stack_size(VCPU_STACK)
+            .spawn(move || {
+                // The stop signals stay blocked (the waiting thread takes them),
+                // the kick signal must get through.
+                let mut kick = SigSet::empty();
+                if let Ok(s) = Signal::try_from(kick_signal()) {
+                    kick.add(s);
+                }
+                let _ = kick.thread_unblock();
+                // A panicking vCPU thread ends the VM instead of leaving it
+                // waiting for a stop that no one will request.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    vcpu.run(&thread_ctl, &thread_clocks)
+                }));
+                ran.unwrap_or_else(|payload| {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    thread_ctl.request_stop(VmExit::VcpuPanic { index, message });
+                    ExitCounts::default()
+                })
+            });
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {

@@ -38,13 +38,15 @@ fn stats(console: &str) -> BTreeMap<String, BTreeMap<String, f64>> {
     all
 }
 
-/// Bounds, each about twice what this target measured when the guard was
-/// written (docs/benchmarks.md, "Regression guard").
+/// Bounds, about twice what this target measured when the guard was
+/// written (docs/benchmarks.md, "Regression guard"); the peak memory bound
+/// is issue #17's goal, 3 MiB (2.1 MiB measured; 4.1 MiB with 2 MiB vCPU
+/// stacks on huge pages).
 const LINUX_EXITS_MAX: f64 = 1000.0;
 const HELLO_EXITS_MAX: f64 = 1600.0;
 const LINUX_UNCLAIMED_PIO_MAX: f64 = 200.0;
 const SETUP_RATIO_MAX: f64 = 5.0;
-const VMM_PEAK_KIB_MAX: f64 = 6144.0;
+const VMM_PEAK_KIB_MAX: f64 = 3072.0;
 
 #[test]
 fn the_vmm_does_no_more_work_per_boot_than_it_did() {
