@@ -209,15 +209,15 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
         }
         other => {
             let stem = input_name(other);
-            let image = match other {
-                Some(p) => Image::load(p),
-                None => Image::load_default(),
-            }
-            .map_err(|e| NotPrepared {
+            let loaded: Result<Image, Box<dyn std::error::Error>> = match other {
+                Some(p) => Image::load(p).map_err(Into::into),
+                None => Image::load_default().map_err(Into::into),
+            };
+            let image = loaded.map_err(|e| NotPrepared {
                 name: stem,
                 vms: Vec::new(),
                 kind: "config",
-                message: Chain::new(&e).to_string(),
+                message: Chain::new(&*e).to_string(),
             })?;
             let out = Path::new("out").join(&image.config.name);
             let built = build::build(&image, &out).map_err(|e| NotPrepared {
