@@ -31,7 +31,7 @@ pub enum PayloadError {
         "`cargo:{package}` is built from the cargo workspace that holds this config, and there is \
          none at or above {}; write the path of a static executable instead{installed}, or keep \
          the config in a cargo workspace that has the package `{package}` (`kiln new DIR` makes \
-         an image project that is one; docs/config.md, \"cargo: payloads\")",
+         an image project that is one; docs/config.md, \"Cargo payloads\")",
         near.display()
     )]
     NoWorkspace {

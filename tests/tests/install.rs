@@ -190,11 +190,25 @@ fn kiln_new_makes_a_project_that_passes_kiln_test_anywhere() {
         tested.output
     );
     assert!(project.join("out/my-appliance/manifest.json").is_file());
-    // The guest is the user's to change: it was built in the project.
+    // The guest is the user's to change: it was built in the project, and
+    // a change to it is in the next test's image.
     assert!(
         project.join("target").is_dir(),
         "the guest was built in the project"
     );
+    let main = project.join("src/main.rs");
+    let text = std::fs::read_to_string(&main).unwrap();
+    assert!(text.contains("let code = 0;"), "{text}");
+    std::fs::write(&main, text.replace("let code = 0;", "let code = 3;")).unwrap();
+    let changed = kiln(
+        &prefix,
+        &project,
+        &cache,
+        &["test", "appliance.toml"],
+        Duration::from_secs(900),
+    );
+    assert_eq!(changed.code(), Some(1), "{}", changed.output);
+    assert!(changed.output.contains("code 3"), "{}", changed.output);
 }
 
 #[test]
@@ -226,5 +240,5 @@ fn a_copied_config_names_the_key_of_its_cargo_payload() {
         "{line}"
     );
     assert!(line.contains("`kiln new DIR`"), "{line}");
-    assert!(!copy.join("out").exists(), "nothing was written");
+    assert!(!copy.join("out/hello").exists(), "no output was written");
 }

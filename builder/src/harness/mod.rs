@@ -364,10 +364,14 @@ fn input_name(input: Option<&Path>) -> String {
         .map_or("hello".to_string(), |s| s.to_string_lossy().into_owned())
 }
 
+/// The file in a built image's folder that keeps the console of its last
+/// `kiln test` (without `--junit`).
+pub const CONSOLE_LOG: &str = "test-console.log";
+
 /// `<image dir>/test-console.log`, or a file in the temporary folder when
 /// the image's folder cannot be written (a read-only artifact store).
 fn image_log(p: &Prepared) -> Result<ConsoleLog, HarnessError> {
-    match ConsoleLog::create(&p.dir.join("test-console.log")) {
+    match ConsoleLog::create(&p.dir.join(CONSOLE_LOG)) {
         Ok(log) => Ok(log),
         Err(e) => {
             let fallback = std::env::temp_dir().join(format!("kiln-test-{}.console.log", p.name));
