@@ -55,7 +55,9 @@ pub struct Created {
 pub fn create(dir: &Path, name: Option<&str>) -> Result<Created, NewError> {
     let name = match name {
         Some(n) => n.to_string(),
-        None => dir
+        // `kiln new .` is named after the directory it is.
+        None => std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
             .file_name()
             .map(|n| n.to_string_lossy().to_lowercase())
             .ok_or_else(|| NewError::NoName {
@@ -148,8 +150,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("choose one with --name"), "{e}");
-        // An empty directory is fine.
+        // An empty directory is fine, even as `.`.
         std::fs::create_dir(d.path().join("empty")).unwrap();
         create(&d.path().join("empty"), None).unwrap();
+        std::fs::create_dir(d.path().join("here")).unwrap();
+        let here = d.path().join("here/.");
+        assert_eq!(create(&here, None).unwrap().name, "here");
+        assert!(matches!(
+            create(Path::new("/"), None),
+            Err(NewError::NoName { .. } | NewError::Exists { .. })
+        ));
     }
 }
