@@ -91,9 +91,8 @@ install -m 0644 "$root/configs/hello.toml" "$prefix/share/kiln/configs/hello.tom
 # kiln last: a kiln on PATH always has its runtime and payloads beside it.
 install -m 0755 "$kiln" "$prefix/bin/kiln"
 
-# Shell completions and man pages, from the binary itself. INTEGRATOR: the
-# `cli` branch adds `kiln completions SHELL` (clap_complete) and man page
-# generation (clap_mangen); each is installed only when this kiln has it.
+# Shell completions and man pages, from the binary itself (`kiln
+# completions SHELL`, `kiln man DIR`), each when this kiln has the command.
 bin="$prefix/bin/kiln"
 if "$bin" completions bash >/dev/null 2>&1; then
     install -d "$prefix/share/bash-completion/completions" "$prefix/share/zsh/site-functions" \
@@ -102,11 +101,10 @@ if "$bin" completions bash >/dev/null 2>&1; then
     "$bin" completions zsh >"$prefix/share/zsh/site-functions/_kiln"
     "$bin" completions fish >"$prefix/share/fish/vendor_completions.d/kiln.fish"
 fi
-# INTEGRATOR: the man page command is not known yet; when `cli` lands it,
-# write the pages into "$prefix/share/man/man1" here, e.g.:
-#   if "$bin" man --help >/dev/null 2>&1; then
-#       install -d "$prefix/share/man/man1" && "$bin" man "$prefix/share/man/man1"
-#   fi
+if "$bin" man --help >/dev/null 2>&1; then
+    install -d "$prefix/share/man/man1"
+    "$bin" man "$prefix/share/man/man1"
+fi
 
 echo "install.sh: installed $bin" >&2
 case ":$PATH:" in
