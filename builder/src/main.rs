@@ -41,15 +41,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write a new image project into DIR: an image config, one VM config
-    /// and its guest program (a cargo project), ready for `kiln test`.
-    New {
-        /// A new or empty directory.
-        dir: PathBuf,
-        /// The image's name [default: DIR's name].
-        #[arg(long)]
-        name: Option<String>,
-    },
     /// List an image's contents and its manifest (an output DIR or an initramfs FILE).
     Inspect {
         path: PathBuf,
@@ -94,6 +85,15 @@ enum Cmd {
         /// Echo the console on stderr (the default when stderr is a terminal).
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// Write a new image project into DIR: an image config, one VM config
+    /// and its guest program (a cargo project), ready for `kiln test`.
+    New {
+        /// A new or empty directory.
+        dir: PathBuf,
+        /// The image's name [default: DIR's name].
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Create a Secure Boot key set in DIR: PK, KEK and db keys (0600),
     /// certificates, and the signed .auth updates firmware enrolls.
