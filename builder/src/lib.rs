@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod build;
+pub mod cache;
 pub mod children;
 pub mod compress;
 pub mod cpio;
@@ -16,4 +17,6 @@ pub mod manifest;
 pub mod output;
 pub mod payload;
 pub mod progress;
+pub mod runner;
 pub mod secureboot;
+pub mod summary;

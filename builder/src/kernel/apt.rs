@@ -422,6 +422,7 @@ pub(super) fn run(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    crate::progress::command(&cmd);
     cmd.output().map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => KernelError::AptMissing { tool, source },
         _ => KernelError::Io {
