@@ -17,6 +17,7 @@
 //! cached by the hash of everything that goes into it, so an unchanged
 //! rebuild only hashes inputs.
 
+mod bootcheck;
 mod destination;
 mod initramfs;
 mod inputs;
