@@ -333,3 +333,77 @@ fn quiet_builds_and_run_exits_1_when_a_vm_failed() {
         t.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn build_refuses_what_would_fail_at_boot() {
+    let dir = scratch("cli-build-checks");
+    std::fs::write(dir.join("junk.bin"), vec![7u8; 5000]).unwrap();
+    let debian = "[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n";
+    // An image of `head` and one VM whose `[vm]` keys are `vm` and whose
+    // `[vm.boot]` keys are `boot`.
+    let image = |head: &str, vm: &str, boot: &str| {
+        format!("name = \"p\"\n{head}[[vm]]\nname = \"a\"\nmemory = \"64M\"\n{vm}[vm.boot]\n{boot}")
+    };
+    let hello = "kernel = \"cargo:kiln-hello\"\n";
+    let long = |n: usize| "x".repeat(n);
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "host-junk",
+            image("[kernel]\nsource = \"junk.bin\"\n", "", hello),
+            "host-junk.toml:3:1: key `kernel.source`: junk.bin is not a bzImage".into(),
+        ),
+        (
+            "host-cmdline",
+            image(
+                &format!("[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\ncmdline = \"{}\"\n", long(3000)),
+                "",
+                hello,
+            ),
+            "host-cmdline.toml:4:1: key `kernel.cmdline`: the command line is 3000 bytes; expected at most 2047".into(),
+        ),
+        (
+            "unknown-package",
+            image("[kernel]\nsource = \"debian:linux-image-no-such-kiln\"\n", "", hello),
+            "unknown-package.toml:3:1: key `kernel.source`: apt knows no Debian package \"linux-image-no-such-kiln\"".into(),
+        ),
+        (
+            "guest-junk",
+            image(debian, "", "kernel = \"junk.bin\"\n"),
+            "guest-junk.toml:8:1: key `vm[0].boot.kernel`: ./junk.bin is neither a bzImage nor an ELF kernel".into(),
+        ),
+        (
+            "guest-cmdline",
+            image(debian, "", &format!("{hello}cmdline = \"{}\"\n", long(70_000))),
+            "guest-cmdline.toml:9:1: key `vm[0].boot.cmdline`: the command line is 70000 bytes; expected at most 65535".into(),
+        ),
+        (
+            "params",
+            image(&format!("{debian}[modules]\nparams = {{ foo = \"x\" }}\n"), "", hello),
+            "params.toml:5:12: key `modules.params.foo`: module \"foo\" is not loaded".into(),
+        ),
+        (
+            "no-vfio",
+            image(
+                &format!("{debian}[modules]\nload = [\"kvm-amd\"]\n"),
+                "[[vm.pci]]\ndevice = \"1234:11e8\"\n",
+                hello,
+            ),
+            "no-vfio.toml:5:1: key `modules.load`: VM \"a\" assigns a PCI device ([[pci]]), which needs VFIO".into(),
+        ),
+    ];
+    for (name, config, expected) in cases {
+        let file = format!("{name}.toml");
+        std::fs::write(dir.join(&file), config).unwrap();
+        let o = run_kiln(&dir, &["-q", "build", &file, "-o", &format!("out-{name}")]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&expected),
+            "{name}: expected {expected:?} in:\n{err}"
+        );
+        assert!(
+            !dir.join(format!("out-{name}")).exists(),
+            "{name} wrote an output"
+        );
+    }
+}

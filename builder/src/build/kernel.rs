@@ -36,14 +36,18 @@ pub(super) fn resolve(job: &Job) -> Result<(Kernel, Vec<Input>), BuildError> {
     Ok((kernel, read))
 }
 
-/// A `debian:` package apt does not know is the image's mistake: located at
-/// `kernel.source`. Other failures (apt missing, a download) stay as they are.
+/// A `debian:` package apt does not know, or a path that is no bzImage, is
+/// the image's mistake: located at `kernel.source`. Other failures (apt
+/// missing, a download) stay as they are.
 fn locate_package(image: &Image, source: &KernelSource, e: KernelError) -> BuildError {
     match (source, &e) {
         (
             KernelSource::Debian(_),
             KernelError::PackageNotFound { .. } | KernelError::NotInSources { .. },
-        ) => image.error_at("kernel.source", e.to_string()).into(),
+        )
+        | (KernelSource::Path { .. }, KernelError::NotABzImage { .. }) => {
+            image.error_at("kernel.source", e.to_string()).into()
+        }
         _ => e.into(),
     }
 }
