@@ -4,19 +4,20 @@
 //! `poweroff` writes SLP_TYP 5 | SLP_EN to the sleep control port and the VM
 //! ends as `poweroff`, and COM1, so that its IRQ gets mapped.
 //!
-//! Written by hand, for now. rust-vmm's `acpi_tables` *is* published
-//! (0.2.1 on crates.io, Cloud Hypervisor's tables, depending only on
-//! zerocopy) and covers everything here: `FADTBuilder` with the
-//! hardware-reduced sleep control/status registers, MADT local APIC,
-//! I/O APIC and NMI entries, MCFG, XSDT, RSDP, and AML `Name`, `Package`,
-//! `Device`, `Scope`, `EISAName` and `ResourceTemplate` with `IO`,
-//! `Interrupt` and `AddressSpace`. It is the better base: the AML encoders
-//! below (package lengths, resource descriptors) are where hand-written
-//! tables go wrong, and the crate's are tested upstream. The switch is not
-//! done yet only because it must be proven by a Linux guest's boot (power
-//! off through `\_S5_`, COM1's IRQ, INTx through `_PRT`), not just by the
-//! byte-level tests below; until then these tables are what that boot
-//! proves.
+//! Written by hand, re-checked against rust-vmm's `acpi_tables` (0.2.1 on
+//! crates.io, Cloud Hypervisor's tables, depending only on zerocopy). It
+//! has builders for the FADT (with the hardware-reduced sleep control and
+//! status registers), MCFG, XSDT, RSDP and every AML construct the DSDT
+//! below uses, and those encoders (package lengths, resource descriptors)
+//! are where hand-written tables go wrong: they are the part to take from
+//! it. Its MADT does not fit as is: the flags are fixed at 0, where kiln
+//! declares PCAT_COMPAT (Linux then masks the 8259s it finds, instead of
+//! assuming there are none); the Local APIC NMI entry (LINT1) it has no
+//! type for could be added as a custom structure, the flags could not. So
+//! that table would stay kiln's. A switch changes the bytes every guest
+//! boots on, so it waits for a Linux guest's boot to prove it (power-off
+//! through `\_S5_`, COM1's IRQ, INTx through `_PRT`); the byte-level tests
+//! below would not.
 
 use super::layout::{
     pci_intx_gsi, ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, APIC_ADDR, COM1_IRQ,
