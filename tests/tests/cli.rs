@@ -406,4 +406,17 @@ fn build_refuses_what_would_fail_at_boot() {
             "{name} wrote an output"
         );
     }
+    // -v shows the commands kiln runs (here apt's look-up of the package).
+    let o = run_kiln(
+        &dir,
+        &["-v", "build", "unknown-package.toml", "-o", "out-v"],
+    );
+    let err = text(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("kiln: $ apt-cache ") && l.contains("linux-image-no-such-kiln")),
+        "-v printed no command:\n{err}"
+    );
+    let o = run_kiln(&dir, &["-q", "-v", "inspect", "unknown-package.toml"]);
+    assert_eq!(o.status.code(), Some(2), "-q and -v together are refused");
 }
