@@ -311,6 +311,9 @@ impl Image {
         for (i, path) in config.vms.iter().enumerate() {
             let full = dir.join(path);
             let at = KeyPath::root().key("vms").index(i);
+            if let Some(why) = not_a_file(&full) {
+                return Err(err(at, why));
+            }
             if !full.is_file() {
                 return Err(err(
                     at,
@@ -368,6 +371,7 @@ impl Image {
             }
         }
         check_initramfs(&config.initramfs).map_err(|(key, msg)| err(key, msg))?;
+        check_files(&config, &dir).map_err(|(key, msg)| err(key, msg))?;
         for vm in &vms {
             check_vm(vm, &config.target)?;
         }
@@ -478,6 +482,49 @@ impl Image {
     }
 }
 
+/// Why `full`, given where a file is expected, is not one: a directory, or
+/// something else that is no regular file; `None` when it is a file or does
+/// not exist (each caller says what it expected then).
+fn not_a_file(full: &Path) -> Option<String> {
+    if full.is_dir() {
+        Some(format!(
+            "{} is a directory; expected a file",
+            full.display()
+        ))
+    } else if full.exists() && !full.is_file() {
+        Some(format!(
+            "{} is not a regular file; expected a file",
+            full.display()
+        ))
+    } else {
+        None
+    }
+}
+
+/// The image's own file paths that name something other than a file:
+/// `runtime.binary`, and a bzImage path's `kernel.source` and
+/// `kernel.config` (`kernel.modules_dir` is the directory one).
+fn check_files(config: &ImageConfig, dir: &Path) -> Result<(), (KeyPath, String)> {
+    let kernel_path =
+        !config.kernel.source.starts_with("debian:") && config.kernel.source != "host";
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
+    if kernel_path {
+        files.push(("kernel.source", PathBuf::from(&config.kernel.source)));
+    }
+    if let Some(c) = &config.kernel.config {
+        files.push(("kernel.config", c.clone()));
+    }
+    if let Some(b) = &config.runtime.binary {
+        files.push(("runtime.binary", b.clone()));
+    }
+    for (key, path) in files {
+        if let Some(why) = not_a_file(&dir.join(path)) {
+            return Err((KeyPath::parse(key), why));
+        }
+    }
+    Ok(())
+}
+
 /// `initramfs.level` against the chosen compressor's levels.
 fn check_initramfs(section: &InitramfsSection) -> Result<(), (KeyPath, String)> {
     let c = section.compression;
@@ -562,7 +609,9 @@ fn check_signing(
     }
     let exists = |key: &str, path: &Path| {
         let full = dir.join(path);
-        if full.is_file() {
+        if let Some(why) = not_a_file(&full) {
+            Err((at.clone().key(key), why))
+        } else if full.is_file() {
             Ok(())
         } else {
             Err((
@@ -618,6 +667,9 @@ fn check_apt(apt: &AptSection, source: &str, dir: &Path) -> Result<(), (KeyPath,
         let key = at.clone().key("keyring");
         crate::kernel::check_keyring_name(k).map_err(|m| (key.clone(), m))?;
         let full = dir.join(k);
+        if let Some(why) = not_a_file(&full) {
+            return Err((key, why));
+        }
         if !full.is_file() {
             return Err((
                 key,
@@ -769,6 +821,29 @@ mod tests {
             e.contains("t.toml:7:1: key `vm[0].memory`: 256M does not fit the target's 128M (target.memory)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_directory_where_a_file_is_expected_is_named_so() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("images/adir")).unwrap();
+        let vm = "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n";
+        for (text, key) in [
+            ("name = \"t\"\nvms = [\"adir\"]\nkernel = { source = \"host\" }\n".to_string(), "vms[0]"),
+            (format!("name = \"t\"\nkernel = {{ source = \"adir\" }}\n{vm}"), "kernel.source"),
+            (image(&format!("[runtime]\nbinary = \"adir\"\n{vm}")), "runtime.binary"),
+            (
+                image(&format!("[output]\nformats = [\"initramfs\", \"uki\"]\nsigning = {{ key = \"adir\", cert = \"adir\" }}\n{vm}")),
+                "output.signing.cert",
+            ),
+        ] {
+            let img = write(d.path(), "images/t.toml", &text);
+            let e = Image::load(&img).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("key `{key}`: ")) && e.contains("adir is a directory; expected a file"),
+                "{key}: {e}"
+            );
+        }
     }
 
     #[test]
