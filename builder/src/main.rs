@@ -24,7 +24,7 @@ struct Cli {
     /// No progress or notes on stderr: only results and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
-    /// Also print each command kiln runs (cargo, apt-get, QEMU, ...);
+    /// Also print the commands kiln runs (apt, QEMU, a lab's commands);
     /// `kiln test`: echo the console on stderr even when it is not a terminal.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
