@@ -332,6 +332,42 @@ fn quiet_builds_and_run_exits_1_when_a_vm_failed() {
         "hello-fails: kiln run in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    assert!(
+        !out.contains("booting:"),
+        "a spinner reached a pipe:\n{out}"
+    );
+    // On a terminal (script(1) gives kiln one) a spinner shows the boot
+    // until the first console line.
+    let typescript = dir.join("typescript");
+    let mut child = Command::new("script")
+        .args(["-qefc", &format!("{} run out", kiln().display())])
+        .arg(&typescript)
+        .current_dir(&dir)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            panic!("kiln run on a terminal did not end within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shown = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert_eq!(status.code(), Some(1), "{shown}");
+    let spinner = shown.find("booting: waiting for the console");
+    let first_line = shown.find("kiln: vm=hello state=starting");
+    assert!(
+        spinner.is_some() && spinner < first_line,
+        "no booting spinner before the first console line:\n{shown}"
+    );
 }
 
 #[test]
