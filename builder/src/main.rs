@@ -281,12 +281,13 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         }
         Cmd::New { dir, name } => {
             let created = kiln::new::create(&dir, name.as_deref())?;
-            println!(
+            writeln!(
+                stdout,
                 "created the image project {} in {}; build and test it with:\n  kiln test {}",
                 created.name,
                 dir.display(),
                 created.image.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { path, json } => {
