@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod build;
+pub mod cargo_fresh;
 pub mod children;
 pub mod compress;
 pub mod cpio;
