@@ -16,9 +16,13 @@ use std::time::{Duration, SystemTime};
 /// The cache's areas, relative to the cache directory, with what they hold.
 /// A nested area (`kernels/by-version`) is listed on its own, not as an
 /// entry of its parent.
+/// docs/config.md ("Rebuilds and the cache") lists what each holds.
 pub const AREAS: &[(&str, &str)] = &[
     ("apt", "apt's binary package cache"),
     ("apt/repos", "private apt states of [kernel.apt] sources"),
+    ("apt/resolved", "what each debian: name last resolved to"),
+    ("cargo", "what each payload's last cargo build read"),
+    ("hashes", "SHA-256 of input files by their stamps"),
     ("debs", "downloaded kernel and boot packages"),
     (
         "kernels",
