@@ -3,11 +3,14 @@
 
 pub mod atomic;
 pub mod build;
+pub mod cache;
+pub mod cargo_fresh;
 pub mod children;
 pub mod compress;
 pub mod cpio;
 pub mod emulator;
 pub mod harness;
+pub mod hashes;
 pub mod image;
 pub mod inspect;
 pub mod installed;
@@ -18,4 +21,7 @@ pub mod new;
 pub mod output;
 pub mod payload;
 pub mod progress;
+pub mod runner;
 pub mod secureboot;
+pub mod stamp;
+pub mod summary;
