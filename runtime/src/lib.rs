@@ -17,6 +17,7 @@
 //!   guest PCI bus, and the bus type (ports, MMIO) they sit on.
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
+//! - [`sandbox`]: what confines a VMM once its VM is set up (seccomp).
 //! - [`vmm`]: running one VM to its end.
 //! - [`watchdog`]: the VMM's heartbeat to PID 1 and its stuck-vCPU check.
 
@@ -26,6 +27,7 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod machine;
+pub mod sandbox;
 pub mod status;
 pub mod vac;
 pub mod vfio;
