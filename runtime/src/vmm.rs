@@ -747,7 +747,7 @@ mod tests {
         assert_eq!(out.status.code(), Some(42), "{stderr}");
         // A guest that asks for a forbidden call (the test trigger port)
         // ends the VMM with the seccomp code, the call named.
-        let port = test_triggers::SECCOMP_PORT.to_le_bytes();
+        let port = crate::vm::vcpu::test_triggers::SECCOMP_PORT.to_le_bytes();
         // mov dx, port; out dx, al; jmp $
         let out = run_sandboxed(&[0x66, 0xba, port[0], port[1], 0xee, 0xeb, 0xfe]);
         let stderr = String::from_utf8_lossy(&out.stderr);
