@@ -20,10 +20,13 @@
 # shipped runtime's settings), the only build that honours that switch, so
 # both halves run the same binary.
 #
-# Usage: bench/vmm.sh [RUNS]    (median of RUNS boots per guest, default 3)
+# Usage: bench/vmm.sh [RUNS] [sandbox]
+#   median of RUNS boots per guest (default 3); `sandbox` runs the sandbox
+#   comparison alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+only=${2:-}
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86" >&2; exit 2; }
 
 cargo build --release -q -p kiln
@@ -91,7 +94,9 @@ boot() { # guest, run, expected exit code: one boot, its stats line kept
 }
 
 rows=()
-for guest in hello linux-1 linux-2 linux-hp; do
+main_guests="hello linux-1 linux-2 linux-hp"
+[ "$only" = sandbox ] && main_guests=
+for guest in $main_guests; do
   "$kiln" build "$work/$guest.toml" -o "$work/$guest" --json >/dev/null
   : >"$work/$guest.stats"
   for i in $(seq "$runs"); do
@@ -103,10 +108,12 @@ for guest in hello linux-1 linux-2 linux-hp; do
     "$(stat_of exits "$s")" "$(stat_of vmm_kib "$s")")")
 done
 
-printf '\nkiln VMM on QEMU TCG (nested KVM), %s cores, median of %s runs\n\n' "$(nproc)" "$runs"
-printf '| %-8s | %9s | %13s | %10s | %9s | %13s |\n' guest "setup ms" "1st output ms" "exit ms" "VM exits" "VMM RSS KiB"
-printf '|----------|-----------|---------------|------------|-----------|---------------|\n'
-printf '%s\n' "${rows[@]}"
+if [ -n "$main_guests" ]; then
+  printf '\nkiln VMM on QEMU TCG (nested KVM), %s cores, median of %s runs\n\n' "$(nproc)" "$runs"
+  printf '| %-8s | %9s | %13s | %10s | %9s | %13s |\n' guest "setup ms" "1st output ms" "exit ms" "VM exits" "VMM RSS KiB"
+  printf '|----------|-----------|---------------|------------|-----------|---------------|\n'
+  printf '%s\n' "${rows[@]}"
+fi
 
 # The sandbox's cost, with and without filters interleaved run by run.
 sb_rows=()
