@@ -3,10 +3,20 @@
 # named in the foundation issue, on the same content:
 #   1. `find | cpio -o -H newc | zstd -T0` over kiln's own staged tree;
 #   2. Debian's mkinitramfs for the same kernel with the same modules.
-# Prints a table of wall time and initramfs size. Needs root (mkinitramfs
-# reads /lib/modules/<release>; a temporary link is made and removed).
+# Prints a table of wall time, initramfs size and the ratio of each time to
+# the pipeline's, every row measured in the same run. Needs root
+# (mkinitramfs reads /lib/modules/<release>; a temporary link is made and
+# removed).
 #
-# Usage: bench/build.sh [IMAGE.toml] [RUNS]   (default: bench/hello-initramfs.toml, 5 runs)
+# Rows: kiln assembling the archive (its archive cache cleared), an
+# unchanged rebuild, a rebuild whose only change is one payload (/init, the
+# runtime, given as KILN_RUNTIME: a copy that differs in its last byte at
+# every run), and with BASELINE_KILN=<path of another kiln binary> the same
+# three for that binary (e.g. the previous release), interleaved with
+# kiln's own runs.
+#
+# Usage: [BASELINE_KILN=PATH] bench/build.sh [IMAGE.toml] [RUNS]
+#        (default: bench/hello-initramfs.toml, 5 runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=${1:-bench/hello-initramfs.toml}
@@ -29,6 +39,11 @@ release=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kerne
 cache=${KILN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 initramfs=$(ls "$work/out"/initramfs.cpio.*)
 
+# Builds whose archive is new leave it in the cache: removed at exit.
+touch "$work/started"
+cleanup_archives() { find "$cache/initramfs" -type f -newer "$work/started" -delete 2>/dev/null || true; }
+trap 'cleanup_archives; cleanup' EXIT
+
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 time_runs() { # label, command...
@@ -39,18 +54,49 @@ time_runs() { # label, command...
   done | median
 }
 
-# kiln, assembling the initramfs each time (its archive cache cleared).
-kiln_full() { rm -rf "$cache/initramfs"; $kiln build "$image" -o "$work/out" --json; }
-kiln_full_t=$(time_runs kiln_full)
-# kiln, unchanged rebuild (archive cache hit).
-kiln_warm_t=$(time_runs $kiln build "$image" -o "$work/out" --json)
-kiln_size=$(stat -c %s "$initramfs")
-
-# Baseline 1: the classic pipeline over the same tree.
+# kiln's tree, for the pipeline; its /init, as a payload to change.
 mkdir "$work/tree"
 (cd "$work/tree" && zstd -dc "$initramfs" | cpio -idm --quiet 2>/dev/null)
+cp "$work/tree/init" "$work/runtime"
+touch -d '1 hour ago' "$work/runtime"
+
+# kiln, assembling the initramfs each time (its archive cache cleared).
+full() { rm -rf "$cache/initramfs"; "$1" build "$image" -o "$work/out" --json; }
+# kiln, unchanged rebuild (archive cache hit).
+warm() { "$1" build "$image" -o "$work/out" --json; }
+# kiln, one payload changed: /init differs in its last byte at every run.
+changed() {
+  printf '%s' "$RANDOM" >>"$work/runtime"
+  KILN_RUNTIME="$work/runtime" "$1" build "$image" -o "$work/out" --json
+}
+kiln_size=$(stat -c %s "$initramfs")
+# Baseline 1: the classic pipeline over the same tree.
 pipeline() { (cd "$work/tree" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -T0 -q -f -o "$work/pipeline.cpio.zst"); }
-pipe_t=$(time_runs pipeline)
+
+# Every method once per round, rounds interleaved, so that the load of
+# the (shared) machine weighs on all of them alike; medians per method.
+methods=(pipeline "full $kiln" "warm $kiln" "changed $kiln")
+if [[ -n ${BASELINE_KILN:-} ]]; then
+  warm "$BASELINE_KILN" >/dev/null 2>&1
+  methods+=("full $BASELINE_KILN" "warm $BASELINE_KILN" "changed $BASELINE_KILN")
+fi
+declare -A times
+for _ in $(seq "$runs"); do
+  for m in "${methods[@]}"; do
+    t0=$(now); $m >/dev/null 2>&1; t1=$(now)
+    times[$m]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+  done
+done
+med() { tr ' ' '\n' <<<"${times[$1]}" | grep . | median; }
+pipe_t=$(med pipeline)
+kiln_full_t=$(med "full $kiln")
+kiln_warm_t=$(med "warm $kiln")
+kiln_changed_t=$(med "changed $kiln")
+if [[ -n ${BASELINE_KILN:-} ]]; then
+  base_full_t=$(med "full $BASELINE_KILN")
+  base_warm_t=$(med "warm $BASELINE_KILN")
+  base_changed_t=$(med "changed $BASELINE_KILN")
+fi
 pipe_size=$(stat -c %s "$work/pipeline.cpio.zst")
 
 # Baseline 2: mkinitramfs with the same modules (MODULES=list).
@@ -78,9 +124,18 @@ mk_t=$(time_runs mkinit)
 mk_size=$(stat -c %s "$work/mkinitramfs.img")
 
 printf '\n%s (%s), median of %s runs, kernel %s\n\n' "$(basename "$image")" "$(nproc) cores" "$runs" "$release"
-printf '| %-44s | %9s | %12s |\n' "method" "time (s)" "size (bytes)"
-printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..14})"
-printf '| %-44s | %9.3f | %12d |\n' "kiln build (archive assembled)" "$kiln_full_t" "$kiln_size"
-printf '| %-44s | %9.3f | %12d |\n' "kiln build (unchanged rebuild)" "$kiln_warm_t" "$kiln_size"
-printf '| %-44s | %9.3f | %12d |\n' "find | cpio -o -H newc | zstd -T0" "$pipe_t" "$pipe_size"
-printf '| %-44s | %9.3f | %12d |\n' "mkinitramfs (MODULES=list, zstd)" "$mk_t" "$mk_size"
+printf '| %-44s | %9s | %12s | %10s |\n' "method" "time (s)" "size (bytes)" "× pipeline"
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..12})"
+row() { # label, time, size
+  printf '| %-44s | %9.3f | %12d | %10.2f |\n' "$1" "$2" "$3" "$(awk -v a="$2" -v b="$pipe_t" 'BEGIN { print a / b }')"
+}
+row "kiln build (archive assembled)" "$kiln_full_t" "$kiln_size"
+row "kiln build (unchanged rebuild)" "$kiln_warm_t" "$kiln_size"
+row "kiln build (one payload changed)" "$kiln_changed_t" "$kiln_size"
+if [[ -n ${BASELINE_KILN:-} ]]; then
+  row "baseline kiln (archive assembled)" "$base_full_t" "$kiln_size"
+  row "baseline kiln (unchanged rebuild)" "$base_warm_t" "$kiln_size"
+  row "baseline kiln (one payload changed)" "$base_changed_t" "$kiln_size"
+fi
+row "find | cpio -o -H newc | zstd -T0" "$pipe_t" "$pipe_size"
+row "mkinitramfs (MODULES=list, zstd)" "$mk_t" "$mk_size"

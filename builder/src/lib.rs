@@ -3,11 +3,13 @@
 
 pub mod atomic;
 pub mod build;
+pub mod cargo_fresh;
 pub mod children;
 pub mod compress;
 pub mod cpio;
 pub mod emulator;
 pub mod harness;
+pub mod hashes;
 pub mod image;
 pub mod inspect;
 pub mod installed;
@@ -19,3 +21,4 @@ pub mod output;
 pub mod payload;
 pub mod progress;
 pub mod secureboot;
+pub mod stamp;

@@ -40,6 +40,13 @@ enum Cmd {
         /// Print a machine-readable summary (the manifest) on stdout.
         #[arg(long)]
         json: bool,
+        /// Ask apt for the current version of every `debian:` package, even
+        /// if it was resolved recently (see docs/config.md).
+        #[arg(long, conflicts_with = "offline")]
+        refresh: bool,
+        /// Never run apt: use what each `debian:` package last resolved to.
+        #[arg(long)]
+        offline: bool,
     },
     /// List an image's contents and its manifest (an output DIR or an initramfs FILE).
     Inspect {
@@ -210,8 +217,15 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             output,
             force,
             json,
+            refresh,
+            offline,
         } => {
             progress::set_quiet(json);
+            kiln::kernel::resolved::set_policy(match (refresh, offline) {
+                (true, _) => kiln::kernel::resolved::Policy::Refresh,
+                (_, true) => kiln::kernel::resolved::Policy::Offline,
+                _ => kiln::kernel::resolved::Policy::Recent,
+            });
             let (image, out) = load_image(image.as_deref(), output)?;
             let replace = if force {
                 build::Replace::AnyDirectory

@@ -164,12 +164,25 @@ pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> 
 fn cargo_build_with(package: &str, near: &Path, profile: &str) -> Result<PathBuf, PayloadError> {
     let root = workspace_root(near).ok_or_else(|| no_workspace(package, near))?;
     let workspace = payload_workspace(&root, package)?.unwrap_or_else(|| root.clone());
+    let config = remap_config(&root);
+    let build = crate::cargo_fresh::CargoBuild {
+        package,
+        workspace: &workspace,
+        profile,
+        config: &config,
+    };
+    let cache = crate::kernel::cache_dir().ok();
+    if let Some(exe) = cache.as_deref().and_then(|c| build.fresh(c)) {
+        crate::progress::note(format!("{package} is up to date: {}", exe.display()));
+        return Ok(exe);
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let task = crate::progress::Task::step(format!("building {package}"));
+    let started = std::time::SystemTime::now();
     let output = Command::new(cargo)
         .current_dir(&workspace)
         .args(["build", "--quiet", "--profile", profile, "-p", package])
-        .args(["--config", &remap_config(&root)])
+        .args(["--config", &config])
         .args(["--message-format", "json-render-diagnostics"])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -189,6 +202,14 @@ fn cargo_build_with(package: &str, near: &Path, profile: &str) -> Result<PathBuf
             package: package.to_string(),
         }
     })?;
+    if let Some(cache) = &cache {
+        build.remember(
+            cache,
+            &exe,
+            &manifests_from_messages(&output.stdout),
+            started,
+        );
+    }
     task.finish(exe.display().to_string());
     Ok(exe)
 }
@@ -271,18 +292,30 @@ fn executable_from_messages(stdout: &[u8], package: &str) -> Option<PathBuf> {
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
+/// The `Cargo.toml` of every package in cargo's JSON messages.
+fn manifests_from_messages(stdout: &[u8]) -> Vec<PathBuf> {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter_map(|m| m["manifest_path"].as_str().map(PathBuf::from))
+        .collect()
+}
+
 /// Refuses an executable that needs a dynamic loader: nothing in the
 /// initramfs provides one.
 pub fn check_static(path: &Path) -> Result<(), PayloadError> {
-    let data = std::fs::read(path).map_err(|source| PayloadError::Read {
+    // Only the headers are read, not the whole executable.
+    let file = std::fs::File::open(path).map_err(|source| PayloadError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    let data = object::ReadCache::new(file);
     let not_elf = |reason: String| PayloadError::NotElf {
         path: path.to_path_buf(),
         reason,
     };
-    let file = ElfFile64::<Endianness>::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
+    let file = ElfFile64::<Endianness, _>::parse(&data).map_err(|e| not_elf(e.to_string()))?;
     let endian = file.endian();
     if file.elf_header().e_machine.get(endian) != elf::EM_X86_64 {
         return Err(not_elf("its machine type is not x86-64".into()));
@@ -290,7 +323,7 @@ pub fn check_static(path: &Path) -> Result<(), PayloadError> {
     for ph in file.elf_program_headers() {
         if ph.p_type(endian) == elf::PT_INTERP {
             let interp = ph
-                .data(endian, &*data)
+                .data(endian, &data)
                 .ok()
                 .map(|d| {
                     String::from_utf8_lossy(d)
@@ -376,6 +409,16 @@ mod tests {
             Some(PathBuf::from("/t/guest/kiln-hello"))
         );
         assert_eq!(executable_from_messages(msgs, "other"), None);
+        let msgs = br#"{"reason":"compiler-artifact","manifest_path":"/w/abi/Cargo.toml","target":{"name":"abi"}}
+{"reason":"build-script-executed","package_id":"x"}
+{"reason":"compiler-artifact","manifest_path":"/w/hello/Cargo.toml","target":{"name":"kiln-hello"}}"#;
+        assert_eq!(
+            manifests_from_messages(msgs),
+            [
+                PathBuf::from("/w/abi/Cargo.toml"),
+                PathBuf::from("/w/hello/Cargo.toml")
+            ]
+        );
     }
 
     #[test]

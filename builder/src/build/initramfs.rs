@@ -10,6 +10,7 @@ use crate::cpio::Archive;
 use crate::kernel::{self, Kernel};
 use crate::progress::{self, CountingWriter, Task};
 use kiln_schema::config::{ApplianceConfig, ModulesConfig, VmConfig};
+use sha2::{Digest, Sha256};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,9 @@ pub(super) struct Initramfs {
     pub path: PathBuf,
     /// It came from the cache.
     pub cached: bool,
+    /// Its SHA-256 and size, known without reading it again: from the
+    /// cached copy's remembered hash, or hashed as it was written.
+    pub sha256: (String, u64),
 }
 
 /// Stages the config PID 1 reads: the modules to load and the VMs, every
@@ -78,32 +82,63 @@ pub(super) fn write(job: &Job, staging: Staging, dir: &Path) -> Result<Initramfs
         .join("initramfs")
         .join(format!("{key}-{name}"));
     let path = dir.join(&name);
+    // std::fs::copy clones the file where the filesystem can (btrfs, XFS).
     let cached = cache_file.is_file() && std::fs::copy(&cache_file, &path).is_ok();
-    if cached {
+    let sha256 = if cached {
         progress::note(format!(
             "initramfs unchanged, reused {}",
             cache_file.display()
         ));
+        job.hashes.of(&cache_file)?
     } else {
         let ar = staging.into_archive(true);
-        write_archive(&ar, &path, compression, cfg.initramfs.level, epoch)?;
+        let written = write_archive(&ar, &path, compression, cfg.initramfs.level, epoch)?;
         store_in_cache(&path, &cache_file);
-    }
-    Ok(Initramfs { name, path, cached })
+        written
+    };
+    Ok(Initramfs {
+        name,
+        path,
+        cached,
+        sha256,
+    })
 }
 
-/// Writes `ar` compressed to `path`, returning its size.
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len = self.len.saturating_add(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `ar` compressed to `path`, returning its SHA-256 and size.
 fn write_archive(
     ar: &Archive,
     path: &Path,
     c: Compression,
     level: Option<i32>,
     epoch: u64,
-) -> Result<u64, BuildError> {
+) -> Result<(String, u64), BuildError> {
     let file = std::fs::File::create(path).map_err(io(format!("create {}", path.display())))?;
     let task = Task::bytes(format!("compressing ({c})"), None);
     let counted = CountingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            len: 0,
+        },
         task: &task,
     };
     let mut enc = Encoder::new(c, level, counted).map_err(io("start the compressor"))?;
@@ -113,11 +148,10 @@ fn write_archive(
     let mut out = enc.finish().map_err(io("finish compressing"))?;
     out.flush()
         .map_err(io(format!("write {}", path.display())))?;
-    let size = std::fs::metadata(path)
-        .map_err(io(format!("stat {}", path.display())))?
-        .len();
+    let hashed = out.inner;
+    let size = hashed.len;
     task.finish(progress::human_bytes(size));
-    Ok(size)
+    Ok((crate::manifest::hex(&hashed.hasher.finalize()), size))
 }
 
 /// Best effort: a cache that cannot be written only costs time next build.

@@ -2,26 +2,49 @@
 //! does not depend on the machine or the working directory, and its hash.
 
 use super::{io, BuildError};
+use crate::hashes::HashCache;
 use crate::kernel::{Kernel, KernelOrigin};
 use crate::manifest::{self, Input};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// SHA-256 and size of files, each read once per build: the runtime and
 /// every payload are both a manifest record and part of the archive's cache
-/// key, and a `debian:` guest kernel is also the image's own kernel.
-#[derive(Default)]
-pub(super) struct FileHashes(std::cell::RefCell<std::collections::HashMap<PathBuf, (String, u64)>>);
+/// key, and a `debian:` guest kernel is also the image's own kernel. Files
+/// that did not change since an earlier build are not read at all: their
+/// hashes are remembered in the cache ([`HashCache`]).
+pub(super) struct FileHashes {
+    known: RefCell<HashMap<PathBuf, (String, u64)>>,
+    cache: RefCell<HashCache>,
+}
 
 impl FileHashes {
+    pub(super) fn new(cache: HashCache) -> FileHashes {
+        FileHashes {
+            known: RefCell::default(),
+            cache: RefCell::new(cache),
+        }
+    }
+
     pub(super) fn of(&self, path: &Path) -> Result<(String, u64), BuildError> {
-        if let Some(known) = self.0.borrow().get(path) {
+        if let Some(known) = self.known.borrow().get(path) {
             return Ok(known.clone());
         }
-        let hashed = manifest::sha256_file(path).map_err(io(format!("read {}", path.display())))?;
-        self.0
+        let hashed = self
+            .cache
+            .borrow_mut()
+            .sha256(path)
+            .map_err(io(format!("read {}", path.display())))?;
+        self.known
             .borrow_mut()
             .insert(path.to_path_buf(), hashed.clone());
         Ok(hashed)
+    }
+
+    /// Keeps the hashes learnt for the next build (best effort).
+    pub(super) fn save(&self) {
+        self.cache.borrow_mut().save();
     }
 }
 

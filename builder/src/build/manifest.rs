@@ -20,6 +20,8 @@ pub(super) struct Record {
     pub vms: Vec<ManifestVm>,
     /// From the outputs step: `kiln.efi`'s signer and PCR 11.
     pub uki: Option<crate::manifest::UkiInfo>,
+    /// Artifacts whose SHA-256 and size are known already (the initramfs).
+    pub known: Vec<(String, (String, u64))>,
 }
 
 /// The VMs as the manifest lists them: `kiln test` reads each VM's
@@ -48,7 +50,11 @@ pub(super) fn write(
             "vmlinuz" => kernel.vmlinuz.clone(),
             _ => dir.join(&file),
         };
-        let (sha256, size) = job.hashes.of(&path)?;
+        let known = record.known.iter().find(|(f, _)| *f == file);
+        let (sha256, size) = match known {
+            Some((_, hashed)) => hashed.clone(),
+            None => job.hashes.of(&path)?,
+        };
         artifacts.push(Artifact { file, size, sha256 });
     }
     let manifest = Manifest {

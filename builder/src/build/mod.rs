@@ -14,8 +14,10 @@
 //! swapped into place atomically ([`destination`]), so a failed or
 //! interrupted build leaves the previous output intact; a directory kiln did
 //! not write is never replaced unless forced. The compressed initramfs is
-//! cached by the hash of everything that goes into it, so an unchanged
-//! rebuild only hashes inputs.
+//! cached by the hash of everything that goes into it, and the hashes of
+//! unchanged input files are remembered by their stamps
+//! ([`crate::hashes`]), so an unchanged rebuild reads no large file (apt and
+//! cargo are skipped too: [`crate::kernel::resolved`], [`crate::cargo_fresh`]).
 
 mod destination;
 mod initramfs;
@@ -27,6 +29,7 @@ mod outputs;
 mod payloads;
 mod staging;
 
+use crate::hashes::HashCache;
 use crate::image::Image;
 use destination::Destination;
 pub use destination::{DestinationError, Replace};
@@ -114,10 +117,14 @@ pub fn build(image: &Image, out: &Path) -> Result<Built, BuildError> {
 pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, BuildError> {
     // First, so a refused output path fails before the long work.
     let dest = Destination::prepare(out, &image.dir, replace)?;
+    let hashes = match crate::kernel::cache_dir() {
+        Ok(dir) => HashCache::open(&dir),
+        Err(_) => HashCache::in_memory(),
+    };
     let job = Job {
         image,
         epoch: source_date_epoch()?,
-        hashes: FileHashes::default(),
+        hashes: FileHashes::new(hashes),
     };
     let (kernel, kernel_inputs) = kernel::resolve(&job)?;
     kill_point("kernel");
@@ -149,10 +156,12 @@ pub fn build_with(image: &Image, out: &Path, replace: Replace) -> Result<Built, 
             inputs,
             vms: manifest::vms(&image.vms),
             uki: written.uki,
+            known: vec![(initramfs.name.clone(), initramfs.sha256.clone())],
         },
         &dir,
     )?;
     kill_point("manifest");
+    job.hashes.save();
     dest.commit()?;
     Ok(Built {
         out_dir: out.to_path_buf(),

@@ -73,16 +73,16 @@ pub(super) fn stage(
                     staging.file(&dest, &p, 0o644);
                 }
                 BootInput::BuiltInitrd(b) => {
-                    let bytes = guest_initrd(b, entry, &key, kernel, job.epoch)?;
+                    let file = guest_initrd(b, entry, &key, kernel, job)?;
                     payloads.push(payload_record(
                         hashes,
                         name,
                         &dest,
                         &format!("initramfs of {}", b.init),
+                        Some(&file),
                         None,
-                        Some(&bytes),
                     )?);
-                    staging.bytes(&dest, bytes, 0o644);
+                    staging.file(&dest, &file, 0o644);
                 }
             }
             Ok(PathBuf::from(format!("/{dest}")))
@@ -127,14 +127,17 @@ fn resolve_source(
 }
 
 /// A Linux guest's initramfs holding one static binary as /init, written
-/// with the same writer as the host's.
+/// with the same writer as the host's, as a file in the cache
+/// (`initramfs/<key>-guest-initrd.cpio[.<ext>]`, `<key>` a digest of the
+/// binary, the compression and the archive time): built once, not at
+/// every build.
 fn guest_initrd(
     b: &InitrdBuild,
     vm: &VmEntry,
     key: &KeyPath,
     host: &Kernel,
-    epoch: u64,
-) -> Result<Vec<u8>, BuildError> {
+    job: &Job,
+) -> Result<PathBuf, BuildError> {
     let c: Compression = b
         .compression
         .parse()
@@ -148,16 +151,52 @@ fn guest_initrd(
         })?;
     let init = resolve_source(&b.init, vm, &key.clone().key("init"), host)?;
     payload::check_static(&init)?;
+    let epoch = job.epoch;
+    let (init_sha256, _) = job.hashes.of(&init)?;
+    let digest = manifest::sha256_bytes(
+        format!(
+            "kiln {} guest initrd\ncompression {c}\nepoch {epoch}\ninit {init_sha256}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
+    );
+    let name = match c.extension() {
+        "" => format!("{digest}-guest-initrd.cpio"),
+        ext => format!("{digest}-guest-initrd.cpio.{ext}"),
+    };
+    let cached = kernel::cache_dir()?.join("initramfs").join(name);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let bytes = guest_initrd_bytes(c, &init, epoch)?;
+    store(&cached, &bytes).map_err(io(format!("write {}", cached.display())))?;
+    Ok(cached)
+}
+
+/// The guest initramfs around `init`, compressed with `c`.
+fn guest_initrd_bytes(c: Compression, init: &Path, epoch: u64) -> Result<Vec<u8>, BuildError> {
     let mut ar = Archive::new();
     for dir in ["proc", "sys", "dev"] {
         ar.add_dir(dir, 0o755);
     }
     ar.add_char_device("dev/console", 0o600, 5, 1);
-    ar.add_file("init", &init, 0o755);
+    ar.add_file("init", init, 0o755);
     let mut enc = Encoder::new(c, None, Vec::new()).map_err(io("start the compressor"))?;
     ar.write(&mut enc, u32::try_from(epoch).unwrap_or(u32::MAX))?;
     enc.finish()
         .map_err(io("finish compressing the guest initramfs"))
+}
+
+/// Writes `bytes` to `path` under a temporary name, readable by all (like
+/// the cached initramfs), then renames it into place.
+fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = crate::atomic::temp_file_beside(path)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn payload_record(

@@ -244,6 +244,29 @@ impl Apt {
         }
     }
 
+    /// This state's name in records of what apt answered: `host`, or the
+    /// private state's digest.
+    pub fn state_name(&self) -> String {
+        match &self.private {
+            Some(dir) => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            None => "host".to_string(),
+        }
+    }
+
+    /// The stamps of every file apt's answers depend on.
+    pub fn state_stamps(&self) -> crate::stamp::StampSet {
+        let etc = Path::new("/etc/apt");
+        match &self.private {
+            Some(dir) => {
+                super::resolved::apt_state(&dir.join("lists"), etc, &[dir.join("sources.list")])
+            }
+            None => super::resolved::apt_state(Path::new(&host_lists_dir()), etc, &[]),
+        }
+    }
+
     /// True when this state has no package index at all (a fresh private
     /// state, or a container whose lists were never fetched).
     pub fn has_no_lists(&self) -> bool {

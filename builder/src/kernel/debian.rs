@@ -13,13 +13,15 @@
 //!   SHA-256 for a kernel in one package, else a digest of all the .debs';
 //! - `kernels/<key>/modindex-v1/`: the derived module index;
 //! - `kernels/by-version/[<apt state>/]<package>_<version>`: the key of the
-//!   tree a versioned image package went into, and its packages.
+//!   tree a versioned image package went into, and its packages;
+//! - `apt/resolved/<digest>.json`: what a requested name last resolved to
+//!   ([`resolved`]), so a recent answer is used without asking apt.
 //!
 //! Everything is written under a temporary name and renamed into place, so
 //! an interrupted or concurrent build never sees half an entry.
 
 use super::apt::{output_text, Apt};
-use super::{DebPackage, KernelError};
+use super::{resolved, DebPackage, KernelError};
 use crate::progress::{human_bytes, CountingReader, Task};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -60,20 +62,61 @@ impl Unpacked {
 /// A private apt state is updated when it has no lists yet, and once more
 /// when the package is not found or its download fails (old versions leave
 /// the archive); the host's lists are updated in that case only by root.
+/// A recent resolution of `requested` is used without asking apt at all
+/// ([`resolved`]); each answer apt gives is recorded for the next build.
 pub(super) fn fetch(requested: &str, cache: &Path, apt: &Apt) -> Result<Unpacked, KernelError> {
+    let record = resolved::record_path(cache, &apt.state_name(), requested);
+    let policy = resolved::policy();
+    let now = std::time::SystemTime::now();
+    if let Some(hit) = resolved::usable(
+        &record,
+        &cache.join("kernels"),
+        policy,
+        resolved::ttl(),
+        now,
+    ) {
+        let main = hit.main();
+        crate::progress::note(format!(
+            "{requested} is {} {} (resolved before; `kiln build --refresh` asks apt again)",
+            main.package, main.version
+        ));
+        return Ok(hit);
+    }
+    if policy == resolved::Policy::Offline {
+        return Err(KernelError::NotResolvedOffline {
+            package: requested.to_string(),
+        });
+    }
     let _lock = apt.lock()?;
+    // Taken before apt answers: lists that change meanwhile make the
+    // record stale rather than wrong.
+    let apt_state = apt.state_stamps();
+    let resolved_at = resolved::now_secs();
     let mut updated = false;
     if apt.is_private() && apt.has_no_lists() {
         apt.update(None)?;
         updated = true;
     }
-    match fetch_once(requested, cache, apt) {
+    let unpacked = match fetch_once(requested, cache, apt) {
         Err(e) if !updated && may_update(apt, &e) => {
             apt.update(Some(e))?;
             fetch_once(requested, cache, apt)
         }
         other => other,
+    }?;
+    if let Some(key) = unpacked.dir.file_name() {
+        resolved::record(
+            &record,
+            &resolved::Resolution {
+                requested: requested.to_string(),
+                resolved_at,
+                key: key.to_string_lossy().into_owned(),
+                packages: unpacked.packages.clone(),
+                apt_state,
+            },
+        );
     }
+    Ok(unpacked)
 }
 
 fn may_update(apt: &Apt, e: &KernelError) -> bool {

@@ -12,6 +12,7 @@ pub mod apt;
 pub mod debian;
 pub mod kconfig;
 pub mod modinfo;
+pub mod resolved;
 
 pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;
@@ -205,6 +206,8 @@ pub enum KernelError {
     },
     #[error("apt has no package lists yet; run `apt-get update` as root, then build again")]
     AptNoLists,
+    #[error("\"{package}\" was never resolved with apt on this machine, and --offline forbids asking apt; build once without --offline")]
+    NotResolvedOffline { package: String },
     #[error("The [kernel.apt] table is not valid: {reason}")]
     InvalidApt { reason: String },
     #[error("`apt-get update` failed for the sources of [kernel.apt]; check their URLs and suites, and that the keyring signs them. Sources:\n{sources}\napt said:\n{output}")]
