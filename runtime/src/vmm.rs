@@ -183,11 +183,12 @@ pub fn run_with(
     let setup = started.elapsed();
     on_running();
 
-    // Each vCPU thread installs its filter, then waits here until the main
-    // thread has installed its own: no guest instruction runs before every
-    // thread is confined.
+    // Each vCPU thread installs its filter and waits here; the main thread
+    // installs its own, waits for every vCPU thread to arrive and lets them
+    // go: no guest instruction runs, and no heartbeat tells PID 1 the VM
+    // runs, before every thread is confined.
     let gate = Arc::new(Gate::default());
-    let mut threads = Vec::with_capacity(vcpus.len());
+    let mut threads: Vec<std::thread::JoinHandle<ExitCounts>> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let thread_ctl = ctl.clone();
         let thread_clocks = clocks.clone();
@@ -210,7 +211,7 @@ pub fn run_with(
                     ));
                 }
             }
-            thread_gate.wait();
+            thread_gate.arrive_and_wait();
             // A panicking vCPU thread ends the VM instead of leaving it
             // waiting for a stop that no one will request.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -243,7 +244,7 @@ pub fn run_with(
             ));
         }
     }
-    gate.open();
+    gate.open_when_arrived(threads.len());
 
     wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
     let counts = stop_and_join(threads, &mut heartbeat);
@@ -476,25 +477,42 @@ fn read_whole(file: &File) -> Option<String> {
     String::from_utf8(text).ok()
 }
 
-/// Holds the vCPU threads until the main thread opens it.
+/// Holds the vCPU threads until every one has arrived (its filter
+/// installed) and the main thread opens it.
 #[derive(Debug, Default)]
 struct Gate {
-    open: Mutex<bool>,
-    opened: Condvar,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    arrived: usize,
+    open: bool,
 }
 
 impl Gate {
-    fn open(&self) {
-        *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.opened.notify_all();
+    /// Waits until `n` threads have arrived, then lets them all go.
+    fn open_when_arrived(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while st.arrived < n {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        st.open = true;
+        self.changed.notify_all();
     }
 
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*open {
-            open = self
-                .opened
-                .wait(open)
+    fn arrive_and_wait(&self) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.arrived = st.arrived.saturating_add(1);
+        self.changed.notify_all();
+        while !st.open {
+            st = self
+                .changed
+                .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
         }
     }
