@@ -85,6 +85,17 @@ impl Compression {
             Compression::None | Compression::Lz4 => None,
         }
     }
+
+    /// The levels kiln takes for this format; `None`: it takes no level.
+    /// zstd stops at 19: levels 20-22 need 64-128 MiB windows, which the
+    /// kernel would have to allocate in early boot to decompress.
+    pub fn level_range(self) -> Option<std::ops::RangeInclusive<i32>> {
+        match self {
+            Compression::Gzip | Compression::Xz => Some(0..=9),
+            Compression::Zstd => Some(*zstd::compression_level_range().start()..=19),
+            Compression::None | Compression::Lz4 => None,
+        }
+    }
 }
 
 impl fmt::Display for Compression {
@@ -220,7 +231,7 @@ impl<W: Write> Encoder<W> {
         let inner = match c {
             Compression::None => Inner::None(out),
             Compression::Gzip => {
-                let l = ranged(0..=9)?.unsigned_abs();
+                let l = ranged(c.level_range().unwrap_or(0..=0))?.unsigned_abs();
                 // mtime 0 and no file name keep the header reproducible.
                 let enc = flate2::GzBuilder::new()
                     .mtime(0)
@@ -228,9 +239,7 @@ impl<W: Write> Encoder<W> {
                 Inner::Gzip(enc)
             }
             Compression::Zstd => {
-                // Levels 20-22 need 64-128 MiB windows, which the kernel
-                // would have to allocate in early boot to decompress.
-                let l = ranged(*zstd::compression_level_range().start()..=19)?;
+                let l = ranged(c.level_range().unwrap_or(0..=0))?;
                 let mut enc = zstd::stream::write::Encoder::new(out, l)?;
                 // Always in multithreaded mode, even with one worker: jobs
                 // are cut by size (fixed by the level), so the output is the
@@ -241,7 +250,7 @@ impl<W: Write> Encoder<W> {
                 Inner::Zstd(enc)
             }
             Compression::Xz => {
-                let l = ranged(0..=9)?.unsigned_abs();
+                let l = ranged(c.level_range().unwrap_or(0..=0))?.unsigned_abs();
                 // The kernel's XZ decoder only checks CRC32 (or nothing),
                 // see the kernel's Documentation/staging/xz.rst. The
                 // multithreaded encoder cuts blocks by size (3 x dictionary

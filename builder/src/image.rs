@@ -6,6 +6,7 @@ use crate::compress::Compression;
 use kiln_schema::config::{self, ByteSize, ConfigError, KeyPath, ModulesConfig, OnDone, VmSpec};
 use kiln_schema::kmod::ModuleIndex;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,7 +18,7 @@ pub struct ImageConfig {
     pub description: String,
     pub kernel: KernelSection,
     #[serde(default)]
-    pub modules: Option<ModulesConfig>,
+    pub modules: Option<ModulesSection>,
     #[serde(default)]
     pub initramfs: InitramfsSection,
     #[serde(default)]
@@ -34,6 +35,17 @@ pub struct ImageConfig {
     pub vm: Vec<VmSpec>,
     #[serde(default)]
     pub target: TargetSection,
+}
+
+/// `[modules]` as written: without `load`, the default set is loaded (with
+/// `params` applied to it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModulesSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,7 +295,7 @@ impl Image {
         if config.target.smp == 0 {
             return Err(err(
                 KeyPath::parse("target.smp"),
-                "expected at least 1 CPU".into(),
+                "0 is out of range; expected 1 to 255 CPUs".into(),
             ));
         }
         config
@@ -295,6 +307,9 @@ impl Image {
         for (i, path) in config.vms.iter().enumerate() {
             let full = dir.join(path);
             let at = KeyPath::root().key("vms").index(i);
+            if let Some(why) = not_a_file(&full) {
+                return Err(err(at, why));
+            }
             if !full.is_file() {
                 return Err(err(
                     at,
@@ -350,6 +365,11 @@ impl Image {
                     format!("VM name \"{name}\" is used twice (first in {first_file}); expected each VM to have its own name"),
                 ));
             }
+        }
+        check_initramfs(&config.initramfs).map_err(|(key, msg)| err(key, msg))?;
+        check_files(&config, &dir).map_err(|(key, msg)| err(key, msg))?;
+        for vm in &vms {
+            check_vm(vm, &config.target)?;
         }
         if vms.is_empty() {
             return Err(err(
@@ -408,17 +428,28 @@ impl Image {
     /// The modules to load: the image's list, or KVM for both vendors plus
     /// VFIO when a VM assigns a device.
     pub fn modules(&self) -> ModulesConfig {
-        if let Some(m) = &self.config.modules {
-            return m.clone();
+        let params = self
+            .config
+            .modules
+            .as_ref()
+            .map(|m| m.params.clone())
+            .unwrap_or_default();
+        if let Some(load) = self.config.modules.as_ref().and_then(|m| m.load.clone()) {
+            return ModulesConfig { load, params };
         }
         let mut load = vec!["kvm-amd".to_string(), "kvm-intel".to_string()];
         if self.uses_pci() {
             load.extend(["vfio-pci".to_string(), "vfio-iommu-type1".to_string()]);
         }
-        ModulesConfig {
-            load,
-            params: Default::default(),
-        }
+        ModulesConfig { load, params }
+    }
+
+    /// Whether the image writes `modules.load` (else kiln picks the set).
+    pub fn load_written(&self) -> bool {
+        self.config
+            .modules
+            .as_ref()
+            .is_some_and(|m| m.load.is_some())
     }
 
     /// [`Image::modules`] for a kernel with this module index: by default
@@ -431,7 +462,7 @@ impl Image {
     /// it on a machine booted without UEFI (`kiln run`'s direct boot).
     pub fn modules_for(&self, index: &ModuleIndex) -> ModulesConfig {
         let mut modules = self.modules();
-        if self.config.modules.is_none() && self.uses_pci() && index.get("iommufd").is_some() {
+        if !self.load_written() && self.uses_pci() && index.get("iommufd").is_some() {
             modules.load.push("iommufd".to_string());
         }
         let uefi = self
@@ -440,11 +471,120 @@ impl Image {
             .formats
             .iter()
             .any(|f| matches!(f, Format::Uki | Format::Disk));
-        if self.config.modules.is_none() && uefi && index.get("efivarfs").is_some() {
+        if !self.load_written() && uefi && index.get("efivarfs").is_some() {
             modules.load.push("efivarfs".to_string());
         }
         modules
     }
+}
+
+/// Why `full`, given where a file is expected, is not one: a directory, or
+/// something else that is no regular file; `None` when it is a file or does
+/// not exist (each caller says what it expected then).
+fn not_a_file(full: &Path) -> Option<String> {
+    if full.is_dir() {
+        Some(format!(
+            "{} is a directory; expected a file",
+            full.display()
+        ))
+    } else if full.exists() && !full.is_file() {
+        Some(format!(
+            "{} is not a regular file; expected a file",
+            full.display()
+        ))
+    } else {
+        None
+    }
+}
+
+/// The image's own file paths that name something other than a file:
+/// `runtime.binary`, and a bzImage path's `kernel.source` and
+/// `kernel.config` (`kernel.modules_dir` is the directory one).
+fn check_files(config: &ImageConfig, dir: &Path) -> Result<(), (KeyPath, String)> {
+    let kernel_path =
+        !config.kernel.source.starts_with("debian:") && config.kernel.source != "host";
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
+    if kernel_path {
+        files.push(("kernel.source", PathBuf::from(&config.kernel.source)));
+    }
+    if let Some(c) = &config.kernel.config {
+        files.push(("kernel.config", c.clone()));
+    }
+    if let Some(b) = &config.runtime.binary {
+        files.push(("runtime.binary", b.clone()));
+    }
+    for (key, path) in files {
+        if let Some(why) = not_a_file(&dir.join(path)) {
+            return Err((KeyPath::parse(key), why));
+        }
+    }
+    Ok(())
+}
+
+/// `initramfs.level` against the chosen compressor's levels.
+fn check_initramfs(section: &InitramfsSection) -> Result<(), (KeyPath, String)> {
+    let c = section.compression;
+    let Some(level) = section.level else {
+        return Ok(());
+    };
+    let at = KeyPath::parse("initramfs.level");
+    match c.level_range() {
+        None => Err((
+            at,
+            format!("{c} compression takes no level; expected no initramfs.level with it"),
+        )),
+        Some(r) if !r.contains(&level) => Err((
+            at,
+            format!(
+                "{level} is out of range for {c}; expected a level from {} to {}",
+                r.start(),
+                r.end()
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// What the builder checks of each VM beyond the shared schema: it fits
+/// the target, its `[test]` patterns compile, and its console log is a path
+/// inside the appliance.
+fn check_vm(vm: &VmEntry, target: &TargetSection) -> Result<(), ConfigError> {
+    let err = |key: KeyPath, msg: String| ConfigError::at_key(&vm.file, &vm.src, &key, msg);
+    let memory = vm.config.memory;
+    if memory.bytes() >= target.memory.bytes() {
+        return Err(err(
+            vm.at.clone().key("memory"),
+            format!(
+                "{memory} does not fit the target's {} (target.memory); expected less than that, or raise target.memory",
+                target.memory
+            ),
+        ));
+    }
+    let test = &vm.config.test;
+    for (kind, patterns) in [("expect", &test.expect), ("fail", &test.fail)] {
+        for (i, p) in patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(p) {
+                // The regex crate's message spans lines; its last says why.
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or_default().trim().to_string();
+                return Err(err(
+                    vm.at.clone().key("test").key(kind).index(i),
+                    format!("{p:?} is not a valid regex ({why}); expected a regex as the `regex` crate reads it (escape literal characters such as `(` with `\\`)"),
+                ));
+            }
+        }
+    }
+    if let Some(log) = vm.config.console.log.as_ref().filter(|l| l.is_relative()) {
+        return Err(err(
+            vm.at.clone().key("console").key("log"),
+            format!(
+                "{} is relative; expected an absolute path inside the appliance, such as \"/run/kiln/{}.console\" (only `kiln-runtime run CONFIG.toml` reads it relative to the config)",
+                log.display(),
+                vm.config.name.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `[output.signing]`; the error's key and message.
@@ -465,7 +605,9 @@ fn check_signing(
     }
     let exists = |key: &str, path: &Path| {
         let full = dir.join(path);
-        if full.is_file() {
+        if let Some(why) = not_a_file(&full) {
+            Err((at.clone().key(key), why))
+        } else if full.is_file() {
             Ok(())
         } else {
             Err((
@@ -521,6 +663,9 @@ fn check_apt(apt: &AptSection, source: &str, dir: &Path) -> Result<(), (KeyPath,
         let key = at.clone().key("keyring");
         crate::kernel::check_keyring_name(k).map_err(|m| (key.clone(), m))?;
         let full = dir.join(k);
+        if let Some(why) = not_a_file(&full) {
+            return Err((key, why));
+        }
         if !full.is_file() {
             return Err((
                 key,
@@ -643,6 +788,143 @@ mod tests {
             e.contains("t.toml:9:1: key `vm[0].restart.backoff`: 2h is out of range; expected a duration from 1ms to 1h"),
             "{e}"
         );
+    }
+
+    /// Loads `image(extra)` with one inline VM `b` (its `[vm.*]` tables
+    /// in `vm`), returning the error.
+    fn vm_error(extra: &str, vm: &str) -> String {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image(&format!(
+                "{extra}[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n{vm}"
+            )),
+        );
+        Image::load(&img).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn guest_memory_must_fit_the_target() {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("[target]\nmemory = \"128M\"\n[[vm]]\nname = \"b\"\nmemory = \"256M\"\n[vm.boot]\nkernel = \"cargo:x\"\n"),
+        );
+        let e = Image::load(&img).unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml:7:1: key `vm[0].memory`: 256M does not fit the target's 128M (target.memory)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_directory_where_a_file_is_expected_is_named_so() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("images/adir")).unwrap();
+        let vm = "[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n";
+        for (text, key) in [
+            ("name = \"t\"\nvms = [\"adir\"]\nkernel = { source = \"host\" }\n".to_string(), "vms[0]"),
+            (format!("name = \"t\"\nkernel = {{ source = \"adir\" }}\n{vm}"), "kernel.source"),
+            (image(&format!("[runtime]\nbinary = \"adir\"\n{vm}")), "runtime.binary"),
+            (
+                image(&format!("[output]\nformats = [\"initramfs\", \"uki\"]\nsigning = {{ key = \"adir\", cert = \"adir\" }}\n{vm}")),
+                "output.signing.cert",
+            ),
+        ] {
+            let img = write(d.path(), "images/t.toml", &text);
+            let e = Image::load(&img).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("key `{key}`: ")) && e.contains("adir is a directory; expected a file"),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_patterns_must_compile() {
+        let e = vm_error("", "[vm.test]\nexpect = [\"ok\", \"(\"]\n");
+        assert!(
+            e.contains("t.toml:9:17: key `vm[0].test.expect[1]`: \"(\" is not a valid regex"),
+            "{e}"
+        );
+        let e = vm_error("", "[vm.test]\nfail = [\"a{2,1}\"]\n");
+        assert!(e.contains("key `vm[0].test.fail[0]`"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_console_log_is_refused_in_an_image() {
+        let e = vm_error("", "[vm.console]\nlog = \"logs/b.log\"\n");
+        assert!(
+            e.contains("key `vm[0].console.log`: logs/b.log is relative; expected an absolute path inside the appliance"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn initramfs_level_is_checked_against_the_compressor() {
+        for (compression, level, expected) in [
+            (
+                "zstd",
+                "99",
+                "99 is out of range for zstd; expected a level from -131072 to 19",
+            ),
+            (
+                "gzip",
+                "10",
+                "10 is out of range for gzip; expected a level from 0 to 9",
+            ),
+            ("lz4", "1", "lz4 compression takes no level"),
+        ] {
+            let e = vm_error(
+                &format!("[initramfs]\ncompression = \"{compression}\"\nlevel = {level}\n"),
+                "",
+            );
+            assert!(
+                e.contains(&format!("t.toml:5:1: key `initramfs.level`: {expected}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_smp_out_of_range_is_said_in_words() {
+        let e = vm_error("[target]\nsmp = 256\n", "");
+        assert!(
+            e.contains("key `target.smp`: 256 is out of range; expected 1 to 255 CPUs"),
+            "{e}"
+        );
+        let e = vm_error("[target]\nsmp = 0\n", "");
+        assert!(
+            e.contains("0 is out of range; expected 1 to 255 CPUs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn modules_with_only_params_keep_the_default_set() {
+        let d = tempfile::tempdir().unwrap();
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("[modules]\nparams = { kvm_amd = \"nested=1\" }\n[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n"),
+        );
+        let i = Image::load(&img).unwrap();
+        let m = i.modules();
+        assert_eq!(m.load, ["kvm-amd", "kvm-intel"]);
+        assert_eq!(
+            m.params.get("kvm_amd").map(String::as_str),
+            Some("nested=1")
+        );
+        assert!(!i.load_written());
+        // An explicit empty list still means none.
+        let img = write(
+            d.path(),
+            "images/t.toml",
+            &image("[modules]\nload = []\n[[vm]]\nname = \"b\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"cargo:x\"\n"),
+        );
+        assert!(Image::load(&img).unwrap().modules().load.is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `kiln inspect DIR|FILE`: lists an image output directory (its manifest
-//! and its initramfs) or a single initramfs archive, as text or JSON.
+//! and its initramfs) or a single initramfs archive, as text or JSON; an
+//! image config (`IMAGE.toml`) is resolved without building (`summary`).
 
 use crate::compress::{self, Compression};
 use crate::cpio::{self, CpioError, ListedEntry};
@@ -45,6 +46,8 @@ pub enum InspectError {
         #[source]
         source: CpioError,
     },
+    #[error(transparent)]
+    Config(#[from] kiln_schema::config::ConfigError),
     #[error("cannot write the listing")]
     Output {
         #[source]
@@ -66,6 +69,8 @@ enum Kind {
     Pe,
     /// A disk image with a GPT ("EFI PART" in LBA 1).
     Gpt,
+    /// An image config (`*.toml`): shown resolved, not built.
+    ImageConfig,
     Unknown,
 }
 
@@ -77,6 +82,10 @@ pub fn inspect(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), Inspe
         Kind::Initramfs => inspect_archive(path, json, out),
         Kind::Kernel | Kind::Pe => inspect_boot_file(path, json, false, out),
         Kind::Gpt => inspect_boot_file(path, json, true, out),
+        Kind::ImageConfig => {
+            let image = crate::image::Image::load(path)?;
+            crate::summary::write(&image, json, out).map_err(out_err)
+        }
         Kind::Unknown => Err(InspectError::Unknown {
             path: path.to_path_buf(),
         }),
@@ -127,6 +136,9 @@ fn kind_of(path: &Path) -> Result<Kind, InspectError> {
     let meta = fs::metadata(path).map_err(open_err(path))?;
     if meta.is_dir() {
         return Ok(Kind::ImageDir);
+    }
+    if path.extension().is_some_and(|e| e == "toml") {
+        return Ok(Kind::ImageConfig);
     }
     let mut head = Vec::with_capacity(1024);
     File::open(path)

@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod build;
+pub mod cache;
 pub mod cargo_fresh;
 pub mod children;
 pub mod compress;
@@ -20,5 +21,7 @@ pub mod new;
 pub mod output;
 pub mod payload;
 pub mod progress;
+pub mod runner;
 pub mod secureboot;
 pub mod stamp;
+pub mod summary;

@@ -1,15 +1,16 @@
 //! The `kiln` command line.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use kiln::build;
-use kiln::children::{self, interrupt, reaper, ProcessGroup, Role};
-use kiln::emulator::{self, Accel};
+use kiln::children::{self, interrupt, reaper};
+use kiln::emulator::Accel;
 use kiln::harness;
 use kiln::image::Image;
 use kiln::lab::built::Built;
 use kiln::lab::{labgrid_env, lava_job};
 use kiln::progress;
 use kiln_abi::error::Chain;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,6 +21,13 @@ use std::process::ExitCode;
     about = "Build, run and test appliance images whose PID 1 is the kiln VMM runtime"
 )]
 struct Cli {
+    /// No progress or notes on stderr: only results and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print the commands kiln runs (apt, QEMU, a lab's commands);
+    /// `kiln test`: echo the console on stderr even when it is not a terminal.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -48,13 +56,16 @@ enum Cmd {
         #[arg(long)]
         offline: bool,
     },
-    /// List an image's contents and its manifest (an output DIR or an initramfs FILE).
+    /// List an image's contents and its manifest (an output DIR or an initramfs FILE), or
+    /// show an image config (IMAGE.toml) resolved, without building it.
     Inspect {
         path: PathBuf,
         #[arg(long)]
         json: bool,
     },
-    /// Boot an image on the emulated target, console on this terminal (Ctrl-C stops it).
+    /// Boot an image on the emulated target, console on this terminal
+    /// (Ctrl-C stops it); exit 0 when every VM ended well, 1 when one failed
+    /// or the appliance did not finish, 2 when it could not boot.
     Run {
         /// An image config (built first) or a built output directory.
         image: Option<PathBuf>,
@@ -89,9 +100,6 @@ enum Cmd {
         /// file's boot_timeout, else 120s].
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         boot_timeout: Option<std::time::Duration>,
-        /// Echo the console on stderr (the default when stderr is a terminal).
-        #[arg(short, long)]
-        verbose: bool,
     },
     /// Write a new image project into DIR: an image config, one VM config
     /// and its guest program (a cargo project), ready for `kiln test`.
@@ -162,9 +170,32 @@ enum Cmd {
         #[arg(long, default_value = "tcg")]
         accel: String,
     },
+    /// List kiln's cache (KILN_CACHE_DIR, else ~/.cache/kiln), or prune or clean it.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheCmd>,
+    },
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `kiln completions bash > /etc/bash_completion.d/kiln`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (kiln.1 and kiln-<command>.1) into DIR.
+    Man { dir: PathBuf },
     /// kiln's reaper (internal): kills what `kiln test` still runs when it dies.
     #[command(name = reaper::SUBCOMMAND, hide = true)]
     Reaper,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Every entry with its size and when a build last used it (the default).
+    List,
+    /// Remove the entries no build used for DAYS days (0: all of them).
+    Prune {
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        days: u64,
+    },
+    /// Remove everything kiln wrote in the cache (never anything else).
+    Clean,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -195,12 +226,17 @@ fn parse_lab_accel(accel: &str) -> Result<Accel, BoxError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    progress::set_quiet(cli.quiet);
+    progress::set_verbose(cli.verbose > 0);
     let result = run(cli);
     // Every exit of kiln ends what it started (the targets have stopped
     // their children already; this is for any path that did not).
     children::kill_all();
     match result {
         Ok(code) => code,
+        // The reader went away (`kiln inspect DIR | head`): what it did not
+        // read, it did not want; that is no error.
+        Err(e) if is_broken_pipe(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", Chain::new(&*e).separator("\n  caused by: "));
             ExitCode::from(2)
@@ -210,7 +246,22 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error>;
 
+/// Whether `e` or one of its causes is a write to a closed pipe.
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn run(cli: Cli) -> Result<ExitCode, BoxError> {
+    let mut stdout = std::io::stdout();
     match cli.command {
         Cmd::Build {
             image,
@@ -220,7 +271,9 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             refresh,
             offline,
         } => {
-            progress::set_quiet(json);
+            if json {
+                progress::set_quiet(true);
+            }
             kiln::kernel::resolved::set_policy(match (refresh, offline) {
                 (true, _) => kiln::kernel::resolved::Policy::Refresh,
                 (_, true) => kiln::kernel::resolved::Policy::Offline,
@@ -234,24 +287,25 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             };
             let built = build::build_with(&image, &out, replace)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&built.manifest)?);
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&built.manifest)?)?;
             } else {
-                print_summary(&built);
+                print_summary(&built, &mut stdout)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::New { dir, name } => {
             let created = kiln::new::create(&dir, name.as_deref())?;
-            println!(
+            writeln!(
+                stdout,
                 "created the image project {} in {}; build and test it with:\n  kiln test {}",
                 created.name,
                 dir.display(),
                 created.image.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { path, json } => {
-            kiln::inspect::inspect(&path, json, &mut std::io::stdout().lock())?;
+            kiln::inspect::inspect(&path, json, &mut stdout)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test {
@@ -262,7 +316,6 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             accel,
             timeout,
             boot_timeout,
-            verbose,
         } => {
             use std::io::IsTerminal;
             let opts = harness::Options {
@@ -272,7 +325,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 target: harness::targets::TargetSpec::parse(&target, parse_accel(&accel)?),
                 timeout,
                 boot_timeout,
-                echo: verbose || std::io::stderr().is_terminal(),
+                echo: !cli.quiet && (cli.verbose > 0 || std::io::stderr().is_terminal()),
             };
             // Ctrl-C and SIGTERM stop the target in order and still write
             // the report (targets run in their own process groups); a
@@ -284,15 +337,16 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 ));
             }
             let report = harness::run(&opts, interrupted)?;
-            print!(
+            write!(
+                stdout,
                 "{}",
                 harness::report::summary(&report.runs, report.interrupted)
-            );
+            )?;
             if let Some(j) = &report.junit {
-                println!("JUnit report: {}", j.display());
+                writeln!(stdout, "JUnit report: {}", j.display())?;
             }
             for log in &report.logs {
-                println!("console log: {}", log.display());
+                writeln!(stdout, "console log: {}", log.display())?;
             }
             Ok(ExitCode::from(report.exit_code()))
         }
@@ -308,13 +362,14 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 extra_db: add_db,
             };
             kiln::secureboot::create_keys(&dir, &opts)?;
-            println!(
+            writeln!(
+                stdout,
                 "Secure Boot keys in {0}: PK, KEK and db (.key 0600, .crt/.cer, .esl, .auth).\n\
                  Sign images with [output.signing] key = \"{0}/db.key\", cert = \"{0}/db.crt\";\n\
                  enroll db.auth, KEK.auth and PK.auth (last) on the machine: docs/outputs.md, \"Secure Boot\".\n\
                  Keep the .key files off the image and out of version control.",
                 dir.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::LavaJob {
@@ -337,7 +392,11 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 job_name,
                 boot_timeout,
             };
-            write_out(output.as_deref(), &lava_job::write(&built, &opts)?)?;
+            write_out(
+                output.as_deref(),
+                &lava_job::write(&built, &opts)?,
+                &mut stdout,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::LabgridEnv { dir, output, accel } => {
@@ -345,6 +404,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             write_out(
                 output.as_deref(),
                 &labgrid_env::write(&built, parse_lab_accel(&accel)?)?,
+                &mut stdout,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -354,7 +414,6 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         }
         Cmd::Run { image, accel } => {
             let accel = parse_accel(&accel)?;
-            let qemu = emulator::find()?;
             let (dir, target) = match image.as_deref() {
                 Some(p) if p.is_dir() => (p.to_path_buf(), target_of_dir(p)?),
                 other => {
@@ -363,52 +422,68 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     (built.out_dir, image.config.target.clone())
                 }
             };
-            let files = emulator::BootFiles::from_dir(&dir)?;
-            let cmd = emulator::command(&qemu, &files, &target, accel);
-            progress::note(format!(
-                "booting {} on QEMU ({}); Ctrl-C stops it",
-                dir.display(),
-                accel.as_str()
-            ));
-            // QEMU stays in kiln's process group, the terminal's foreground
-            // job: Ctrl-C reaches QEMU, which stops, and kiln, which stays to
-            // report and make sure (SIGTERM reaches kiln alone). QEMU dies
-            // with kiln whatever kills it.
             let interrupted = interrupt::install()?;
-            let mut child = children::spawn(cmd, ProcessGroup::Kiln, Role::Work)?;
-            let status = loop {
-                if let Some(s) = child.try_wait()? {
-                    break Some(s);
-                }
-                if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-                    // QEMU saves nothing worth waiting long for.
-                    child.stop(std::time::Duration::from_millis(500));
-                    break None;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            };
-            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-                progress::note("interrupted; QEMU stopped");
-                return Ok(ExitCode::from(130));
+            let outcome = kiln::runner::run(&dir, &target, accel, &interrupted)?;
+            // The verdict, not progress: printed even with -q.
+            if let Some(m) = outcome.message() {
+                eprintln!("kiln: {m}");
             }
-            Ok(if status.is_some_and(|s| s.success()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(ExitCode::from(outcome.exit_code()))
+        }
+        Cmd::Cache { action } => {
+            let root = kiln::cache::dir()?;
+            match action.unwrap_or(CacheCmd::List) {
+                CacheCmd::List => kiln::cache::list(&root, &mut stdout)?,
+                CacheCmd::Prune { days } => {
+                    let age = std::time::Duration::from_secs(days.saturating_mul(86_400));
+                    let removed = kiln::cache::prune(&root, age, std::time::SystemTime::now())?;
+                    let freed = removed.iter().map(|e| e.size).sum();
+                    writeln!(
+                        stdout,
+                        "removed {} entries unused for {days} days from {}: {} freed",
+                        removed.len(),
+                        root.display(),
+                        progress::human_bytes(freed)
+                    )?;
+                }
+                CacheCmd::Clean => {
+                    let freed = kiln::cache::clean(&root)?;
+                    writeln!(
+                        stdout,
+                        "removed kiln's cache in {}: {} freed",
+                        root.display(),
+                        progress::human_bytes(freed)
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            // Rendered first: clap_complete panics on a failed write (a
+            // closed pipe), which kiln ends quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut script);
+            stdout.write_all(&script)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| format!("cannot write the man pages into {}: {e}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// Writes `text` to `path`, or to stdout.
-fn write_out(path: Option<&Path>, text: &str) -> Result<(), BoxError> {
+fn write_out(path: Option<&Path>, text: &str, stdout: &mut dyn Write) -> Result<(), BoxError> {
     match path {
         Some(p) => {
             std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()).into())
         }
         None => {
-            use std::io::Write;
-            std::io::stdout().lock().write_all(text.as_bytes())?;
+            stdout.write_all(text.as_bytes())?;
             Ok(())
         }
     }
@@ -435,21 +510,23 @@ fn target_of_dir(dir: &Path) -> Result<kiln::image::TargetSection, BoxError> {
     Ok(manifest.target.unwrap_or_default())
 }
 
-fn print_summary(built: &build::Built) {
+fn print_summary(built: &build::Built, out: &mut dyn Write) -> std::io::Result<()> {
     let m = &built.manifest;
-    println!("built {} in {}", m.name, built.out_dir.display());
+    writeln!(out, "built {} in {}", m.name, built.out_dir.display())?;
     for a in &m.artifacts {
-        println!(
+        writeln!(
+            out,
             "  {:<24} {:>10}  sha256:{}",
             a.file,
             progress::human_bytes(a.size),
-            &a.sha256[..16]
-        );
+            a.sha256.get(..16).unwrap_or(&a.sha256)
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "  kernel {}; {} modules; {} payloads",
         m.kernel.release,
         m.modules.len(),
         m.payloads.len()
-    );
+    )
 }

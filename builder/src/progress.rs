@@ -1,16 +1,44 @@
 //! Progress for long work: an indicatif bar on a terminal, plain
 //! line-oriented messages when stderr is piped (CI logs, `kiln ... | tee`).
+//! `-q` silences it all, `-v` adds the commands kiln runs.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
+static VERBOSE: AtomicBool = AtomicBool::new(false);
 
-/// Silences all progress output (for `--json` and tests).
+/// How often a spinner or bar redraws by itself, so it moves while the
+/// work behind it reports nothing (a compressor buffering, a kernel booting).
+const TICK: Duration = Duration::from_millis(120);
+
+/// Silences all progress output (`-q`, `--json`).
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Also prints each command kiln runs (`-v`).
+pub fn set_verbose(verbose: bool) {
+    VERBOSE.store(verbose, Ordering::Relaxed);
+}
+
+/// Whether `-v` was given (and not `-q`).
+pub fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed) && !QUIET.load(Ordering::Relaxed)
+}
+
+/// With `-v`, prints the command about to run: `kiln: $ cargo build ...`.
+pub fn command(cmd: &std::process::Command) {
+    if verbose() {
+        let mut line = cmd.get_program().to_string_lossy().into_owned();
+        for arg in cmd.get_args() {
+            line.push(' ');
+            line.push_str(&arg.to_string_lossy());
+        }
+        note(format!("$ {line}"));
+    }
 }
 
 fn interactive() -> bool {
@@ -40,14 +68,17 @@ impl Task {
         let bar = interactive().then(|| {
             let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
             let style = if total.is_some() {
-                "{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+                "{msg:24} {spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
             } else {
-                "{msg:24} {spinner} {bytes} {bytes_per_sec}"
+                "{msg:24} {spinner} {bytes} {bytes_per_sec} {elapsed}"
             };
             if let Ok(s) = ProgressStyle::with_template(style) {
                 bar.set_style(s.progress_chars("=> "));
             }
             bar.set_message(label.clone());
+            // Moves even while no bytes pass: xz takes everything and then
+            // compresses for seconds before it writes.
+            bar.enable_steady_tick(TICK);
             bar
         });
         if bar.is_none() {
@@ -95,6 +126,42 @@ impl Drop for Task {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+/// A state shown while kiln waits for something that reports no progress
+/// (a booting target's first console line): a ticking spinner on a
+/// terminal, nothing when stderr is piped, where output stays line-oriented.
+#[derive(Debug)]
+pub struct Waiting {
+    bar: Option<ProgressBar>,
+}
+
+impl Waiting {
+    pub fn terminal_only(label: impl Into<String>) -> Self {
+        let bar = interactive().then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(s) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+                bar.set_style(s);
+            }
+            bar.set_message(label.into());
+            bar.enable_steady_tick(TICK);
+            bar
+        });
+        Waiting { bar }
+    }
+
+    /// Removes the spinner (before the first line it waited for is shown).
+    pub fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 

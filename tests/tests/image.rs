@@ -175,6 +175,7 @@ fn hello_image_boots_on_the_emulated_target() {
         out.contains("kiln: appliance done ok=1 failed=0"),
         "no done line:\n{out}"
     );
+    assert_eq!(run.code(), Some(0), "every VM ended well:\n{out}");
     eprintln!(
         "hello image: QEMU start to power-off in {:.1} s",
         run.elapsed.as_secs_f64()

@@ -27,28 +27,15 @@ fn install(prefix: &Path) {
     let done = run_with_timeout(cmd, Duration::from_secs(1800));
     assert_eq!(done.code(), Some(0), "install.sh failed:\n{}", done.output);
     eprintln!("install.sh: {:.1?}", start.elapsed());
-    // Completions and man pages come from the binary, when it has the
-    // commands (INTEGRATOR: unconditional once `cli`'s `kiln completions`
-    // and `kiln man` are in main).
-    let has = |cmd: &[&str]| {
-        Command::new(prefix.join("bin/kiln"))
-            .args(cmd)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
-    if has(&["completions", "bash"]) {
-        for f in [
-            "share/bash-completion/completions/kiln",
-            "share/zsh/site-functions/_kiln",
-            "share/fish/vendor_completions.d/kiln.fish",
-        ] {
-            assert!(prefix.join(f).is_file(), "install.sh installed no {f}");
-        }
-    }
-    if has(&["man", "--help"]) {
-        assert!(prefix.join("share/man/man1/kiln.1").is_file());
+    // Completions and man pages, from `kiln completions` and `kiln man`.
+    for f in [
+        "share/bash-completion/completions/kiln",
+        "share/zsh/site-functions/_kiln",
+        "share/fish/vendor_completions.d/kiln.fish",
+        "share/man/man1/kiln.1",
+        "share/man/man1/kiln-build.1",
+    ] {
+        assert!(prefix.join(f).is_file(), "install.sh installed no {f}");
     }
     for f in [
         "bin/kiln",

@@ -26,7 +26,6 @@ pub(super) fn stage(
     staging: &mut Staging,
 ) -> Result<Modules, BuildError> {
     let image = job.image;
-    let cfg = &image.config;
     let mut modules = image.modules();
     let mut module_names = Vec::new();
     if !modules.load.is_empty() {
@@ -35,7 +34,7 @@ pub(super) fn stage(
         let index = &tree.index;
         let names: Vec<&str> = modules.load.iter().map(String::as_str).collect();
         let locate = |e: &dyn std::fmt::Display, pos: Option<usize>| {
-            let key = match (cfg.modules.is_some(), pos) {
+            let key = match (image.load_written(), pos) {
                 (true, Some(i)) => format!("modules.load[{i}]"),
                 _ => "modules.load".to_string(),
             };
@@ -88,10 +87,72 @@ pub(super) fn stage(
             0o644,
         );
     }
+    check_params(job, &modules, &module_names)?;
+    if image.uses_pci() && image.load_written() {
+        check_vfio(job, kernel, &module_names)?;
+    }
     Ok(Modules {
         config: modules,
         names: module_names,
     })
+}
+
+/// A VM that assigns a PCI device needs vfio-pci (and with it the IOMMU
+/// backend); a written `modules.load` must bring it when the kernel has it
+/// as a module (a kernel with it built in needs nothing).
+fn check_vfio(job: &Job, kernel: &Kernel, loaded: &[String]) -> Result<(), BuildError> {
+    let has = |m: &str| loaded.iter().any(|n| n.replace('-', "_") == m);
+    if has("vfio_pci") {
+        return Ok(());
+    }
+    let tree = kernel::module_tree(kernel)?;
+    if tree.index.get("vfio-pci").is_none() {
+        return Ok(());
+    }
+    let vm = job
+        .image
+        .vms
+        .iter()
+        .find(|v| !v.config.pci.is_empty())
+        .map(|v| v.config.name.as_str())
+        .unwrap_or_default();
+    Err(job
+        .image
+        .error_at(
+            "modules.load",
+            format!(
+                "VM \"{vm}\" assigns a PCI device ([[pci]]), which needs VFIO; expected \"vfio-pci\" and \"vfio-iommu-type1\" in modules.load (or leave modules.load out: the default adds them)"
+            ),
+        )
+        .into())
+}
+
+/// Every `modules.params` entry must name a module the image loads (or one
+/// of their dependencies): the runtime passes parameters only when it loads
+/// a module, so any other entry would be dropped without a word.
+fn check_params(job: &Job, modules: &ModulesConfig, loaded: &[String]) -> Result<(), BuildError> {
+    let canon = |n: &str| n.replace('-', "_");
+    let loaded: Vec<String> = loaded.iter().map(|n| canon(n)).collect();
+    for name in modules.params.keys() {
+        if !loaded.contains(&canon(name)) {
+            let listed = if loaded.is_empty() {
+                "none".to_string()
+            } else {
+                loaded.join(", ")
+            };
+            return Err(job
+                .image
+                .error_at(
+                    &format!("modules.params.{name}"),
+                    format!(
+                        "module \"{name}\" is not loaded, so these parameters would never apply; \
+                         expected one of the modules the image loads ({listed}), or add it to modules.load"
+                    ),
+                )
+                .into());
+        }
+    }
+    Ok(())
 }
 
 fn decompress_file(path: &Path) -> Result<Vec<u8>, BuildError> {

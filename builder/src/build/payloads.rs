@@ -3,7 +3,7 @@
 
 use super::inputs::{self, FileHashes};
 use super::staging::Staging;
-use super::{io, BuildError, Job};
+use super::{bootcheck, io, BuildError, Job};
 use crate::compress::{self, Compression, Encoder};
 use crate::cpio::Archive;
 use crate::image::VmEntry;
@@ -62,6 +62,9 @@ pub(super) fn stage(
             match input {
                 BootInput::Kernel(s) | BootInput::Initrd(s) => {
                     let p = resolve_source(s, entry, &key, kernel)?;
+                    if matches!(input, BootInput::Kernel(_)) {
+                        check_guest_kernel(&p, entry, &at)?;
+                    }
                     payloads.push(payload_record(
                         hashes,
                         name,
@@ -90,6 +93,16 @@ pub(super) fn stage(
         vms.push(vm);
     }
     Ok(Guests { vms, payloads })
+}
+
+/// A guest kernel the runtime can boot, with a command line it takes.
+fn check_guest_kernel(path: &Path, vm: &VmEntry, boot: &KeyPath) -> Result<(), BuildError> {
+    let err = |key: KeyPath, m: String| ConfigError::at_key(&vm.file, &vm.src, &key, m);
+    let bootable =
+        bootcheck::check_kernel(path, true).map_err(|m| err(boot.clone().key("kernel"), m))?;
+    bootcheck::check_cmdline(&vm.config.boot.cmdline, bootable)
+        .map_err(|m| err(boot.clone().key("cmdline"), m))?;
+    Ok(())
 }
 
 /// Turns a payload source into a file on this machine.

@@ -117,6 +117,7 @@ pub fn spawn(mut cmd: Command, group: ProcessGroup, role: Role) -> io::Result<Su
         cmd.process_group(0);
     }
     spawner::die_with_kiln(&mut cmd);
+    crate::progress::command(&cmd);
     spawner::on_spawner(move || {
         // Listed under the lock the fork happens under: `kill_all` never
         // misses a child that exists.

@@ -576,6 +576,9 @@ fn watch(
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || pump(console, tx));
     let mut splitter = LineSplitter::default();
+    // On a terminal, until the console says something: a kernel and its
+    // initramfs take seconds to unpack before the first line.
+    let mut booting = progress::Waiting::terminal_only("booting: waiting for the console");
     loop {
         if interrupted.load(Ordering::Relaxed) {
             progress::note(
@@ -586,6 +589,7 @@ fn watch(
         }
         match rx.recv_timeout(TICK) {
             Ok(Chunk::Data(bytes)) => {
+                booting.clear();
                 log.write(&bytes);
                 for line in splitter.push(&bytes) {
                     if feed(&line, judge, t0.elapsed(), echo) == judge::Step::End {

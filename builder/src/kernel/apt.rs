@@ -394,6 +394,14 @@ fn binary_cache_options(dir: &Path) -> Vec<String> {
 
 /// The first stanza of deb822 text: `Key: value`, continuation lines
 /// starting with a space.
+///
+/// Hand-written, re-checked against `deb822-lossless` (0.5) and
+/// `debian-control`: those are lossless editing parsers on rowan (they keep
+/// comments and whitespace so a control file can be rewritten), with regex
+/// and serde behind them. kiln reads one stanza of `apt-cache show`'s
+/// normalized output into a map (Package, Version, Depends, SHA256) and
+/// never writes deb822; these lines do that and are fuzzed
+/// (fuzz/fuzz_targets/apt.rs), so the dependency would buy nothing.
 pub fn parse_stanza(text: &str) -> BTreeMap<String, String> {
     let mut fields = BTreeMap::new();
     let mut last: Option<String> = None;
@@ -445,6 +453,7 @@ pub(super) fn run(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    crate::progress::command(&cmd);
     cmd.output().map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => KernelError::AptMissing { tool, source },
         _ => KernelError::Io {

@@ -139,6 +139,20 @@ pub fn check_64bit(head: &[u8], file_size: u64) -> Result<SetupHeader, HeaderErr
     Ok(hdr)
 }
 
+/// 2.06: `cmdline_size`; older kernels take 255 bytes.
+const CMDLINE_SIZE_PROTOCOL: u16 = 0x0206;
+const OLD_CMDLINE_SIZE: u32 = 255;
+
+/// The longest command line the kernel accepts, without its NUL
+/// (`cmdline_size`); `None` when `image` is shorter than the header.
+pub fn cmdline_size(image: &[u8]) -> Option<u32> {
+    let version = u16::from_le_bytes(le(image, 0x206)?);
+    if version < CMDLINE_SIZE_PROTOCOL {
+        return Some(OLD_CMDLINE_SIZE);
+    }
+    Some(u32::from_le_bytes(le(image, 0x238)?))
+}
+
 /// The kernel's version string (`6.1.0-56-cloud-amd64 (debian-kernel@...)
 /// #1 SMP ...`), which `kernel_version` points to; `None` when it has none
 /// or `image` ends before the string does.
@@ -181,6 +195,16 @@ mod tests {
         k[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
         k[0x300..0x300 + version.len()].copy_from_slice(version.as_bytes());
         k
+    }
+
+    #[test]
+    fn cmdline_size_is_read_from_the_header() {
+        let mut k = image("6.1.0 (x)", 1);
+        k[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
+        assert_eq!(cmdline_size(&k), Some(2048));
+        k[0x206..0x208].copy_from_slice(&0x0205u16.to_le_bytes());
+        assert_eq!(cmdline_size(&k), Some(255));
+        assert_eq!(cmdline_size(&k[..0x200]), None);
     }
 
     #[test]

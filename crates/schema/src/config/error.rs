@@ -65,6 +65,31 @@ impl ConfigError {
     }
 }
 
+/// serde's "invalid value: integer `300`, expected u8" in words: the range,
+/// and what is counted where the key says it.
+fn integer_range(message: &str, key: Option<&str>) -> Option<String> {
+    let rest = message.strip_prefix("invalid value: integer `")?;
+    let (value, ty) = rest.split_once("`, expected ")?;
+    let (min, max): (i128, i128) = match ty.trim() {
+        "u8" => (0, u8::MAX.into()),
+        "u16" => (0, u16::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "u64" | "usize" => (0, u64::MAX.into()),
+        "i8" => (i8::MIN.into(), i8::MAX.into()),
+        "i16" => (i16::MIN.into(), i16::MAX.into()),
+        "i32" => (i32::MIN.into(), i32::MAX.into()),
+        "i64" | "isize" => (i64::MIN.into(), i64::MAX.into()),
+        _ => return None,
+    };
+    let expected = match key {
+        Some("vcpus") => format!("{} to {max} vCPUs", min.max(1)),
+        Some("smp") => format!("{} to {max} CPUs", min.max(1)),
+        Some("max") => format!("{min} to {max} restarts"),
+        _ => format!("a whole number from {min} to {max}"),
+    };
+    Some(format!("{value} is out of range; expected {expected}"))
+}
+
 pub(super) fn from_toml(
     file: &Path,
     src: &str,
@@ -84,6 +109,8 @@ pub(super) fn from_toml(
                 format!("unknown key; {expected}")
             };
         }
+    } else if let Some(words) = integer_range(&message, key.last_key()) {
+        message = words;
     } else if let Some(rest) = message.strip_prefix("missing field `") {
         if let Some((field, _)) = rest.split_once('`') {
             key.push_key_once(field);

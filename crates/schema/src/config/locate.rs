@@ -54,6 +54,14 @@ impl KeyPath {
         }
     }
 
+    /// The last key of the path (`vcpus` of `vm[0].vcpus`).
+    pub fn last_key(&self) -> Option<&str> {
+        self.0.iter().rev().find_map(|s| match s {
+            Segment::Key(k) => Some(k.as_str()),
+            Segment::Index(_) => None,
+        })
+    }
+
     pub fn push_index(&mut self, index: usize) {
         self.0.push(Segment::Index(index));
     }

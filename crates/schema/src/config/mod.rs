@@ -46,10 +46,49 @@ pub fn parse<T: DeserializeOwned>(file: &Path, src: &str) -> Result<T, ConfigErr
 
 /// Reads and parses a TOML file.
 pub fn load<T: DeserializeOwned>(file: &Path) -> Result<(T, String), ConfigError> {
-    let src = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(file).map_err(|source| ConfigError::Read {
         path: file.to_path_buf(),
         source,
     })?;
+    let src = text(file, bytes)?;
     let value = parse(file, &src)?;
     Ok((value, src))
+}
+
+/// The file's bytes as text; invalid UTF-8 is located at its first byte.
+fn text(file: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bad = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let valid = String::from_utf8_lossy(bytes.get(..bad).unwrap_or_default());
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            at: Located::from_offset(&valid, bad),
+            key: String::new(),
+            message: format!(
+                "byte 0x{:02x} is not UTF-8; expected UTF-8 text, as TOML requires (convert the file, e.g. with iconv)",
+                bytes.get(bad).copied().unwrap_or_default()
+            ),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_located() {
+        let d = std::env::temp_dir().join(format!("kiln-schema-utf8-{}", std::process::id()));
+        std::fs::write(&d, b"name = \"a\"\nmemory = \"64\xe9M\"\n").unwrap();
+        let e = load::<VmSpec>(&d).unwrap_err().to_string();
+        std::fs::remove_file(&d).unwrap();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2:13: byte 0xe9 is not UTF-8; expected UTF-8 text, as TOML requires (convert the file, e.g. with iconv)",
+                d.display()
+            )
+        );
+    }
 }

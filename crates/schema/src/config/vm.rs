@@ -436,7 +436,10 @@ pub(super) fn check_values(
         ConfigError::at_key(file, src, &path, msg)
     };
     if v.vcpus == 0 {
-        return Err(err("vcpus", "expected at least 1 vCPU".into()));
+        return Err(err(
+            "vcpus",
+            "0 is out of range; expected 1 to 255 vCPUs".into(),
+        ));
     }
     v.memory
         .check_range(MIN_MEMORY, MAX_MEMORY)
@@ -487,16 +490,18 @@ pub(super) fn check_file(
     if full.is_file() {
         return Ok(());
     }
-    Err(ConfigError::at_key(
-        file,
-        src,
-        key,
+    let message = if full.is_dir() {
+        format!("{} is a directory; expected a file", full.display())
+    } else if full.exists() {
+        format!("{} is not a regular file; expected a file", full.display())
+    } else {
         format!(
             "file {} does not exist; expected a path relative to {}",
             full.display(),
             base_dir.display()
-        ),
-    ))
+        )
+    };
+    Err(ConfigError::at_key(file, src, key, message))
 }
 
 #[cfg(test)]
@@ -539,6 +544,72 @@ mod tests {
         );
         let e = vm("name = \"a\"\nmemory = \"-64M\"\n[boot]\nkernel = \"k\"\n").unwrap_err();
         assert!(e.contains("key `memory`: expected a positive size"), "{e}");
+    }
+
+    #[test]
+    fn integer_ranges_are_said_in_words() {
+        let e = vm("name = \"a\"\nvcpus = 300\nmemory = \"64M\"\n[boot]\nkernel = \"k\"\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "configs/t.toml:2:9: key `vcpus`: 300 is out of range; expected 1 to 255 vCPUs"
+        );
+        let e =
+            vm("name = \"a\"\nvcpus = -1\nmemory = \"64M\"\n[boot]\nkernel = \"k\"\n").unwrap_err();
+        assert!(
+            e.contains("-1 is out of range; expected 1 to 255 vCPUs"),
+            "{e}"
+        );
+        let e = vm(&format!("{GOOD}[restart]\nmax = -3\n")).unwrap_err();
+        assert!(
+            e.contains("key `restart.max`: -3 is out of range; expected 0 to 4294967295 restarts"),
+            "{e}"
+        );
+        let e = vm(&format!(
+            "{GOOD}[[pci]]\ndevice = \"1234:11e8\"\nindex = -1\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("-1 is out of range; expected a whole number from 0 to"),
+            "{e}"
+        );
+        let spec: VmSpec = parse(
+            Path::new("t.toml"),
+            "name = \"a\"\nvcpus = 0\nmemory = \"64M\"\n[boot]\nkernel = \"k\"\n",
+        )
+        .unwrap();
+        let e = spec
+            .check(
+                Path::new("t.toml"),
+                "vcpus = 0\n",
+                &KeyPath::root(),
+                Path::new("."),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("0 is out of range; expected 1 to 255 vCPUs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_directory_is_not_a_kernel_file() {
+        let d = std::env::temp_dir();
+        let spec: VmSpec = parse(Path::new("t.toml"), GOOD).unwrap();
+        let mut spec = spec;
+        spec.boot.kernel = Source::Path(d.clone());
+        let e = spec
+            .check(Path::new("t.toml"), GOOD, &KeyPath::root(), Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "key `boot.kernel`: {} is a directory; expected a file",
+                d.display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,8 +4,14 @@
 //! `poweroff` writes SLP_TYP 5 | SLP_EN to the sleep control port and the VM
 //! ends as `poweroff`, and COM1, so that its IRQ gets mapped.
 //!
-//! Written by hand: the tables are a few hundred bytes of fixed layout, and
-//! rust-vmm's acpi_tables is not published in a form kiln can depend on.
+//! The FADT, MCFG, XSDT, RSDP and the DSDT's AML come from rust-vmm's
+//! `acpi_tables` (Cloud Hypervisor's tables): its encoders (package
+//! lengths, resource descriptors, checksums) are tested upstream, where
+//! hand-written ones go wrong. The MADT stays kiln's own: the crate's fixes
+//! its flags at 0, where kiln declares PCAT_COMPAT (Linux then masks the
+//! 8259s it finds instead of assuming there are none). The crate panics
+//! only on a malformed name or EISA id; every one here is a constant, and
+//! the tests below build every table.
 
 use super::layout::{
     pci_intx_gsi, ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, APIC_ADDR, COM1_IRQ,
@@ -14,10 +20,18 @@ use super::layout::{
 use super::mptable::ioapic_id;
 use crate::devices::acpi_pm::S5_SLP_TYP;
 use crate::devices::pci::root::{BarAllocator, MAX_FUNCTIONS};
+use acpi_tables::aml::{self, AddressSpaceCacheable};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const OEM_ID: &[u8; 6] = b"KILN  ";
 const OEM_TABLE_ID: &[u8; 8] = b"KILNVM  ";
+const OEM_REVISION: u32 = 1;
 
 const XSDT_START: u64 = RSDP_START + 0x40;
 const FADT_START: u64 = RSDP_START + 0x100;
@@ -26,15 +40,17 @@ const DSDT_START: u64 = RSDP_START + 0x300;
 /// After the DSDT, which holds the PCI routing table (about 2 KiB).
 const MADT_START: u64 = RSDP_START + 0x1000;
 
+#[cfg(test)]
 const FADT_LEN: usize = 276;
+#[cfg(test)]
 const FADT_FLAG_HW_REDUCED_ACPI: u32 = 1 << 20;
 /// IAPC_BOOT_ARCH: no legacy devices, no 8042 for the OS to drive. The
 /// 8042's reset line is still there (Linux's `reboot=k` writes it directly);
 /// declaring the keyboard controller would make Linux probe it and wait
 /// seconds for a keyboard that kiln does not model.
 const IAPC_BOOT_ARCH: u16 = 0;
+#[cfg(test)]
 const GAS_SYSTEM_IO: u8 = 1;
-const GAS_ACCESS_BYTE: u8 = 1;
 /// The SCI an ACPI OS expects; no event ever arrives on it.
 const SCI_IRQ: u16 = 9;
 
@@ -77,203 +93,74 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
+/// The bytes of a table or AML object.
+fn bytes(object: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    object.to_aml_bytes(&mut v);
+    v
+}
+
 /// A Generic Address Structure for a byte-wide I/O port.
-fn gas_io_byte(port: u16) -> [u8; 12] {
-    // Constant indices into a fixed-size array: checked at compile time.
-    let mut g = [0u8; 12];
-    g[0] = GAS_SYSTEM_IO;
-    g[1] = 8; // bit width
-    g[3] = GAS_ACCESS_BYTE;
-    g[4..6].copy_from_slice(&port.to_le_bytes());
-    g
+fn gas_io_byte(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
-fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
-    if let Some(dst) = buf.get_mut(at..at + bytes.len()) {
-        dst.copy_from_slice(bytes);
-    }
-}
-
-// DSDT_START is a constant below 1 MiB.
-#[allow(clippy::cast_possible_truncation)]
 fn fadt() -> Vec<u8> {
-    let mut body = vec![0u8; FADT_LEN - 36];
-    // Offsets below are from the start of the table, minus the header.
-    let at = |off: usize| off - 36;
-    put(&mut body, at(40), &(DSDT_START as u32).to_le_bytes());
-    put(&mut body, at(46), &SCI_IRQ.to_le_bytes());
-    put(&mut body, at(109), &IAPC_BOOT_ARCH.to_le_bytes());
-    put(&mut body, at(112), &FADT_FLAG_HW_REDUCED_ACPI.to_le_bytes());
-    put(&mut body, at(131), &[0]); // FADT minor version
-    put(&mut body, at(140), &DSDT_START.to_le_bytes()); // X_DSDT
-    put(&mut body, at(244), &gas_io_byte(ACPI_SLEEP_CONTROL_PORT));
-    put(&mut body, at(256), &gas_io_byte(ACPI_SLEEP_STATUS_PORT));
-    put(&mut body, at(268), b"KILNKILN"); // hypervisor vendor identity
-    sdt(b"FACP", 6, &body)
+    let mut f = FADTBuilder::new(*OEM_ID, *OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(DSDT_START)
+        .flag(Flags::HwReducedAcpi);
+    f.sci_int = SCI_IRQ.into();
+    f.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    f.sleep_control_reg = gas_io_byte(ACPI_SLEEP_CONTROL_PORT);
+    f.sleep_status_reg = gas_io_byte(ACPI_SLEEP_STATUS_PORT);
+    f.hypervisor_vendor_identity = u64::from_le_bytes(*b"KILNKILN").into();
+    bytes(&f.finalize())
 }
 
-/// AML encoders for the few constructs the DSDT uses (ACPI 6, chapter 20).
-mod aml {
-    /// PkgLength for `len` bytes that follow it: kiln's AML stays below
-    /// 4 KiB, the two-byte form's limit, so each cast keeps every bit.
-    #[allow(clippy::cast_possible_truncation)]
-    pub fn pkg_length(len: usize) -> Vec<u8> {
-        if len + 1 < 0x40 {
-            vec![(len + 1) as u8]
-        } else {
-            let total = len + 2;
-            vec![0x40 | (total & 0xf) as u8, (total >> 4) as u8]
-        }
-    }
+/// AML already encoded, as a child of a scope.
+struct Encoded(Vec<u8>);
 
-    pub fn name(seg: &[u8; 4], value: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x08];
-        v.extend_from_slice(seg);
-        v.extend_from_slice(value);
-        v
-    }
-
-    pub fn scope(seg: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x10];
-        v.extend(pkg_length(4 + body.len()));
-        v.extend_from_slice(seg);
-        v.extend_from_slice(body);
-        v
-    }
-
-    pub fn device(seg: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x5b, 0x82];
-        v.extend(pkg_length(4 + body.len()));
-        v.extend_from_slice(seg);
-        v.extend_from_slice(body);
-        v
-    }
-
-    /// A buffer of fewer than 256 bytes.
-    #[allow(clippy::cast_possible_truncation)] // the length, below 256
-    pub fn buffer(bytes: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x11];
-        v.extend(pkg_length(2 + bytes.len()));
-        v.extend_from_slice(&[0x0a, bytes.len() as u8]);
-        v.extend_from_slice(bytes);
-        v
-    }
-
-    /// A package of byte constants (fewer than 256).
-    #[allow(clippy::cast_possible_truncation)] // the count, below 256
-    pub fn byte_package(items: &[u8]) -> Vec<u8> {
-        let mut body = vec![items.len() as u8];
-        for i in items {
-            match i {
-                0 => body.push(0x00),
-                1 => body.push(0x01),
-                n => body.extend_from_slice(&[0x0a, *n]),
-            }
-        }
-        let mut v = vec![0x12];
-        v.extend(pkg_length(body.len()));
-        v.extend(body);
-        v
-    }
-
-    /// An integer constant in its shortest form.
-    pub fn integer(n: u32) -> Vec<u8> {
-        match n {
-            0 => vec![0x00],
-            1 => vec![0x01],
-            2..=0xff => vec![0x0a, n.to_le_bytes()[0]],
-            0x100..=0xffff => {
-                let [a, b, ..] = n.to_le_bytes();
-                vec![0x0b, a, b]
-            }
-            _ => {
-                let mut v = vec![0x0c];
-                v.extend_from_slice(&n.to_le_bytes());
-                v
-            }
-        }
-    }
-
-    /// A package of already-encoded elements (fewer than 256).
-    #[allow(clippy::cast_possible_truncation)] // the count, below 256
-    pub fn package(items: &[Vec<u8>]) -> Vec<u8> {
-        let mut body = vec![items.len() as u8];
-        for i in items {
-            body.extend_from_slice(i);
-        }
-        let mut v = vec![0x12];
-        v.extend(pkg_length(body.len()));
-        v.extend(body);
-        v
-    }
-
-    /// EisaId("PNPxxxx") as a DWordConst: three 5-bit letters, four hex digits.
-    pub fn eisa_id(id: &[u8; 7]) -> Vec<u8> {
-        // `id` is a fixed-size array; its constant indices are checked at
-        // compile time.
-        let letter = |c: u8| u16::from(c.wrapping_sub(b'@') & 0x1f);
-        let hex = |c: u8| {
-            let digit = char::from(c).to_digit(16).unwrap_or(0);
-            u8::try_from(digit).unwrap_or(0)
-        };
-        let vendor = (letter(id[0]) << 10) | (letter(id[1]) << 5) | letter(id[2]);
-        let [v0, v1] = vendor.to_be_bytes();
-        vec![
-            0x0c,
-            v0,
-            v1,
-            (hex(id[3]) << 4) | hex(id[4]),
-            (hex(id[5]) << 4) | hex(id[6]),
-        ]
+impl Aml for Encoded {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
     }
 }
 
-/// The DSDT: `\_S5_` for poweroff, and COM1 as a PNP0501 device with its
-/// ports and IRQ 4. A hardware-reduced platform has no legacy PIC, so
-/// Linux maps a legacy IRQ only for a device ACPI describes; without this
-/// the serial port would have no interrupt and user-space output would stall.
+/// The DSDT: `\_S5_` for poweroff, COM1 and the PCI host bridge.
 fn dsdt(mem_size: u64) -> Vec<u8> {
-    let mut aml = aml::name(b"_S5_", &aml::byte_package(&[S5_SLP_TYP, 0, 0, 0]));
-    let [lo, hi] = COM1_PORT.to_le_bytes();
-    let [irq_lo, irq_hi] = (1u16 << COM1_IRQ).to_le_bytes();
-    let resources = [
-        0x47, 0x01, lo, hi, lo, hi, 0x01, 0x08, // IO (Decode16, port, port, 1, 8)
-        0x22, irq_lo, irq_hi, // IRQNoFlags {4}
-        0x79, 0x00, // EndTag
+    let s5_values = aml::Package::new(vec![&S5_SLP_TYP, &0u8, &0u8, &0u8]);
+    let s5 = aml::Name::new("_S5_".into(), &s5_values);
+    let (com1, pci0) = (Encoded(com1()), Encoded(pci0(mem_size)));
+    let sb = aml::Scope::new("_SB_".into(), vec![&com1, &pci0]);
+    let mut body = bytes(&s5);
+    body.extend(bytes(&sb));
+    sdt(b"DSDT", 2, &body)
+}
+
+/// COM1 as a PNP0501 device with its ports and IRQ 4. A hardware-reduced
+/// platform has no legacy PIC, so Linux maps a legacy IRQ only for a device
+/// ACPI describes; without this the serial port would have no interrupt and
+/// user-space output would stall.
+fn com1() -> Vec<u8> {
+    let io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    // Edge-triggered, active high: an ISA IRQ.
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let names = [
+        aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+        aml::Name::new("_UID".into(), &0u8),
+        aml::Name::new("_CRS".into(), &crs),
     ];
-    let mut com1 = aml::name(b"_HID", &aml::eisa_id(b"PNP0501"));
-    com1.extend(aml::name(b"_UID", &[0x00]));
-    com1.extend(aml::name(b"_CRS", &aml::buffer(&resources)));
-    let mut sb = aml::device(b"COM1", &com1);
-    sb.extend(pci0(mem_size));
-    aml.extend(aml::scope(b"_SB_", &sb));
-    sdt(b"DSDT", 2, &aml)
-}
-
-/// Word/DWord/QWord address space descriptors for a producer range
-/// `min..=max` with fixed ends (ACPI 6, 6.4.3.5).
-fn word_space(kind: u8, type_flags: u8, min: u16, max: u16) -> Vec<u8> {
-    let mut d = vec![0x88, 0x0d, 0x00, kind, 0x0c, type_flags];
-    for v in [0, min, max, 0, max - min + 1] {
-        d.extend_from_slice(&v.to_le_bytes());
-    }
-    d
-}
-
-fn dword_memory(min: u32, max: u32) -> Vec<u8> {
-    let mut d = vec![0x87, 0x17, 0x00, 0, 0x0c, 0x01];
-    for v in [0, min, max, 0, max - min + 1] {
-        d.extend_from_slice(&v.to_le_bytes());
-    }
-    d
-}
-
-fn qword_memory(min: u64, max: u64) -> Vec<u8> {
-    let mut d = vec![0x8a, 0x2b, 0x00, 0, 0x0c, 0x01];
-    for v in [0, min, max, 0, max - min + 1] {
-        d.extend_from_slice(&v.to_le_bytes());
-    }
-    d
+    bytes(&aml::Device::new(
+        "COM1".into(),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    ))
 }
 
 /// The PCI host bridge (PNP0A08, compatible PNP0A03) for bus 0: its
@@ -285,51 +172,60 @@ fn qword_memory(min: u64, max: u64) -> Vec<u8> {
 #[allow(clippy::cast_possible_truncation)]
 fn pci0(mem_size: u64) -> Vec<u8> {
     let [w32, w64] = BarAllocator::windows(mem_size);
-    let [plo, phi] = PCI_CONFIG_PORT.to_le_bytes();
-    let mut crs = word_space(2, 0, 0, 0); // bus numbers 0..=0
-    crs.extend_from_slice(&[0x47, 0x01, plo, phi, plo, phi, 0x01, 0x08]);
-    crs.extend(word_space(1, 0x03, PCI_IO_START, (PCI_IO_END - 1) as u16));
-    crs.extend(dword_memory(w32.0 as u32, (w32.1 - 1) as u32));
-    crs.extend(qword_memory(w64.0, w64.1 - 1));
-    crs.extend_from_slice(&[0x79, 0x00]);
-    let mut prt = Vec::new();
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let config = aml::IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, 8);
+    let io = aml::AddressSpace::new_io(PCI_IO_START, (PCI_IO_END - 1) as u16, None);
+    let mem32 = aml::AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        w32.0 as u32,
+        (w32.1 - 1) as u32,
+        None,
+    );
+    let mem64 = aml::AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        w64.0,
+        w64.1 - 1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &config, &io, &mem32, &mem64]);
+    let mut routes: Vec<(u32, u8, u32)> = Vec::new();
     for device in 1..=MAX_FUNCTIONS as u8 {
         for pin in 0..4u8 {
-            prt.push(aml::package(&[
-                aml::integer(u32::from(device) << 16 | 0xffff),
-                aml::integer(u32::from(pin)),
-                aml::integer(0),
-                aml::integer(pci_intx_gsi(device, pin + 1)),
-            ]));
+            routes.push((
+                u32::from(device) << 16 | 0xffff,
+                pin,
+                pci_intx_gsi(device, pin + 1),
+            ));
         }
     }
-    let mut body = aml::name(b"_HID", &aml::eisa_id(b"PNP0A08"));
-    body.extend(aml::name(b"_CID", &aml::eisa_id(b"PNP0A03")));
-    body.extend(aml::name(b"_ADR", &aml::integer(0)));
-    body.extend(aml::name(b"_SEG", &aml::integer(0)));
-    body.extend(aml::name(b"_BBN", &aml::integer(0)));
-    body.extend(aml::name(b"_UID", &aml::integer(0)));
-    body.extend(aml::name(b"_CRS", &aml::buffer(&crs)));
-    // A package of up to 255 elements: 31 slots x 4 pins = 124.
-    let mut pkg = vec![prt.len() as u8];
-    for p in &prt {
-        pkg.extend_from_slice(p);
-    }
-    let mut prt_pkg = vec![0x12];
-    prt_pkg.extend(aml::pkg_length(pkg.len()));
-    prt_pkg.extend(pkg);
-    body.extend(aml::name(b"_PRT", &prt_pkg));
-    aml::device(b"PCI0", &body)
+    let entries: Vec<aml::Package<'_>> = routes
+        .iter()
+        .map(|(address, pin, gsi)| aml::Package::new(vec![address, pin, &0u8, gsi]))
+        .collect();
+    let prt = aml::Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+    let names = [
+        aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+        aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+        aml::Name::new("_ADR".into(), &0u8),
+        aml::Name::new("_SEG".into(), &0u8),
+        aml::Name::new("_BBN".into(), &0u8),
+        aml::Name::new("_UID".into(), &0u8),
+        aml::Name::new("_CRS".into(), &crs),
+        aml::Name::new("_PRT".into(), &prt),
+    ];
+    bytes(&aml::Device::new(
+        "PCI0".into(),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    ))
 }
 
 /// MCFG: ECAM for segment 0, bus 0.
 fn mcfg() -> Vec<u8> {
-    let mut body = vec![0u8; 8];
-    body.extend_from_slice(&PCI_ECAM_START.to_le_bytes());
-    body.extend_from_slice(&0u16.to_le_bytes()); // segment
-    body.extend_from_slice(&[0, 0]); // buses 0..=0
-    body.extend_from_slice(&[0; 4]);
-    sdt(b"MCFG", 1, &body)
+    let mut m = MCFG::new(*OEM_ID, *OEM_TABLE_ID, OEM_REVISION);
+    m.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    bytes(&m)
 }
 
 fn madt(cpus: u8) -> Vec<u8> {
@@ -351,30 +247,15 @@ fn madt(cpus: u8) -> Vec<u8> {
 }
 
 fn xsdt(entries: &[u64]) -> Vec<u8> {
-    let body: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
-    sdt(b"XSDT", 1, &body)
+    let mut x = XSDT::new(*OEM_ID, *OEM_TABLE_ID, OEM_REVISION);
+    for e in entries {
+        x.add_entry(*e);
+    }
+    bytes(&x)
 }
 
 fn rsdp() -> Vec<u8> {
-    let mut r = Vec::with_capacity(36);
-    r.extend_from_slice(b"RSD PTR ");
-    r.push(0); // checksum of the first 20 bytes
-    r.extend_from_slice(OEM_ID);
-    r.push(2); // revision: ACPI 2.0+
-    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
-    r.extend_from_slice(&36u32.to_le_bytes());
-    r.extend_from_slice(&XSDT_START.to_le_bytes());
-    r.push(0); // extended checksum
-    r.extend_from_slice(&[0; 3]);
-    let sum = checksum(r.get(..20).unwrap_or_default());
-    if let Some(c) = r.get_mut(8) {
-        *c = sum;
-    }
-    let sum = checksum(&r);
-    if let Some(c) = r.get_mut(32) {
-        *c = sum;
-    }
-    r
+    bytes(&Rsdp::new(*OEM_ID, XSDT_START))
 }
 
 /// Every table with its guest address.
@@ -487,8 +368,9 @@ mod tests {
         let crs = com1.windows(4).position(|w| w == b"_CRS").unwrap();
         let res = &com1[crs + 8..];
         assert_eq!(&res[..8], &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]);
-        assert_eq!(&res[8..11], &[0x22, 0x10, 0x00]);
-        assert_eq!(&res[11..], &[0x79, 0x00]);
+        // Extended Interrupt: consumer, edge, active high, exclusive, GSI 4.
+        assert_eq!(&res[8..17], &[0x89, 0x06, 0x00, 0x03, 0x01, 4, 0, 0, 0]);
+        assert_eq!(&res[17..], &[0x79, 0x00]);
         // PCI0 follows, filling the scope exactly.
         let pci = &dev[2 + len..];
         assert_eq!(&pci[..2], &[0x5b, 0x82]);
@@ -528,14 +410,6 @@ mod tests {
             PCI_ECAM_START
         );
         assert_eq!(&m[52..56], &[0, 0, 0, 0]);
-    }
-
-    #[test]
-    fn pkg_length_forms() {
-        assert_eq!(aml::pkg_length(5), vec![6]);
-        assert_eq!(aml::pkg_length(62), vec![63]);
-        // 63 bytes follow: total 65 = 0x41 in the two-byte form.
-        assert_eq!(aml::pkg_length(63), vec![0x41, 0x04]);
     }
 
     #[test]
