@@ -17,6 +17,8 @@
 //!   guest PCI bus, and the bus type (ports, MMIO) they sit on.
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
+//! - [`sandbox`]: the VMM's jail and landlock, entered before the guest
+//!   runs, and PID 1's report of them.
 //! - [`vmm`]: running one VM to its end.
 //! - [`watchdog`]: the VMM's heartbeat to PID 1 and its stuck-vCPU check.
 
@@ -26,6 +28,7 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod machine;
+pub mod sandbox;
 pub mod status;
 pub mod vac;
 pub mod vfio;

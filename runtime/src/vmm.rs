@@ -11,6 +11,7 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
 use crate::devices::serial::GUEST_TAG_ENV;
 use crate::machine::{self, Machine, MachineError};
+use crate::sandbox::{self, Jail, SandboxError, SelfStatus};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
@@ -65,6 +66,8 @@ pub enum VmmError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     Machine(#[from] MachineError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// What the process running the VMM asks of it beyond the VM's config.
@@ -74,6 +77,8 @@ pub struct RunOptions {
     pub tag_guest_lines: bool,
     /// Print the stats lines on stderr at the end ([`STATS_ENV`]).
     pub stats: bool,
+    /// Enter this jail before the guest runs ([`sandbox::jail::JAIL_ENV`]).
+    pub jail: Option<Jail>,
 }
 
 /// Set (to anything) to get the stats lines (docs/runtime.md).
@@ -85,6 +90,7 @@ impl RunOptions {
         RunOptions {
             tag_guest_lines: std::env::var_os(GUEST_TAG_ENV).is_some(),
             stats: std::env::var_os(STATS_ENV).is_some(),
+            jail: Jail::from_env(),
         }
     }
 }
@@ -154,6 +160,10 @@ pub fn run_with(
     let mut heartbeat = Heartbeat::from_env();
     install_kick_handler()?;
     let signals = SignalGuard::block_stop_signals()?;
+    // The sandbox: everything the VM needs is open and no thread but this
+    // one runs. The jail and landlock are applied here; then each thread
+    // installs its seccomp filter as it starts, before any guest code.
+    let sandboxed = sandbox::enter(options.jail, cfg, &mut heartbeat)?;
     let setup = started.elapsed();
     on_running();
 
@@ -207,7 +217,7 @@ pub fn run_with(
     // The notes the guest provoked beyond their limit, in one line.
     vm.notes().finish();
     if options.stats {
-        print_stats(&machine, started, setup, counts);
+        print_stats(&machine, started, setup, counts, sandboxed.status.as_ref());
         print_attach_stats(&vm, &attached);
     }
     Ok(exit)
@@ -372,11 +382,18 @@ fn stop_and_join(
 /// One line on stderr with timings (from `started`, the start of the run),
 /// exit counts and the VMM's own memory (resident set minus the guest RAM
 /// pages that are resident).
-fn print_stats(machine: &Machine, started: Instant, setup: Duration, counts: ExitCounts) {
+fn print_stats(
+    machine: &Machine,
+    started: Instant,
+    setup: Duration,
+    counts: ExitCounts,
+    status: Option<&SelfStatus>,
+) {
     let vm = machine.vm();
     let total = started.elapsed();
-    let rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
+    // Read through the file opened before the sandbox: a jailed VMM opens none.
+    let rss_kib = status
+        .and_then(|f| f.read().ok())
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))

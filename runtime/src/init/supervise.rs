@@ -7,6 +7,8 @@
 
 use super::cgroup::{Cgroups, VmCgroup, PIDS_BESIDE_VCPUS};
 use super::watchdog::Watch;
+use crate::sandbox::jail::{Jail, EMPTY_ROOT, JAIL_ENV};
+use crate::sandbox::report::SandboxReport;
 use crate::status::{Emit, StatusLine, VmState};
 use crate::watchdog::HEARTBEAT_ENV;
 use kiln_schema::config::{ApplianceConfig, ByteSize, RestartPolicy, VmConfig};
@@ -15,7 +17,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::CString;
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,6 +59,8 @@ struct Slot<'a> {
     watch: Option<Watch>,
     /// Why PID 1 killed this VMM, when it did.
     killed: Option<String>,
+    /// The jail its VMM enters (its uid and gid), the same on every restart.
+    jail: Option<Jail>,
 }
 
 /// Runs every VM to its end; returns (ok, failed).
@@ -74,9 +80,17 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             None
         }
     };
+    // Where each VMM is rooted once jailed: empty, and root's alone.
+    let empty = Path::new(EMPTY_ROOT);
+    if let Err(e) = std::fs::create_dir_all(empty)
+        .and_then(|()| std::fs::set_permissions(empty, std::fs::Permissions::from_mode(0o555)))
+    {
+        super::say(&format!("error: cannot create {}: {e}", empty.display()));
+    }
     let mut slots: Vec<Slot> = vms
         .iter()
-        .map(|vm| Slot {
+        .enumerate()
+        .map(|(index, vm)| Slot {
             vm,
             config_path: dir.join(format!("{}.toml", vm.name)),
             pid: None,
@@ -88,6 +102,7 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             oom_kills: 0,
             watch: None,
             killed: None,
+            jail: Jail::for_vm(index),
         })
         .collect();
     for slot in &slots {
@@ -145,12 +160,26 @@ fn watch_all(slots: &mut [Slot]) {
             continue;
         };
         watch.look(now);
+        if let Some(landlocked) = watch.newly_running() {
+            report_sandbox(s.vm.name.as_str(), pid, landlocked);
+        }
         if let Some(reason) = watch.overdue() {
             let _ = kill(pid, Signal::SIGKILL);
             s.killed = Some(reason);
             s.watch = None;
         }
     }
+}
+
+/// Prints what the kernel says of VM `vm`'s running VMM `pid`'s sandbox.
+fn report_sandbox(vm: &str, pid: Pid, landlocked: bool) {
+    let text = match SandboxReport::read(Path::new("/proc"), pid.as_raw(), landlocked) {
+        Ok(r) => r.line(vm),
+        Err(e) => format!("kiln: vm {vm}: cannot read its VMM's sandbox from /proc: {e}"),
+    };
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(format!("\n{text}\n").as_bytes());
 }
 
 /// Puts VM `s` in its cgroup, with its limits; `None` (and a note) where
@@ -219,6 +248,18 @@ fn spawn(s: &mut Slot, cgroups: Option<&Cgroups>) {
     if let Some(fd) = beat_fd {
         cmd.env(HEARTBEAT_ENV, fd.to_string());
     }
+    // No VMM runs unjailed: without a jail (more VMs than uids) it is not
+    // started.
+    match s.jail {
+        Some(jail) => cmd.env(JAIL_ENV, jail.id.to_string()),
+        None => {
+            StatusLine::vm(s.vm.name.as_str(), VmState::Failed)
+                .with_reason("no uid is left for its VMM's jail")
+                .print();
+            s.outcome = Some(false);
+            return;
+        }
+    };
     let procs = s.cgroup.as_ref().and_then(VmCgroup::procs);
     // SAFETY: `enter_child` makes only async-signal-safe calls (open,
     // write, close, fcntl) on data prepared before the fork, and allocates

@@ -6,7 +6,7 @@
 //! [`MAX_STEP`]), so a machine that stalls as a whole (a loaded emulator,
 //! a suspended lab box) gets no VMM killed.
 
-use crate::watchdog::{BEAT, STOPPING};
+use crate::watchdog::{BEAT, LANDLOCKED, STOPPING};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,10 @@ pub struct Watch {
     phase: Phase,
     quiet: Duration,
     at: Instant,
+    /// The VMM said its landlock ruleset is enforced.
+    landlocked: bool,
+    /// [`Watch::newly_running`] has answered.
+    announced: bool,
 }
 
 impl Watch {
@@ -46,6 +50,8 @@ impl Watch {
             phase: Phase::Setup,
             quiet: Duration::ZERO,
             at: now,
+            landlocked: false,
+            announced: false,
         }
     }
 
@@ -61,6 +67,7 @@ impl Watch {
                 match *b {
                     BEAT if self.phase != Phase::Stopping => self.phase = Phase::Running,
                     STOPPING => self.phase = Phase::Stopping,
+                    LANDLOCKED => self.landlocked = true,
                     _ => {}
                 }
             }
@@ -70,6 +77,17 @@ impl Watch {
         } else {
             self.quiet.saturating_add(step)
         };
+    }
+
+    /// Once, at the first look that finds the VM running (its first
+    /// heartbeat, sent after its vCPU threads started): whether the VMM
+    /// said its landlock ruleset is enforced.
+    pub fn newly_running(&mut self) -> Option<bool> {
+        if self.phase != Phase::Running || self.announced {
+            return None;
+        }
+        self.announced = true;
+        Some(self.landlocked)
     }
 
     /// Why the VMM must be ended now, if it must: the `reason=` text.
@@ -110,6 +128,23 @@ mod tests {
             }
         }
         (None, t)
+    }
+
+    #[test]
+    fn the_first_beat_announces_the_running_vm_once_with_its_landlock() {
+        let (mut w, tx, t0) = pipe();
+        w.look(t0);
+        assert_eq!(w.newly_running(), None);
+        nix::unistd::write(&tx, b"l.").unwrap();
+        w.look(t0 + Duration::from_millis(20));
+        assert_eq!(w.newly_running(), Some(true));
+        nix::unistd::write(&tx, b".").unwrap();
+        w.look(t0 + Duration::from_millis(40));
+        assert_eq!(w.newly_running(), None);
+        let (mut w, tx, t0) = pipe();
+        nix::unistd::write(&tx, b".").unwrap();
+        w.look(t0);
+        assert_eq!(w.newly_running(), Some(false));
     }
 
     #[test]
