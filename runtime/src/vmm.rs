@@ -163,7 +163,13 @@ pub fn run_with(
     // The sandbox: everything the VM needs is open and no thread but this
     // one runs. The jail and landlock are applied here; then each thread
     // installs its seccomp filter as it starts, before any guest code.
-    let sandboxed = sandbox::enter(options.jail, cfg, &mut heartbeat)?;
+    let sandboxed = match sandbox::enter(options.jail, cfg, &mut heartbeat) {
+        Ok(s) => s,
+        Err(e) => {
+            sandbox::leave_to_exit((machine, attached, vm));
+            return Err(e.into());
+        }
+    };
     let setup = started.elapsed();
     on_running();
 
@@ -220,6 +226,7 @@ pub fn run_with(
         print_stats(&machine, started, setup, counts, sandboxed.status.as_ref());
         print_attach_stats(&vm, &attached);
     }
+    sandboxed.release((machine, attached, vm));
     Ok(exit)
 }
 

@@ -62,6 +62,26 @@ pub struct Sandboxed {
     pub landlock: Option<Landlocked>,
 }
 
+impl Sandboxed {
+    /// Releases `held` (the VM, its board and devices) at the end of the
+    /// run: by dropping it, or, when jailed, by leaving it to the process
+    /// exit (see [`leave_to_exit`]).
+    pub fn release<T>(&self, held: T) {
+        if self.landlock.is_some() {
+            leave_to_exit(held);
+        }
+    }
+}
+
+/// Leaves `held` for the kernel to release when the process exits, as it
+/// does for a killed VMM. A jailed VMM cannot take its VM apart piece by
+/// piece: when a device on a legacy VFIO container closes, vfio-ioctls
+/// reads the device's IOMMU group link in sysfs, which the jail does not
+/// show (and unwraps the result).
+pub fn leave_to_exit<T>(held: T) {
+    std::mem::forget(held);
+}
+
 /// Jails this process as `jail` says (when PID 1 asked for one), then
 /// landlocks it, and tells PID 1 through `heartbeat` when landlock holds.
 /// Call it from the only thread, once the VM is built.
