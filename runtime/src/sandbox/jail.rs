@@ -292,7 +292,8 @@ mod tests {
 
     #[test]
     fn a_threaded_process_is_not_jailed() {
-        // The test harness runs this test on a thread of its own.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
         let status = SelfStatus::open().unwrap();
         let plan = Plan {
             id: 100_000,
@@ -302,6 +303,8 @@ mod tests {
         };
         let e = apply(&plan, &status).unwrap_err();
         assert!(matches!(e, JailError::Threads(n) if n > 1), "{e}");
+        drop(tx);
+        let _ = other.join().unwrap();
         assert_eq!(threads("Name:\tx\nThreads:\t3\n"), Some(3));
     }
 
