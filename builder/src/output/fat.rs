@@ -36,6 +36,8 @@ pub enum FatError {
     },
     #[error("directory {name:?} is also reachable by another path (its directories loop)")]
     DirectoryLinkedTwice { name: String },
+    #[error("directory {dir:?} has an entry without a name (its 8.3 name is all spaces)")]
+    UnnamedEntry { dir: String },
     #[error("its directories nest deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("fatfs cannot read it")]
@@ -373,20 +375,25 @@ fn check_tree(v: &[u8], g: &Geometry, next: &[Option<u32>]) -> Result<(), FatErr
     if let Root::Cluster(c) = g.root {
         seen.insert(c);
     }
-    queue.push_back((dir_bytes(v, g, next, &g.root), 0usize));
-    while let Some((bytes, depth)) = queue.pop_front() {
+    queue.push_back((dir_bytes(v, g, next, &g.root), 0usize, String::new()));
+    while let Some((bytes, depth, dir)) = queue.pop_front() {
         for entry in bytes.chunks_exact(32) {
             let (first, attr) = (entry[0], entry[11]);
             if first == 0 {
                 break;
             }
             // Deleted entries, long-name parts and the volume label are
-            // skipped by fatfs; only directories are entered.
-            if first == 0xe5 || attr & 0x0f == 0x0f || attr & 0x08 != 0 || attr & 0x10 == 0 {
+            // skipped by fatfs.
+            if first == 0xe5 || attr & 0x0f == 0x0f || attr & 0x08 != 0 {
                 continue;
             }
             let name = short_name(entry);
-            if is_dot(&name) {
+            // A listing line needs a name (found by fuzzing).
+            if name.is_empty() {
+                return Err(FatError::UnnamedEntry { dir });
+            }
+            // Only directories are entered.
+            if attr & 0x10 == 0 || is_dot(&name) {
                 continue;
             }
             let name = String::from_utf8_lossy(&name).into_owned();
@@ -413,7 +420,12 @@ fn check_tree(v: &[u8], g: &Geometry, next: &[Option<u32>]) -> Result<(), FatErr
             if depth + 1 >= MAX_DEPTH {
                 return Err(FatError::TooDeep);
             }
-            queue.push_back((dir_bytes(v, g, next, &Root::Cluster(cluster)), depth + 1));
+            let path = format!("{dir}{name}/");
+            queue.push_back((
+                dir_bytes(v, g, next, &Root::Cluster(cluster)),
+                depth + 1,
+                path,
+            ));
         }
     }
     Ok(())
@@ -543,6 +555,25 @@ mod tests {
                 "its boot sector is not a valid FAT boot sector: the root directory's cluster is outside the volume"
             );
         }
+    }
+
+    /// Found by fuzzing: an entry whose 8.3 name is all spaces was listed
+    /// with an empty path.
+    #[test]
+    fn an_entry_without_a_name_is_refused() {
+        let (mut v, g, efi, boot, _) = fat16();
+        // The file in EFI/BOOT, then the root's EFI directory.
+        let dir = g.data_start + (usize::from(u16_at(&v, boot + 26)) - 2) * g.cluster_size;
+        let file = entry(&v, dir..dir + g.cluster_size, b"BOOTX64 EFI");
+        let mut unnamed_file = v.clone();
+        unnamed_file[file..file + 11].copy_from_slice(&[b' '; 11]);
+        let e = list(unnamed_file).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "directory \"EFI/BOOT/\" has an entry without a name (its 8.3 name is all spaces)"
+        );
+        v[efi..efi + 11].copy_from_slice(&[b' '; 11]);
+        assert!(matches!(list(v), Err(FatError::UnnamedEntry { dir }) if dir.is_empty()));
     }
 
     #[test]
