@@ -11,7 +11,8 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
 use crate::devices::serial::GUEST_TAG_ENV;
 use crate::machine::{self, Machine, MachineError};
-use crate::sandbox::{self, Jail, SandboxError, SelfStatus};
+use crate::sandbox::seccomp::{self, SeccompError, ThreadKind};
+use crate::sandbox::{self, Jail, SandboxError};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
@@ -20,10 +21,12 @@ use crate::watchdog::{self, Heartbeat, StuckCheck, VcpuClocks};
 use kiln_schema::config::{BootInput, Source, VmConfig, VmSpec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::Path;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -68,6 +71,8 @@ pub enum VmmError {
     Machine(#[from] MachineError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// What the process running the VMM asks of it beyond the VM's config.
@@ -77,20 +82,35 @@ pub struct RunOptions {
     pub tag_guest_lines: bool,
     /// Print the stats lines on stderr at the end ([`STATS_ENV`]).
     pub stats: bool,
-    /// Enter this jail before the guest runs ([`sandbox::jail::JAIL_ENV`]).
+    /// Enter this jail before the guest runs ([`sandbox::jail::JAIL_ENV`]:
+    /// PID 1 asks for one for every VMM), when `sandbox` is on.
     pub jail: Option<Jail>,
+    /// Confine the VMM (the jail it was asked for, then every thread with
+    /// its seccomp filter) once the VM is set up (`kiln-runtime run`
+    /// always does, but for [`SANDBOX_ENV`] in a `dev-hooks` build;
+    /// in-process callers such as unit tests do not).
+    pub sandbox: bool,
 }
 
 /// Set (to anything) to get the stats lines (docs/runtime.md).
 pub const STATS_ENV: &str = "KILN_VMM_STATS";
 
+/// `KILN_VMM_SANDBOX=off` runs the VMM without its sandbox (jail, landlock,
+/// seccomp filters), for
+/// bench/vmm.sh's comparison only: a runtime built without the
+/// `dev-hooks` feature (every shipped one) ignores it.
+pub const SANDBOX_ENV: &str = "KILN_VMM_SANDBOX";
+
 impl RunOptions {
     /// The options as this process's environment sets them.
     pub fn from_env() -> Self {
+        let sandbox_off = cfg!(feature = "dev-hooks")
+            && std::env::var_os(SANDBOX_ENV).is_some_and(|v| v == "off");
         RunOptions {
             tag_guest_lines: std::env::var_os(GUEST_TAG_ENV).is_some(),
             stats: std::env::var_os(STATS_ENV).is_some(),
             jail: Jail::from_env(),
+            sandbox: !sandbox_off,
         }
     }
 }
@@ -160,25 +180,44 @@ pub fn run_with(
     let mut heartbeat = Heartbeat::from_env();
     install_kick_handler()?;
     let signals = SignalGuard::block_stop_signals()?;
+    // Opened now: the sandboxed main thread cannot open files.
+    let proc_status = if options.stats {
+        File::open("/proc/self/status").ok()
+    } else {
+        None
+    };
     // The sandbox: everything the VM needs is open and no thread but this
-    // one runs. The jail and landlock are applied here; then each thread
-    // installs its seccomp filter as it starts, before any guest code.
-    let sandboxed = match sandbox::enter(options.jail, cfg, &mut heartbeat) {
+    // one runs. The jail and landlock come first, here; then each thread
+    // installs its seccomp filter (below), before any guest instruction.
+    let jail = options.jail.filter(|_| options.sandbox);
+    let sandboxed = match sandbox::enter(jail, cfg, &mut heartbeat) {
         Ok(s) => s,
         Err(e) => {
             sandbox::leave_to_exit((machine, attached, vm));
             return Err(e.into());
         }
     };
+    if options.sandbox {
+        if let Err(e) = seccomp::install_handler(heartbeat.raw_fd()) {
+            sandboxed.release((machine, attached, vm));
+            return Err(e.into());
+        }
+    }
     let setup = started.elapsed();
     on_running();
 
+    // Each vCPU thread installs its filter, then waits here until the main
+    // thread has installed its own: no guest instruction runs before every
+    // thread is confined.
+    let gate = Arc::new(Gate::default());
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let thread_ctl = ctl.clone();
         let thread_clocks = clocks.clone();
+        let thread_gate = gate.clone();
         let index = vcpu.index();
         let name = format!("vcpu{index}");
+        let sandbox = options.sandbox;
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             // The stop signals stay blocked (the waiting thread takes them),
             // the kick signal must get through.
@@ -187,6 +226,14 @@ pub fn run_with(
                 kick.add(s);
             }
             let _ = kick.thread_unblock();
+            if sandbox {
+                if let Err(e) = seccomp::install(ThreadKind::Vcpu, index) {
+                    thread_ctl.request_stop(VmExit::InternalError(
+                        kiln_abi::error::Chain::new(&e).to_string(),
+                    ));
+                }
+            }
+            thread_gate.wait();
             // A panicking vCPU thread ends the VM instead of leaving it
             // waiting for a stop that no one will request.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -212,6 +259,14 @@ pub fn run_with(
             }
         }
     }
+    if options.sandbox {
+        if let Err(e) = seccomp::install(ThreadKind::Main, 0) {
+            ctl.request_stop(VmExit::InternalError(
+                kiln_abi::error::Chain::new(&e).to_string(),
+            ));
+        }
+    }
+    gate.open();
 
     wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
     let counts = stop_and_join(threads, &mut heartbeat);
@@ -223,7 +278,7 @@ pub fn run_with(
     // The notes the guest provoked beyond their limit, in one line.
     vm.notes().finish();
     if options.stats {
-        print_stats(&machine, started, setup, counts, sandboxed.status.as_ref());
+        print_stats(&machine, started, setup, counts, proc_status.as_ref());
         print_attach_stats(&vm, &attached);
     }
     sandboxed.release((machine, attached, vm));
@@ -394,13 +449,12 @@ fn print_stats(
     started: Instant,
     setup: Duration,
     counts: ExitCounts,
-    status: Option<&SelfStatus>,
+    proc_status: Option<&File>,
 ) {
     let vm = machine.vm();
     let total = started.elapsed();
-    // Read through the file opened before the sandbox: a jailed VMM opens none.
-    let rss_kib = status
-        .and_then(|f| f.read().ok())
+    let rss_kib = proc_status
+        .and_then(read_whole)
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -427,6 +481,47 @@ fn print_stats(
         vm.notes().held(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+}
+
+/// The whole text of a `/proc` file opened earlier, read from its start
+/// (pread: no seek, no new open).
+fn read_whole(file: &File) -> Option<String> {
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let at = u64::try_from(text.len()).ok()?;
+        match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(buf.get(..n)?),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(text).ok()
+}
+
+/// Holds the vCPU threads until the main thread opens it.
+#[derive(Debug, Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = self
+                .opened
+                .wait(open)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 /// One line on stderr with what attaching devices cost.

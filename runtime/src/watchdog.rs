@@ -192,6 +192,11 @@ impl Heartbeat {
         self.send(LANDLOCKED);
     }
 
+    /// The pipe's fd, for the seccomp violation report.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.fd.map(|fd| fd.as_raw_fd())
+    }
+
     /// Says the VM has stopped and is being torn down.
     pub fn stopping(&mut self) {
         self.send(STOPPING);

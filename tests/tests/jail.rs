@@ -1,7 +1,7 @@
 //! Every VMM runs jailed on the emulated target: one appliance with the
 //! hello unikernel, a Linux guest and hello driving QEMU's edu device
 //! through VFIO (restarted once, so its VMM opens the VFIO group again as
-//! a new process). PID 1's `sandbox` line for each, read from the VMM's
+//! a new process). PID 1's sandbox note for each run, read from the VMM's
 //! /proc status once its guest runs, shows its own uid and gid, no
 //! supplementary group, no capability in any set, no_new_privs and
 //! landlock enforced (the Debian 6.1 kernel has landlock in its default
@@ -10,6 +10,7 @@
 // kiln-tests is test code throughout: a failed step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use kiln_abi::sandbox;
 use kiln_tests::{images, require_qemu, root};
 use std::time::{Duration, Instant};
 
@@ -66,16 +67,23 @@ fn hello_linux_and_an_assigned_device_run_jailed_each_as_its_own_uid() {
         ("linux", 100_001, 1),
         ("edu", 100_002, 2),
     ] {
-        let want = format!(
-            "kiln: vm={vm} sandbox uid={id} gid={id} groups=0 caps=0 no_new_privs=1 landlock=enforced threads="
-        );
-        let sandbox: Vec<&str> = run
+        let reports: Vec<&str> = run
             .lines()
-            .filter(|l| l.starts_with(&format!("kiln: vm={vm} sandbox ")))
+            .filter(|l| sandbox::report_vm(l) == Some(vm))
             .collect();
-        assert_eq!(sandbox.len(), runs, "{vm}: {sandbox:?}\n{}", run.output);
-        for l in sandbox {
-            assert!(l.starts_with(&want), "{vm}: `{l}`, wanted `{want}...`");
+        assert_eq!(reports.len(), runs, "{vm}: {reports:?}\n{}", run.output);
+        let id = id.to_string();
+        for line in reports {
+            for (key, want) in [
+                ("uid", id.as_str()),
+                ("gid", id.as_str()),
+                ("groups", "0"),
+                ("caps", "0"),
+                ("no_new_privs", "1"),
+                ("landlock", "enforced"),
+            ] {
+                assert_eq!(sandbox::field(line, key), Some(want), "{vm}: {line}");
+            }
         }
     }
     // The edu VM ran twice, each run passing (its VFIO group reopened).

@@ -50,13 +50,11 @@ fn powered_off(run: &Finished) {
     assert!(!run.output.contains("Kernel panic"), "{}", run.output);
 }
 
-/// The status lines of VM `vm`, in order, without `kiln: vm=<vm> ` (its
-/// `sandbox` lines are not status lines).
+/// The status lines of VM `vm`, in order, without `kiln: vm=<vm> `.
 fn states<'a>(console: &'a str, vm: &str) -> Vec<&'a str> {
     let prefix = format!("kiln: vm={vm} ");
     lines(console)
         .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .filter(|l| l.starts_with("state="))
         .collect()
 }
 

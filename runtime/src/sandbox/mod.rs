@@ -1,12 +1,17 @@
-//! The VMM's sandbox, entered once everything its VM needs is open and
-//! before the guest's first instruction, in this order: the jail (root,
-//! rlimits, uid/gid, capabilities, `no_new_privs`: [`jail`]), landlock
-//! ([`landlock`]), then a seccomp filter per thread as each starts. PID 1
-//! reports what holds ([`report`]). docs/runtime.md, "Security model".
+//! The VMM's sandbox: what confines a VMM process once its VM is set up
+//! and before the guest's first instruction, in this order
+//! (docs/runtime.md, "Security model"):
+//!
+//! - [`jail`]: an empty root, rlimits, its own uid/gid, no capabilities,
+//!   `no_new_privs`;
+//! - [`landlock`]: no file opens at all;
+//! - [`seccomp`]: the system calls each kind of VMM thread may make.
+//! - [`report`]: PID 1's look at a running VMM's sandbox (`/proc`).
 
 pub mod jail;
 pub mod landlock;
 pub mod report;
+pub mod seccomp;
 
 use crate::watchdog::Heartbeat;
 use kiln_schema::config::VmConfig;
@@ -55,8 +60,6 @@ impl SelfStatus {
 /// The VMM after [`enter`].
 #[derive(Debug)]
 pub struct Sandboxed {
-    /// Its `/proc/self/status`, when proc is mounted.
-    pub status: Option<SelfStatus>,
     /// Jailed: whether landlock holds. `None`: not jailed (PID 1 did not
     /// ask; `kiln-runtime run` by itself confines nothing).
     pub landlock: Option<Landlocked>,
@@ -90,14 +93,10 @@ pub fn enter(
     cfg: &VmConfig,
     heartbeat: &mut Heartbeat,
 ) -> Result<Sandboxed, SandboxError> {
-    let status = SelfStatus::open();
     let Some(jail) = jail else {
-        return Ok(Sandboxed {
-            status: status.ok(),
-            landlock: None,
-        });
+        return Ok(Sandboxed { landlock: None });
     };
-    let status = status.map_err(jail::JailError::Status)?;
+    let status = SelfStatus::open().map_err(jail::JailError::Status)?;
     let plan = jail::Plan {
         id: jail.id,
         root: PathBuf::from(jail::EMPTY_ROOT),
@@ -110,7 +109,6 @@ pub fn enter(
         heartbeat.landlocked();
     }
     Ok(Sandboxed {
-        status: Some(status),
         landlock: Some(landlocked),
     })
 }

@@ -1,11 +1,12 @@
-//! What the kernel says about a VMM's confinement, read from
-//! `/proc/<pid>/status` (and each thread's), and the one line PID 1 prints
-//! about it once the VM runs:
-//!
-//!     kiln: vm=<name> sandbox uid=<n> gid=<n> groups=<n> caps=<hex> no_new_privs=<0|1> landlock=<enforced|absent> threads=<n> seccomp=<n>
-//!
-//! The VMM checks its own jail with the same parser ([`Confinement`]).
+//! PID 1's look at a running VMM's sandbox: its `/proc/<pid>/status` (ids,
+//! capabilities, `no_new_privs`) and each of its threads'
+//! `/proc/<pid>/task/<tid>/status` (seccomp), turned into the sandbox
+//! report line (its grammar is `kiln_abi::sandbox`). PID 1 prints it once
+//! per VMM run, when the VMM's first heartbeat says its guest runs (every
+//! thread has installed its filter by then). The VMM checks its own jail
+//! with the same parser ([`Confinement`]).
 
+use kiln_abi::sandbox::{Jail, SandboxReport};
 use std::fmt;
 use std::path::Path;
 
@@ -21,34 +22,25 @@ pub struct Confinement {
     /// CapInh, CapPrm, CapEff, CapBnd, CapAmb.
     pub caps: [u64; 5],
     pub no_new_privs: bool,
-    /// `Seccomp:` 0 (none), 1 (strict) or 2 (filter).
-    pub seccomp: u8,
 }
 
 impl Confinement {
     /// The fields of `status` (the text of a `/proc/<pid>/status`); `None`
     /// when one is missing or malformed.
     pub fn parse(status: &str) -> Option<Self> {
-        let field = |name: &str| {
-            status.lines().find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|r| r.strip_prefix(':'))
-                    .map(str::trim)
-            })
-        };
         let ids = |name: &str| -> Option<[u32; 4]> {
-            let v: Vec<u32> = field(name)?
+            let v: Vec<u32> = field(status, name)?
                 .split_whitespace()
                 .map(str::parse)
                 .collect::<Result<_, _>>()
                 .ok()?;
             v.try_into().ok()
         };
-        let cap = |name: &str| u64::from_str_radix(field(name)?, 16).ok();
+        let cap = |name: &str| u64::from_str_radix(field(status, name)?, 16).ok();
         Some(Confinement {
             uids: ids("Uid")?,
             gids: ids("Gid")?,
-            groups: field("Groups")?.split_whitespace().count(),
+            groups: field(status, "Groups")?.split_whitespace().count(),
             caps: [
                 cap("CapInh")?,
                 cap("CapPrm")?,
@@ -56,8 +48,7 @@ impl Confinement {
                 cap("CapBnd")?,
                 cap("CapAmb")?,
             ],
-            no_new_privs: field("NoNewPrivs")? == "1",
-            seccomp: field("Seccomp")?.parse().ok()?,
+            no_new_privs: field(status, "NoNewPrivs")? == "1",
         })
     }
 
@@ -66,94 +57,126 @@ impl Confinement {
         self.caps.iter().fold(0, |a, c| a | c)
     }
 
-    /// `id` when all four agree, else `real/effective/saved/fs`.
-    fn ids(ids: [u32; 4]) -> String {
-        if ids.iter().all(|i| *i == ids[0]) {
-            ids[0].to_string()
-        } else {
-            ids.map(|i| i.to_string()).join("/")
-        }
-    }
-}
-
-/// A running VMM's sandbox as PID 1 reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SandboxReport {
-    /// The process (its main thread).
-    pub main: Confinement,
-    /// How many threads it has.
-    pub threads: usize,
-    /// The lowest `Seccomp:` over its threads (2: every thread filtered).
-    pub seccomp: u8,
-    /// The VMM said its landlock ruleset is enforced (the kernel shows
-    /// landlock domains nowhere in /proc).
-    pub landlock: bool,
-}
-
-impl SandboxReport {
-    /// Reads process `pid`'s status files under `proc` (`/proc`).
-    pub fn read(proc: &Path, pid: i32, landlock: bool) -> std::io::Result<Self> {
-        let dir = proc.join(pid.to_string());
-        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "unexpected status");
-        let main =
-            Confinement::parse(&std::fs::read_to_string(dir.join("status"))?).ok_or_else(bad)?;
-        let (mut threads, mut seccomp) = (0usize, u8::MAX);
-        for task in std::fs::read_dir(dir.join("task"))? {
-            // A thread that ended since the listing is no longer counted.
-            let Ok(text) = std::fs::read_to_string(task?.path().join("status")) else {
-                continue;
-            };
-            let t = Confinement::parse(&text).ok_or_else(bad)?;
-            threads = threads.saturating_add(1);
-            seccomp = seccomp.min(t.seccomp);
-        }
-        Ok(SandboxReport {
-            main,
-            threads,
-            seccomp: if threads == 0 { main.seccomp } else { seccomp },
+    /// The report's view, with whether landlock holds.
+    pub fn jail(&self, landlock: bool) -> Jail {
+        Jail {
+            uids: self.uids,
+            gids: self.gids,
+            groups: self.groups,
+            caps: self.any_caps(),
+            no_new_privs: self.no_new_privs,
             landlock,
-        })
-    }
-
-    /// The console line for VM `vm`.
-    pub fn line(&self, vm: &str) -> String {
-        format!(
-            "kiln: vm={vm} sandbox uid={} gid={} groups={} caps={:x} no_new_privs={} landlock={} threads={} seccomp={}",
-            Confinement::ids(self.main.uids),
-            Confinement::ids(self.main.gids),
-            self.main.groups,
-            self.main.any_caps(),
-            u8::from(self.main.no_new_privs),
-            if self.landlock { "enforced" } else { "absent" },
-            self.threads,
-            self.seccomp,
-        )
+        }
     }
 }
 
 impl fmt::Display for Confinement {
+    /// The report's fields but `landlock`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "uid={} gid={} groups={} caps={:x} no_new_privs={}",
-            Confinement::ids(self.uids),
-            Confinement::ids(self.gids),
-            self.groups,
-            self.any_caps(),
-            u8::from(self.no_new_privs)
-        )
+        let text = self.jail(false).to_string();
+        f.write_str(text.split(" landlock=").next().unwrap_or_default())
+    }
+}
+
+/// The value of field `name` (`Name:\tvalue`) of a /proc status text.
+fn field<'s>(status: &'s str, name: &str) -> Option<&'s str> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// What one look at a VMM found; [`Sandbox::line`] formats it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Each thread's `Seccomp:` mode, in task (thread id) order; a thread
+    /// whose status could not be read (it just ended) is left out.
+    pub seccomp: Vec<u8>,
+    /// The process's ids and privileges, when its status could be read.
+    pub jail: Option<Jail>,
+}
+
+impl Sandbox {
+    /// Reads process `pid` and its threads under `proc` (`/proc`);
+    /// `landlock`: the VMM said its ruleset is enforced.
+    pub fn of(proc: &Path, pid: i32, landlock: bool) -> std::io::Result<Sandbox> {
+        let dir = proc.join(pid.to_string());
+        let task = dir.join("task");
+        let mut tids: Vec<u32> = std::fs::read_dir(&task)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        let seccomp = tids
+            .iter()
+            .filter_map(|tid| {
+                let status = std::fs::read_to_string(task.join(tid.to_string()).join("status"));
+                field(&status.ok()?, "Seccomp")?.parse().ok()
+            })
+            .collect();
+        let jail = std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|s| Confinement::parse(&s))
+            .map(|c| c.jail(landlock));
+        Ok(Sandbox { seccomp, jail })
+    }
+
+    /// The report line for VM `vm`.
+    pub fn line(&self, vm: &str) -> String {
+        SandboxReport {
+            vm,
+            threads: self.seccomp.len(),
+            seccomp: &self.seccomp,
+            jail: self.jail,
+        }
+        .to_string()
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    pub(crate) const JAILED: &str = "Name:\tkiln-runtime\nUmask:\t0022\nState:\tS (sleeping)\n\
+    const JAILED: &str = "Name:\tkiln-runtime\nUmask:\t0022\nState:\tS (sleeping)\n\
         Tgid:\t77\nUid:\t100002\t100002\t100002\t100002\nGid:\t100002\t100002\t100002\t100002\n\
         FDSize:\t64\nGroups:\t\nThreads:\t3\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
         CapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\n\
         NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+
+    #[test]
+    fn reads_every_thread_of_a_process_and_its_jail() {
+        let dir = tempfile::tempdir().unwrap();
+        for (tid, mode) in [(12, 2), (10, 2), (11, 0)] {
+            let d = dir.path().join("10/task").join(tid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("status"),
+                format!("Name:\tkiln-runtime\nSeccomp:\t{mode}\nSeccomp_filters:\t1\n"),
+            )
+            .unwrap();
+        }
+        let s = Sandbox::of(dir.path(), 10, true).unwrap();
+        assert_eq!(s.seccomp, vec![2, 0, 2]);
+        assert_eq!(s.jail, None);
+        assert_eq!(s.line("a"), "kiln: vm a: sandbox threads=3 seccomp=2,0,2");
+        std::fs::write(dir.path().join("10/status"), JAILED).unwrap();
+        let s = Sandbox::of(dir.path(), 10, true).unwrap();
+        assert_eq!(
+            s.line("a"),
+            "kiln: vm a: sandbox threads=3 seccomp=2,0,2 uid=100002 gid=100002 groups=0 caps=0 no_new_privs=1 landlock=enforced"
+        );
+    }
+
+    #[test]
+    fn reads_this_test_process() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let s = Sandbox::of(Path::new("/proc"), me, false).unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let mine: u8 = field(&status, "Seccomp").unwrap().parse().unwrap();
+        assert!(s.seccomp.contains(&mine), "{s:?}");
+        assert!(s.line("t").ends_with(" landlock=absent"), "{}", s.line("t"));
+        assert!(Sandbox::of(Path::new("/proc"), -5, false).is_err());
+    }
 
     #[test]
     fn a_jailed_status_is_read_field_by_field() {
@@ -163,16 +186,9 @@ pub(crate) mod tests {
         assert_eq!(c.groups, 0);
         assert_eq!(c.any_caps(), 0);
         assert!(c.no_new_privs);
-        assert_eq!(c.seccomp, 2);
-        let r = SandboxReport {
-            main: c,
-            threads: 3,
-            seccomp: 2,
-            landlock: true,
-        };
         assert_eq!(
-            r.line("edu"),
-            "kiln: vm=edu sandbox uid=100002 gid=100002 groups=0 caps=0 no_new_privs=1 landlock=enforced threads=3 seccomp=2"
+            c.to_string(),
+            "uid=100002 gid=100002 groups=0 caps=0 no_new_privs=1"
         );
     }
 
@@ -183,7 +199,6 @@ pub(crate) mod tests {
             CapAmb:\t0000000000000000\nNoNewPrivs:\t0\nSeccomp:\t0\n";
         let c = Confinement::parse(root).unwrap();
         assert_eq!(c.any_caps(), 0x1ff_ffff_ffff);
-        assert_eq!(c.groups, 2);
         assert_eq!(
             c.to_string(),
             "uid=0 gid=0 groups=2 caps=1ffffffffff no_new_privs=0"
@@ -199,13 +214,5 @@ pub(crate) mod tests {
             Confinement::parse(&root.replace("CapEff:\t0", "CapEff:\tz")),
             None
         );
-    }
-
-    #[test]
-    fn this_process_is_read_from_proc() {
-        let pid = i32::try_from(std::process::id()).unwrap();
-        let r = SandboxReport::read(Path::new("/proc"), pid, false).unwrap();
-        assert!(r.threads >= 1, "{r:?}");
-        assert!(r.line("t").contains(" landlock=absent "), "{}", r.line("t"));
     }
 }
