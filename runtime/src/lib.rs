@@ -24,6 +24,9 @@
 
 pub mod arch;
 pub mod boot;
+// What a guest drives: every sum and difference there is checked,
+// saturating or argued (tests are exempt, as for unwrap).
+#[cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 pub mod devices;
 pub mod host;
 pub mod init;
@@ -31,6 +34,7 @@ pub mod machine;
 pub mod sandbox;
 pub mod status;
 pub mod vac;
+#[cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 pub mod vfio;
 pub mod vm;
 pub mod vmm;

@@ -51,6 +51,10 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// After every VM has a verdict, how long to wait for `appliance done`
 /// before stopping the target anyway.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// How long after a VM's end the run may stop before `appliance done`: the
+/// runtime prints `state=restarting` right after the end it retries, and
+/// the two lines can reach the judge apart.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// UEFI firmware messages that mean it refused to start the image: EDK II
 /// (OVMF and most vendor firmware) names the status of a failed load,
@@ -347,6 +351,8 @@ pub struct Judge {
     prefixed: bool,
     /// When every VM first had a verdict.
     all_judged_at: Option<Duration>,
+    /// When the runtime last reported a VM's end.
+    last_end_at: Option<Duration>,
     end: Option<End>,
     tail: Excerpt,
     /// Whose the last line was, for the pieces that continue it.
@@ -372,6 +378,7 @@ impl Judge {
             run_timeout,
             prefixed: false,
             all_judged_at: None,
+            last_end_at: None,
             end: None,
             tail: Excerpt::new(RUN_TAIL),
             last: Owner::Nobody,
@@ -524,6 +531,7 @@ impl Judge {
                         self.all_judged_at = None;
                     }
                     VmState::Exited | VmState::Failed => {
+                        self.last_end_at = Some(at);
                         t.started.get_or_insert(at);
                         t.reported = Some(if state == VmState::Exited {
                             Reported::Exited(code)
@@ -549,9 +557,16 @@ impl Judge {
         }
         if !self.vms.is_empty() && self.vms.iter().all(Track::judged) {
             // A VM judged by kiln (a pattern, its timeout) is still running
-            // as far as the runtime knows: no `done` will come soon, stop now.
+            // as far as the runtime knows: no `done` will come soon, stop
+            // once a just-reported end has had time to be retried.
             if self.vms.iter().any(|t| t.reported.is_none()) {
-                return self.finish_with(End::AllJudged);
+                let settled = self
+                    .last_end_at
+                    .is_none_or(|end| at.saturating_sub(end) >= SETTLE);
+                if settled {
+                    return self.finish_with(End::AllJudged);
+                }
+                return Step::Continue;
             }
             let since = *self.all_judged_at.get_or_insert(at);
             if at.saturating_sub(since) >= GRACE {
@@ -1316,6 +1331,41 @@ mod tests {
         assert_eq!(j.vms[0].time, s(3), "from the first start");
     }
 
+    /// A crash loop's end came while a sibling kiln had timed out was still
+    /// running: the run used to stop on that end, before the runtime's
+    /// `restarting` line, judging an attempt before the last.
+    #[test]
+    fn a_restart_right_after_an_end_is_waited_for() {
+        let mut j = Judge::new(
+            vec![
+                plan("never", &[], &[], Some(5)),
+                plan("loop", &[], &[], None),
+            ],
+            s(30),
+            s(100),
+        );
+        j.line("kiln: vm=never state=starting", s(1));
+        j.line("kiln: vm=loop state=starting", s(1));
+        assert_eq!(j.tick(s(6)), Step::Continue, "never timed out, loop runs");
+        let at = s(7);
+        assert_eq!(
+            j.line("kiln: vm=loop state=exited code=8", at),
+            Step::Continue
+        );
+        assert_eq!(j.tick(at + SETTLE / 2), Step::Continue);
+        j.line(
+            "kiln: vm=loop state=restarting reason=attempt 1 of 3 in 50ms",
+            at + SETTLE / 2,
+        );
+        j.line("kiln: vm=loop state=starting", s(8));
+        j.line("kiln: vm=loop state=exited code=0", s(9));
+        assert_eq!(j.tick(s(9) + SETTLE / 2), Step::Continue);
+        assert_eq!(j.tick(s(9) + SETTLE), Step::End);
+        let jd = j.finish(s(10));
+        assert_eq!(jd.vms[1].verdict, Verdict::Pass, "{}", jd.vms[1].reason);
+        assert_eq!(jd.vms[0].kind, "never-reported");
+    }
+
     #[test]
     fn a_vm_the_image_does_not_have_counts_for_nothing() {
         let mut j = Judge::new(vec![hello()], s(30), s(100));
@@ -1363,12 +1413,13 @@ mod tests {
             assert_eq!(j.line(line, s(2)), Step::Continue, "{line}");
         }
         // The forger's fake panic judged the forger alone; the sibling's
-        // real end is the last verdict.
+        // real end is the last verdict, final once no restart follows it.
         assert_eq!(
             j.line("kiln: vm=sibling state=exited code=3", s(3)),
-            Step::End
+            Step::Continue
         );
-        let jd = j.finish(s(3));
+        assert_eq!(j.tick(s(3) + SETTLE), Step::End);
+        let jd = j.finish(s(4));
         assert_eq!(jd.end, End::AllJudged);
         let v: Vec<_> = jd.vms.iter().map(|v| (v.kind.as_str(), v.code)).collect();
         assert_eq!(v, [("exit-code", Some(3)), ("panic", None)]);

@@ -101,12 +101,14 @@ impl Bus {
         }
     }
 
-    /// The range holding `addr`: its base and device.
-    fn find(&self, addr: u64) -> Option<(u64, SharedDevice)> {
+    /// The range holding `addr`: its base, `addr`'s offset in it, and its
+    /// device.
+    fn find(&self, addr: u64) -> Option<(u64, u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
         let i = ranges.partition_point(|(b, _, _)| *b <= addr);
         let (base, len, dev) = ranges.get(i.checked_sub(1)?)?;
-        (addr - base < *len).then(|| (*base, dev.clone()))
+        let offset = addr.checked_sub(*base)?;
+        (offset < *len).then(|| (*base, offset, dev.clone()))
     }
 
     fn count_unclaimed(&self, addr: u64) {
@@ -124,11 +126,11 @@ impl Bus {
     /// Handles a read: a device fills `data`, or it reads as all-ones.
     /// Returns whether a device answered.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        if let Some((base, dev)) = self.find(addr) {
+        if let Some((base, offset, dev)) = self.find(addr) {
             if let Some(dev) = dev.upgrade() {
                 let mut dev = dev.lock().unwrap_or_else(PoisonError::into_inner);
-                if dev.decodes(base, addr - base, data.len()) {
-                    dev.read(base, addr - base, data);
+                if dev.decodes(base, offset, data.len()) {
+                    dev.read(base, offset, data);
                     return true;
                 }
             }
@@ -140,11 +142,11 @@ impl Bus {
 
     /// Handles a write.
     pub fn write(&self, addr: u64, data: &[u8]) -> Access {
-        if let Some((base, dev)) = self.find(addr) {
+        if let Some((base, offset, dev)) = self.find(addr) {
             if let Some(dev) = dev.upgrade() {
                 let mut dev = dev.lock().unwrap_or_else(PoisonError::into_inner);
-                if dev.decodes(base, addr - base, data.len()) {
-                    return match dev.write(base, addr - base, data) {
+                if dev.decodes(base, offset, data.len()) {
+                    return match dev.write(base, offset, data) {
                         Some(stop) => Access::Stop(stop),
                         None => Access::Claimed,
                     };

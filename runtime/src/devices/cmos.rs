@@ -54,7 +54,10 @@ impl Clock {
     /// Unsigned throughout: the epoch is day 0, so every term is >= 0.
     // Every field but the year is in range by construction (day <= 31,
     // month <= 12, weekday <= 7, hour < 24); the year saturates.
-    #[allow(clippy::cast_possible_truncation)]
+    // The host's clock, not the guest's: from any u64 the largest value
+    // (era * 400) stays below 2^48, and every subtraction is of a part of
+    // its minuend (Howard Hinnant's days-to-civil).
+    #[allow(clippy::cast_possible_truncation, clippy::arithmetic_side_effects)]
     pub fn from_unix(secs: u64) -> Self {
         let days = secs / 86_400;
         let rem = secs % 86_400;

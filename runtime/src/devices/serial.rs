@@ -100,7 +100,7 @@ impl ConsoleSink {
     /// `buf` as echoed, from the line state `at_start`: with a tag before
     /// every line it starts, when tagging.
     fn echoed_from(&self, buf: &[u8], at_start: &mut bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(buf.len() + 8);
+        let mut out = Vec::with_capacity(buf.len().saturating_add(8));
         for &b in buf {
             if *at_start && self.tag {
                 out.push(GUEST_TAG);

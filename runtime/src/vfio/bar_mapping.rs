@@ -45,8 +45,8 @@ pub fn pieces(size: u64, areas: &[HostArea], trapped: &[(u64, u64)]) -> Vec<Host
             if from < to {
                 out.push(HostArea {
                     offset: from,
-                    len: to - from,
-                    addr: base + (from - start),
+                    len: to.saturating_sub(from),
+                    addr: base.saturating_add(from.saturating_sub(start)),
                 });
             }
         };

@@ -73,7 +73,7 @@ impl Bar {
             self.field_max()
         };
         self.addr != 0
-            && (self.addr | (self.size - 1)) != self.field_max()
+            && (self.addr | self.size.saturating_sub(1)) != self.field_max()
             && self
                 .addr
                 .checked_add(self.size)
@@ -104,15 +104,18 @@ impl Rom {
 
     fn register(&self) -> u32 {
         // The mask keeps the value in 32 bits.
-        (self.addr & ROM_ADDR_MASK & !(self.size - 1)) as u32 | u32::from(self.enabled)
+        (self.addr & ROM_ADDR_MASK & !self.size.saturating_sub(1)) as u32 | u32::from(self.enabled)
     }
 
     /// Whether the register holds a usable address rather than zero or the
     /// sizing pattern.
     pub fn placed(&self) -> bool {
         self.addr != 0
-            && (self.addr | (self.size - 1)) != u64::from(u32::MAX)
-            && self.addr + self.size <= 1 << 32
+            && (self.addr | self.size.saturating_sub(1)) != u64::from(u32::MAX)
+            && self
+                .addr
+                .checked_add(self.size)
+                .is_some_and(|end| end <= 1 << 32)
     }
 }
 
@@ -192,7 +195,7 @@ impl VirtualConfig {
         let mut bars = Vec::new();
         let mut i = 0u8;
         while i < 6 {
-            let raw = read_u32(dev, BAR0 + 4 * u16::from(i));
+            let raw = read_u32(dev, BAR0.saturating_add(4u16.saturating_mul(u16::from(i))));
             let size = dev.region_size(u32::from(i));
             let kind = if raw & 1 == 1 {
                 BarKind::Io
@@ -210,7 +213,7 @@ impl VirtualConfig {
                     addr: 0,
                 });
             }
-            i += if kind == BarKind::Mem64 { 2 } else { 1 };
+            i = i.saturating_add(if kind == BarKind::Mem64 { 2 } else { 1 });
         }
 
         let mut found = Vec::new();
@@ -221,9 +224,9 @@ impl VirtualConfig {
             0
         };
         // At most 48 capabilities fit in 192 bytes: a looping list ends.
-        let mut left = 48;
+        let mut left = 48u8;
         while next >= 0x40 && left > 0 {
-            left -= 1;
+            left = left.saturating_sub(1);
             let header = read_u32(dev, next);
             // The capability ID is the header's low byte.
             found.push((next, header.to_le_bytes()[0], header));
@@ -241,7 +244,11 @@ impl VirtualConfig {
                 if id == CAP_ID_MSIX && msix.is_none() {
                     msix = Some((
                         off,
-                        Msix::new(header, read_u32(dev, off + 4), read_u32(dev, off + 8)),
+                        Msix::new(
+                            header,
+                            read_u32(dev, off.saturating_add(4)),
+                            read_u32(dev, off.saturating_add(8)),
+                        ),
                     ));
                 }
                 (off, id)
@@ -255,7 +262,7 @@ impl VirtualConfig {
                 id,
                 // Offsets are below 0x100 (masked to 0xfc when read).
                 next: kept
-                    .get(i + 1)
+                    .get(i.saturating_add(1))
                     .map_or(0, |n| u8::try_from(n.0).unwrap_or(0)),
             })
             .collect();
@@ -335,7 +342,7 @@ impl VirtualConfig {
         self.bars.iter().enumerate().find_map(|(i, b)| {
             if b.index == n {
                 Some((i, false))
-            } else if b.kind == BarKind::Mem64 && b.index + 1 == n {
+            } else if b.kind == BarKind::Mem64 && b.index.checked_add(1) == Some(n) {
                 Some((i, true))
             } else {
                 None
@@ -350,9 +357,12 @@ impl VirtualConfig {
             return 0;
         }
         if let Some((o, msi)) = &self.msi {
-            if reg >= *o && reg < o + msi.size() {
+            if reg.checked_sub(*o).is_some_and(|r| r < msi.size()) {
                 let next = self.next_of(*o);
-                return msi.read_dword(reg - o, u16::from(CAP_ID_MSI) | u16::from(next) << 8);
+                return msi.read_dword(
+                    reg.saturating_sub(*o),
+                    u16::from(CAP_ID_MSI) | u16::from(next) << 8,
+                );
             }
         }
         if let Some((o, x)) = &self.msix {
@@ -367,7 +377,7 @@ impl VirtualConfig {
             BAR0..=0x24 => match self.bar_reg(reg) {
                 Some((i, high)) => {
                     let b = self.bars[i];
-                    let value = (b.addr & !(b.size - 1) & b.field_max()) | b.flags();
+                    let value = (b.addr & !b.size.saturating_sub(1) & b.field_max()) | b.flags();
                     if high {
                         (value >> 32) as u32
                     } else {
@@ -422,7 +432,7 @@ impl VirtualConfig {
             let start = usize::from(at & 3);
             if let Some(piece) = data.get_mut(range) {
                 for (i, b) in piece.iter_mut().enumerate() {
-                    *b = value.get(start + i).copied().unwrap_or(0xff);
+                    *b = value.get(start.saturating_add(i)).copied().unwrap_or(0xff);
                 }
             }
         });
@@ -447,7 +457,7 @@ impl VirtualConfig {
         let merge = |old: u32| {
             let mut bytes = old.to_le_bytes();
             for (i, b) in data.iter().enumerate() {
-                if let Some(slot) = bytes.get_mut(start + i) {
+                if let Some(slot) = bytes.get_mut(start.saturating_add(i)) {
                     *slot = *b;
                 }
             }
@@ -459,12 +469,12 @@ impl VirtualConfig {
         if let Some((o, _)) = &self.msi {
             let o = *o;
             let len = self.msi.as_ref().map_or(0, |(_, m)| m.size());
-            if reg >= o && reg < o + len {
+            if reg.checked_sub(o).is_some_and(|r| r < len) {
                 let value = merge(self.read_dword(dev, reg));
                 let changed = self
                     .msi
                     .as_mut()
-                    .is_some_and(|(_, m)| m.write_dword(reg - o, value));
+                    .is_some_and(|(_, m)| m.write_dword(reg.saturating_sub(o), value));
                 return if changed {
                     ConfigChange::MSI
                 } else {
@@ -481,7 +491,7 @@ impl VirtualConfig {
                 });
                 return ConfigChange::msix(change);
             }
-            if reg > o && reg < o + 12 {
+            if reg > o && reg < o.saturating_add(12) {
                 return ConfigChange::NONE; // table/PBA locations are read-only
             }
         }
@@ -502,7 +512,7 @@ impl VirtualConfig {
                     BarKind::Io => !3u64,
                     _ => !0xfu64,
                 };
-                b.addr = addr & mask & !(b.size - 1) & b.field_max();
+                b.addr = addr & mask & !b.size.saturating_sub(1) & b.field_max();
                 if b.addr != old {
                     ConfigChange::BARS
                 } else {
@@ -515,7 +525,7 @@ impl VirtualConfig {
                     return ConfigChange::NONE;
                 };
                 let old = *rom;
-                rom.addr = u64::from(value) & ROM_ADDR_MASK & !(rom.size - 1);
+                rom.addr = u64::from(value) & ROM_ADDR_MASK & !rom.size.saturating_sub(1);
                 rom.enabled = value & ROM_ENABLE != 0;
                 if *rom != old {
                     ConfigChange::BARS
@@ -548,8 +558,11 @@ impl VirtualConfig {
                 // A capability header's ID and next pointer are the VMM's;
                 // the bytes after them are the device's.
                 if self.caps.iter().any(|c| c.offset == reg) && start < 2 {
-                    if let Some(rest) = data.get(2 - start..).filter(|r| !r.is_empty()) {
-                        dev.config_write(reg + 2, rest);
+                    if let Some(rest) = data
+                        .get(2usize.saturating_sub(start)..)
+                        .filter(|r| !r.is_empty())
+                    {
+                        dev.config_write(reg.saturating_add(2), rest);
                     }
                     return ConfigChange::NONE;
                 }

@@ -244,14 +244,14 @@ impl Container {
         };
         let opened = started.elapsed();
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        st.stats.open += opened;
+        st.stats.open = st.stats.open.saturating_add(opened);
         if st.mapped.is_empty() {
             let t = Instant::now();
             st.mapped = self.map_guest_memory()?;
             st.stats.dma_map = t.elapsed();
             st.stats.dma_bytes = st.mapped.iter().map(|&(_, len)| len as u64).sum();
         }
-        st.devices += 1;
+        st.devices = st.devices.saturating_add(1);
         drop(st);
         Ok(VfioFunction::new(bdf, node, device, self.clone()))
     }

@@ -55,7 +55,8 @@ impl MsiCap {
     /// The message vector `i` sends: the low data bits carry the vector number.
     pub fn message(&self, i: u32) -> MsiMessage {
         let n = self.vectors();
-        let data = (u32::from(self.data) & !(n - 1)) | (i & (n - 1));
+        let low = n.saturating_sub(1);
+        let data = (u32::from(self.data) & !low) | (i & low);
         MsiMessage {
             address: self.address,
             data,
@@ -93,7 +94,7 @@ impl MsiCap {
             4 => (self.address & 0xffff_ffff) as u32,
             8 if self.is_64bit() => (self.address >> 32) as u32,
             o if o == d => u32::from(self.data),
-            o if self.per_vector_mask() && o == d + 4 => self.mask,
+            o if self.per_vector_mask() && o == d.saturating_add(4) => self.mask,
             _ => 0,
         }
     }
@@ -116,7 +117,7 @@ impl MsiCap {
             }
             // Message data is 16 bits; the upper half is extended data.
             o if o == d => self.data = super::config_space::low_u16(value),
-            o if self.per_vector_mask() && o == d + 4 => self.mask = value,
+            o if self.per_vector_mask() && o == d.saturating_add(4) => self.mask = value,
             _ => {}
         }
         *self != before
@@ -240,12 +241,12 @@ impl Msix {
     }
 
     pub fn table_len(&self) -> u64 {
-        self.entries.len() as u64 * MSIX_ENTRY_SIZE
+        (self.entries.len() as u64).saturating_mul(MSIX_ENTRY_SIZE)
     }
 
     /// The PBA's length in bytes: one bit per entry, in whole qwords.
     pub fn pba_len(&self) -> u64 {
-        (self.entries.len() as u64).div_ceil(64) * 8
+        (self.entries.len() as u64).div_ceil(64).saturating_mul(8)
     }
 
     /// Reads the table at `offset` (from the table's start); bytes past
@@ -288,7 +289,7 @@ impl Msix {
                 continue;
             };
             let before = *e;
-            let shift = (at % 4) * 8;
+            let shift = (at % 4).saturating_mul(8);
             let byte_mask = !(0xffu32 << shift);
             let put = |v: u32| (v & byte_mask) | u32::from(*b) << shift;
             match (at % MSIX_ENTRY_SIZE) / 4 {

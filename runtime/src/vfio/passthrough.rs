@@ -112,10 +112,11 @@ fn target(emulated: Option<Emulated>, index: u8, offset: u64) -> Target {
     let Some(e) = emulated else {
         return Target::Device;
     };
-    let within =
-        |(bar, start, len): (u8, u64, u64)| bar == index && offset >= start && offset - start < len;
+    let within = |(bar, start, len): (u8, u64, u64)| {
+        bar == index && offset.checked_sub(start).is_some_and(|o| o < len)
+    };
     if within(e.table) {
-        Target::Table(offset - e.table.1)
+        Target::Table(offset.saturating_sub(e.table.1))
     } else if within(e.pba) {
         Target::Pba
     } else {
@@ -143,15 +144,16 @@ fn split_by_target(
             .into_iter()
             .flat_map(|e| e.ranges(index))
             .flat_map(|(start, len)| [start, start.saturating_add(len)]);
-        let rest = len - done;
+        let rest = len.saturating_sub(done);
         // The piece ends at the next edge or at the end of the access,
         // whichever comes first, so it never exceeds `rest`.
         let n = edges
             .filter(|&edge| edge > at)
-            .map(|edge| usize::try_from(edge - at).unwrap_or(usize::MAX))
+            .map(|edge| usize::try_from(edge.saturating_sub(at)).unwrap_or(usize::MAX))
             .fold(rest, usize::min);
-        f(target(emulated, index, at), at, done..done + n);
-        done += n;
+        let end = done.saturating_add(n);
+        f(target(emulated, index, at), at, done..end);
+        done = end;
     }
 }
 
@@ -493,7 +495,8 @@ impl PassthroughFunction {
         let hit = |p: &Placed| {
             let is_io = p.kind == BarKind::Io;
             let offset = addr.checked_sub(p.gpa)?;
-            (is_io == io && offset < p.size).then(|| (p.index, offset, p.size - offset))
+            (is_io == io && offset < p.size)
+                .then(|| (p.index, offset, p.size.saturating_sub(offset)))
         };
         let bars = self.placed.iter().filter(|p| p.index != ROM_INDEX);
         let rom = self.placed.iter().filter(|p| p.index == ROM_INDEX);

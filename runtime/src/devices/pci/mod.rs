@@ -38,9 +38,12 @@ pub fn for_each_dword(offset: u16, len: usize, mut f: impl FnMut(u16, std::ops::
         else {
             return;
         };
-        let n = usize::from(4 - at % 4).min(len - done);
-        f(at, done..done + n);
-        done += n;
+        // `at % 4` is below 4 and `done` below `len`; `done + n` is at
+        // most `len`.
+        let n = usize::from(4u16.saturating_sub(at % 4)).min(len.saturating_sub(done));
+        let end = done.saturating_add(n);
+        f(at, done..end);
+        done = end;
     }
 }
 

@@ -59,7 +59,7 @@ impl BarAllocator {
         let m64 = pci_mmio64_start(mem_size);
         BarAllocator {
             mmio32: (PCI_MMIO32_START, PCI_MMIO32_END),
-            mmio64: (m64, m64 + PCI_MMIO64_SIZE),
+            mmio64: (m64, m64.saturating_add(PCI_MMIO64_SIZE)),
             io: (u64::from(PCI_IO_START), u64::from(PCI_IO_END)),
         }
     }
@@ -81,7 +81,7 @@ impl BarAllocator {
         let m64 = pci_mmio64_start(mem_size);
         [
             (PCI_MMIO32_START, PCI_MMIO32_END),
-            (m64, m64 + PCI_MMIO64_SIZE),
+            (m64, m64.saturating_add(PCI_MMIO64_SIZE)),
         ]
     }
 }
@@ -140,13 +140,13 @@ impl PciRoot {
                 (u64::from(PCI_CONFIG_PORT), u64::from(PCI_CONFIG_PORTS)),
                 (
                     u64::from(PCI_IO_START),
-                    u64::from(PCI_IO_END) - u64::from(PCI_IO_START),
+                    u64::from(PCI_IO_END).saturating_sub(u64::from(PCI_IO_START)),
                 ),
             ],
             mmio: [
                 (PCI_ECAM_START, PCI_ECAM_SIZE),
-                (m32, m32_end - m32),
-                (m64, m64_end - m64),
+                (m32, m32_end.saturating_sub(m32)),
+                (m64, m64_end.saturating_sub(m64)),
             ],
         }
     }
@@ -185,7 +185,11 @@ impl PciRoot {
                 let start = usize::from(at & 3);
                 if let Some(piece) = data.get_mut(range) {
                     for (i, b) in piece.iter_mut().enumerate() {
-                        *b = v.get(start + i).copied().unwrap_or(0xff);
+                        *b = start
+                            .checked_add(i)
+                            .and_then(|k| v.get(k))
+                            .copied()
+                            .unwrap_or(0xff);
                     }
                 }
             });
@@ -223,13 +227,12 @@ impl PciRoot {
         let a = self.address;
         let enabled = a & 0x8000_0000 != 0;
         let bus = (a >> 16) & 0xff;
-        (enabled && bus == 0).then(|| {
-            (
-                ((a >> 11) & 0x1f) as u8,
-                ((a >> 8) & 7) as u8,
-                (a & 0xfc) as u16 + byte,
-            )
-        })
+        (enabled && bus == 0).then_some((
+            ((a >> 11) & 0x1f) as u8,
+            ((a >> 8) & 7) as u8,
+            // A dword-aligned register and a byte below 4.
+            (a & 0xfc) as u16 | byte,
+        ))
     }
 
     /// Handles an `in`; false when the port is not the bus's.
@@ -240,7 +243,7 @@ impl PciRoot {
                 true
             }
             p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
-                let byte = p - PCI_CONFIG_PORT - 4;
+                let byte = p.saturating_sub(PCI_CONFIG_PORT + 4);
                 data.fill(0xff);
                 let len = Self::data_port_len(byte, data.len());
                 if let (Some((d, f, r)), Some(data)) = (self.selected(byte), data.get_mut(..len)) {
@@ -267,7 +270,7 @@ impl PciRoot {
                 true
             }
             p if (PCI_CONFIG_PORT + 4..PCI_CONFIG_PORT + 8).contains(&p) => {
-                let byte = p - PCI_CONFIG_PORT - 4;
+                let byte = p.saturating_sub(PCI_CONFIG_PORT + 4);
                 let len = Self::data_port_len(byte, data.len());
                 if let (Some((d, f, r)), Some(data)) = (self.selected(byte), data.get(..len)) {
                     if len > 0 {
