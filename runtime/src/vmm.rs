@@ -716,6 +716,75 @@ mod tests {
         );
     }
 
+    /// Names the guest code a re-executed test process runs sandboxed.
+    const SANDBOXED_CHILD: &str = "KILN_TEST_SANDBOXED_GUEST";
+
+    /// In the child (the test binary re-executed for this test alone):
+    /// runs the tiny guest with the sandbox on, from setup to teardown,
+    /// and exits with the VM's exit code.
+    fn sandboxed_child() {
+        let Some(code) = std::env::var_os(SANDBOXED_CHILD) else {
+            return;
+        };
+        let code: Vec<u8> = code
+            .to_str()
+            .unwrap()
+            .split(',')
+            .map(|b| b.parse().unwrap())
+            .collect();
+        let (dir, cfg) = tiny_guest(&code, 2);
+        let options = RunOptions {
+            sandbox: true,
+            ..RunOptions::default()
+        };
+        let exit = run_with(&cfg, dir.path(), options, &mut || {}).unwrap();
+        std::process::exit(exit.exit_code());
+    }
+
+    /// Runs `code` as a tiny guest in a sandboxed child process.
+    fn run_sandboxed(code: &[u8]) -> std::process::Output {
+        let list: Vec<String> = code.iter().map(u8::to_string).collect();
+        // The child cannot remove its temporary files (its filter forbids
+        // it); they go in this one, which the parent removes.
+        let tmp = tempfile::tempdir().unwrap();
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .env("TMPDIR", tmp.path())
+            .args([
+                "--exact",
+                "vmm::tests::a_sandboxed_vmm_runs_its_vm_to_the_end_and_no_further",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(SANDBOXED_CHILD, list.join(","))
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_sandboxed_vmm_runs_its_vm_to_the_end_and_no_further() {
+        sandboxed_child();
+        // Setup, two vCPUs, console output, the exit port, teardown: all
+        // within the filters.
+        let mut code = print(b"ok\n");
+        code.extend_from_slice(&[0xb0, 42, 0xe6, 0xf4, 0xf4]);
+        let out = run_sandboxed(&code);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(42), "{stderr}");
+        // A guest that asks for a forbidden call (the test trigger port)
+        // ends the VMM with the seccomp code, the call named.
+        let port = crate::vm::vcpu::test_triggers::SECCOMP_PORT.to_le_bytes();
+        // mov dx, port; out dx, al; jmp $
+        let out = run_sandboxed(&[0x66, 0xba, port[0], port[1], 0xee, 0xeb, 0xfe]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(seccomp::CODE_SECCOMP), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "kiln-runtime: seccomp: forbidden system call {}; the VMM ends",
+                libc::SYS_socket
+            )),
+            "{stderr}"
+        );
+    }
+
     #[test]
     fn a_spinning_guest_is_not_stuck() {
         let (dir, cfg) = tiny_guest(&[0xeb, 0xfe], 1); // jmp $

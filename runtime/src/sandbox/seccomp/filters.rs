@@ -73,14 +73,18 @@ const EVERY_THREAD: &[i64] = &[
 ];
 
 /// The main thread beyond [`EVERY_THREAD`]: it waits (poll on the stop
-/// eventfd and the signalfd, reads them), and with `KILN_VMM_STATS` reads
-/// its pre-opened `/proc/self/status` (pread64) and asks which guest pages
-/// are resident (mincore).
+/// eventfd and the signalfd, reads them), with `KILN_VMM_STATS` reads its
+/// pre-opened `/proc/self/status` (pread64) and asks which guest pages are
+/// resident (mincore), and when it drops a device of a legacy VFIO
+/// container, vfio-ioctls reads the device's `iommu_group` link in sysfs
+/// to find its group (readlink: a link's text; nothing is opened).
 const MAIN_THREAD: &[i64] = &[
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_pread64,
     libc::SYS_mincore,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
 ];
 
 /// A vCPU thread beyond [`EVERY_THREAD`]: config space and the trapping
