@@ -221,8 +221,14 @@ pub struct Image {
     pub vms: Vec<VmEntry>,
 }
 
-/// The built-in default appliance: `kiln build` with no IMAGE builds this.
-pub const DEFAULT_IMAGE: &str = include_str!("../../images/hello.toml");
+/// Why the built-in default image did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum DefaultImageError {
+    #[error(transparent)]
+    Missing(#[from] crate::installed::InstalledError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
 
 impl Image {
     /// Loads an image file, its VM configs, and checks every value and path.
@@ -237,21 +243,11 @@ impl Image {
         Self::from_parts(config, file, src, dir)
     }
 
-    /// The built-in default image, resolved against the kiln source tree it
-    /// was compiled from (its `configs/` and guest packages live there).
-    pub fn load_default() -> Result<Image, ConfigError> {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/hello.toml");
-        if file.is_file() {
-            return Image::load(&file);
-        }
-        let file = PathBuf::from("<built-in>/images/hello.toml");
-        let config = config::parse(&file, DEFAULT_IMAGE)?;
-        Self::from_parts(
-            config,
-            &file,
-            DEFAULT_IMAGE.to_string(),
-            PathBuf::from("images"),
-        )
+    /// The built-in default appliance (`kiln build` with no IMAGE): the
+    /// hello image installed beside kiln, else the one in the source tree
+    /// kiln was built from (see [`crate::installed`]).
+    pub fn load_default() -> Result<Image, DefaultImageError> {
+        Ok(Image::load(&crate::installed::default_image()?)?)
     }
 
     pub fn from_parts(

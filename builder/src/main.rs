@@ -86,6 +86,15 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Write a new image project into DIR: an image config, one VM config
+    /// and its guest program (a cargo project), ready for `kiln test`.
+    New {
+        /// A new or empty directory.
+        dir: PathBuf,
+        /// The image's name [default: DIR's name].
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Create a Secure Boot key set in DIR: PK, KEK and db keys (0600),
     /// certificates, and the signed .auth updates firmware enrolls.
     Keys {
@@ -215,6 +224,16 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             } else {
                 print_summary(&built);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::New { dir, name } => {
+            let created = kiln::new::create(&dir, name.as_deref())?;
+            println!(
+                "created the image project {} in {}; build and test it with:\n  kiln test {}",
+                created.name,
+                dir.display(),
+                created.image.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { path, json } => {

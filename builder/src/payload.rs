@@ -11,6 +11,7 @@
 //! workspace so its dependencies' features are not unified with the std
 //! crates' of the main one.
 
+use crate::installed::Layout;
 use object::elf;
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::Endianness;
@@ -26,8 +27,30 @@ pub const RUNTIME_PROFILE: &str = "runtime";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("No cargo workspace above {} to build `cargo:{package}` in; use a file path instead", near.display())]
-    NoWorkspace { near: PathBuf, package: String },
+    #[error(
+        "`cargo:{package}` is built from the cargo workspace that holds this config, and there is \
+         none at or above {}; write the path of a static executable instead{installed}, or keep \
+         the config in a cargo workspace that has the package `{package}` (`kiln new DIR` makes \
+         an image project that is one; docs/config.md, \"Cargo payloads\")",
+        near.display()
+    )]
+    NoWorkspace {
+        near: PathBuf,
+        package: String,
+        /// A note naming an installed kiln's prebuilt payload of the package, if any.
+        installed: String,
+    },
+    #[error(
+        "kiln's installation has no prebuilt `{package}` at {}, which the built-in configs in {} \
+         name as `cargo:{package}`; reinstall kiln with `./install.sh` from its source tree",
+        path.display(),
+        share.display()
+    )]
+    NotInstalled {
+        package: String,
+        path: PathBuf,
+        share: PathBuf,
+    },
     #[error("Cannot read the payload workspace list in {}: {reason}; write `[workspace.metadata.kiln] payloads = [\"<dir>\", ...]` with directories relative to it", manifest.display())]
     PayloadList { manifest: PathBuf, reason: String },
     #[error("Cannot read {}, named in [workspace.metadata.kiln] payloads; list only directories that hold a Cargo.toml", manifest.display())]
@@ -67,11 +90,21 @@ pub enum PayloadError {
     )]
     Dynamic { path: PathBuf, interp: String },
     #[error(
-        "No kiln-runtime found: not in a kiln source tree, not beside {}, and KILN_RUNTIME is unset; \
-         build it with `cargo build --release -p kiln-runtime` or set [runtime] binary in the image",
-        kiln.display()
+        "No kiln-runtime found: the image is not in kiln's source tree, KILN_RUNTIME is unset, \
+         and there is none beside {} nor in {}; install kiln with `./install.sh` from its \
+         source tree (docs/install.md), or set [runtime] binary in the image",
+        kiln.display(),
+        lib.display()
     )]
-    NoRuntime { kiln: PathBuf },
+    NoRuntime { kiln: PathBuf, lib: PathBuf },
+    #[error(
+        "The kiln-runtime installed at {} is dynamically linked (it asks for {interp}), but it \
+         runs as /init where there is no libc: it was built without the workspace's \
+         static-linking config (.cargo/config.toml), which `cargo install` ignores; install \
+         kiln with `./install.sh` from its source tree instead (docs/install.md)",
+        path.display()
+    )]
+    DynamicInstalled { path: PathBuf, interp: String },
 }
 
 /// Finds the cargo workspace root at or above `near`.
@@ -86,6 +119,42 @@ pub fn workspace_root(near: &Path) -> Option<PathBuf> {
     })
 }
 
+/// The executable of a `cargo:<package>` payload named by a config in
+/// `near`: the prebuilt one when the config is one of an installed kiln's
+/// own (see [`crate::installed`]), else built by [`cargo_build`].
+pub fn cargo_payload(package: &str, near: &Path) -> Result<PathBuf, PayloadError> {
+    match Layout::current() {
+        Some(layout) if layout.holds(near) => prebuilt(&layout, package),
+        _ => cargo_build(package, near),
+    }
+}
+
+/// An installed kiln's prebuilt payload of `package`.
+fn prebuilt(layout: &Layout, package: &str) -> Result<PathBuf, PayloadError> {
+    let path = layout.payload(package);
+    if !path.is_file() {
+        return Err(PayloadError::NotInstalled {
+            package: package.to_string(),
+            path,
+            share: layout.share.clone(),
+        });
+    }
+    Ok(path)
+}
+
+fn no_workspace(package: &str, near: &Path) -> PayloadError {
+    let installed = Layout::current()
+        .map(|l| l.payload(package))
+        .filter(|p| p.is_file())
+        .map(|p| format!(" (kiln's own prebuilt one is {})", p.display()))
+        .unwrap_or_default();
+    PayloadError::NoWorkspace {
+        near: near.to_path_buf(),
+        package: package.to_string(),
+        installed,
+    }
+}
+
 /// Builds the binary of `package` in the workspace above `near` with the
 /// payload profile and returns the executable's path.
 pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> {
@@ -93,10 +162,7 @@ pub fn cargo_build(package: &str, near: &Path) -> Result<PathBuf, PayloadError> 
 }
 
 fn cargo_build_with(package: &str, near: &Path, profile: &str) -> Result<PathBuf, PayloadError> {
-    let root = workspace_root(near).ok_or_else(|| PayloadError::NoWorkspace {
-        near: near.to_path_buf(),
-        package: package.to_string(),
-    })?;
+    let root = workspace_root(near).ok_or_else(|| no_workspace(package, near))?;
     let workspace = payload_workspace(&root, package)?.unwrap_or_else(|| root.clone());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let task = crate::progress::Task::step(format!("building {package}"));
@@ -242,8 +308,10 @@ pub fn check_static(path: &Path) -> Result<(), PayloadError> {
 }
 
 /// Finds the runtime to install as `/init`, in this order: the image's
-/// `[runtime] binary`; `$KILN_RUNTIME`; built from the kiln workspace that
-/// holds the image; beside the running kiln binary.
+/// `[runtime] binary`; `$KILN_RUNTIME`; for one of an installed kiln's own
+/// images, its installed runtime; built from the kiln workspace that holds
+/// the image; beside the running kiln binary; installed beside it
+/// (`PREFIX/lib/kiln`).
 pub fn runtime_binary(
     configured: Option<&Path>,
     image_dir: &Path,
@@ -252,18 +320,46 @@ pub fn runtime_binary(
         p.to_path_buf()
     } else if let Some(p) = std::env::var_os("KILN_RUNTIME") {
         PathBuf::from(p)
+    } else if let Some(p) = Layout::current()
+        .filter(|l| l.holds(image_dir))
+        .and_then(|l| l.runtime())
+    {
+        return installed_runtime(p);
     } else if workspace_root(image_dir).is_some_and(|r| r.join("runtime/Cargo.toml").is_file()) {
         cargo_build_with("kiln-runtime", image_dir, RUNTIME_PROFILE)?
     } else {
         let kiln = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kiln"));
-        let beside = kiln.with_file_name("kiln-runtime");
-        if !beside.is_file() {
-            return Err(PayloadError::NoRuntime { kiln });
-        }
-        beside
+        return runtime_beside(&std::fs::canonicalize(&kiln).unwrap_or(kiln));
     };
     check_static(&found)?;
     Ok(found)
+}
+
+/// The runtime a kiln at `kiln` ships with: beside it (a build tree), or
+/// in its installation's `lib/kiln`.
+fn runtime_beside(kiln: &Path) -> Result<PathBuf, PayloadError> {
+    let layout = Layout::around(kiln);
+    let beside = kiln.with_file_name("kiln-runtime");
+    let found = if beside.is_file() {
+        beside
+    } else {
+        layout.runtime().ok_or_else(|| PayloadError::NoRuntime {
+            kiln: kiln.to_path_buf(),
+            lib: layout.lib.clone(),
+        })?
+    };
+    installed_runtime(found)
+}
+
+/// Checks a runtime kiln did not build itself: one that is dynamic was
+/// installed the wrong way, and the error says how to install it.
+fn installed_runtime(path: PathBuf) -> Result<PathBuf, PayloadError> {
+    match check_static(&path) {
+        Err(PayloadError::Dynamic { path, interp }) => {
+            Err(PayloadError::DynamicInstalled { path, interp })
+        }
+        other => other.map(|()| path),
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +439,48 @@ mod tests {
         let found = payload_workspace(&root, "kiln-hello").unwrap();
         assert_eq!(found, Some(root.join("images/hello")));
         assert_eq!(payload_workspace(&root, "kiln-guest-init").unwrap(), None);
+    }
+
+    #[test]
+    fn a_runtime_installed_beside_kiln_must_be_static() {
+        let d = tempfile::tempdir().unwrap();
+        // A `cargo install`ed kiln without a runtime.
+        let kiln = d.path().join("bin/kiln");
+        std::fs::create_dir_all(d.path().join("bin")).unwrap();
+        let e = runtime_beside(&kiln).unwrap_err().to_string();
+        assert!(e.contains("there is none beside"), "{e}");
+        assert!(e.contains("install kiln with `./install.sh`"), "{e}");
+
+        // `cargo install --path runtime` beside it: dynamic, refused with
+        // how to install it instead.
+        std::fs::copy("/bin/true", d.path().join("bin/kiln-runtime")).unwrap();
+        let e = runtime_beside(&kiln).unwrap_err().to_string();
+        assert!(e.contains("is dynamically linked"), "{e}");
+        assert!(e.contains("`cargo install` ignores"), "{e}");
+
+        // install.sh's layout: PREFIX/lib/kiln/kiln-runtime, static.
+        std::fs::remove_file(d.path().join("bin/kiln-runtime")).unwrap();
+        std::fs::create_dir_all(d.path().join("lib/kiln")).unwrap();
+        let me = std::env::current_exe().unwrap();
+        std::fs::copy(&me, d.path().join("lib/kiln/kiln-runtime")).unwrap();
+        assert_eq!(
+            runtime_beside(&kiln).unwrap(),
+            d.path().join("lib/kiln/kiln-runtime")
+        );
+    }
+
+    #[test]
+    fn an_installed_payload_must_be_there() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::around(&d.path().join("bin/kiln"));
+        let e = prebuilt(&layout, "kiln-hello").unwrap_err().to_string();
+        assert!(e.contains("has no prebuilt `kiln-hello`"), "{e}");
+        std::fs::create_dir_all(&layout.lib).unwrap();
+        std::fs::write(layout.lib.join("kiln-hello"), "").unwrap();
+        assert_eq!(
+            prebuilt(&layout, "kiln-hello").unwrap(),
+            layout.lib.join("kiln-hello")
+        );
     }
 
     #[test]

@@ -386,7 +386,8 @@ fn absolute(out: &Path) -> Result<PathBuf, DestinationError> {
 #[derive(Debug, PartialEq, Eq)]
 enum Contents {
     Empty,
-    /// `manifest.json` written by kiln and only the files it lists.
+    /// `manifest.json` written by kiln and only the files it lists (and
+    /// the console log `kiln test` keeps there).
     KilnOutput,
     /// Anything else; why, for the error.
     Foreign(String),
@@ -411,9 +412,10 @@ fn contents(dir: &Path) -> io::Result<Contents> {
         ));
     };
     names.sort();
+    // `kiln test` keeps an image's console beside its files: still kiln's.
     match names
         .iter()
-        .find(|n| *n != "manifest.json" && !listed.contains(n))
+        .find(|n| *n != "manifest.json" && *n != crate::harness::CONSOLE_LOG && !listed.contains(n))
     {
         Some(other) => Ok(Contents::Foreign(format!(
             "it holds {other}, which kiln did not write"
@@ -525,6 +527,12 @@ mod tests {
         let e = build(&out2, t.path(), Replace::KilnOutput, "x").unwrap_err();
         assert!(e.to_string().contains("it holds report.xml"), "{e}");
         assert_eq!(tag(&out2), "old");
+        // The console `kiln test` kept there is kiln's: a second `kiln test
+        // IMAGE.toml` rebuilds over it.
+        fs::remove_file(out2.join("report.xml")).unwrap();
+        fs::write(out2.join("test-console.log"), b"kiln: vm=hello").unwrap();
+        build(&out2, t.path(), Replace::KilnOutput, "new").unwrap();
+        assert_eq!(tag(&out2), "new");
 
         build(&out, t.path(), Replace::AnyDirectory, "forced").unwrap();
         assert_eq!(tag(&out), "forced");

@@ -101,7 +101,13 @@ fn resolve_source(
 ) -> Result<PathBuf, BuildError> {
     match src {
         Source::Path(p) => Ok(vm.base_dir.join(p)),
-        Source::Cargo(pkg) => Ok(payload::cargo_build(pkg, &vm.base_dir)?),
+        Source::Cargo(pkg) => payload::cargo_payload(pkg, &vm.base_dir).map_err(|e| match e {
+            // Which config asked is the user's to fix: say where.
+            payload::PayloadError::NoWorkspace { .. } => {
+                ConfigError::at_key(&vm.file, &vm.src, key, e.to_string()).into()
+            }
+            e => e.into(),
+        }),
         Source::Debian(pkg) => {
             // A guest's `debian:` is from the host's apt sources: the image's
             // kernel is the same only if it came from there too.

@@ -209,15 +209,15 @@ fn prepare(input: Option<&Path>) -> Result<Prepared, NotPrepared> {
         }
         other => {
             let stem = input_name(other);
-            let image = match other {
-                Some(p) => Image::load(p),
-                None => Image::load_default(),
-            }
-            .map_err(|e| NotPrepared {
+            let loaded: Result<Image, Box<dyn std::error::Error>> = match other {
+                Some(p) => Image::load(p).map_err(Into::into),
+                None => Image::load_default().map_err(Into::into),
+            };
+            let image = loaded.map_err(|e| NotPrepared {
                 name: stem,
                 vms: Vec::new(),
                 kind: "config",
-                message: Chain::new(&e).to_string(),
+                message: Chain::new(&*e).to_string(),
             })?;
             let out = Path::new("out").join(&image.config.name);
             let built = build::build(&image, &out).map_err(|e| NotPrepared {
@@ -364,10 +364,14 @@ fn input_name(input: Option<&Path>) -> String {
         .map_or("hello".to_string(), |s| s.to_string_lossy().into_owned())
 }
 
+/// The file in a built image's folder that keeps the console of its last
+/// `kiln test` (without `--junit`).
+pub const CONSOLE_LOG: &str = "test-console.log";
+
 /// `<image dir>/test-console.log`, or a file in the temporary folder when
 /// the image's folder cannot be written (a read-only artifact store).
 fn image_log(p: &Prepared) -> Result<ConsoleLog, HarnessError> {
-    match ConsoleLog::create(&p.dir.join("test-console.log")) {
+    match ConsoleLog::create(&p.dir.join(CONSOLE_LOG)) {
         Ok(log) => Ok(log),
         Err(e) => {
             let fallback = std::env::temp_dir().join(format!("kiln-test-{}.console.log", p.name));
