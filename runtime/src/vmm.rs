@@ -12,6 +12,7 @@ use crate::boot::{self, BootError, BootSpec};
 use crate::devices::serial::GUEST_TAG_ENV;
 use crate::machine::{self, Machine, MachineError};
 use crate::sandbox::seccomp::{self, SeccompError, ThreadKind};
+use crate::sandbox::{self, Jail, SandboxError};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
@@ -69,6 +70,8 @@ pub enum VmmError {
     #[error(transparent)]
     Machine(#[from] MachineError),
     #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
 }
 
@@ -79,16 +82,21 @@ pub struct RunOptions {
     pub tag_guest_lines: bool,
     /// Print the stats lines on stderr at the end ([`STATS_ENV`]).
     pub stats: bool,
-    /// Confine every thread with its seccomp filter once the VM is set up
-    /// (`kiln-runtime run` always does, but for [`SANDBOX_ENV`] in a
-    /// `dev-hooks` build; in-process callers such as unit tests do not).
+    /// Enter this jail before the guest runs ([`sandbox::jail::JAIL_ENV`]:
+    /// PID 1 asks for one for every VMM), when `sandbox` is on.
+    pub jail: Option<Jail>,
+    /// Confine the VMM (the jail it was asked for, then every thread with
+    /// its seccomp filter) once the VM is set up (`kiln-runtime run`
+    /// always does, but for [`SANDBOX_ENV`] in a `dev-hooks` build;
+    /// in-process callers such as unit tests do not).
     pub sandbox: bool,
 }
 
 /// Set (to anything) to get the stats lines (docs/runtime.md).
 pub const STATS_ENV: &str = "KILN_VMM_STATS";
 
-/// `KILN_VMM_SANDBOX=off` runs the VMM without its seccomp filters, for
+/// `KILN_VMM_SANDBOX=off` runs the VMM without its sandbox (jail, landlock,
+/// seccomp filters), for
 /// bench/vmm.sh's comparison only: a runtime built without the
 /// `dev-hooks` feature (every shipped one) ignores it.
 pub const SANDBOX_ENV: &str = "KILN_VMM_SANDBOX";
@@ -101,6 +109,7 @@ impl RunOptions {
         RunOptions {
             tag_guest_lines: std::env::var_os(GUEST_TAG_ENV).is_some(),
             stats: std::env::var_os(STATS_ENV).is_some(),
+            jail: Jail::from_env(),
             sandbox: !sandbox_off,
         }
     }
@@ -177,8 +186,22 @@ pub fn run_with(
     } else {
         None
     };
+    // The sandbox: everything the VM needs is open and no thread but this
+    // one runs. The jail and landlock come first, here; then each thread
+    // installs its seccomp filter (below), before any guest instruction.
+    let jail = options.jail.filter(|_| options.sandbox);
+    let sandboxed = match sandbox::enter(jail, cfg, &mut heartbeat) {
+        Ok(s) => s,
+        Err(e) => {
+            sandbox::leave_to_exit((machine, attached, vm));
+            return Err(e.into());
+        }
+    };
     if options.sandbox {
-        seccomp::install_handler(heartbeat.raw_fd())?;
+        if let Err(e) = seccomp::install_handler(heartbeat.raw_fd()) {
+            sandboxed.release((machine, attached, vm));
+            return Err(e.into());
+        }
     }
     let setup = started.elapsed();
     on_running();
@@ -259,6 +282,7 @@ pub fn run_with(
         print_stats(&machine, started, setup, counts, proc_status.as_ref());
         print_attach_stats(&vm, &attached);
     }
+    sandboxed.release((machine, attached, vm));
     Ok(exit)
 }
 

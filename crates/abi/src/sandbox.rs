@@ -5,11 +5,20 @@
 //! kiln: vm <name>: sandbox threads=<n> seccomp=<mode>[,<mode>...]
 //! ```
 //!
+//! followed, when PID 1 could read the process's status, by its jail:
+//!
+//! ```text
+//!  uid=<n> gid=<n> groups=<n> caps=<hex> no_new_privs=<0|1> landlock=<enforced|absent>
+//! ```
+//!
 //! It is a runtime note about the VM (see [`crate::status::note_vm`]), so
 //! readers that do not know it pass it by. `threads` counts the VMM's
 //! threads (`/proc/<pid>/task`); `seccomp` is their `Seccomp:` field
 //! (0 none, 1 strict, 2 filter): one number when every thread has the
-//! same, else each thread's in task order. More fields may follow; a
+//! same, else each thread's in task order. `uid` and `gid` are one number
+//! when the real, effective, saved and filesystem ids agree, else the four
+//! as `r/e/s/f`; `groups` counts the supplementary groups; `caps` is the
+//! union of the five capability sets (0: none). More fields may follow; a
 //! reader looks a field up by name with [`field`].
 
 use core::fmt;
@@ -22,6 +31,53 @@ pub struct SandboxReport<'a> {
     pub threads: usize,
     /// Each thread's seccomp mode, in task order.
     pub seccomp: &'a [u8],
+    /// The process's ids and privileges, when they could be read.
+    pub jail: Option<Jail>,
+}
+
+/// A VMM process's ids and privileges, as its `/proc/<pid>/status` shows
+/// them, and whether its landlock ruleset holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Jail {
+    /// Real, effective, saved and filesystem uid.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem gid.
+    pub gids: [u32; 4],
+    /// Supplementary groups.
+    pub groups: usize,
+    /// CapInh | CapPrm | CapEff | CapBnd | CapAmb.
+    pub caps: u64,
+    pub no_new_privs: bool,
+    /// The VMM said its landlock ruleset is enforced (the kernel shows
+    /// landlock domains nowhere in /proc).
+    pub landlock: bool,
+}
+
+/// `ids` as one number when all four agree, else `r/e/s/f`.
+fn write_ids(f: &mut fmt::Formatter<'_>, ids: [u32; 4]) -> fmt::Result {
+    let [r, e, s, fs] = ids;
+    if ids.iter().all(|i| *i == r) {
+        write!(f, "{r}")
+    } else {
+        write!(f, "{r}/{e}/{s}/{fs}")
+    }
+}
+
+impl fmt::Display for Jail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("uid=")?;
+        write_ids(f, self.uids)?;
+        f.write_str(" gid=")?;
+        write_ids(f, self.gids)?;
+        write!(
+            f,
+            " groups={} caps={:x} no_new_privs={} landlock={}",
+            self.groups,
+            self.caps,
+            u8::from(self.no_new_privs),
+            if self.landlock { "enforced" } else { "absent" }
+        )
+    }
 }
 
 impl fmt::Display for SandboxReport<'_> {
@@ -37,6 +93,9 @@ impl fmt::Display for SandboxReport<'_> {
                     write!(f, ",{m}")?;
                 }
             }
+        }
+        if let Some(jail) = &self.jail {
+            write!(f, " {jail}")?;
         }
         Ok(())
     }
@@ -72,6 +131,7 @@ mod tests {
             vm: "edu",
             threads: 3,
             seccomp: &[2, 2, 2],
+            jail: None,
         };
         let line = r.to_string();
         assert_eq!(line, "kiln: vm edu: sandbox threads=3 seccomp=2");
@@ -95,6 +155,43 @@ mod tests {
         assert_eq!(
             none.to_string(),
             "kiln: vm edu: sandbox threads=0 seccomp=-"
+        );
+    }
+
+    #[test]
+    fn a_jailed_vmm_s_ids_and_privileges_follow() {
+        let jail = Jail {
+            uids: [100_002; 4],
+            gids: [100_002; 4],
+            groups: 0,
+            caps: 0,
+            no_new_privs: true,
+            landlock: true,
+        };
+        let r = SandboxReport {
+            vm: "edu",
+            threads: 2,
+            seccomp: &[2, 2],
+            jail: Some(jail),
+        };
+        let line = r.to_string();
+        assert_eq!(
+            line,
+            "kiln: vm edu: sandbox threads=2 seccomp=2 uid=100002 gid=100002 groups=0 caps=0 no_new_privs=1 landlock=enforced"
+        );
+        assert_eq!(field(&line, "uid"), Some("100002"));
+        assert_eq!(field(&line, "landlock"), Some("enforced"));
+        let root = Jail {
+            uids: [0, 0, 0, 0],
+            gids: [5, 0, 0, 0],
+            groups: 2,
+            caps: 0x1ff_ffff_ffff,
+            no_new_privs: false,
+            landlock: false,
+        };
+        assert_eq!(
+            root.to_string(),
+            "uid=0 gid=5/0/0/0 groups=2 caps=1ffffffffff no_new_privs=0 landlock=absent"
         );
     }
 

@@ -7,6 +7,7 @@
 
 use super::cgroup::{Cgroups, VmCgroup, PIDS_BESIDE_VCPUS};
 use super::watchdog::Watch;
+use crate::sandbox::jail::{Jail, EMPTY_ROOT, JAIL_ENV};
 use crate::sandbox::report::Sandbox;
 use crate::sandbox::seccomp::{Violation, CODE_SECCOMP};
 use crate::status::{Emit, StatusLine, VmState};
@@ -17,7 +18,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::CString;
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,6 +60,8 @@ struct Slot<'a> {
     watch: Option<Watch>,
     /// Why PID 1 killed this VMM, when it did.
     killed: Option<String>,
+    /// The jail its VMM enters (its uid and gid), the same on every restart.
+    jail: Option<Jail>,
 }
 
 /// Runs every VM to its end; returns (ok, failed).
@@ -76,9 +81,17 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             None
         }
     };
+    // Where each VMM is rooted once jailed: empty, and root's alone.
+    let empty = Path::new(EMPTY_ROOT);
+    if let Err(e) = std::fs::create_dir_all(empty)
+        .and_then(|()| std::fs::set_permissions(empty, std::fs::Permissions::from_mode(0o555)))
+    {
+        super::say(&format!("error: cannot create {}: {e}", empty.display()));
+    }
     let mut slots: Vec<Slot> = vms
         .iter()
-        .map(|vm| Slot {
+        .enumerate()
+        .map(|(index, vm)| Slot {
             vm,
             config_path: dir.join(format!("{}.toml", vm.name)),
             pid: None,
@@ -90,6 +103,7 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             oom_kills: 0,
             watch: None,
             killed: None,
+            jail: Jail::for_vm(index),
         })
         .collect();
     for slot in &slots {
@@ -148,7 +162,7 @@ fn watch_all(slots: &mut [Slot]) {
         };
         watch.look(now);
         if watch.started() {
-            report_sandbox(s.vm.name.as_str(), pid);
+            report_sandbox(s.vm.name.as_str(), pid, watch.landlocked());
         }
         if let Some(reason) = watch.overdue() {
             let _ = kill(pid, Signal::SIGKILL);
@@ -159,10 +173,10 @@ fn watch_all(slots: &mut [Slot]) {
 }
 
 /// Prints the sandbox report of VM `vm`'s VMM, process `pid`
-/// (`kiln: vm <vm>: sandbox threads=<n> seccomp=<mode>`).
-fn report_sandbox(vm: &str, pid: Pid) {
-    use std::io::Write;
-    let line = match Sandbox::of(Path::new("/proc"), pid.as_raw()) {
+/// (`kiln: vm <vm>: sandbox threads=<n> seccomp=<mode> uid=<n> ...`);
+/// `landlocked`: the VMM said its landlock ruleset is enforced.
+fn report_sandbox(vm: &str, pid: Pid, landlocked: bool) {
+    let line = match Sandbox::of(Path::new("/proc"), pid.as_raw(), landlocked) {
         Ok(sandbox) => sandbox.line(vm),
         Err(e) => format!("kiln: vm {vm}: cannot read its VMM's sandbox in /proc: {e}"),
     };
@@ -237,6 +251,18 @@ fn spawn(s: &mut Slot, cgroups: Option<&Cgroups>) {
     if let Some(fd) = beat_fd {
         cmd.env(HEARTBEAT_ENV, fd.to_string());
     }
+    // No VMM runs unjailed: without a jail (more VMs than uids) it is not
+    // started.
+    match s.jail {
+        Some(jail) => cmd.env(JAIL_ENV, jail.id.to_string()),
+        None => {
+            StatusLine::vm(s.vm.name.as_str(), VmState::Failed)
+                .with_reason("no uid is left for its VMM's jail")
+                .print();
+            s.outcome = Some(false);
+            return;
+        }
+    };
     let procs = s.cgroup.as_ref().and_then(VmCgroup::procs);
     // SAFETY: `enter_child` makes only async-signal-safe calls (open,
     // write, close, fcntl) on data prepared before the fork, and allocates

@@ -7,7 +7,7 @@
 //! a suspended lab box) gets no VMM killed.
 
 use crate::sandbox::seccomp::{Violation, VIOLATION, VIOLATION_LEN};
-use crate::watchdog::{BEAT, STOPPING};
+use crate::watchdog::{BEAT, LANDLOCKED, STOPPING};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub struct Watch {
     violation: Option<Violation>,
     /// The first beat has come and [`Watch::started`] not yet said so.
     just_started: bool,
+    /// The VMM said its landlock ruleset is enforced.
+    landlocked: bool,
 }
 
 impl Watch {
@@ -56,6 +58,7 @@ impl Watch {
             report: Vec::new(),
             violation: None,
             just_started: false,
+            landlocked: false,
         }
     }
 
@@ -82,6 +85,7 @@ impl Watch {
                         self.just_started = true;
                     }
                     STOPPING => self.phase = Phase::Stopping,
+                    LANDLOCKED => self.landlocked = true,
                     VIOLATION => self.report.push(*b),
                     _ => {}
                 }
@@ -104,6 +108,12 @@ impl Watch {
     /// handler ended it, if it did.
     pub fn violation(&self) -> Option<Violation> {
         self.violation
+    }
+
+    /// Whether the VMM said its landlock ruleset is enforced (it does so
+    /// before its first heartbeat).
+    pub fn landlocked(&self) -> bool {
+        self.landlocked
     }
 
     /// Why the VMM must be ended now, if it must: the `reason=` text.
@@ -144,6 +154,22 @@ mod tests {
             }
         }
         (None, t)
+    }
+
+    #[test]
+    fn the_landlock_byte_before_the_first_beat_is_kept() {
+        let (mut w, tx, t0) = pipe();
+        w.look(t0);
+        assert!(!w.landlocked());
+        nix::unistd::write(&tx, b"l.").unwrap();
+        w.look(t0 + Duration::from_millis(20));
+        assert!(w.started());
+        assert!(w.landlocked());
+        let (mut w, tx, t0) = pipe();
+        nix::unistd::write(&tx, b".").unwrap();
+        w.look(t0);
+        assert!(w.started());
+        assert!(!w.landlocked());
     }
 
     #[test]
