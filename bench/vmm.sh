@@ -13,14 +13,21 @@
 # environment variable and every VMM process inherits it).
 # The Linux guests boot with loglevel=1, so their first console byte is
 # kiln-guest-init's first line: "first output" is VMM start to /init.
+# Then the sandbox's cost: hello, linux-1 and flood (hello printing 10000
+# bytes, one VM exit each) with the VMM's seccomp filters and without
+# (KILN_VMM_SANDBOX=off), runs interleaved. Every appliance runs the
+# runtime built with its dev-hooks feature (`--profile runtime-dev`: the
+# shipped runtime's settings), the only build that honours that switch, so
+# both halves run the same binary.
 #
 #
 # Then the side-by-side table: kiln's VMM against QEMU's `microvm` machine on
 # KVM, inside the same emulated target, in interleaved pairs (the harness is
 # bench/vmmbench; the method is in docs/benchmarks.md).
 #
-# Usage: bench/vmm.sh [RUNS] [--pairs N] [--peer-only] [--before KILN-RUNTIME]
-#   RUNS        median of RUNS boots per guest for the first table, default 3
+# Usage: bench/vmm.sh [RUNS] [sandbox] [--pairs N] [--peer-only] [--before KILN-RUNTIME]
+#   RUNS        median of RUNS boots per guest for the first tables, default 3
+#   sandbox     the sandbox comparison alone
 #   --pairs N   pairs per setting for the side-by-side table, default 5
 #               (issue #17 asks for 20; the recorded run used 10;
 #               a pair is 5 boots, 7 with --before)
@@ -29,12 +36,13 @@
 #               every pair, for the "kiln today" ratios
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=3 pairs=5 peer_only= before=
+runs=3 only= pairs=5 peer_only= before=
 while [ $# -gt 0 ]; do
   case $1 in
   --pairs) pairs=$2; shift 2 ;;
   --peer-only) peer_only=1; shift ;;
   --before) before=$(realpath "$2"); shift 2 ;;
+  sandbox) only=sandbox; shift ;;
   *) runs=$1; shift ;;
   esac
 done
@@ -42,6 +50,8 @@ command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 is missin
 
 cargo build --release -q -p kiln
 kiln=$PWD/target/x86_64-unknown-linux-gnu/release/kiln
+cargo build -q --profile runtime-dev -p kiln-runtime --features dev-hooks
+export KILN_RUNTIME=$PWD/target/x86_64-unknown-linux-gnu/runtime-dev/kiln-runtime
 # Inside the workspace, so `cargo:` payloads build from this source tree.
 mkdir -p target
 work=$(mktemp -d "$PWD/target/bench-vmm.XXXXXX")
@@ -72,29 +82,44 @@ image linux-1 "$(linux 1)"
 image linux-2 "$(linux 2)"
 image linux-hp "$(linux 1 'hugepages = true
 ')" " hugepages=128"
+flood='[[vm]]
+name = "flood"
+memory = "64M"
+[vm.boot]
+kernel = "cargo:kiln-hello"
+cmdline = "hostile=flood-lines hostile.bytes=10000"'
+image flood "$flood"
+for guest in hello linux-1 flood; do
+  # The same guest on an appliance whose VMMs run without their filters.
+  sed 's/KILN_VMM_STATS=1/KILN_VMM_STATS=1 KILN_VMM_SANDBOX=off/' "$work/$guest.toml" >"$work/$guest-nosb.toml"
+done
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
 stat_of() { # key, file of stats lines
   sed -n "s/.* $1=\([0-9]*\).*/\1/p" "$2" | median
 }
 
+boot() { # guest, run, expected exit code: one boot, its stats line kept
+  local log="$work/$1.$2.log"
+  echo "bench/vmm.sh: $1, run $2 of $runs" >&2
+  if ! timeout 300 "$kiln" run "$work/$1" >"$log" 2>&1 ||
+    ! grep -aq "state=exited code=${3:-0}" "$log" ||
+    ! grep -aq 'kiln-runtime: stats ' "$log"; then
+    echo "$1 run $2 did not end well; its console:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+  grep -ao 'kiln-runtime: stats .*' "$log" >>"$work/$1.stats"
+}
+
 rows=()
-guests="hello linux-1 linux-2 linux-hp"
-[ -z "$peer_only" ] || guests=
-for guest in $guests; do
+main_guests="hello linux-1 linux-2 linux-hp"
+if [ "$only" = sandbox ] || [ -n "$peer_only" ]; then main_guests=; fi
+for guest in $main_guests; do
   "$kiln" build "$work/$guest.toml" -o "$work/$guest" --json >/dev/null
   : >"$work/$guest.stats"
   for i in $(seq "$runs"); do
-    log="$work/$guest.$i.log"
-    echo "bench/vmm.sh: $guest, run $i of $runs" >&2
-    if ! timeout 300 "$kiln" run "$work/$guest" >"$log" 2>&1 ||
-      ! grep -aq 'state=exited code=0' "$log" ||
-      ! grep -aq 'kiln-runtime: stats ' "$log"; then
-      echo "$guest run $i did not end well; its console:" >&2
-      cat "$log" >&2
-      exit 1
-    fi
-    grep -ao 'kiln-runtime: stats .*' "$log" >>"$work/$guest.stats"
+    boot "$guest" "$i"
   done
   s="$work/$guest.stats"
   rows+=("$(printf '| %-8s | %9s | %13s | %10s | %9s | %13s |' "$guest" \
@@ -102,12 +127,45 @@ for guest in $guests; do
     "$(stat_of exits "$s")" "$(stat_of vmm_kib "$s")")")
 done
 
-if [ -z "$peer_only" ]; then
+if [ -n "$main_guests" ]; then
   printf '\nkiln VMM on QEMU TCG (nested KVM), %s cores, median of %s runs\n\n' "$(nproc)" "$runs"
   printf '| %-8s | %9s | %13s | %10s | %9s | %13s |\n' guest "setup ms" "1st output ms" "exit ms" "VM exits" "VMM RSS KiB"
   printf '|----------|-----------|---------------|------------|-----------|---------------|\n'
   printf '%s\n' "${rows[@]}"
 fi
+
+# The sandbox's cost, with and without filters interleaved run by run.
+sb_rows=()
+sb_guests="hello linux-1 flood"
+[ -z "$peer_only" ] || sb_guests=
+for guest in $sb_guests; do
+  code=0
+  [ "$guest" = flood ] && code=6
+  for v in "$guest" "$guest-nosb"; do
+    [ -d "$work/$v" ] || "$kiln" build "$work/$v.toml" -o "$work/$v" --json >/dev/null
+    : >"$work/$v.stats"
+  done
+  for i in $(seq "$runs"); do
+    boot "$guest" "sb$i" "$code"
+    boot "$guest-nosb" "sb$i" "$code"
+  done
+  on=$(stat_of total_ms "$work/$guest.stats")
+  off=$(stat_of total_ms "$work/$guest-nosb.stats")
+  exits=$(stat_of exits "$work/$guest.stats")
+  sb_rows+=("$(printf '| %-8s | %13s | %13s | %14s | %14s | %9s | %9s | %11s |' "$guest" \
+    "$(stat_of setup_ms "$work/$guest.stats")" "$(stat_of setup_ms "$work/$guest-nosb.stats")" \
+    "$on" "$off" "$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%+.1f%%", b ? 100 * (a - b) / b : 0 }')" \
+    "$exits" "$(awk -v a="$on" -v b="$off" -v n="$exits" 'BEGIN { printf "%+.1f", n ? 1000 * (a - b) / n : 0 }')")")
+done
+
+if [ -n "$sb_guests" ]; then
+  printf '\nThe sandbox: the same runtime with its seccomp filters (on) and without (off), median of %s runs each\n\n' "$runs"
+  printf '| %-8s | %13s | %13s | %14s | %14s | %9s | %9s | %11s |\n' guest "setup ms on" "setup ms off" "exit ms on" "exit ms off" "exit cost" "VM exits" "us per exit"
+  printf '|----------|---------------|---------------|----------------|----------------|-----------|-----------|-------------|\n'
+  printf '%s\n' "${sb_rows[@]}"
+fi
+
+[ "$only" = sandbox ] && exit 0
 
 # --- Side by side with QEMU microvm -------------------------------------
 # One appliance holds the guests: `linux` (kiln's default command line for

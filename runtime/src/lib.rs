@@ -17,6 +17,8 @@
 //!   guest PCI bus, and the bus type (ports, MMIO) they sit on.
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
+//! - [`sandbox`]: what confines a VMM once its VM is set up, before its
+//!   guest runs (its jail, landlock, seccomp), and PID 1's report of it.
 //! - [`vmm`]: running one VM to its end.
 //! - [`watchdog`]: the VMM's heartbeat to PID 1 and its stuck-vCPU check.
 
@@ -29,6 +31,7 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod machine;
+pub mod sandbox;
 pub mod status;
 pub mod vac;
 #[cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]

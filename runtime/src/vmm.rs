@@ -11,6 +11,8 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
 use crate::devices::serial::GUEST_TAG_ENV;
 use crate::machine::{self, Machine, MachineError};
+use crate::sandbox::seccomp::{self, SeccompError, ThreadKind};
+use crate::sandbox::{self, Jail, SandboxError};
 use crate::vac::{Vac, VacError};
 use crate::vfio::attach::{attach_all, AttachError, Attached};
 use crate::vm::vcpu::{ExitCounts, RunControl, Vcpu, VcpuError};
@@ -19,10 +21,12 @@ use crate::watchdog::{self, Heartbeat, StuckCheck, VcpuClocks};
 use kiln_schema::config::{BootInput, Source, VmConfig, VmSpec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::Path;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -65,6 +69,10 @@ pub enum VmmError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     Machine(#[from] MachineError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// What the process running the VMM asks of it beyond the VM's config.
@@ -74,6 +82,14 @@ pub struct RunOptions {
     pub tag_guest_lines: bool,
     /// Print the stats lines on stderr at the end ([`STATS_ENV`]).
     pub stats: bool,
+    /// Enter this jail before the guest runs ([`sandbox::jail::JAIL_ENV`]:
+    /// PID 1 asks for one for every VMM), when `sandbox` is on.
+    pub jail: Option<Jail>,
+    /// Confine the VMM (the jail it was asked for, then every thread with
+    /// its seccomp filter) once the VM is set up (`kiln-runtime run`
+    /// always does, but for [`SANDBOX_ENV`] in a `dev-hooks` build;
+    /// in-process callers such as unit tests do not).
+    pub sandbox: bool,
 }
 
 /// Set (to anything) to get the stats lines (docs/runtime.md).
@@ -86,12 +102,22 @@ pub const STATS_ENV: &str = "KILN_VMM_STATS";
 /// exit handlers recurse nowhere and keep no large locals.
 const VCPU_STACK: usize = 512 * 1024;
 
+/// `KILN_VMM_SANDBOX=off` runs the VMM without its sandbox (jail, landlock,
+/// seccomp filters), for
+/// bench/vmm.sh's comparison only: a runtime built without the
+/// `dev-hooks` feature (every shipped one) ignores it.
+pub const SANDBOX_ENV: &str = "KILN_VMM_SANDBOX";
+
 impl RunOptions {
     /// The options as this process's environment sets them.
     pub fn from_env() -> Self {
+        let sandbox_off = cfg!(feature = "dev-hooks")
+            && std::env::var_os(SANDBOX_ENV).is_some_and(|v| v == "off");
         RunOptions {
             tag_guest_lines: std::env::var_os(GUEST_TAG_ENV).is_some(),
             stats: std::env::var_os(STATS_ENV).is_some(),
+            jail: Jail::from_env(),
+            sandbox: !sandbox_off,
         }
     }
 }
@@ -161,15 +187,45 @@ pub fn run_with(
     let mut heartbeat = Heartbeat::from_env();
     install_kick_handler()?;
     let signals = SignalGuard::block_stop_signals()?;
+    // Opened now: the sandboxed main thread cannot open files.
+    let proc_status = if options.stats {
+        File::open("/proc/self/status").ok()
+    } else {
+        None
+    };
+    // The sandbox: everything the VM needs is open and no thread but this
+    // one runs. The jail and landlock come first, here; then each thread
+    // installs its seccomp filter (below), before any guest instruction.
+    let jail = options.jail.filter(|_| options.sandbox);
+    let sandboxed = match sandbox::enter(jail, cfg, &mut heartbeat) {
+        Ok(s) => s,
+        Err(e) => {
+            sandbox::leave_to_exit((machine, attached, vm));
+            return Err(e.into());
+        }
+    };
+    if options.sandbox {
+        if let Err(e) = seccomp::install_handler(heartbeat.raw_fd()) {
+            sandboxed.release((machine, attached, vm));
+            return Err(e.into());
+        }
+    }
     let setup = started.elapsed();
     on_running();
 
-    let mut threads = Vec::with_capacity(vcpus.len());
+    // Each vCPU thread installs its filter and waits here; the main thread
+    // installs its own, waits for every vCPU thread to arrive and lets them
+    // go: no guest instruction runs, and no heartbeat tells PID 1 the VM
+    // runs, before every thread is confined.
+    let gate = Arc::new(Gate::default());
+    let mut threads: Vec<std::thread::JoinHandle<ExitCounts>> = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let thread_ctl = ctl.clone();
         let thread_clocks = clocks.clone();
+        let thread_gate = gate.clone();
         let index = vcpu.index();
         let name = format!("vcpu{index}");
+        let sandbox = options.sandbox;
         let spawned = std::thread::Builder::new()
             .name(name)
             .stack_size(VCPU_STACK)
@@ -181,6 +237,14 @@ pub fn run_with(
                     kick.add(s);
                 }
                 let _ = kick.thread_unblock();
+                if sandbox {
+                    if let Err(e) = seccomp::install(ThreadKind::Vcpu, index) {
+                        thread_ctl.request_stop(VmExit::InternalError(
+                            kiln_abi::error::Chain::new(&e).to_string(),
+                        ));
+                    }
+                }
+                thread_gate.arrive_and_wait();
                 // A panicking vCPU thread ends the VM instead of leaving it
                 // waiting for a stop that no one will request.
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -206,6 +270,14 @@ pub fn run_with(
             }
         }
     }
+    if options.sandbox {
+        if let Err(e) = seccomp::install(ThreadKind::Main, 0) {
+            ctl.request_stop(VmExit::InternalError(
+                kiln_abi::error::Chain::new(&e).to_string(),
+            ));
+        }
+    }
+    gate.open_when_arrived(threads.len());
 
     wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
     let counts = stop_and_join(threads, &mut heartbeat);
@@ -217,9 +289,17 @@ pub fn run_with(
     // The notes the guest provoked beyond their limit, in one line.
     vm.notes().finish();
     if options.stats {
-        print_stats(cfg.name.as_str(), &machine, started, setup, counts);
+        print_stats(
+            cfg.name.as_str(),
+            &machine,
+            started,
+            setup,
+            counts,
+            proc_status.as_ref(),
+        );
         print_attach_stats(&vm, &attached);
     }
+    sandboxed.release((machine, attached, vm));
     Ok(exit)
 }
 
@@ -388,10 +468,11 @@ fn print_stats(
     started: Instant,
     setup: Duration,
     counts: ExitCounts,
+    proc_status: Option<&File>,
 ) {
     let vm = machine.vm();
     let total = started.elapsed();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status = proc_status.and_then(read_whole).unwrap_or_default();
     let rss_kib = status_kib(&status, "VmRSS:");
     let hwm_kib = status_kib(&status, "VmHWM:");
     let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
@@ -416,6 +497,64 @@ fn print_stats(
         vm.notes().held(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+}
+
+/// The whole text of a `/proc` file opened earlier, read from its start
+/// (pread: no seek, no new open).
+fn read_whole(file: &File) -> Option<String> {
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let at = u64::try_from(text.len()).ok()?;
+        match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(buf.get(..n)?),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(text).ok()
+}
+
+/// Holds the vCPU threads until every one has arrived (its filter
+/// installed) and the main thread opens it.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    arrived: usize,
+    open: bool,
+}
+
+impl Gate {
+    /// Waits until `n` threads have arrived, then lets them all go.
+    fn open_when_arrived(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while st.arrived < n {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        st.open = true;
+        self.changed.notify_all();
+    }
+
+    fn arrive_and_wait(&self) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.arrived = st.arrived.saturating_add(1);
+        self.changed.notify_all();
+        while !st.open {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 /// A `Key:  <n> kB` line of /proc/self/status, in KiB (0 when absent).
@@ -616,6 +755,75 @@ mod tests {
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    /// Names the guest code a re-executed test process runs sandboxed.
+    const SANDBOXED_CHILD: &str = "KILN_TEST_SANDBOXED_GUEST";
+
+    /// In the child (the test binary re-executed for this test alone):
+    /// runs the tiny guest with the sandbox on, from setup to teardown,
+    /// and exits with the VM's exit code.
+    fn sandboxed_child() {
+        let Some(code) = std::env::var_os(SANDBOXED_CHILD) else {
+            return;
+        };
+        let code: Vec<u8> = code
+            .to_str()
+            .unwrap()
+            .split(',')
+            .map(|b| b.parse().unwrap())
+            .collect();
+        let (dir, cfg) = tiny_guest(&code, 2);
+        let options = RunOptions {
+            sandbox: true,
+            ..RunOptions::default()
+        };
+        let exit = run_with(&cfg, dir.path(), options, &mut || {}).unwrap();
+        std::process::exit(exit.exit_code());
+    }
+
+    /// Runs `code` as a tiny guest in a sandboxed child process.
+    fn run_sandboxed(code: &[u8]) -> std::process::Output {
+        let list: Vec<String> = code.iter().map(u8::to_string).collect();
+        // The child cannot remove its temporary files (its filter forbids
+        // it); they go in this one, which the parent removes.
+        let tmp = tempfile::tempdir().unwrap();
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .env("TMPDIR", tmp.path())
+            .args([
+                "--exact",
+                "vmm::tests::a_sandboxed_vmm_runs_its_vm_to_the_end_and_no_further",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(SANDBOXED_CHILD, list.join(","))
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_sandboxed_vmm_runs_its_vm_to_the_end_and_no_further() {
+        sandboxed_child();
+        // Setup, two vCPUs, console output, the exit port, teardown: all
+        // within the filters.
+        let mut code = print(b"ok\n");
+        code.extend_from_slice(&[0xb0, 42, 0xe6, 0xf4, 0xf4]);
+        let out = run_sandboxed(&code);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(42), "{stderr}");
+        // A guest that asks for a forbidden call (the test trigger port)
+        // ends the VMM with the seccomp code, the call named.
+        let port = crate::vm::vcpu::test_triggers::SECCOMP_PORT.to_le_bytes();
+        // mov dx, port; out dx, al; jmp $
+        let out = run_sandboxed(&[0x66, 0xba, port[0], port[1], 0xee, 0xeb, 0xfe]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(seccomp::CODE_SECCOMP), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "kiln-runtime: seccomp: forbidden system call {}; the VMM ends",
+                libc::SYS_socket
+            )),
+            "{stderr}"
         );
     }
 

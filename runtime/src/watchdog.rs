@@ -23,6 +23,9 @@ pub const HEARTBEAT_ENV: &str = "KILN_HEARTBEAT_FD";
 pub const BEAT: u8 = b'.';
 /// "The VM has stopped; the VMM is tearing it down."
 pub const STOPPING: u8 = b's';
+/// "My landlock ruleset is enforced" (sent once, before the first beat:
+/// the kernel shows landlock nowhere PID 1 could read it).
+pub const LANDLOCKED: u8 = b'l';
 
 /// How often the VMM's main thread looks at its vCPUs.
 pub const CHECK_EVERY: Duration = if cfg!(test) {
@@ -182,6 +185,16 @@ impl Heartbeat {
         }
         self.last = Some(Instant::now());
         self.send(BEAT);
+    }
+
+    /// Says the VMM's landlock ruleset is enforced.
+    pub fn landlocked(&mut self) {
+        self.send(LANDLOCKED);
+    }
+
+    /// The pipe's fd, for the seccomp violation report.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.fd.map(|fd| fd.as_raw_fd())
     }
 
     /// Says the VM has stopped and is being torn down.

@@ -842,6 +842,33 @@ mod tests {
     }
 
     #[test]
+    fn a_vmm_ended_by_its_seccomp_filter_fails_with_the_call_named() {
+        // As PID 1 reports it, after the sandbox report note.
+        let reason = "seccomp: the VMM's vCPU 0 thread made system call 41, which its seccomp filter forbids";
+        let failed = format!("kiln: vm=hello state=failed code=199 reason={reason}");
+        let j = judge(
+            vec![hello()],
+            &[
+                (1, "kiln: vm=hello state=starting"),
+                (1, "kiln: vm=hello state=running"),
+                (1, "kiln: vm hello: sandbox threads=2 seccomp=2"),
+                (2, failed.as_str()),
+                (2, "kiln: appliance done ok=0 failed=1"),
+            ],
+            2,
+        );
+        let v = &j.vms[0];
+        assert_eq!(
+            (v.verdict, v.kind.as_str()),
+            (Verdict::Failure, "vm-failed")
+        );
+        assert_eq!(
+            v.reason,
+            format!("the runtime reported it failed with code 199: {reason}")
+        );
+    }
+
+    #[test]
     fn state_failed_fails_with_its_reason() {
         let j = judge(
             vec![hello()],

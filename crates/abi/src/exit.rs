@@ -32,6 +32,16 @@ pub const CODE_VMM_ERROR: i32 = 196;
 pub const CODE_VCPU_PANIC: i32 = 197;
 /// A vCPU thread stayed outside `KVM_RUN` too long (the VMM hung).
 pub const CODE_VCPU_STUCK: i32 = 198;
+/// A VMM thread made a system call its seccomp filter forbids; the VMM's
+/// SIGSYS handler ended the process with this code after reporting the
+/// call (a VMM the kernel kills outright ends by SIGSYS, 128 + 31).
+pub const CODE_SECCOMP: i32 = 199;
+
+/// Test builds of the runtime only (its `test-triggers` feature): a write
+/// to this port makes the vCPU thread attempt a system call its seccomp
+/// filter forbids (`execve`), which must end the VMM. Shipped runtimes
+/// leave the port unclaimed (reads as all-ones, writes ignored).
+pub const TEST_SECCOMP_PORT: u16 = 0x5ec;
 
 // What kiln's own guests write to the exit port on their own failures
 // (a passing run writes the code asked for on its command line, 0 by default).

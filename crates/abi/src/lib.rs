@@ -7,6 +7,7 @@
 //!
 //! - [`exit`]: the exit port and the exit codes guests and the VMM use.
 //! - [`status`]: the runtime's status lines (`kiln: vm=<name> state=...`).
+//! - [`sandbox`]: PID 1's report on a VMM's sandbox (`kiln: vm <name>: sandbox ...`).
 //! - [`console`]: a guest's lines on the shared console (`[<vm>] <text>`).
 //! - [`fdt`]: node and property names of the device tree kiln hands guests.
 //! - [`bzimage`]: the x86 boot protocol's setup header of a Linux kernel.
@@ -19,4 +20,5 @@ pub mod console;
 pub mod error;
 pub mod exit;
 pub mod fdt;
+pub mod sandbox;
 pub mod status;

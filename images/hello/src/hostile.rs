@@ -11,6 +11,7 @@
 //! | `flood-raw` | prints `hostile.bytes` bytes without a newline | exit 7 |
 //! | `crash` | nothing | exit 8 at once |
 //! | `never` | spins forever | never |
+//! | `seccomp` | asks a `dev-hooks` build of the VMM (port `TEST_SECCOMP_PORT`) to make a system call its seccomp filter forbids, which must end the VMM | exit 9 if it is still running |
 //! | `fuzz` | pseudo-random config, BAR and MSI-X table accesses to its devices, a BAR moved onto RAM over and over, an 8-byte ECAM write | exit 0 when the VMM kept the device whole, 3 if not |
 //!
 //! Options: `hostile.me=<vm>` (its own VM name), `hostile.victim=<vm>`
@@ -32,6 +33,7 @@ const FLOOD_LINES_CODE: u32 = 6;
 const FLOOD_RAW_CODE: u32 = 7;
 const CRASH_CODE: u32 = 8;
 const FUZZ_FAILED_CODE: u32 = 3;
+const SECCOMP_SURVIVED_CODE: u32 = 9;
 
 /// The harness's longest console line, and a longer one (the runtime's).
 const LONG_LINES: [usize; 2] = [16 * 1024, 64 * 1024];
@@ -58,6 +60,7 @@ pub enum Mode {
     Crash,
     Never,
     Fuzz,
+    Seccomp,
 }
 
 /// The mode and its options, from the command line.
@@ -120,6 +123,7 @@ impl<'a> Options<'a> {
                         b"crash" => Mode::Crash,
                         b"never" => Mode::Never,
                         b"fuzz" => Mode::Fuzz,
+                        b"seccomp" => Mode::Seccomp,
                         _ => {
                             println!("hostile: unknown mode {}", value.escape_ascii());
                             exit(kiln_abi::exit::GUEST_BAD_INPUT)
@@ -152,6 +156,13 @@ pub fn run(o: &Options) -> ! {
             core::hint::spin_loop();
         },
         Mode::Fuzz => fuzz(o),
+        Mode::Seccomp => {
+            // SAFETY: a port write; a dev-hooks VMM answers it with a
+            // forbidden system call, any other leaves the port unclaimed.
+            unsafe { outb(kiln_abi::exit::TEST_SECCOMP_PORT, 1) };
+            println!("hostile: the VMM survived a forbidden system call");
+            exit(SECCOMP_SURVIVED_CODE)
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Init must never die (that is a kernel panic), so every step here reports
 //! its error on the console and carries on to a controlled power-off.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod console;
 mod firmware;
 pub mod modules;

@@ -7,6 +7,9 @@
 
 use super::cgroup::{Cgroups, VmCgroup, PIDS_BESIDE_VCPUS};
 use super::watchdog::Watch;
+use crate::sandbox::jail::{Jail, EMPTY_ROOT, JAIL_ENV};
+use crate::sandbox::report::Sandbox;
+use crate::sandbox::seccomp::{Violation, CODE_SECCOMP};
 use crate::status::{Emit, StatusLine, VmState};
 use crate::watchdog::HEARTBEAT_ENV;
 use kiln_schema::config::{ApplianceConfig, ByteSize, RestartPolicy, VmConfig};
@@ -15,7 +18,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::ffi::CString;
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,6 +60,8 @@ struct Slot<'a> {
     watch: Option<Watch>,
     /// Why PID 1 killed this VMM, when it did.
     killed: Option<String>,
+    /// The jail its VMM enters (its uid and gid), the same on every restart.
+    jail: Option<Jail>,
 }
 
 /// Runs every VM to its end; returns (ok, failed).
@@ -74,9 +81,17 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             None
         }
     };
+    // Where each VMM is rooted once jailed: empty, and root's alone.
+    let empty = Path::new(EMPTY_ROOT);
+    if let Err(e) = std::fs::create_dir_all(empty)
+        .and_then(|()| std::fs::set_permissions(empty, std::fs::Permissions::from_mode(0o555)))
+    {
+        super::say(&format!("error: cannot create {}: {e}", empty.display()));
+    }
     let mut slots: Vec<Slot> = vms
         .iter()
-        .map(|vm| Slot {
+        .enumerate()
+        .map(|(index, vm)| Slot {
             vm,
             config_path: dir.join(format!("{}.toml", vm.name)),
             pid: None,
@@ -88,6 +103,7 @@ pub fn run_all(vms: &[VmConfig]) -> (u32, u32) {
             oom_kills: 0,
             watch: None,
             killed: None,
+            jail: Jail::for_vm(index),
         })
         .collect();
     for slot in &slots {
@@ -145,12 +161,28 @@ fn watch_all(slots: &mut [Slot]) {
             continue;
         };
         watch.look(now);
+        if watch.started() {
+            report_sandbox(s.vm.name.as_str(), pid, watch.landlocked());
+        }
         if let Some(reason) = watch.overdue() {
             let _ = kill(pid, Signal::SIGKILL);
             s.killed = Some(reason);
             s.watch = None;
         }
     }
+}
+
+/// Prints the sandbox report of VM `vm`'s VMM, process `pid`
+/// (`kiln: vm <vm>: sandbox threads=<n> seccomp=<mode> uid=<n> ...`);
+/// `landlocked`: the VMM said its landlock ruleset is enforced.
+fn report_sandbox(vm: &str, pid: Pid, landlocked: bool) {
+    let line = match Sandbox::of(Path::new("/proc"), pid.as_raw(), landlocked) {
+        Ok(sandbox) => sandbox.line(vm),
+        Err(e) => format!("kiln: vm {vm}: cannot read its VMM's sandbox in /proc: {e}"),
+    };
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(format!("\n{line}\n").as_bytes());
 }
 
 /// Puts VM `s` in its cgroup, with its limits; `None` (and a note) where
@@ -219,6 +251,18 @@ fn spawn(s: &mut Slot, cgroups: Option<&Cgroups>) {
     if let Some(fd) = beat_fd {
         cmd.env(HEARTBEAT_ENV, fd.to_string());
     }
+    // No VMM runs unjailed: without a jail (more VMs than uids) it is not
+    // started.
+    match s.jail {
+        Some(jail) => cmd.env(JAIL_ENV, jail.id.to_string()),
+        None => {
+            StatusLine::vm(s.vm.name.as_str(), VmState::Failed)
+                .with_reason("no uid is left for its VMM's jail")
+                .print();
+            s.outcome = Some(false);
+            return;
+        }
+    };
     let procs = s.cgroup.as_ref().and_then(VmCgroup::procs);
     // SAFETY: `enter_child` makes only async-signal-safe calls (open,
     // write, close, fcntl) on data prepared before the fork, and allocates
@@ -263,6 +307,8 @@ struct End {
     killed: Option<String>,
     /// The kernel's OOM killer ended it at this `memory.max`.
     oom_at: Option<u64>,
+    /// The forbidden system call its SIGSYS handler reported.
+    violation: Option<Violation>,
 }
 
 impl End {
@@ -271,6 +317,24 @@ impl End {
     fn reason(&self) -> Option<String> {
         if let Some(why) = &self.killed {
             return Some(why.clone());
+        }
+        // Even after its VM's end was reported: a filter that stops the
+        // teardown is a fault to see.
+        if let Some(v) = self.violation {
+            return Some(v.reason());
+        }
+        if self.signal == Some(Signal::SIGSYS) {
+            return Some(
+                "seccomp: the kernel killed the VMM (SIGSYS) for a system call its seccomp \
+                 filter forbids; the call was not reported"
+                    .to_string(),
+            );
+        }
+        if self.signal.is_none() && self.code == CODE_SECCOMP {
+            return Some(format!(
+                "seccomp: the VMM made a system call its seccomp filter forbids (exit code \
+                 {CODE_SECCOMP}); its number is in the VMM's message above"
+            ));
         }
         if self.reported {
             return None;
@@ -302,7 +366,11 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
         return;
     };
     s.pid = None;
-    s.watch = None;
+    // The last look drains what the VMM wrote before it ended.
+    let violation = s.watch.take().and_then(|mut w| {
+        w.look(Instant::now());
+        w.violation()
+    });
     let reported = s
         .pump
         .take()
@@ -317,6 +385,7 @@ fn finished(slots: &mut [Slot], pid: Pid, code: i32, signal: Option<Signal>, sto
             .as_ref()
             .filter(|c| c.oom_kills() > s.oom_kills)
             .map(|c| c.memory_max),
+        violation,
     };
     if let Some(reason) = end.reason() {
         StatusLine::vm(s.vm.name.as_str(), VmState::Failed)
@@ -413,6 +482,46 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("limits.memory"), "{r}");
+    }
+
+    #[test]
+    fn a_seccomp_end_names_the_call_when_it_was_reported() {
+        use crate::sandbox::seccomp::ThreadKind;
+        let trapped = End {
+            code: CODE_SECCOMP,
+            violation: Some(Violation {
+                syscall: 41,
+                kind: ThreadKind::Vcpu,
+                index: 0,
+            }),
+            ..End::default()
+        };
+        assert_eq!(
+            trapped.reason().unwrap(),
+            "seccomp: the VMM's vCPU 0 thread made system call 41, which its seccomp filter forbids"
+        );
+        // Even when it came after the VM's own end.
+        let late = End {
+            reported: true,
+            ..trapped
+        };
+        assert!(late.reason().unwrap().starts_with("seccomp: "));
+        let killed = End {
+            code: 128 + 31,
+            signal: Some(Signal::SIGSYS),
+            ..End::default()
+        };
+        assert!(killed
+            .reason()
+            .unwrap()
+            .starts_with("seccomp: the kernel killed the VMM (SIGSYS)"));
+        let unreported = End {
+            code: CODE_SECCOMP,
+            ..End::default()
+        };
+        assert!(unreported.reason().unwrap().starts_with(
+            "seccomp: the VMM made a system call its seccomp filter forbids (exit code 199)"
+        ));
     }
 
     #[test]

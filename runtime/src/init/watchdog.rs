@@ -6,7 +6,8 @@
 //! [`MAX_STEP`]), so a machine that stalls as a whole (a loaded emulator,
 //! a suspended lab box) gets no VMM killed.
 
-use crate::watchdog::{BEAT, STOPPING};
+use crate::sandbox::seccomp::{Violation, VIOLATION, VIOLATION_LEN};
+use crate::watchdog::{BEAT, LANDLOCKED, STOPPING};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,14 @@ pub struct Watch {
     phase: Phase,
     quiet: Duration,
     at: Instant,
+    /// The bytes of a seccomp violation report being read (its mark
+    /// first), which may come split across reads.
+    report: Vec<u8>,
+    violation: Option<Violation>,
+    /// The first beat has come and [`Watch::started`] not yet said so.
+    just_started: bool,
+    /// The VMM said its landlock ruleset is enforced.
+    landlocked: bool,
 }
 
 impl Watch {
@@ -46,6 +55,10 @@ impl Watch {
             phase: Phase::Setup,
             quiet: Duration::ZERO,
             at: now,
+            report: Vec::new(),
+            violation: None,
+            just_started: false,
+            landlocked: false,
         }
     }
 
@@ -58,9 +71,22 @@ impl Watch {
         while let Ok(n @ 1..) = nix::unistd::read(&self.rx, &mut buf) {
             for b in buf.get(..n).unwrap_or_default() {
                 heard = true;
+                if !self.report.is_empty() {
+                    self.report.push(*b);
+                    if self.report.len() == VIOLATION_LEN {
+                        self.violation = self.violation.or(Violation::decode(&self.report));
+                        self.report.clear();
+                    }
+                    continue;
+                }
                 match *b {
-                    BEAT if self.phase != Phase::Stopping => self.phase = Phase::Running,
+                    BEAT if self.phase == Phase::Setup => {
+                        self.phase = Phase::Running;
+                        self.just_started = true;
+                    }
                     STOPPING => self.phase = Phase::Stopping,
+                    LANDLOCKED => self.landlocked = true,
+                    VIOLATION => self.report.push(*b),
                     _ => {}
                 }
             }
@@ -70,6 +96,24 @@ impl Watch {
         } else {
             self.quiet.saturating_add(step)
         };
+    }
+
+    /// True once, at the first look after the VMM's first heartbeat: its
+    /// guest runs, and every thread has installed its seccomp filter.
+    pub fn started(&mut self) -> bool {
+        std::mem::take(&mut self.just_started)
+    }
+
+    /// The forbidden system call the VMM reported before its SIGSYS
+    /// handler ended it, if it did.
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
+    }
+
+    /// Whether the VMM said its landlock ruleset is enforced (it does so
+    /// before its first heartbeat).
+    pub fn landlocked(&self) -> bool {
+        self.landlocked
     }
 
     /// Why the VMM must be ended now, if it must: the `reason=` text.
@@ -110,6 +154,22 @@ mod tests {
             }
         }
         (None, t)
+    }
+
+    #[test]
+    fn the_landlock_byte_before_the_first_beat_is_kept() {
+        let (mut w, tx, t0) = pipe();
+        w.look(t0);
+        assert!(!w.landlocked());
+        nix::unistd::write(&tx, b"l.").unwrap();
+        w.look(t0 + Duration::from_millis(20));
+        assert!(w.started());
+        assert!(w.landlocked());
+        let (mut w, tx, t0) = pipe();
+        nix::unistd::write(&tx, b".").unwrap();
+        w.look(t0);
+        assert!(w.started());
+        assert!(!w.landlocked());
     }
 
     #[test]
@@ -156,6 +216,36 @@ mod tests {
         nix::unistd::write(&tx, b".").unwrap();
         w.look(at2);
         assert_eq!(w.phase, Phase::Stopping);
+    }
+
+    #[test]
+    fn the_first_beat_starts_the_vm_once_and_a_violation_is_read_whole() {
+        use crate::sandbox::seccomp::ThreadKind;
+        let (mut w, tx, t0) = pipe();
+        w.look(t0);
+        assert!(!w.started());
+        nix::unistd::write(&tx, b"..").unwrap();
+        w.look(t0);
+        assert!(w.started());
+        assert!(!w.started());
+        nix::unistd::write(&tx, b".").unwrap();
+        w.look(t0);
+        assert!(!w.started());
+        // A report split across two reads, beats around it.
+        nix::unistd::write(&tx, b".!\x3b").unwrap();
+        w.look(t0);
+        assert_eq!(w.violation(), None);
+        nix::unistd::write(&tx, b"\x00\x01\x02.").unwrap();
+        w.look(t0);
+        assert_eq!(
+            w.violation(),
+            Some(Violation {
+                syscall: 59,
+                kind: ThreadKind::Vcpu,
+                index: 2
+            })
+        );
+        assert_eq!(w.phase, Phase::Running);
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Vcpu {
                     match exit {
                         VcpuExit::IoOut(port, data) => {
                             counts.pio += 1;
-                            #[cfg(test)]
+                            #[cfg(any(test, feature = "dev-hooks"))]
                             test_triggers::on_out(port);
                             match self.vm.pio_bus().write(u64::from(port), data) {
                                 Access::Stop(stop) => Some(VmExit::from(stop)),
@@ -302,18 +302,37 @@ impl Vcpu {
     }
 }
 
-/// Ports that misbehave on purpose, in unit tests only: a write to
-/// [`test_triggers::PANIC_PORT`] panics the vCPU thread, one to
-/// [`test_triggers::STALL_PORT`] keeps it outside `KVM_RUN` for a minute.
-#[cfg(test)]
+/// Ports that misbehave on purpose, in unit tests and `dev-hooks` builds
+/// only: a write to [`test_triggers::PANIC_PORT`] panics the vCPU thread,
+/// one to [`test_triggers::STALL_PORT`] keeps it outside `KVM_RUN` for a
+/// minute (unit tests), and one to [`test_triggers::SECCOMP_PORT`] makes
+/// it attempt a system call its seccomp filter forbids (`socket`; without
+/// a filter it gets a socket and closes it).
+#[cfg(any(test, feature = "dev-hooks"))]
 pub mod test_triggers {
+    pub use kiln_abi::exit::TEST_SECCOMP_PORT as SECCOMP_PORT;
+    #[cfg(test)]
     pub const PANIC_PORT: u16 = 0xf5;
+    #[cfg(test)]
     pub const STALL_PORT: u16 = 0xf6;
 
     pub fn on_out(port: u16) {
         match port {
+            #[cfg(test)]
+            #[allow(clippy::panic)]
             PANIC_PORT => panic!("test-only vCPU panic"),
+            #[cfg(test)]
             STALL_PORT => std::thread::sleep(std::time::Duration::from_secs(60)),
+            SECCOMP_PORT => {
+                // SAFETY: socket(2) and close(2) on its own result; no
+                // memory is passed.
+                unsafe {
+                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                }
+            }
             _ => {}
         }
     }
