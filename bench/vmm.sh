@@ -163,6 +163,18 @@ if [ -n "$sb_guests" ]; then
   printf '| %-8s | %13s | %13s | %14s | %14s | %9s | %9s | %11s |\n' guest "setup ms on" "setup ms off" "exit ms on" "exit ms off" "exit cost" "VM exits" "us per exit"
   printf '|----------|---------------|---------------|----------------|----------------|-----------|-----------|-------------|\n'
   printf '%s\n' "${sb_rows[@]}"
+  # Whole boots differ by more than the filters cost; what a filter adds to
+  # each system call, measured in one process, bounds it instead.
+  printf '\n'
+  cargo build -q --release -p kiln-vmmbench --bin filter-cost
+  cost=$("$PWD/target/x86_64-unknown-linux-gnu/release/filter-cost")
+  printf '%s\n' "$cost"
+  filter_ns=$(sed -n 's/^About \([-0-9]*\) ns per VM exit.*/\1/p' <<<"$cost")
+  printf '\nWith %s ns per VM exit: hello %s us, linux-1 %s us, flood %s us of filter time per boot (VM exits above).\n' \
+    "$filter_ns" \
+    "$(awk -v n="$(stat_of exits "$work/hello.stats")" -v f="$filter_ns" 'BEGIN { printf "%.0f", n * f / 1000 }')" \
+    "$(awk -v n="$(stat_of exits "$work/linux-1.stats")" -v f="$filter_ns" 'BEGIN { printf "%.0f", n * f / 1000 }')" \
+    "$(awk -v n="$(stat_of exits "$work/flood.stats")" -v f="$filter_ns" 'BEGIN { printf "%.0f", n * f / 1000 }')"
 fi
 
 [ "$only" = sandbox ] && exit 0
