@@ -31,19 +31,10 @@ pub(super) fn stage(
 ) -> Result<Guests, BuildError> {
     let image = job.image;
     let hashes = &job.hashes;
-    // The runtime as /init.
-    let runtime = payload::runtime_binary(
-        image
-            .config
-            .runtime
-            .binary
-            .as_ref()
-            .map(|p| image.dir.join(p))
-            .as_deref(),
-        &image.dir,
-    )?;
-    inputs.push(inputs::hashed(hashes, "runtime", "kiln-runtime", &runtime)?);
-    staging.file("init", &runtime, 0o755);
+    // The runtime's place in the manifest's inputs, taken after the guests:
+    // a config the user must fix (a `cargo:` payload with no workspace) is
+    // said at its key before kiln's own files are looked for.
+    let runtime_at = inputs.len();
 
     // Guests, each under /guests/<vm>/: the appliance config gets each VM's
     // run form, naming those places.
@@ -92,6 +83,23 @@ pub(super) fn stage(
         })?;
         vms.push(vm);
     }
+
+    // The runtime as /init.
+    let runtime = payload::runtime_binary(
+        image
+            .config
+            .runtime
+            .binary
+            .as_ref()
+            .map(|p| image.dir.join(p))
+            .as_deref(),
+        &image.dir,
+    )?;
+    inputs.insert(
+        runtime_at,
+        inputs::hashed(hashes, "runtime", "kiln-runtime", &runtime)?,
+    );
+    staging.file("init", &runtime, 0o755);
     Ok(Guests { vms, payloads })
 }
 
