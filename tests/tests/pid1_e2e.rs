@@ -201,8 +201,8 @@ fn a_bad_appliance_config_is_reported_and_the_box_powers_off() {
     assert!(!run.output.contains("state=starting"), "{}", run.output);
     assert_eq!(
         run.status.and_then(|s| s.code()),
-        Some(0),
-        "QEMU exits normally"
+        Some(1),
+        "kiln run exits 1: the appliance powered off without its done line"
     );
     report("bad appliance config (build + boot)", started);
 }
