@@ -12,9 +12,8 @@
 
 use crate::stamp::Stamp;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -139,20 +138,10 @@ impl HashCache {
 fn hash_file(path: &Path) -> io::Result<(String, u64, Option<Stamp>)> {
     let mut f = std::fs::File::open(path)?;
     let before = Stamp::of_metadata(&f.metadata()?);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size = size.saturating_add(n as u64);
-        h.update(&buf[..n]);
-    }
+    let (sha, size) = crate::manifest::sha256_read(&mut f)?;
     let after = Stamp::of_metadata(&f.metadata()?);
     let stamp = (before == after && after.size == size).then_some(after);
-    Ok((crate::manifest::hex(&h.finalize()), size, stamp))
+    Ok((sha, size, stamp))
 }
 
 #[cfg(test)]

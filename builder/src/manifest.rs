@@ -97,18 +97,23 @@ pub struct Input {
     pub sha256: String,
 }
 
-/// SHA-256 of a file, streamed, as lowercase hex.
+/// SHA-256 of a file, streamed, as lowercase hex, and its size.
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+    sha256_read(&mut std::fs::File::open(path)?)
+}
+
+/// SHA-256 of everything `r` yields, streamed, as lowercase hex, and how
+/// many bytes that was.
+pub fn sha256_read(r: &mut impl Read) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        size += n as u64;
+        size = size.saturating_add(n as u64);
         h.update(&buf[..n]);
     }
     Ok((hex(&h.finalize()), size))
