@@ -415,29 +415,13 @@ impl Drop for LabTarget {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{flag, image};
     use super::*;
 
     fn lab(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join("box.toml");
         std::fs::write(&p, text).unwrap();
         p
-    }
-
-    fn image(dir: &Path) -> Deployable {
-        let img = dir.join("img");
-        std::fs::create_dir_all(&img).unwrap();
-        std::fs::write(img.join("vmlinuz"), b"k").unwrap();
-        std::fs::write(img.join("initramfs.cpio.zst"), b"i").unwrap();
-        std::fs::write(img.join("cmdline"), b"console=ttyS0\n").unwrap();
-        Deployable {
-            name: "img".into(),
-            dir: img,
-            machine: Default::default(),
-        }
-    }
-
-    fn flag() -> Arc<AtomicBool> {
-        Arc::new(AtomicBool::new(false))
     }
 
     #[test]

@@ -448,6 +448,7 @@ fn python_of(client: &Path) -> Result<PathBuf, LabgridError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{flag, image};
     use super::*;
 
     #[test]
@@ -494,23 +495,6 @@ mod tests {
         };
         let python = exe("python3", &format!("#!/bin/sh\n{script}"));
         exe("labgrid-client", &format!("#!{}\n", python.display()))
-    }
-
-    fn image(dir: &Path) -> Deployable {
-        let img = dir.join("img");
-        std::fs::create_dir_all(&img).unwrap();
-        std::fs::write(img.join("vmlinuz"), b"k").unwrap();
-        std::fs::write(img.join("initramfs.cpio.zst"), b"i").unwrap();
-        std::fs::write(img.join("cmdline"), b"console=ttyS0\n").unwrap();
-        Deployable {
-            name: "img".into(),
-            dir: img,
-            machine: Default::default(),
-        }
-    }
-
-    fn flag() -> Arc<AtomicBool> {
-        Arc::new(AtomicBool::new(false))
     }
 
     #[test]

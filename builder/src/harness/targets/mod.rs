@@ -170,6 +170,34 @@ pub(crate) fn read_back(file: &mut std::fs::File) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// What the lab targets' tests share: an image to deploy and a stop flag.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Deployable;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    /// A built image's files (their contents are never booted) under `dir`.
+    pub(crate) fn image(dir: &Path) -> Deployable {
+        let img = dir.join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(img.join("initramfs.cpio.zst"), b"i").unwrap();
+        std::fs::write(img.join("cmdline"), b"console=ttyS0\n").unwrap();
+        Deployable {
+            name: "img".into(),
+            dir: img,
+            machine: Default::default(),
+        }
+    }
+
+    /// A stop flag nobody raises.
+    pub(crate) fn flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
