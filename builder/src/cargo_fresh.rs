@@ -306,9 +306,7 @@ mod tests {
     }
 
     fn age(path: &Path) {
-        let t = SystemTime::now() - crate::stamp::SETTLE - Duration::from_secs(60);
-        let f = std::fs::File::open(path).unwrap();
-        f.set_modified(t).unwrap();
+        crate::stamp::set_mtime(path, crate::stamp::SETTLE + Duration::from_secs(60));
     }
 
     fn fixture() -> Fixture {

@@ -150,13 +150,7 @@ mod tests {
     use std::time::Duration;
 
     fn age(path: &Path) {
-        let t = SystemTime::now() - crate::stamp::SETTLE - Duration::from_secs(10);
-        std::fs::File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        crate::stamp::set_mtime(path, crate::stamp::SETTLE + Duration::from_secs(10));
     }
 
     #[test]

@@ -99,20 +99,19 @@ impl StampSet {
     }
 }
 
+/// Sets `path`'s modification time to `ago` before now (a file or a
+/// folder), for the tests of what trusts stamps.
+#[cfg(test)]
+pub(crate) fn set_mtime(path: &Path, ago: Duration) {
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - ago)
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
-
-    fn set_mtime(path: &Path, ago: Duration) {
-        let t = SystemTime::now() - ago;
-        File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
-    }
 
     #[test]
     fn a_rewrite_changes_the_stamp_and_an_absent_file_is_stamped_absent() {
