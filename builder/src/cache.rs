@@ -36,6 +36,10 @@ pub const AREAS: &[(&str, &str)] = &[
         "initramfs",
         "compressed initramfs archives by content digest",
     ),
+    (
+        "vmlinux",
+        "guest kernels unpacked from their bzImages, for PVH",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -87,6 +87,15 @@ pub struct Payload {
     pub source: String,
     pub size: u64,
     pub sha256: String,
+    /// For a guest kernel, the entry the VMM boots it through: `pvh` (an ELF
+    /// with a PVH note, such as the vmlinux kiln takes out of a `debian:`
+    /// bzImage) or `bzimage` (the 64-bit boot protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Why a `debian:` guest kernel with `boot.fast_boot` still boots as a
+    /// bzImage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -296,6 +296,7 @@ pub fn run_with(
             setup,
             counts,
             proc_status.as_ref(),
+            loaded.format.entry(),
         );
         print_attach_stats(&vm, &attached);
     }
@@ -460,8 +461,8 @@ fn stop_and_join(
 }
 
 /// One line on stderr with timings (from `started`, the start of the run),
-/// exit counts and the VMM's own memory (resident set minus the guest RAM
-/// pages that are resident).
+/// exit counts, the VMM's own memory (resident set minus the guest RAM
+/// pages that are resident) and the entry the guest booted through.
 fn print_stats(
     name: &str,
     machine: &Machine,
@@ -469,6 +470,7 @@ fn print_stats(
     setup: Duration,
     counts: ExitCounts,
     proc_status: Option<&File>,
+    entry: &str,
 ) {
     let vm = machine.vm();
     let total = started.elapsed();
@@ -483,7 +485,7 @@ fn print_stats(
     let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats vm={name} setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} vmm_peak_kib={} notes_held={}\n",
+        "kiln-runtime: stats vm={name} setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} vmm_peak_kib={} notes_held={} entry={entry}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,

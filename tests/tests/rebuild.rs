@@ -162,7 +162,7 @@ fn refresh_asks_apt_and_a_recent_resolution_does_not() {
     let image = write(
         &dir,
         "image.toml",
-        &format!("name = \"rebuild-apt\"\n[[vm]]\nname = \"p\"\nmemory = \"32M\"\n[vm.boot]\nkernel = \"{GUEST_KERNEL}\"\ninitrd = \"payload\"\n[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n[output]\nformats = [\"initramfs\"]\n"),
+        &format!("name = \"rebuild-apt\"\n[[vm]]\nname = \"p\"\nmemory = \"128M\"\n[vm.boot]\nkernel = \"{GUEST_KERNEL}\"\ninitrd = \"payload\"\n[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n[output]\nformats = [\"initramfs\"]\n"),
     );
     let out = dir.join("out");
     let env = [("PATH", path)];

@@ -5,7 +5,7 @@
 
 use kiln_abi::bzimage::{self, HeaderError};
 use object::read::elf::{FileHeader, ProgramHeader};
-use object::{elf, Endianness, FileKind};
+use object::{elf, Endianness, FileKind, ReadRef};
 use std::io::Read;
 use std::path::Path;
 
@@ -22,15 +22,16 @@ const HEAD: u64 = 64 * 1024;
 pub enum Bootable {
     /// A bzImage taking command lines up to this long.
     BzImage { cmdline_max: usize },
-    /// An ELF with a PVH note.
-    Pvh,
+    /// An ELF with a PVH note whose loadable segments end at this guest
+    /// physical address.
+    Pvh { load_end: u64 },
 }
 
 impl Bootable {
     pub fn cmdline_max(self) -> usize {
         match self {
             Bootable::BzImage { cmdline_max } => cmdline_max,
-            Bootable::Pvh => PVH_CMDLINE_MAX,
+            Bootable::Pvh { .. } => PVH_CMDLINE_MAX,
         }
     }
 }
@@ -54,10 +55,13 @@ pub fn check_kernel(path: &Path, pvh: bool) -> Result<Bootable, String> {
                 path.display()
             ));
         }
-        let data =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        return check_pvh(&data)
-            .map(|()| Bootable::Pvh)
+        // Read through a cache of the ranges the checks look at: a vmlinux
+        // is 53 MB, and only its headers and notes matter here.
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let cache = object::ReadCache::new(file);
+        return check_pvh(&cache)
+            .map(|load_end| Bootable::Pvh { load_end })
             .map_err(|why| format!("{} {why}", path.display()));
     }
     let expected = if pvh {
@@ -90,32 +94,44 @@ pub fn check_kernel(path: &Path, pvh: bool) -> Result<Bootable, String> {
     }
 }
 
-/// An ELF with a PVH note whose loadable segments are all in the file.
-fn check_pvh(data: &[u8]) -> Result<(), String> {
-    let found = match FileKind::parse(data) {
-        Ok(FileKind::Elf64) => pvh_note::<elf::FileHeader64<Endianness>>(data),
-        Ok(FileKind::Elf32) => pvh_note::<elf::FileHeader32<Endianness>>(data),
+/// An ELF with a PVH note whose loadable segments are all in the file;
+/// returns the guest physical address where its loadable segments end.
+pub fn check_pvh<'d, R: ReadRef<'d>>(data: R) -> Result<u64, String> {
+    let (found, end) = match FileKind::parse(data) {
+        Ok(FileKind::Elf64) => pvh_note::<elf::FileHeader64<Endianness>, R>(data),
+        Ok(FileKind::Elf32) => pvh_note::<elf::FileHeader32<Endianness>, R>(data),
         _ => Err("is not a valid ELF file".to_string()),
     }?;
     if found {
-        Ok(())
+        Ok(end)
     } else {
         Err("is an ELF file without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); expected a PVH kernel or a bzImage".into())
     }
 }
 
-fn pvh_note<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<bool, String> {
+fn pvh_note<'d, H: FileHeader<Endian = Endianness>, R: ReadRef<'d>>(
+    data: R,
+) -> Result<(bool, u64), String> {
     let truncated =
         |e: object::Error| format!("is truncated or damaged ({e}); expected a whole ELF file");
+    let size = data.len().map_err(|()| "cannot be read".to_string())?;
     let header = H::parse(data).map_err(truncated)?;
     let endian = header.endian().map_err(truncated)?;
     let mut found = false;
+    let mut end = 0u64;
     for ph in header.program_headers(endian, data).map_err(truncated)? {
         if ph.p_type(endian) == elf::PT_LOAD {
             // The segment's bytes must be in the file.
-            ph.data(endian, data).map_err(|()| {
-                "is truncated: a loadable segment ends past the end of the file; expected a whole ELF file".to_string()
-            })?;
+            let (memsz, filesz, paddr, offset): (u64, u64, u64, u64) = (
+                ph.p_memsz(endian).into(),
+                ph.p_filesz(endian).into(),
+                ph.p_paddr(endian).into(),
+                ph.p_offset(endian).into(),
+            );
+            if offset.checked_add(filesz).is_none_or(|e| e > size) {
+                return Err("is truncated: a loadable segment ends past the end of the file; expected a whole ELF file".to_string());
+            }
+            end = end.max(paddr.saturating_add(memsz.max(filesz)));
         }
         if let Some(mut notes) = ph.notes(endian, data).map_err(truncated)? {
             while let Some(note) = notes.next().map_err(truncated)? {
@@ -125,8 +141,38 @@ fn pvh_note<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<bool, Str
             }
         }
     }
-    Ok(found)
+    Ok((found, end))
 }
+
+/// Where guest RAM below the PCI hole ends: the runtime loads kernels and
+/// initrds only there (`low_ram_end` in runtime/src/vm/memory.rs).
+const LOW_RAM_MAX: u64 = 3 << 30;
+
+/// Checks that a PVH kernel's segments and the initrd (`initrd` bytes),
+/// which the runtime places above them, fit in `memory` bytes of guest RAM.
+/// A bzImage is checked by the runtime (it relocates itself).
+pub fn check_memory(kernel: Bootable, initrd: u64, memory: u64) -> Result<(), String> {
+    let Bootable::Pvh { load_end } = kernel else {
+        return Ok(());
+    };
+    let need = load_end
+        .saturating_add(initrd.div_ceil(PAGE).saturating_mul(PAGE))
+        .div_ceil(MIB)
+        .saturating_mul(MIB);
+    if need > memory.min(LOW_RAM_MAX) {
+        return Err(format!(
+            "is {} MiB, but the guest kernel loads up to {} MiB and its initrd takes {} KiB above that; expected at least {} MiB, and more for the guest to run in",
+            memory / MIB,
+            load_end.div_ceil(MIB),
+            initrd.div_ceil(1024),
+            need / MIB,
+        ));
+    }
+    Ok(())
+}
+
+const PAGE: u64 = 4096;
+const MIB: u64 = 1 << 20;
 
 /// Checks a command line against its kernel's limit.
 pub fn check_cmdline(cmdline: &str, kernel: Bootable) -> Result<(), String> {
@@ -141,7 +187,7 @@ pub fn check_cmdline(cmdline: &str, kernel: Bootable) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A 64-bit bzImage of `total` bytes whose header says it has `syssize`
@@ -198,55 +244,79 @@ mod tests {
             .contains("truncated"));
     }
 
-    #[test]
-    fn an_elf_needs_a_pvh_note_and_is_no_host_kernel() {
+    /// A 64-bit ELF with one PT_NOTE segment holding a note of `owner` and
+    /// `kind` (with a PVH entry address), and a PT_LOAD of `load` bytes at
+    /// guest address 16 MiB when `load` is not 0.
+    pub(crate) fn elf_with_note(owner: &[u8], kind: u32, load: usize) -> Vec<u8> {
         use object::write::elf::{
             FileHeader as WFileHeader, ProgramHeader as WProgramHeader, Writer,
         };
-        // A 64-bit ELF with one PT_NOTE segment holding `note`.
-        let elf = |owner: &[u8], kind: u32| {
-            let mut out = Vec::new();
-            let mut w = Writer::new(Endianness::Little, true, &mut out);
-            w.reserve_file_header();
-            w.reserve_program_headers(1);
-            let mut note = Vec::new();
-            note.extend_from_slice(&(u32::try_from(owner.len()).unwrap() + 1).to_le_bytes());
-            note.extend_from_slice(&4u32.to_le_bytes());
-            note.extend_from_slice(&kind.to_le_bytes());
-            note.extend_from_slice(owner);
+        let mut out = Vec::new();
+        let mut w = Writer::new(Endianness::Little, true, &mut out);
+        w.reserve_file_header();
+        w.reserve_program_headers(if load > 0 { 2 } else { 1 });
+        let mut note = Vec::new();
+        note.extend_from_slice(&(u32::try_from(owner.len()).unwrap() + 1).to_le_bytes());
+        note.extend_from_slice(&4u32.to_le_bytes());
+        note.extend_from_slice(&kind.to_le_bytes());
+        note.extend_from_slice(owner);
+        note.push(0);
+        while note.len() % 4 != 0 {
             note.push(0);
-            while note.len() % 4 != 0 {
-                note.push(0);
-            }
-            note.extend_from_slice(&0x100000u32.to_le_bytes());
-            let off = w.reserve(note.len(), 4);
-            w.write_file_header(&WFileHeader {
-                os_abi: 0,
-                abi_version: 0,
-                e_type: elf::ET_EXEC,
-                e_machine: elf::EM_X86_64,
-                e_entry: 0x100000,
-                e_flags: 0,
-            })
-            .unwrap();
-            w.write_align_program_headers();
+        }
+        note.extend_from_slice(&0x100_0000u32.to_le_bytes());
+        let off = w.reserve(note.len(), 4);
+        let load_off = w.reserve(load, 4096);
+        w.write_file_header(&WFileHeader {
+            os_abi: 0,
+            abi_version: 0,
+            e_type: elf::ET_EXEC,
+            e_machine: elf::EM_X86_64,
+            e_entry: 0x100_0000,
+            e_flags: 0,
+        })
+        .unwrap();
+        w.write_align_program_headers();
+        w.write_program_header(&WProgramHeader {
+            p_type: elf::PT_NOTE,
+            p_flags: 0,
+            p_offset: off as u64,
+            p_vaddr: 0,
+            p_paddr: 0,
+            p_filesz: note.len() as u64,
+            p_memsz: note.len() as u64,
+            p_align: 4,
+        });
+        if load > 0 {
             w.write_program_header(&WProgramHeader {
-                p_type: elf::PT_NOTE,
-                p_flags: 0,
-                p_offset: off as u64,
-                p_vaddr: 0,
-                p_paddr: 0,
-                p_filesz: note.len() as u64,
-                p_memsz: note.len() as u64,
-                p_align: 4,
+                p_type: elf::PT_LOAD,
+                p_flags: elf::PF_R | elf::PF_X,
+                p_offset: load_off as u64,
+                p_vaddr: 0xffff_ffff_8100_0000,
+                p_paddr: 0x100_0000,
+                p_filesz: load as u64,
+                p_memsz: load as u64,
+                p_align: 4096,
             });
-            w.write_align(4);
-            w.write(&note);
-            out
-        };
+        }
+        w.write_align(4);
+        w.write(&note);
+        if load > 0 {
+            w.write_align(4096);
+            w.write(&vec![0x90; load]);
+        }
+        out
+    }
+
+    #[test]
+    fn an_elf_needs_a_pvh_note_and_is_no_host_kernel() {
+        let elf = |owner: &[u8], kind: u32| elf_with_note(owner, kind, 0);
         let d = tempfile::tempdir().unwrap();
         let pvh = write(d.path(), "pvh", &elf(b"Xen", PVH_NOTE_TYPE));
-        assert_eq!(check_kernel(&pvh, true).unwrap(), Bootable::Pvh);
+        assert_eq!(
+            check_kernel(&pvh, true).unwrap(),
+            Bootable::Pvh { load_end: 0 }
+        );
         let e = check_kernel(&pvh, false).unwrap_err();
         assert!(e.contains("is an ELF file; expected a bzImage"), "{e}");
         let plain = write(d.path(), "plain", &elf(b"GNU", 3));
@@ -257,5 +327,27 @@ mod tests {
         let cut = write(d.path(), "cut", &cut);
         let e = check_kernel(&cut, true).unwrap_err();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn a_pvh_kernel_and_its_initrd_must_fit_in_memory() {
+        let d = tempfile::tempdir().unwrap();
+        // Loaded at 16 MiB, 1 MiB long: it ends at 17 MiB.
+        let k = write(
+            d.path(),
+            "k",
+            &elf_with_note(b"Xen", PVH_NOTE_TYPE, 1 << 20),
+        );
+        let b = check_kernel(&k, true).unwrap();
+        assert_eq!(b, Bootable::Pvh { load_end: 17 << 20 });
+        assert!(check_memory(b, 3 << 20, 20 << 20).is_ok());
+        let e = check_memory(b, (3 << 20) + 1, 20 << 20).unwrap_err();
+        assert_eq!(
+            e,
+            "is 20 MiB, but the guest kernel loads up to 17 MiB and its initrd takes 3073 KiB above that; expected at least 21 MiB, and more for the guest to run in"
+        );
+        // A bzImage relocates itself; the runtime checks it.
+        let bz = Bootable::BzImage { cmdline_max: 2048 };
+        assert!(check_memory(bz, 1 << 30, 16 << 20).is_ok());
     }
 }

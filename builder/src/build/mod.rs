@@ -58,6 +58,12 @@ pub enum BuildError {
     Output(#[from] crate::output::OutputError),
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    #[error("Cannot take the uncompressed kernel out of {}; set `boot.fast_boot = false` in the VM's [boot] to boot the bzImage as it is", path.display())]
+    Vmlinux {
+        path: PathBuf,
+        #[source]
+        source: crate::kernel::vmlinux::VmlinuxError,
+    },
     #[error("SOURCE_DATE_EPOCH is \"{0}\"; expected a whole number of seconds since 1970 (e.g. from `git log -1 --format=%ct`)")]
     Epoch(String),
     #[error("Cannot {what}")]

@@ -1,5 +1,7 @@
 //! Step 3: the runtime as `/init` and each VM's payloads under
-//! `/guests/<vm>/`, with each VM's run form pointing there.
+//! `/guests/<vm>/`, with each VM's run form pointing there. A `debian:`
+//! guest kernel with `boot.fast_boot` goes in as its vmlinux, booted
+//! through PVH ([`crate::kernel::vmlinux`]), unless that cannot be.
 
 use super::inputs::{self, FileHashes};
 use super::staging::Staging;
@@ -7,6 +9,7 @@ use super::{bootcheck, io, BuildError, Job};
 use crate::compress::{self, Compression, Encoder};
 use crate::cpio::Archive;
 use crate::image::VmEntry;
+use crate::kernel::vmlinux::{self, VmlinuxError};
 use crate::kernel::{self, Kernel, KernelOrigin, KernelSource};
 use crate::manifest::{self, Input, Payload};
 use crate::payload;
@@ -47,40 +50,76 @@ pub(super) fn stage(
         let spec = &entry.config;
         let name = spec.name.as_str();
         let at = entry.at.clone().key("boot");
+        let mut guest_kernel = None;
+        let mut initrd_size = 0u64;
         let vm = spec.resolve(|input| -> Result<PathBuf, BuildError> {
             let key = at.clone().key(input.key());
             let dest = format!("guests/{name}/{}", input.key());
             match input {
-                BootInput::Kernel(s) | BootInput::Initrd(s) => {
-                    let p = resolve_source(s, entry, &key, kernel)?;
-                    if matches!(input, BootInput::Kernel(_)) {
-                        check_guest_kernel(&p, entry, &at)?;
+                BootInput::Kernel(s) => {
+                    let bzimage = resolve_source(s, entry, &key, kernel)?;
+                    let (p, note) = match s {
+                        Source::Debian(_) if spec.boot.fast_boot => {
+                            match guest_vmlinux(&bzimage, job)? {
+                                Vmlinux::Pvh(v) => (v, None),
+                                Vmlinux::Kept(why) => {
+                                    crate::progress::note(format!(
+                                        "vm {name}: booting the bzImage {}: {why}",
+                                        bzimage.display()
+                                    ));
+                                    (bzimage, Some(why))
+                                }
+                            }
+                        }
+                        _ => (bzimage, None),
+                    };
+                    let bootable = check_guest_kernel(&p, entry, &at)?;
+                    let mut record =
+                        payload_record(hashes, name, &dest, &s.to_string(), Some(&p), None)?;
+                    record.entry = Some(entry_name(bootable).into());
+                    record.entry_note = note;
+                    if crate::progress::verbose() {
+                        crate::progress::note(format!(
+                            "vm {name}: guest kernel {} ({} bytes), {} entry",
+                            p.display(),
+                            record.size,
+                            entry_name(bootable)
+                        ));
                     }
-                    payloads.push(payload_record(
-                        hashes,
-                        name,
-                        &dest,
-                        &s.to_string(),
-                        Some(&p),
-                        None,
-                    )?);
+                    payloads.push(record);
+                    guest_kernel = Some(bootable);
+                    staging.file(&dest, &p, 0o644);
+                }
+                BootInput::Initrd(s) => {
+                    let p = resolve_source(s, entry, &key, kernel)?;
+                    let record =
+                        payload_record(hashes, name, &dest, &s.to_string(), Some(&p), None)?;
+                    initrd_size = record.size;
+                    payloads.push(record);
                     staging.file(&dest, &p, 0o644);
                 }
                 BootInput::BuiltInitrd(b) => {
                     let file = guest_initrd(b, entry, &key, kernel, job)?;
-                    payloads.push(payload_record(
+                    let record = payload_record(
                         hashes,
                         name,
                         &dest,
                         &format!("initramfs of {}", b.init),
                         Some(&file),
                         None,
-                    )?);
+                    )?;
+                    initrd_size = record.size;
+                    payloads.push(record);
                     staging.file(&dest, &file, 0o644);
                 }
             }
             Ok(PathBuf::from(format!("/{dest}")))
         })?;
+        if let Some(k) = guest_kernel {
+            bootcheck::check_memory(k, initrd_size, spec.memory.bytes()).map_err(|m| {
+                ConfigError::at_key(&entry.file, &entry.src, &entry.at.clone().key("memory"), m)
+            })?;
+        }
         vms.push(vm);
     }
 
@@ -104,13 +143,88 @@ pub(super) fn stage(
 }
 
 /// A guest kernel the runtime can boot, with a command line it takes.
-fn check_guest_kernel(path: &Path, vm: &VmEntry, boot: &KeyPath) -> Result<(), BuildError> {
+fn check_guest_kernel(
+    path: &Path,
+    vm: &VmEntry,
+    boot: &KeyPath,
+) -> Result<bootcheck::Bootable, BuildError> {
     let err = |key: KeyPath, m: String| ConfigError::at_key(&vm.file, &vm.src, &key, m);
     let bootable =
         bootcheck::check_kernel(path, true).map_err(|m| err(boot.clone().key("kernel"), m))?;
     bootcheck::check_cmdline(&vm.config.boot.cmdline, bootable)
         .map_err(|m| err(boot.clone().key("cmdline"), m))?;
-    Ok(())
+    Ok(bootable)
+}
+
+/// The entry a guest kernel boots through, as the manifest names it.
+fn entry_name(b: bootcheck::Bootable) -> &'static str {
+    match b {
+        bootcheck::Bootable::Pvh { .. } => "pvh",
+        bootcheck::Bootable::BzImage { .. } => "bzimage",
+    }
+}
+
+/// What a `debian:` guest kernel with `boot.fast_boot` boots as.
+#[derive(Debug, PartialEq, Eq)]
+enum Vmlinux {
+    /// Its vmlinux, which has a PVH entry: a file in the cache.
+    Pvh(PathBuf),
+    /// The bzImage, for this reason (no PVH note, a codec kiln does not
+    /// unpack).
+    Kept(String),
+}
+
+/// The vmlinux ELF inside `bzimage`, unpacked once into the cache
+/// (`vmlinux/<key>.elf`, `<key>` a digest of kiln's version and the
+/// bzImage's SHA-256) and reused; a bzImage whose vmlinux kiln cannot boot
+/// through PVH is remembered beside it (`<key>.bzimage`, holding why), so
+/// it is not unpacked at every build either.
+fn guest_vmlinux(bzimage: &Path, job: &Job) -> Result<Vmlinux, BuildError> {
+    let (sha256, _) = job.hashes.of(bzimage)?;
+    let dir = kernel::cache_dir()?.join("vmlinux");
+    vmlinux_cached(bzimage, &sha256, &dir)
+}
+
+fn vmlinux_cached(bzimage: &Path, sha256: &str, dir: &Path) -> Result<Vmlinux, BuildError> {
+    let digest = manifest::sha256_bytes(
+        format!(
+            "kiln {} vmlinux\nbzimage {sha256}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
+    );
+    let elf = dir.join(format!("{digest}.elf"));
+    let kept = dir.join(format!("{digest}.bzimage"));
+    if elf.is_file() {
+        return Ok(Vmlinux::Pvh(elf));
+    }
+    if let Ok(why) = std::fs::read_to_string(&kept) {
+        return Ok(Vmlinux::Kept(why));
+    }
+    let image = std::fs::read(bzimage).map_err(io(format!("read {}", bzimage.display())))?;
+    let unpacked = match vmlinux::extract(&image, vmlinux::MAX_VMLINUX) {
+        Ok(v) => bootcheck::check_pvh(v.as_slice())
+            .map(|_| v)
+            .map_err(|why| format!("its vmlinux {why}")),
+        Err(e @ VmlinuxError::UnknownCompression { .. }) => Err(e.to_string()),
+        Err(source) => {
+            return Err(BuildError::Vmlinux {
+                path: bzimage.to_path_buf(),
+                source,
+            })
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    match unpacked {
+        Ok(v) => {
+            store(&elf, &v).map_err(io(format!("write {}", elf.display())))?;
+            Ok(Vmlinux::Pvh(elf))
+        }
+        Err(why) => {
+            store(&kept, why.as_bytes()).map_err(io(format!("write {}", kept.display())))?;
+            Ok(Vmlinux::Kept(why))
+        }
+    }
 }
 
 /// Turns a payload source into a file on this machine.
@@ -239,5 +353,87 @@ fn payload_record(
         source: source.to_string(),
         size,
         sha256,
+        entry: None,
+        entry_note: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::bootcheck::tests::elf_with_note;
+    use crate::kernel::vmlinux::tests::{bzimage_around, compressed};
+
+    const XEN_PVH: u32 = 18;
+
+    fn bzimage_of(c: Compression, elf: &[u8]) -> Vec<u8> {
+        let p = compressed(c, elf);
+        bzimage_around(&p, 0, (p.len() + 16).next_multiple_of(16))
+    }
+
+    #[test]
+    fn a_pvh_vmlinux_is_unpacked_once_per_bzimage_and_codec() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("vmlinux");
+        let elf = elf_with_note(b"Xen", XEN_PVH, 64 << 10);
+        for c in [
+            Compression::Lz4,
+            Compression::Gzip,
+            Compression::Xz,
+            Compression::Zstd,
+        ] {
+            let bz = d.path().join(format!("vmlinuz.{c}"));
+            std::fs::write(&bz, bzimage_of(c, &elf)).unwrap();
+            let sha = format!("sha-of-{c}");
+            let Vmlinux::Pvh(v) = vmlinux_cached(&bz, &sha, &cache).unwrap() else {
+                panic!("{c}: kept the bzImage");
+            };
+            assert!(std::fs::read(&v).unwrap() == elf, "{c}");
+            // Cached: the same file, even with the bzImage gone.
+            std::fs::remove_file(&bz).unwrap();
+            assert_eq!(vmlinux_cached(&bz, &sha, &cache).unwrap(), Vmlinux::Pvh(v));
+        }
+        // Nothing left half-written beside them.
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn no_pvh_note_or_an_unknown_codec_keeps_the_bzimage_and_says_why() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("vmlinux");
+        let bz = d.path().join("vmlinuz");
+        let plain = elf_with_note(b"GNU", 3, 4096);
+        std::fs::write(&bz, bzimage_of(Compression::Zstd, &plain)).unwrap();
+        let got = vmlinux_cached(&bz, "a", &cache).unwrap();
+        let Vmlinux::Kept(why) = &got else {
+            panic!("{got:?}")
+        };
+        assert!(
+            why.starts_with("its vmlinux is an ELF file without a PVH entry note"),
+            "{why}"
+        );
+        assert_eq!(vmlinux_cached(&bz, "a", &cache).unwrap(), got, "remembered");
+        std::fs::write(&bz, bzimage_around(b"BZh91AY&SY12345678", 0, 64)).unwrap();
+        let Vmlinux::Kept(why) = vmlinux_cached(&bz, "b", &cache).unwrap() else {
+            panic!("bzip2 unpacked")
+        };
+        assert!(
+            why.contains("compressed in a way kiln does not unpack"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_payload_fails_the_build_and_caches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("vmlinux");
+        let bz = d.path().join("vmlinuz");
+        let mut k = bzimage_of(Compression::Gzip, &elf_with_note(b"Xen", XEN_PVH, 4096));
+        let n = k.len();
+        k.truncate(n - 32);
+        std::fs::write(&bz, &k).unwrap();
+        let e = vmlinux_cached(&bz, "c", &cache).unwrap_err();
+        assert!(matches!(e, BuildError::Vmlinux { .. }), "{e}");
+        assert!(!cache.exists() || std::fs::read_dir(&cache).unwrap().count() == 0);
+    }
 }

@@ -6,13 +6,15 @@
 //! with optional modules directory and config. [`resolve`] turns it into a
 //! [`Kernel`]: files on disk plus where they came from, for the manifest.
 //! [`module_index`] gives the kernel's module dependencies for
-//! [`kiln_schema::kmod`].
+//! [`kiln_schema::kmod`]. [`vmlinux`] unpacks a bzImage's uncompressed
+//! kernel, for guests booted through PVH.
 
 pub mod apt;
 pub mod debian;
 pub mod kconfig;
 pub mod modinfo;
 pub mod resolved;
+pub mod vmlinux;
 
 pub use apt::{check_keyring_name, check_source_line, AptRepo};
 pub use kconfig::KernelConfig;

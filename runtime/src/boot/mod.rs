@@ -120,6 +120,17 @@ pub enum KernelFormat {
     Elf,
 }
 
+impl KernelFormat {
+    /// The entry the guest boots through, as the stats line and kiln's
+    /// manifest name it: `bzimage` (64-bit boot protocol) or `pvh`.
+    pub fn entry(self) -> &'static str {
+        match self {
+            KernelFormat::BzImage => "bzimage",
+            KernelFormat::Elf => "pvh",
+        }
+    }
+}
+
 /// A kernel in guest memory, ready to enter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loaded {

@@ -84,8 +84,11 @@ pub struct BootSpec {
     pub initrd: Option<InitrdSource>,
     #[serde(default)]
     pub cmdline: String,
-    /// For a `debian:` kernel, put [`FAST_BOOT_CMDLINE`] before `cmdline`
-    /// (each word whose key `cmdline` does not set itself).
+    /// For a `debian:` kernel, boot the uncompressed vmlinux `kiln build`
+    /// takes out of its bzImage through PVH, and put
+    /// [`FAST_BOOT_CMDLINE`] before `cmdline` (each word whose key
+    /// `cmdline` does not set itself); `false` boots the bzImage with
+    /// `cmdline` as written.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub fast_boot: bool,
 }
