@@ -170,7 +170,7 @@ pub(crate) mod tests {
         let mut x = 7u32;
         while v.len() < len {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            v.push((x >> 16) as u8 % 16);
+            v.push(x.to_le_bytes()[2] % 16);
         }
         v
     }
@@ -180,7 +180,7 @@ pub(crate) mod tests {
         std::io::Write::write_all(&mut enc, data).unwrap();
         let mut out = enc.finish().unwrap();
         if c != Compression::Gzip {
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
         }
         out
     }
@@ -196,10 +196,10 @@ pub(crate) mod tests {
         k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         k[0x211] = bzimage::LOADED_HIGH;
         k[0x236..0x238].copy_from_slice(&bzimage::XLF_KERNEL_64.to_le_bytes());
-        k[0x1f4..0x1f8].copy_from_slice(&((pm_len / 16) as u32).to_le_bytes());
+        k[0x1f4..0x1f8].copy_from_slice(&u32::try_from(pm_len / 16).unwrap().to_le_bytes());
         k[PAYLOAD_OFFSET_AT..PAYLOAD_OFFSET_AT + 4].copy_from_slice(&offset.to_le_bytes());
         k[PAYLOAD_LENGTH_AT..PAYLOAD_LENGTH_AT + 4]
-            .copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            .copy_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
         let at = setup + offset as usize;
         k[at..at + payload.len()].copy_from_slice(payload);
         k
@@ -259,7 +259,7 @@ pub(crate) mod tests {
     #[test]
     fn payload_fields_past_the_end_or_overflowing_are_refused() {
         let mut k = bzimage(&compressed(Compression::Zstd, &elf(1000)));
-        let len = k.len() as u32;
+        let len = u32::try_from(k.len()).unwrap();
         k[PAYLOAD_OFFSET_AT..PAYLOAD_OFFSET_AT + 4].copy_from_slice(&len.to_le_bytes());
         let e = extract(&k, MAX_VMLINUX).unwrap_err();
         assert!(e.to_string().contains("lies outside the"), "{e}");
