@@ -10,6 +10,7 @@
 //! UKI's hash and SOURCE_DATE_EPOCH, so the same inputs give the same bytes.
 
 use super::{io_err, round_up, write_atomically, OutputError};
+use chrono::{Datelike, Timelike};
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions, TimeProvider};
 use gpt::partition::Partition;
 use gpt::partition_types;
@@ -172,46 +173,28 @@ impl TimeProvider for FixedTime {
 
 /// `epoch` (seconds since 1970, UTC) as a FAT date and time, clamped to
 /// what FAT can store (1980 to 2107).
-// Every field is in range once clamped: year in 1980..=2107, secs < 86400.
-#[allow(clippy::cast_possible_truncation)]
+// Every field is in range once clamped: year in 1980..=2107.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn fat_time(epoch: u64) -> fatfs::DateTime {
-    const FAT_FIRST: u64 = 315_532_800; // 1980-01-01T00:00:00Z
-    let epoch = epoch.max(FAT_FIRST);
-    let (days, secs) = (epoch / 86_400, epoch % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (year, month, day, secs) = if year > 2107 {
-        (2107, 12, 31, 86_399)
-    } else {
-        (year, month, day, secs)
-    };
+    const FAT_FIRST: i64 = 315_532_800; // 1980-01-01T00:00:00Z
+    const FAT_LAST: i64 = 4_354_819_199; // 2107-12-31T23:59:59Z
+    let secs = i64::try_from(epoch)
+        .unwrap_or(i64::MAX)
+        .clamp(FAT_FIRST, FAT_LAST);
+    let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
     fatfs::DateTime {
         date: fatfs::Date {
-            year: year as u16,
-            month: month as u16,
-            day: day as u16,
+            year: t.year() as u16,
+            month: t.month() as u16,
+            day: t.day() as u16,
         },
         time: fatfs::Time {
-            hour: (secs / 3600) as u16,
-            min: (secs / 60 % 60) as u16,
-            sec: (secs % 60) as u16,
+            hour: t.hour() as u16,
+            min: t.minute() as u16,
+            sec: t.second() as u16,
             millis: 0,
         },
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (the
-/// well-known era-based conversion; no leap-second table needed for FAT).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 fn fat_err(what: &str) -> impl FnOnce(std::io::Error) -> OutputError {
@@ -739,6 +722,7 @@ mod tests {
         assert_eq!(t(951_782_400), (2000, 2, 29, 0, 0, 0));
         assert_eq!(t(4_102_444_800), (2100, 1, 1, 0, 0, 0));
         assert_eq!(t(1 << 40), (2107, 12, 31, 23, 59, 59));
+        assert_eq!(t(u64::MAX), (2107, 12, 31, 23, 59, 59));
     }
 
     #[test]

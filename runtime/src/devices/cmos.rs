@@ -6,6 +6,7 @@
 
 use super::bus::BusDevice;
 use super::StopRequest;
+use chrono::{Datelike, Timelike};
 
 const REG_SECONDS: u8 = 0x00;
 const REG_MINUTES: u8 = 0x02;
@@ -49,36 +50,25 @@ impl Clock {
         Self::from_unix(secs)
     }
 
-    /// Converts seconds since 1970 (UTC) to a date, by the proleptic
-    /// Gregorian calendar (days-from-civil inverted).
-    /// Unsigned throughout: the epoch is day 0, so every term is >= 0.
-    // Every field but the year is in range by construction (day <= 31,
-    // month <= 12, weekday <= 7, hour < 24); the year saturates.
-    // The host's clock, not the guest's: from any u64 the largest value
-    // (era * 400) stays below 2^48, and every subtraction is of a part of
-    // its minuend (Howard Hinnant's days-to-civil).
-    #[allow(clippy::cast_possible_truncation, clippy::arithmetic_side_effects)]
+    /// Converts seconds since 1970 (UTC) to a date; a time past what
+    /// chrono represents (year 262142) reads as its last second.
+    // chrono keeps every field in range (month <= 12, day <= 31, weekday
+    // <= 7, hour < 24); a year past u32 cannot occur in chrono's range.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     pub fn from_unix(secs: u64) -> Self {
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z % 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        let year = u32::try_from(yoe + era * 400 + u64::from(month <= 2)).unwrap_or(u32::MAX);
+        let t = i64::try_from(secs)
+            .ok()
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         Clock {
-            year,
-            month,
-            day,
-            // 1970-01-01 was a Thursday; CMOS counts Sunday as 1.
-            weekday: ((days + 4) % 7 + 1) as u8,
-            hour: (rem / 3600) as u8,
-            minute: (rem / 60 % 60) as u8,
-            second: (rem % 60) as u8,
+            year: t.year() as u32,
+            month: t.month() as u8,
+            day: t.day() as u8,
+            // CMOS counts Sunday as 1.
+            weekday: t.weekday().number_from_sunday() as u8,
+            hour: t.hour() as u8,
+            minute: t.minute() as u8,
+            second: t.second() as u8,
         }
     }
 }
@@ -185,6 +175,8 @@ mod tests {
             ),
             (2, 29)
         );
+        let last = Clock::from_unix(u64::MAX);
+        assert_eq!((last.year, last.month, last.day), (262_142, 12, 31));
     }
 
     fn fixed() -> Clock {

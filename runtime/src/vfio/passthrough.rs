@@ -509,33 +509,16 @@ impl PassthroughFunction {
         };
         if !cap.enabled() {
             if self.msi_on {
-                if let Err(e) = self.host.disable_irqs(IrqKind::Msi) {
-                    self.say("disable MSI", e.as_ref());
-                }
-                let vectors = std::mem::take(&mut self.msi);
-                self.drop_vectors(vectors);
-                self.msi_on = false;
-                if let Err(e) = self.set_intx(true) {
-                    self.say("re-enable INTx", &e);
-                }
+                self.stop_msi(IrqKind::Msi);
             }
             return;
         }
         if !self.msi_on {
-            if let Err(e) = self.set_intx(false) {
-                self.say("turn INTx off for MSI", &e);
-            }
             let n = cap.vectors().min(self.host.irq_count(IrqKind::Msi).max(1));
             let msgs: Vec<MsiMessage> = (0..n).map(|i| cap.message(i)).collect();
-            match self.new_vectors(&msgs) {
-                Ok(v) => self.msi = v,
-                Err(e) => return self.say("route MSI", &e),
+            if !self.start_msi(IrqKind::Msi, &msgs) {
+                return;
             }
-            let fds: Vec<&EventFd> = self.msi.iter().map(|v| &v.fd).collect();
-            if let Err(e) = self.host.enable_irqs(IrqKind::Msi, &fds) {
-                self.say("enable MSI on the device", e.as_ref());
-            }
-            self.msi_on = true;
         }
         let all = 0..self.msi.len();
         sync_vectors(&self.vm, &self.name, &mut self.msi, all, |i| {
@@ -554,22 +537,11 @@ impl PassthroughFunction {
         }
         if !enabled {
             if self.msix_on {
-                if let Err(e) = self.host.disable_irqs(IrqKind::Msix) {
-                    self.say("disable MSI-X", e.as_ref());
-                }
-                let vectors = std::mem::take(&mut self.msix);
-                self.drop_vectors(vectors);
-                self.msix_on = false;
-                if let Err(e) = self.set_intx(true) {
-                    self.say("re-enable INTx", &e);
-                }
+                self.stop_msi(IrqKind::Msix);
             }
             return;
         }
         if !self.msix_on {
-            if let Err(e) = self.set_intx(false) {
-                self.say("turn INTx off for MSI-X", &e);
-            }
             let n = self.host.irq_count(IrqKind::Msix) as usize;
             let msgs: Vec<MsiMessage> = self.config.msix().map_or_else(Vec::new, |x| {
                 x.entries
@@ -581,17 +553,9 @@ impl PassthroughFunction {
                     })
                     .collect()
             });
-            match self.new_vectors(&msgs) {
-                Ok(v) => self.msix = v,
-                Err(e) => return self.say("route MSI-X", &e),
+            if !self.start_msi(IrqKind::Msix, &msgs) {
+                return;
             }
-            if !self.msix.is_empty() {
-                let fds: Vec<&EventFd> = self.msix.iter().map(|v| &v.fd).collect();
-                if let Err(e) = self.host.enable_irqs(IrqKind::Msix, &fds) {
-                    self.say("enable MSI-X on the device", e.as_ref());
-                }
-            }
-            self.msix_on = true;
             change = MsixChange::Control;
         }
         let Some(x) = self.config.msix() else {
@@ -608,6 +572,69 @@ impl PassthroughFunction {
                 });
             (msg, x.live(i))
         });
+    }
+
+    /// Turns MSI or MSI-X on: INTx off, a vector per message, the device
+    /// signalling their eventfds. False when the routes could not be made
+    /// (said), and the kind stays off.
+    fn start_msi(&mut self, kind: IrqKind, msgs: &[MsiMessage]) -> bool {
+        let msix = kind == IrqKind::Msix;
+        let (intx_off, route, enable) = if msix {
+            (
+                "turn INTx off for MSI-X",
+                "route MSI-X",
+                "enable MSI-X on the device",
+            )
+        } else {
+            (
+                "turn INTx off for MSI",
+                "route MSI",
+                "enable MSI on the device",
+            )
+        };
+        if let Err(e) = self.set_intx(false) {
+            self.say(intx_off, &e);
+        }
+        let vectors = match self.new_vectors(msgs) {
+            Ok(v) => v,
+            Err(e) => {
+                self.say(route, &e);
+                return false;
+            }
+        };
+        if !vectors.is_empty() {
+            let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.fd).collect();
+            if let Err(e) = self.host.enable_irqs(kind, &fds) {
+                self.say(enable, e.as_ref());
+            }
+        }
+        if msix {
+            (self.msix, self.msix_on) = (vectors, true);
+        } else {
+            (self.msi, self.msi_on) = (vectors, true);
+        }
+        true
+    }
+
+    /// Turns MSI or MSI-X off: the device's, then its routes, then INTx
+    /// back on.
+    fn stop_msi(&mut self, kind: IrqKind) {
+        let msix = kind == IrqKind::Msix;
+        let disable = if msix { "disable MSI-X" } else { "disable MSI" };
+        if let Err(e) = self.host.disable_irqs(kind) {
+            self.say(disable, e.as_ref());
+        }
+        let vectors = if msix {
+            self.msix_on = false;
+            std::mem::take(&mut self.msix)
+        } else {
+            self.msi_on = false;
+            std::mem::take(&mut self.msi)
+        };
+        self.drop_vectors(vectors);
+        if let Err(e) = self.set_intx(true) {
+            self.say("re-enable INTx", &e);
+        }
     }
 
     /// One eventfd and route per message, the routes committed together;
