@@ -139,7 +139,14 @@ pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample
     // pipe never reports end of file.
     drop(cmd);
     let pid = pid_of(&child);
-    let pidfd = pidfd_open(pid).map_err(MeasureError::Pidfd)?;
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            kill_group(pid);
+            let _ = reap(pid);
+            return Err(MeasureError::Pidfd(e));
+        }
+    };
     let status_path = format!("/proc/{pid}/status");
     let ms = |t: Instant| t.saturating_duration_since(started).as_secs_f64() * 1000.0;
     let deadline = started + limit;
@@ -157,9 +164,7 @@ pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample
             break;
         }
         if ended.is_none() && killed.is_none() && now >= deadline {
-            // SAFETY: kill() of our own child's process group (it has not
-            // been reaped, so the pid and its group are still ours).
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            kill_group(pid);
             killed = Some(now);
             sample.timed_out = true;
         }
@@ -231,8 +236,7 @@ pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample
     if ended.is_none() {
         // Given up on: killed and still not gone. Its time is the deadline's.
         if killed.is_none() {
-            // SAFETY: as above, our own unreaped child's group.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            kill_group(pid);
             sample.timed_out = true;
         }
         sample.exit_ms = ms(Instant::now());
@@ -266,8 +270,21 @@ fn take(sample: &mut Sample, chunk: &[u8], markers: &Markers, now: f64) {
     }
 }
 
+/// Kills the process group our child `pid` leads (it was spawned with
+/// `process_group(0)` and has not been reaped, so the group is still its).
+fn kill_group(pid: libc::pid_t) {
+    // Never 0 or negative: kill(0) would be the harness's own group.
+    if pid > 0 {
+        // SAFETY: kill() sends a signal; the group is our child's alone.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+}
+
 /// Reaps `pid` if it has ended, with its resource usage.
 fn reap(pid: libc::pid_t) -> Option<(i32, libc::rusage)> {
+    if pid <= 0 {
+        return None;
+    }
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
