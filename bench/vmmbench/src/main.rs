@@ -323,7 +323,7 @@ fn kiln_command(exe: &str, cfg: &VmConfig) -> Result<Command, BenchError> {
 fn print_run(vmm: &str, setting: &str, s: &Sample) {
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     println!(
-        "vmmbench: run setting={setting} vmm={vmm} pair={} ok={} code={} setup_ms={} init_ms={} exit_ms={:.0} teardown_ms={} peak_kib={} hwm_kib={} rusage_kib={} exits={} pio={} mmio={} guest_kib={}",
+        "vmmbench: run setting={setting} vmm={vmm} pair={} ok={} code={} setup_ms={} init_ms={} exit_ms={:.0} teardown_ms={} peak_kib={} hwm_kib={} rusage_kib={} harness_kib={} exits={} pio={} mmio={} guest_kib={}",
         s.pair,
         if s.failure.is_none() { "yes" } else { "no" },
         s.code()
@@ -335,6 +335,7 @@ fn print_run(vmm: &str, setting: &str, s: &Sample) {
         f(report::own_peak_kib(s)),
         f(s.hwm_kib.map(|k| k as f64)),
         s.rusage_kib,
+        s.harness_kib,
         f(s.field("kiln-runtime: stats", "exits")),
         f(s.field("kiln-runtime: stats", "pio")),
         f(s.field("kiln-runtime: stats", "mmio")),

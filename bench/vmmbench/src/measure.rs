@@ -33,10 +33,13 @@ pub struct Sample {
     pub last_ms: Option<f64>,
     /// To the process reaped, or to when it was given up on.
     pub exit_ms: f64,
-    /// `ru_maxrss` of the VMM process. It also counts the harness's
-    /// forked copy before the exec (about 2.3 MiB), so the table does not
-    /// use it; kept in the run lines.
+    /// `ru_maxrss` of the VMM process: the larger of its own lifetime peak
+    /// and the harness's peak, whose memory the spawned process shared
+    /// until its `exec` (Linux keeps the larger at exec).
     pub rusage_kib: u64,
+    /// The harness's own `VmHWM` just after the spawn: at least what
+    /// `rusage_kib` counts of it.
+    pub harness_kib: u64,
     /// The VMM's own high-water mark, `VmHWM` of /proc/<pid>/status, read
     /// while it runs (last at the guest's last line, just before it asks
     /// to end the VM). hugetlbfs guest RAM is not counted in it.
@@ -62,6 +65,13 @@ impl Sample {
         self.status
             .filter(|s| libc::WIFEXITED(*s))
             .map(|s| libc::WEXITSTATUS(s))
+    }
+
+    /// The VMM's lifetime peak from `ru_maxrss`, when that is above the
+    /// harness's own peak and so cannot be the harness's: then it is the
+    /// VMM's own, teardown included.
+    pub fn lifetime_peak_kib(&self) -> Option<u64> {
+        (self.harness_kib > 0 && self.rusage_kib > self.harness_kib).then_some(self.rusage_kib)
     }
 
     /// Why this boot does not count, or `None` when it does: it ended
@@ -138,6 +148,8 @@ pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample
     // The Command holds the write ends until dropped: without this the
     // pipe never reports end of file.
     drop(cmd);
+    // spawn() returns after the exec, so this bounds the harness's part.
+    let harness_kib = read_hwm("/proc/self/status").unwrap_or(0);
     let pid = pid_of(&child);
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => fd,
@@ -151,7 +163,10 @@ pub fn run(mut cmd: Command, markers: Markers, limit: Duration) -> Result<Sample
     let ms = |t: Instant| t.saturating_duration_since(started).as_secs_f64() * 1000.0;
     let deadline = started + limit;
 
-    let mut sample = Sample::default();
+    let mut sample = Sample {
+        harness_kib,
+        ..Sample::default()
+    };
     let mut file = std::fs::File::from(read);
     let mut buf = [0u8; 4096];
     let mut pipe_open = true;
@@ -369,6 +384,26 @@ mod tests {
         let s = run(cmd, m, Duration::from_secs(10)).unwrap();
         let hwm = s.hwm_kib.expect("VmHWM read while it ran");
         assert!(hwm > 0 && hwm < 64 * 1024, "{hwm}");
+        assert!(s.harness_kib > 0);
+        // A shell is smaller than this test process: its ru_maxrss is the
+        // test process's, not its own.
+        assert_eq!(s.lifetime_peak_kib(), None, "{s:?}");
+    }
+
+    #[test]
+    fn a_process_larger_than_the_harness_has_its_own_lifetime_peak() {
+        let big = Sample {
+            rusage_kib: 53_460,
+            harness_kib: 2_400,
+            ..Sample::default()
+        };
+        assert_eq!(big.lifetime_peak_kib(), Some(53_460));
+        let small = Sample {
+            rusage_kib: 2_400,
+            harness_kib: 2_400,
+            ..Sample::default()
+        };
+        assert_eq!(small.lifetime_peak_kib(), None);
     }
 
     #[test]

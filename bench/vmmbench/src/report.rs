@@ -45,10 +45,12 @@ fn setup_ms(s: &Sample) -> Option<f64> {
 }
 
 /// The VMM's own peak memory: kiln's `vmm_peak_kib` (its VmHWM less the
-/// guest RAM in it), or, for a VMM without a stats line, its VmHWM as the
-/// harness last read it.
+/// guest RAM in it); for a VMM without a stats line, its lifetime peak
+/// from `ru_maxrss` when that is its own, else its VmHWM as the harness
+/// last read it.
 pub fn own_peak_kib(s: &Sample) -> Option<f64> {
     s.field("kiln-runtime: stats", "vmm_peak_kib")
+        .or(s.lifetime_peak_kib().map(|k| k as f64))
         .or(s.hwm_kib.map(|k| k as f64))
 }
 
@@ -220,6 +222,10 @@ mod tests {
             ..Sample::default()
         };
         assert_eq!(own_peak_kib(&s), Some(4500.0));
+        // ru_maxrss above the harness's size is the VMM's whole-life peak.
+        s.rusage_kib = 4700;
+        s.harness_kib = 2400;
+        assert_eq!(own_peak_kib(&s), Some(4700.0));
         s.output = b"x\nkiln-runtime: stats vm=linux vmm_kib=2000 vmm_peak_kib=2300 notes_held=0\n"
             .to_vec();
         assert_eq!(own_peak_kib(&s), Some(2300.0));
