@@ -9,7 +9,7 @@
 use crate::arch::x86_64::acpi::{self, AcpiError};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
-use crate::devices::serial::GUEST_TAG_ENV;
+use crate::devices::serial::{flush_partial_line, GUEST_TAG_ENV};
 use crate::machine::{self, Machine, MachineError};
 use crate::sandbox::seccomp::{self, SeccompError, ThreadKind};
 use crate::sandbox::{self, Jail, SandboxError};
@@ -282,6 +282,7 @@ pub fn run_with(
 
     wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
     let counts = stop_and_join(threads, &mut heartbeat);
+    flush_partial_line();
     heartbeat.stopping();
     drop(signals);
     let exit = ctl
@@ -406,6 +407,8 @@ fn wait_for_stop(
             )));
             break;
         }
+        // Guest text without its line end yet shows at most a tick late.
+        flush_partial_line();
         if let Ok(Some(info)) = signals.fd.read_signal() {
             // Signal numbers are at most 64.
             let signo = i32::try_from(info.ssi_signo).unwrap_or(i32::MAX);
@@ -825,6 +828,65 @@ mod tests {
                 libc::SYS_socket
             )),
             "{stderr}"
+        );
+    }
+
+    /// Names the text an echoing child's guest prints before it spins.
+    const ECHO_CHILD: &str = "KILN_TEST_ECHOING_GUEST";
+
+    /// In the child: a guest that prints the text in [`ECHO_CHILD`] (no
+    /// line end) to an echoed console and spins; the parent kills it.
+    fn echoing_child() {
+        let Some(text) = std::env::var_os(ECHO_CHILD) else {
+            return;
+        };
+        let mut code = print(text.to_str().unwrap().as_bytes());
+        code.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+        let (dir, mut cfg) = tiny_guest(&code, 1);
+        cfg.console.echo = true;
+        let _ = run(&cfg, dir.path());
+        std::process::exit(1);
+    }
+
+    #[test]
+    fn a_line_without_its_end_is_echoed_while_the_guest_runs() {
+        echoing_child();
+        use std::io::Read;
+        // The console is line-buffered and vm-superio's per-byte flush does
+        // nothing: the watchdog tick writes the rest of a line out.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "vmm::tests::a_line_without_its_end_is_echoed_while_the_guest_runs",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(ECHO_CHILD, "no line end yet")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(15).any(|w| w == b"no line end yet") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // The guest spins for good: the text can only come from the tick.
+        let shown = rx.recv_timeout(Duration::from_secs(10));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        assert!(
+            shown.is_ok(),
+            "the guest's unended line never reached stdout"
         );
     }
 

@@ -139,10 +139,26 @@ pub trait ConfigAccess {
 /// Configuration mechanism #1: CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at 0xCFC.
 ///
 /// The address/data pair is not atomic; the unikernel runs on one CPU with
-/// interrupts off, so no access can interleave with another.
+/// interrupts off, so no access can interleave with another. For the same
+/// reason CONFIG_ADDRESS keeps what this handle last wrote there, which it
+/// remembers: an access to the dword already selected skips the write (a
+/// VM exit under a VMM; BAR sizing reads and writes one register four
+/// times). Every CONFIG_ADDRESS write of the program goes through it.
 #[derive(Debug)]
 pub struct Mechanism1 {
-    _private: (),
+    selected: Selected,
+}
+
+/// What CONFIG_ADDRESS holds, as far as the one handle that writes it knows.
+#[derive(Debug)]
+struct Selected(core::cell::Cell<u32>);
+
+impl Selected {
+    /// Whether `address` must be written to select it; from then on it counts
+    /// as selected.
+    fn change_to(&self, address: u32) -> bool {
+        self.0.replace(address) != address
+    }
 }
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
@@ -159,59 +175,60 @@ impl Mechanism1 {
             outl(CONFIG_ADDRESS, 0x8000_0000);
             let latched = inl(CONFIG_ADDRESS);
             outl(CONFIG_ADDRESS, saved);
-            (latched == 0x8000_0000).then_some(Self { _private: () })
+            (latched == 0x8000_0000).then_some(Self {
+                selected: Selected(core::cell::Cell::new(saved)),
+            })
+        }
+    }
+
+    /// Selects the dword holding `offset` of `bdf` in CONFIG_ADDRESS,
+    /// unless it is selected already.
+    fn select(&self, bdf: Bdf, offset: u8) {
+        let address = bdf.config_address(offset);
+        if self.selected.change_to(address) {
+            // SAFETY: CONFIG_ADDRESS only selects a register; writing it
+            // touches no device state and no memory.
+            unsafe { outl(CONFIG_ADDRESS, address) };
         }
     }
 }
 
 impl ConfigAccess for Mechanism1 {
     fn read32(&self, bdf: Bdf, offset: u8) -> u32 {
-        // SAFETY: selecting and reading a config register has no side effect
-        // (`probe` established that the ports are the PCI config mechanism).
-        unsafe {
-            outl(CONFIG_ADDRESS, bdf.config_address(offset));
-            inl(CONFIG_DATA)
-        }
+        self.select(bdf, offset);
+        // SAFETY: reading a config register has no side effect (`probe`
+        // established that the ports are the PCI config mechanism).
+        unsafe { inl(CONFIG_DATA) }
     }
 
     fn read16(&self, bdf: Bdf, offset: u8) -> u16 {
+        self.select(bdf, offset);
         // SAFETY: as in `read32`.
-        unsafe {
-            outl(CONFIG_ADDRESS, bdf.config_address(offset));
-            inw(CONFIG_DATA + u16::from(offset & 2))
-        }
+        unsafe { inw(CONFIG_DATA + u16::from(offset & 2)) }
     }
 
     fn read8(&self, bdf: Bdf, offset: u8) -> u8 {
+        self.select(bdf, offset);
         // SAFETY: as in `read32`.
-        unsafe {
-            outl(CONFIG_ADDRESS, bdf.config_address(offset));
-            inb(CONFIG_DATA + u16::from(offset & 3))
-        }
+        unsafe { inb(CONFIG_DATA + u16::from(offset & 3)) }
     }
 
     unsafe fn write32(&self, bdf: Bdf, offset: u8, value: u32) {
+        self.select(bdf, offset);
         // SAFETY: the caller vouches for the effect of the write.
-        unsafe {
-            outl(CONFIG_ADDRESS, bdf.config_address(offset));
-            outl(CONFIG_DATA, value);
-        }
+        unsafe { outl(CONFIG_DATA, value) };
     }
 
     unsafe fn write16(&self, bdf: Bdf, offset: u8, value: u16) {
+        self.select(bdf, offset);
         // SAFETY: the caller vouches for the effect of the write.
-        unsafe {
-            outl(CONFIG_ADDRESS, bdf.config_address(offset));
-            outw(CONFIG_DATA + u16::from(offset & 2), value);
-        }
+        unsafe { outw(CONFIG_DATA + u16::from(offset & 2), value) };
     }
 
     unsafe fn write8(&self, bdf: Bdf, offset: u8, value: u8) {
+        self.select(bdf, offset);
         // SAFETY: the caller vouches for the effect of the write.
-        unsafe {
-            outl(CONFIG_ADDRESS, bdf.config_address(offset));
-            outb(CONFIG_DATA + u16::from(offset & 3), value);
-        }
+        unsafe { outb(CONFIG_DATA + u16::from(offset & 3), value) };
     }
 }
 
@@ -514,6 +531,25 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn config_address_is_written_only_when_another_dword_is_selected() {
+        let selected = Selected(core::cell::Cell::new(0));
+        let bar0 = Bdf::new(0, 3, 0).unwrap().config_address(reg::BAR0);
+        // BAR sizing: read, write all-ones, read, restore: one selection.
+        assert!(selected.change_to(bar0));
+        assert!(!selected.change_to(bar0));
+        assert!(!selected.change_to(bar0));
+        // Another byte of the same dword needs none either; another dword does.
+        let cmd = Bdf::new(0, 3, 0).unwrap();
+        assert_eq!(
+            cmd.config_address(reg::COMMAND),
+            cmd.config_address(reg::STATUS)
+        );
+        assert!(selected.change_to(cmd.config_address(reg::COMMAND)));
+        assert!(!selected.change_to(cmd.config_address(reg::STATUS)));
+        assert!(selected.change_to(bar0));
+    }
 
     /// A fake bus: 256 bytes of config space per function, BARs that size
     /// like hardware (`bar_sizes` holds the writable mask per BAR offset).

@@ -206,8 +206,7 @@ fn threads(status: &str) -> Option<usize> {
 fn no_directory_fds() -> Result<u64, JailError> {
     let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).map_err(sys("read RLIMIT_NOFILE"))?;
     let mut open_below = 0;
-    for fd in 0..soft.min(FD_SCAN_MAX) {
-        let Ok(raw) = i32::try_from(fd) else { break };
+    for raw in open_fds(soft.min(FD_SCAN_MAX))? {
         // SAFETY: fstat only writes to `st`, a valid struct stat; an fd
         // that is not open makes it fail with EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -218,9 +217,55 @@ fn no_directory_fds() -> Result<u64, JailError> {
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(JailError::DirectoryFd(raw));
         }
-        open_below = fd.saturating_add(1);
+        open_below = u64::from(raw.unsigned_abs()).saturating_add(1);
     }
     Ok(open_below)
+}
+
+/// Descriptors per poll(2) call in [`open_fds`].
+const POLL_CHUNK: usize = 1024;
+
+/// The open descriptors below `end`, ascending. One poll(2) per
+/// [`POLL_CHUNK`] numbers, which marks each closed one `POLLNVAL`, instead
+/// of one system call per number: a VMM's limit is 1024 or more, and each
+/// call is dear on a nested hypervisor.
+fn open_fds(end: u64) -> Result<Vec<i32>, JailError> {
+    let end = i32::try_from(end).unwrap_or(i32::MAX);
+    let mut open = Vec::new();
+    let mut fds = Vec::with_capacity(POLL_CHUNK);
+    let mut next = 0i32;
+    while next < end {
+        fds.clear();
+        let upto = next
+            .saturating_add(i32::try_from(POLL_CHUNK).unwrap_or(i32::MAX))
+            .min(end);
+        fds.extend((next..upto).map(|fd| libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        }));
+        loop {
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd for the
+            // call; a zero timeout returns at once. At most POLL_CHUNK
+            // entries, below RLIMIT_NOFILE (`end` is at most its soft
+            // value), so the kernel accepts the count.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if r >= 0 {
+                break;
+            }
+            let e = nix::Error::last();
+            if e != nix::Error::EINTR {
+                return Err(sys("list the open descriptors")(e));
+            }
+        }
+        open.extend(
+            fds.iter()
+                .filter(|p| p.revents & libc::POLLNVAL == 0)
+                .map(|p| p.fd),
+        );
+        next = upto;
+    }
+    Ok(open)
 }
 
 /// The root must be empty, root's, and writable by root only: a jailed
@@ -272,6 +317,33 @@ mod tests {
             let e = apply(&plan, &status).unwrap_err();
             assert!(matches!(e, JailError::BadId(_)), "{e}");
         }
+    }
+
+    #[test]
+    fn open_descriptors_are_found_past_gaps_and_chunks() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        // A descriptor past the first poll chunk, with closed ones below it.
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        if soft < 2000 {
+            setrlimit(Resource::RLIMIT_NOFILE, 2000, hard.max(2000)).unwrap();
+        }
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let high = 1500;
+        // SAFETY: dup2 onto a number this test owns (nothing else in the
+        // test process uses descriptors this high); closed below.
+        assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), high) }, high);
+        let fds = open_fds(2000).unwrap();
+        let raw = file.into_raw_fd();
+        assert!(fds.contains(&raw), "{fds:?}");
+        assert!(fds.contains(&high), "{fds:?}");
+        assert!(fds.windows(2).all(|w| w[0] < w[1]));
+        // SAFETY: both are this test's own descriptors.
+        unsafe {
+            libc::close(high);
+            libc::close(raw);
+        }
+        let fds = open_fds(2000).unwrap();
+        assert!(!fds.contains(&high) && !fds.contains(&raw), "{fds:?}");
     }
 
     #[test]
