@@ -26,6 +26,7 @@
 # bench/vmmbench; the method is in docs/benchmarks.md).
 #
 # Usage: bench/vmm.sh [RUNS] [sandbox] [--pairs N] [--peer-only] [--before KILN-RUNTIME]
+#                     [--deadline S] [--prefault]
 #   RUNS        median of RUNS boots per guest for the first tables, default 3
 #   sandbox     the sandbox comparison alone
 #   --pairs N   pairs per setting for the side-by-side table, default 5
@@ -34,12 +35,20 @@
 #   --peer-only only the side-by-side table
 #   --before F  also time the static kiln-runtime F (an earlier build) in
 #               every pair, for the "kiln today" ratios
+#   --deadline S  a side-by-side boot still running after S seconds (default
+#               180) is killed, recorded as failed and left out of the ratios
+#   --prefault  instead of the side-by-side table, kiln with and without
+#               prefaulted guest RAM (KILN_VMM_PREFAULT=1) in pairs: the
+#               Linux guest and hello, each on THP and on hugetlbfs RAM
+#               (a pair is 8 boots); implies --peer-only
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=3 only= pairs=5 peer_only= before=
+runs=3 only= pairs=5 peer_only= before= deadline=180 mode=
 while [ $# -gt 0 ]; do
   case $1 in
   --pairs) pairs=$2; shift 2 ;;
+  --deadline) deadline=$2; shift 2 ;;
+  --prefault) mode=prefault; peer_only=1; shift ;;
   --peer-only) peer_only=1; shift ;;
   --before) before=$(realpath "$2"); shift 2 ;;
   sandbox) only=sandbox; shift ;;
@@ -55,7 +64,9 @@ export KILN_RUNTIME=$PWD/target/x86_64-unknown-linux-gnu/runtime-dev/kiln-runtim
 # Inside the workspace, so `cargo:` payloads build from this source tree.
 mkdir -p target
 work=$(mktemp -d "$PWD/target/bench-vmm.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+target_pid=
+# The emulated target is stopped whatever ends this script.
+trap '[ -z "$target_pid" ] || kill "$target_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 image() { # name, VM table, extra host command line
   cat >"$work/$1.toml" <<EOF
@@ -226,10 +237,25 @@ cp "$work/peer/vmlinuz" "$work/peer/manifest.json" "$bench/"
   cat "$work"/peer/initramfs.cpio.*
   (cd "$overlay" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -T0)
 } >"$bench/initramfs.cpio.zst"
-echo "$(cat "$work/peer/cmdline") rdinit=/bench/init vmmbench.pairs=$pairs" >"$bench/cmdline"
-echo "bench/vmm.sh: side by side with QEMU microvm, $pairs pairs" >&2
+words="rdinit=/bench/init vmmbench.pairs=$pairs vmmbench.deadline=$deadline"
+[ -z "$mode" ] || words="$words vmmbench.mode=$mode"
+echo "$(cat "$work/peer/cmdline") $words" >"$bench/cmdline"
+# Boots per pair: per command line kiln, QEMU (and --before), then hello;
+# or the prefault pair's 8. Each ends by its deadline plus the harness's
+# 5 s grace (twice: after the kill and for the pipe), so the run as a whole
+# ends by this bound unless the target itself hangs, which it then stops.
+per_pair=5
+[ -z "$before" ] || per_pair=7
+[ "$mode" != prefault ] || per_pair=8
+limit=$((600 + pairs * per_pair * (deadline + 10)))
+echo "bench/vmm.sh: ${mode:-side by side with QEMU microvm}, $pairs pairs, ${deadline} s per boot, at most ${limit} s" >&2
 echo "bench/vmm.sh: its console: $work/peer.log (kept as target/bench-vmm-peer.log)" >&2
-timeout $((600 + pairs * 600)) "$kiln" run "$bench" >"$work/peer.log" 2>&1 || true
+# timeout's SIGTERM makes `kiln run` stop QEMU (it dies with kiln whatever
+# kills it); -k is for a kiln that does not react.
+timeout -k 30 "$limit" "$kiln" run "$bench" >"$work/peer.log" 2>&1 &
+target_pid=$!
+wait "$target_pid" || true
+target_pid=
 tr -d '\r' <"$work/peer.log" >"$work/peer.txt"
 cp "$work/peer.txt" target/bench-vmm-peer.log # kept: every run's line
 if ! grep -q '^vmmbench: results' "$work/peer.txt"; then
@@ -238,5 +264,9 @@ if ! grep -q '^vmmbench: results' "$work/peer.txt"; then
   exit 1
 fi
 grep '^vmmbench: run ' "$work/peer.txt" >&2
-printf '\nkiln VMM and QEMU microvm (KVM) side by side on QEMU TCG, %s pairs, medians\n\n' "$pairs"
+if [ "$mode" = prefault ]; then
+  printf '\nkiln with and without prefaulted guest RAM on QEMU TCG, %s pairs, medians\n\n' "$pairs"
+else
+  printf '\nkiln VMM and QEMU microvm (KVM) side by side on QEMU TCG, %s pairs, medians\n\n' "$pairs"
+fi
 sed -n '/^vmmbench: results/,/^vmmbench: done/{/^vmmbench/d;p}' "$work/peer.txt"

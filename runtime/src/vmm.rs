@@ -162,7 +162,8 @@ pub fn run_with(
     };
     let pci = std::mem::take(&mut attached.functions);
     let machine = Machine::new(vm.clone(), &vm_cfg, board, pci)?;
-    let rsdp = acpi::write(vm.memory(), cfg.vcpus, cfg.memory.bytes())?;
+    let slots: Vec<u8> = attached.devices.iter().map(|d| d.bdf.device).collect();
+    let rsdp = acpi::write(vm.memory(), cfg.vcpus, cfg.memory.bytes(), &slots)?;
     mptable::write(vm.memory(), cfg.vcpus)?;
     let spec = BootSpec {
         kernel: &kernel,

@@ -4,7 +4,10 @@
 //! the appliance's modules, hugetlbfs), then boots the appliance's Linux
 //! guest with kiln's VMM and with QEMU's `microvm` machine in interleaved
 //! pairs, and prints every run and a Markdown table of medians and ratios
-//! (docs/benchmarks.md). It powers the machine off at the end.
+//! (docs/benchmarks.md). With `vmmbench.mode=prefault` it instead boots
+//! kiln with and without prefaulted guest RAM. A boot past its deadline is
+//! killed and recorded as failed; the run goes on. It powers the machine
+//! off at the end, whatever happened.
 
 mod measure;
 mod peer;
@@ -12,9 +15,10 @@ mod report;
 mod stats;
 
 use kiln_runtime::init::{modules, mounts};
+use kiln_runtime::vm::memory::PREFAULT_ENV;
 use kiln_schema::config::{self, ApplianceConfig, VmConfig, APPLIANCE_PATH};
 use measure::{Markers, Sample};
-use std::collections::BTreeMap;
+use report::{Phase, RatioRow, Results};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -27,8 +31,11 @@ const KILN_BEFORE: &str = "/bench/kiln-runtime.before";
 const HUGETLBFS: &str = "/dev/hugepages";
 /// The VM configs this writes for kiln's VMM.
 const RUN_DIR: &str = "/run/vmmbench";
-/// No single boot takes this long, even on the emulated target.
-const RUN_LIMIT: Duration = Duration::from_secs(600);
+/// A boot's deadline (`vmmbench.deadline=` seconds overrides it): about six
+/// times the slowest boot seen on the emulated target under heavy load
+/// (QEMU's, 31 s). A boot past it is killed, recorded as failed and left
+/// out of the ratios.
+const DEADLINE_S: u64 = 180;
 
 /// The Linux guests' markers: kiln-guest-init's first and last lines.
 const LINUX: Markers = Markers {
@@ -69,6 +76,14 @@ fn main() {
     }
 }
 
+/// One boot of a pair: who boots, how, and what marks its phases.
+struct Boot {
+    setting: &'static str,
+    vmm: &'static str,
+    cmd: Command,
+    markers: Markers,
+}
+
 fn run() -> Result<(), BenchError> {
     let (appliance, _): (ApplianceConfig, String) = config::load(Path::new(APPLIANCE_PATH))?;
     if let Err(e) = modules::load_all(&appliance) {
@@ -76,6 +91,12 @@ fn run() -> Result<(), BenchError> {
     }
     mount_hugetlbfs();
     let pairs = cmdline_number("vmmbench.pairs=").unwrap_or(3);
+    let deadline = Duration::from_secs(
+        cmdline_number("vmmbench.deadline=")
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(DEADLINE_S),
+    );
+    let prefault = cmdline_word("vmmbench.mode=prefault");
     let vm = |name: &'static str| {
         appliance
             .vms
@@ -84,60 +105,205 @@ fn run() -> Result<(), BenchError> {
             .cloned()
             .ok_or(BenchError::NoVm(name))
     };
-    let settings = [("default", vm("linux")?), ("plain", vm("linux-plain")?)];
+    let linux = vm("linux")?;
+    let plain = vm("linux-plain")?;
     let hello = vm("hello")?;
     std::fs::create_dir_all(RUN_DIR).map_err(|source| BenchError::Write {
         path: RUN_DIR.into(),
         source,
     })?;
-    let mut kilns = vec![("kiln", KILN)];
-    if Path::new(KILN_BEFORE).is_file() {
-        kilns.push(("kiln-before", KILN_BEFORE));
-    }
+    let before = Path::new(KILN_BEFORE).is_file();
     println!(
-        "vmmbench: {pairs} pairs; guest cmdlines: default {:?}, plain {:?}",
-        settings[0].1.boot.cmdline, settings[1].1.boot.cmdline
+        "vmmbench: {pairs} pairs, {} s deadline per boot; guest cmdlines: default {:?}, plain {:?}",
+        deadline.as_secs(),
+        linux.boot.cmdline,
+        plain.boot.cmdline
     );
 
-    let mut results: BTreeMap<(String, String), Vec<Sample>> = BTreeMap::new();
+    let mut results = Results::new();
     for pair in 0..pairs {
-        for (setting, cfg) in &settings {
-            let mut order: Vec<(&str, Command, Markers)> = Vec::new();
-            for (name, exe) in &kilns {
-                order.push((name, kiln_command(exe, cfg)?, LINUX));
-            }
-            let qemu = Markers {
-                setup: Some(peer::RUNNING),
-                ..LINUX
-            };
-            // QEMU gets the bzImage (linux-plain's kernel) in both settings:
-            // its microvm does not boot the PVH vmlinux kiln's `linux` has
-            // on this nested target (docs/benchmarks.md).
-            let mut peer_cfg = cfg.clone();
-            peer_cfg.boot.kernel = settings[1].1.boot.kernel.clone();
-            order.push(("qemu", peer::command(&peer_cfg), qemu));
-            // Interleaved: the order turns every pair, so neither VMM
-            // always runs first after the other's teardown.
-            let turn = pair % order.len();
-            order.rotate_left(turn);
-            for (name, cmd, markers) in order {
-                let s = measure::run(cmd, markers, RUN_LIMIT)?;
-                print_run(name, setting, pair, &s);
+        let groups = if prefault {
+            prefault_pair(&linux, &hello)?
+        } else {
+            peer_pair(&linux, &plain, &hello, before)?
+        };
+        for mut group in groups {
+            // Interleaved: the order turns every pair, so no VMM always
+            // runs first after another's teardown.
+            let turn = pair % group.len().max(1);
+            group.rotate_left(turn);
+            for b in group {
+                let mut s = measure::run(b.cmd, b.markers, deadline)?;
+                s.pair = pair;
+                print_run(b.vmm, b.setting, &s);
                 results
-                    .entry((setting.to_string(), name.to_string()))
+                    .entry((b.setting.to_string(), b.vmm.to_string()))
                     .or_default()
                     .push(s);
             }
         }
-        let s = measure::run(kiln_command(KILN, &hello)?, HELLO, RUN_LIMIT)?;
-        print_run("kiln", "hello", pair, &s);
-        results
-            .entry(("hello".into(), "kiln".into()))
-            .or_default()
-            .push(s);
     }
-    report::print(&results);
+    if prefault {
+        report::print(&results, &prefault_ratios(), None);
+    } else {
+        report::print(&results, &peer_ratios(), Some(("default", "kiln")));
+    }
     Ok(())
+}
+
+/// One pair of the side-by-side table: per command line kiln, QEMU (and
+/// the earlier kiln), then hello once.
+fn peer_pair(
+    linux: &VmConfig,
+    plain: &VmConfig,
+    hello: &VmConfig,
+    before: bool,
+) -> Result<Vec<Vec<Boot>>, BenchError> {
+    let mut groups = Vec::new();
+    for (setting, cfg) in [("default", linux), ("plain", plain)] {
+        let mut group = vec![Boot {
+            setting,
+            vmm: "kiln",
+            cmd: kiln_command(KILN, cfg)?,
+            markers: LINUX,
+        }];
+        if before {
+            group.push(Boot {
+                setting,
+                vmm: "kiln-before",
+                cmd: kiln_command(KILN_BEFORE, cfg)?,
+                markers: LINUX,
+            });
+        }
+        // QEMU gets the bzImage (linux-plain's kernel) in both settings:
+        // its microvm does not boot the PVH vmlinux kiln's `linux` has on
+        // this nested target (docs/benchmarks.md).
+        let mut peer_cfg = cfg.clone();
+        peer_cfg.boot.kernel = plain.boot.kernel.clone();
+        group.push(Boot {
+            setting,
+            vmm: "qemu",
+            cmd: peer::command(&peer_cfg),
+            markers: Markers {
+                setup: Some(peer::RUNNING),
+                ..LINUX
+            },
+        });
+        groups.push(group);
+    }
+    groups.push(vec![Boot {
+        setting: "hello",
+        vmm: "kiln",
+        cmd: kiln_command(KILN, hello)?,
+        markers: HELLO,
+    }]);
+    Ok(groups)
+}
+
+fn peer_ratios() -> Vec<RatioRow> {
+    let row = |what: &str, a, b, phase, goal| RatioRow {
+        what: what.to_string(),
+        a,
+        b,
+        phase,
+        goal,
+    };
+    vec![
+        row(
+            "kiln / QEMU microvm, start→/init, default cmdline",
+            ("default", "kiln"),
+            ("default", "qemu"),
+            Phase::Init,
+            Some(0.7),
+        ),
+        row(
+            "kiln / QEMU microvm, start→/init, plain cmdline",
+            ("plain", "kiln"),
+            ("plain", "qemu"),
+            Phase::Init,
+            Some(0.7),
+        ),
+        row(
+            "kiln, default cmdline / kiln before, plain cmdline (today), start→/init",
+            ("default", "kiln"),
+            ("plain", "kiln-before"),
+            Phase::Init,
+            Some(0.7),
+        ),
+        row(
+            "kiln / kiln before, plain cmdline (the VMM's changes alone), start→/init",
+            ("plain", "kiln"),
+            ("plain", "kiln-before"),
+            Phase::Init,
+            None,
+        ),
+        row(
+            "kiln, default cmdline / plain cmdline, start→/init",
+            ("default", "kiln"),
+            ("plain", "kiln"),
+            Phase::Init,
+            None,
+        ),
+        row(
+            "hello unikernel / Linux guest (default cmdline), start→exit",
+            ("hello", "kiln"),
+            ("default", "kiln"),
+            Phase::Exit,
+            Some(0.05),
+        ),
+    ]
+}
+
+/// One pair of the prefault measurement: kiln with and without
+/// [`PREFAULT_ENV`], for the Linux guest and hello, each on ordinary
+/// (transparent huge page) RAM and on hugetlbfs.
+fn prefault_pair(linux: &VmConfig, hello: &VmConfig) -> Result<Vec<Vec<Boot>>, BenchError> {
+    let mut groups = Vec::new();
+    for (setting, cfg, hugepages, markers) in [
+        ("linux-thp", linux, false, LINUX),
+        ("linux-hp", linux, true, LINUX),
+        ("hello-thp", hello, false, HELLO),
+        ("hello-hp", hello, true, HELLO),
+    ] {
+        let mut cfg = cfg.clone();
+        cfg.hugepages = hugepages;
+        let mut group = Vec::new();
+        for (vmm, on) in [("kiln", false), ("kiln-prefault", true)] {
+            let mut cmd = kiln_command(KILN, &cfg)?;
+            if on {
+                cmd.env(PREFAULT_ENV, "1");
+            }
+            group.push(Boot {
+                setting,
+                vmm,
+                cmd,
+                markers,
+            });
+        }
+        groups.push(group);
+    }
+    Ok(groups)
+}
+
+fn prefault_ratios() -> Vec<RatioRow> {
+    let mut rows = Vec::new();
+    for (setting, phase, what) in [
+        ("linux-thp", Phase::Init, "start→/init"),
+        ("linux-hp", Phase::Init, "start→/init"),
+        ("hello-thp", Phase::Exit, "start→exit"),
+        ("hello-hp", Phase::Exit, "start→exit"),
+    ] {
+        for (phase, what) in [(Phase::Setup, "setup"), (phase, what)] {
+            rows.push(RatioRow {
+                what: format!("prefault / none, {setting}, {what}"),
+                a: (setting, "kiln-prefault"),
+                b: (setting, "kiln"),
+                phase,
+                goal: None,
+            });
+        }
+    }
+    rows
 }
 
 /// The hello unikernel's markers (images/hello): its first line.
@@ -159,21 +325,29 @@ fn kiln_command(exe: &str, cfg: &VmConfig) -> Result<Command, BenchError> {
     Ok(cmd)
 }
 
-fn print_run(vmm: &str, setting: &str, pair: usize, s: &Sample) {
+fn print_run(vmm: &str, setting: &str, s: &Sample) {
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     println!(
-        "vmmbench: run setting={setting} vmm={vmm} pair={pair} code={} setup_ms={} init_ms={} exit_ms={:.0} teardown_ms={} peak_kib={} own_peak_kib={} exits={}",
-        s.code().map_or("killed".into(), |c| c.to_string()),
+        "vmmbench: run setting={setting} vmm={vmm} pair={} ok={} code={} setup_ms={} init_ms={} exit_ms={:.0} teardown_ms={} peak_kib={} hwm_kib={} rusage_kib={} harness_kib={} exits={} pio={} mmio={} guest_kib={}",
+        s.pair,
+        if s.failure.is_none() { "yes" } else { "no" },
+        s.code()
+            .map_or_else(|| if s.status.is_some() { "signal".into() } else { "-".into() }, |c| c.to_string()),
         f(s.setup_ms.or_else(|| s.field("kiln-runtime: stats", "setup_ms"))),
         f(s.init_ms),
         s.exit_ms,
         f(s.teardown_ms()),
-        s.peak_kib,
-        f(s.field("kiln-runtime: stats", "vmm_peak_kib")),
+        f(report::own_peak_kib(s)),
+        f(s.hwm_kib.map(|k| k as f64)),
+        s.rusage_kib,
+        s.harness_kib,
         f(s.field("kiln-runtime: stats", "exits")),
+        f(s.field("kiln-runtime: stats", "pio")),
+        f(s.field("kiln-runtime: stats", "mmio")),
+        f(s.field("kiln-runtime: stats", "guest_resident_kib")),
     );
-    if s.init_ms.is_none() {
-        println!("vmmbench: that run did not boot; its output:");
+    if let Some(why) = s.failure {
+        println!("vmmbench: that boot failed ({why}), left out of the ratios; its output:");
         println!("{}", String::from_utf8_lossy(&s.output));
     }
 }
@@ -189,6 +363,11 @@ fn mount_hugetlbfs() {
     ) {
         println!("vmmbench: error: cannot mount hugetlbfs on {HUGETLBFS}: {e}");
     }
+}
+
+/// Whether the kernel command line has the word `word`.
+fn cmdline_word(word: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == word))
 }
 
 /// A `key=<n>` word of the kernel command line.

@@ -133,10 +133,10 @@ impl Aml for Encoded {
 }
 
 /// The DSDT: `\_S5_` for poweroff, COM1 and the PCI host bridge.
-fn dsdt(mem_size: u64) -> Vec<u8> {
+fn dsdt(mem_size: u64, slots: &[u8]) -> Vec<u8> {
     let s5_values = aml::Package::new(vec![&S5_SLP_TYP, &0u8, &0u8, &0u8]);
     let s5 = aml::Name::new("_S5_".into(), &s5_values);
-    let (com1, pci0) = (Encoded(com1()), Encoded(pci0(mem_size)));
+    let (com1, pci0) = (Encoded(com1()), Encoded(pci0(mem_size, slots)));
     let sb = aml::Scope::new("_SB_".into(), vec![&com1, &pci0]);
     let mut body = bytes(&s5);
     body.extend(bytes(&sb));
@@ -165,12 +165,14 @@ fn com1() -> Vec<u8> {
 
 /// The PCI host bridge (PNP0A08, compatible PNP0A03) for bus 0: its
 /// resources (bus 0, the config ports, the I/O and memory windows the VMM
-/// places BARs in) and a _PRT routing each slot's INTA-INTD to the IOAPIC
-/// pins the VMM wires INTx to.
+/// places BARs in) and a _PRT routing INTA-INTD of each slot in `slots`
+/// (the device numbers that hold a function) to the IOAPIC pins the VMM
+/// wires INTx to. Only those: nothing is hot-plugged, and routes for all 31
+/// slots were 1.6 KiB of AML that every guest's ACPI interpreter loads.
 // In range by construction: the I/O window ends below 64 KiB, the 32-bit
-// window below 4 GiB, 31 slots x 4 pins = 124 routes.
+// window below 4 GiB, at most 31 slots x 4 pins = 124 routes.
 #[allow(clippy::cast_possible_truncation)]
-fn pci0(mem_size: u64) -> Vec<u8> {
+fn pci0(mem_size: u64, slots: &[u8]) -> Vec<u8> {
     let [w32, w64] = BarAllocator::windows(mem_size);
     let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
     let config = aml::IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, 8);
@@ -190,8 +192,15 @@ fn pci0(mem_size: u64) -> Vec<u8> {
         None,
     );
     let crs = aml::ResourceTemplate::new(vec![&bus, &config, &io, &mem32, &mem64]);
+    let mut devices: Vec<u8> = slots
+        .iter()
+        .copied()
+        .filter(|d| (1..=MAX_FUNCTIONS as u8).contains(d))
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
     let mut routes: Vec<(u32, u8, u32)> = Vec::new();
-    for device in 1..=MAX_FUNCTIONS as u8 {
+    for device in devices {
         for pin in 0..4u8 {
             routes.push((
                 u32::from(device) << 16 | 0xffff,
@@ -258,21 +267,27 @@ fn rsdp() -> Vec<u8> {
     bytes(&Rsdp::new(*OEM_ID, XSDT_START))
 }
 
-/// Every table with its guest address.
-pub fn build(cpus: u8, mem_size: u64) -> Vec<(u64, Vec<u8>)> {
+/// Every table with its guest address. `slots`: the device numbers on PCI
+/// bus 0 that hold a function.
+pub fn build(cpus: u8, mem_size: u64, slots: &[u8]) -> Vec<(u64, Vec<u8>)> {
     vec![
         (RSDP_START, rsdp()),
         (XSDT_START, xsdt(&[FADT_START, MADT_START, MCFG_START])),
         (FADT_START, fadt()),
         (MCFG_START, mcfg()),
-        (DSDT_START, dsdt(mem_size)),
+        (DSDT_START, dsdt(mem_size, slots)),
         (MADT_START, madt(cpus)),
     ]
 }
 
 /// Writes the tables into guest memory and returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8, mem_size: u64) -> Result<u64, AcpiError> {
-    for (addr, table) in build(cpus, mem_size) {
+pub fn write(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    mem_size: u64,
+    slots: &[u8],
+) -> Result<u64, AcpiError> {
+    for (addr, table) in build(cpus, mem_size, slots) {
         if addr + table.len() as u64 > ACPI_END {
             return Err(AcpiError::TooLarge(cpus));
         }
@@ -296,7 +311,7 @@ mod tests {
 
     #[test]
     fn tables_chain_and_checksum() {
-        let t = build(2, 64 << 20);
+        let t = build(2, 64 << 20, &[1]);
         let r = table(&t, RSDP_START);
         assert_eq!(&r[..8], b"RSD PTR ");
         assert_eq!(sum(&r[..20]), 0);
@@ -335,7 +350,7 @@ mod tests {
         assert_eq!(f[244], GAS_SYSTEM_IO);
         assert_eq!(u64::from_le_bytes(f[248..256].try_into().unwrap()), 0x600);
         assert_eq!(u64::from_le_bytes(f[260..268].try_into().unwrap()), 0x601);
-        let d = dsdt(64 << 20);
+        let d = dsdt(64 << 20, &[]);
         // Name (_S5_, Package (4) { 5, 0, 0, 0 })
         assert_eq!(&d[36..49], b"\x08_S5_\x12\x07\x04\x0a\x05\x00\x00\x00");
     }
@@ -351,7 +366,7 @@ mod tests {
 
     #[test]
     fn dsdt_describes_com1() {
-        let d = dsdt(64 << 20);
+        let d = dsdt(64 << 20, &[2]);
         let body = &d[49..];
         // Scope (_SB_) { Device (COM1) { ... } Device (PCI0) { ... } }.
         assert_eq!(body[0], 0x10);
@@ -380,8 +395,8 @@ mod tests {
     }
 
     #[test]
-    fn pci0_has_windows_and_routes_every_slot() {
-        let p = pci0(64 << 20);
+    fn pci0_has_windows_and_routes_the_slots_in_use() {
+        let p = pci0(64 << 20, &[3, 1, 3, 0, 40]);
         // EisaId ("PNP0A08") = 0x080ad041, ("PNP0A03") = 0x030ad041.
         assert!(p.windows(10).any(|w| w == b"\x08_HID\x0c\x41\xd0\x0a\x08"));
         assert!(p.windows(10).any(|w| w == b"\x08_CID\x0c\x41\xd0\x0a\x03"));
@@ -398,7 +413,23 @@ mod tests {
         let prt = p.windows(4).position(|w| w == b"_PRT").unwrap();
         assert_eq!(p[prt + 4], 0x12);
         let (_, n) = pkg_len(&p[prt + 5..]);
-        assert_eq!(p[prt + 5 + n] as usize, MAX_FUNCTIONS * 4);
+        // Slots 1 and 3 (once each; 0 is the host bridge, 40 no slot).
+        assert_eq!(p[prt + 5 + n] as usize, 2 * 4);
+        let slot3 = [0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x03, 0x00];
+        assert!(p.windows(slot3.len()).any(|w| w == slot3));
+        let slot2 = [0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x02, 0x00];
+        assert!(!p.windows(slot2.len()).any(|w| w == slot2));
+    }
+
+    #[test]
+    fn tables_of_a_vm_without_devices_stay_small() {
+        // What a guest loads: about 1 KiB with an empty _PRT (it was 2.9
+        // KiB with routes for every slot; docs/benchmarks.md).
+        let total: usize = build(1, 128 << 20, &[]).iter().map(|(_, t)| t.len()).sum();
+        assert!(total < 1024, "{total}");
+        let all: Vec<u8> = (1..=u8::try_from(MAX_FUNCTIONS).unwrap()).collect();
+        let full: usize = build(1, 128 << 20, &all).iter().map(|(_, t)| t.len()).sum();
+        assert!(full > total + 1500, "{full} {total}");
     }
 
     #[test]
@@ -439,7 +470,8 @@ mod tests {
 
     #[test]
     fn fits_for_the_most_vcpus() {
-        let t = build(255, 64 << 20);
+        let all: Vec<u8> = (1..=u8::try_from(MAX_FUNCTIONS).unwrap()).collect();
+        let t = build(255, 64 << 20, &all);
         let end = t.iter().map(|(a, b)| a + b.len() as u64).max().unwrap();
         assert!(end <= ACPI_END);
     }
