@@ -19,7 +19,7 @@
 //! ([`crate::hashes`]), so an unchanged rebuild reads no large file (apt and
 //! cargo are skipped too: [`crate::kernel::resolved`], [`crate::cargo_fresh`]).
 
-mod bootcheck;
+pub(crate) mod bootcheck;
 mod destination;
 mod initramfs;
 mod inputs;

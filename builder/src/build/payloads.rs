@@ -188,7 +188,7 @@ fn guest_vmlinux(bzimage: &Path, job: &Job) -> Result<Vmlinux, BuildError> {
 fn vmlinux_cached(bzimage: &Path, sha256: &str, dir: &Path) -> Result<Vmlinux, BuildError> {
     let digest = manifest::sha256_bytes(
         format!(
-            "kiln {} vmlinux\nbzimage {sha256}\n",
+            "kiln {} vmlinux, trailing zeros trimmed\nbzimage {sha256}\n",
             env!("CARGO_PKG_VERSION")
         )
         .as_bytes(),
@@ -203,9 +203,16 @@ fn vmlinux_cached(bzimage: &Path, sha256: &str, dir: &Path) -> Result<Vmlinux, B
     }
     let image = std::fs::read(bzimage).map_err(io(format!("read {}", bzimage.display())))?;
     let unpacked = match vmlinux::extract(&image, vmlinux::MAX_VMLINUX) {
-        Ok(v) => bootcheck::check_pvh(v.as_slice())
-            .map(|_| v)
-            .map_err(|why| format!("its vmlinux {why}")),
+        Ok(mut v) => match bootcheck::check_pvh(v.as_slice()) {
+            Ok(_) => {
+                vmlinux::trim_zeros(&mut v).map_err(|source| BuildError::Vmlinux {
+                    path: bzimage.to_path_buf(),
+                    source,
+                })?;
+                Ok(v)
+            }
+            Err(why) => Err(format!("its vmlinux {why}")),
+        },
         Err(e @ VmlinuxError::UnknownCompression { .. }) => Err(e.to_string()),
         Err(source) => {
             return Err(BuildError::Vmlinux {

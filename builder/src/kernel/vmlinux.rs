@@ -57,6 +57,8 @@ pub enum VmlinuxError {
     },
     #[error("its payload unpacked to something that is not an ELF file; the bzImage is damaged or not a Linux kernel")]
     NotElf,
+    #[error("its vmlinux has program headers that lie outside the file; the bzImage is damaged: fetch it again")]
+    BadProgramHeaders,
 }
 
 /// A bzImage's compressed payload, as its setup header places it.
@@ -157,6 +159,75 @@ pub fn extract(image: &[u8], cap: u64) -> Result<Vec<u8>, VmlinuxError> {
         return Err(VmlinuxError::NotElf);
     }
     Ok(out)
+}
+
+/// Leaves out of `elf`, an ELF64 little-endian executable, what a loader
+/// would only copy as zeros: each PT_LOAD segment's trailing zero bytes
+/// leave the file (its `p_filesz` shrinks, its `p_memsz` stays, so the
+/// loader zero-fills them as it does .bss), and when the section headers
+/// lie past every segment, they and everything after the last segment go
+/// (loaders read program headers only). A Debian cloud kernel's vmlinux
+/// loses 12 of its 53 MB, its .bss and .brk, which the VMM would otherwise
+/// copy into guest RAM at every boot. The fields are rewritten in place
+/// through `object`'s ELF structures.
+pub fn trim_zeros(elf: &mut Vec<u8>) -> Result<(), VmlinuxError> {
+    use object::elf::{FileHeader64, ProgramHeader64, PT_LOAD};
+    use object::{pod, LittleEndian as Le};
+    let bad = |_| VmlinuxError::BadProgramHeaders;
+    let (header, _) = pod::from_bytes::<FileHeader64<Le>>(elf).map_err(bad)?;
+    let (phoff, phnum) = (header.e_phoff.get(Le), header.e_phnum.get(Le));
+    let shoff = header.e_shoff.get(Le);
+    let phent = std::mem::size_of::<ProgramHeader64<Le>>();
+    if usize::from(header.e_phentsize.get(Le)) != phent {
+        return Err(VmlinuxError::BadProgramHeaders);
+    }
+    let range = |at: u64, len: u64| -> Result<std::ops::Range<usize>, VmlinuxError> {
+        let start = usize::try_from(at).map_err(|_| VmlinuxError::BadProgramHeaders)?;
+        let len = usize::try_from(len).map_err(|_| VmlinuxError::BadProgramHeaders)?;
+        let end = start
+            .checked_add(len)
+            .ok_or(VmlinuxError::BadProgramHeaders)?;
+        Ok(start..end)
+    };
+    let table = range(phoff, (phent as u64).saturating_mul(u64::from(phnum)))?;
+    let mut keep = table.end.max(std::mem::size_of::<FileHeader64<Le>>());
+    let mut new_sizes = Vec::new();
+    for i in 0..usize::from(phnum) {
+        let at = table.start.saturating_add(i.saturating_mul(phent));
+        let bytes = elf.get(at..).ok_or(VmlinuxError::BadProgramHeaders)?;
+        let (ph, _) = pod::from_bytes::<ProgramHeader64<Le>>(bytes).map_err(bad)?;
+        let seg = range(ph.p_offset.get(Le), ph.p_filesz.get(Le))?;
+        let data = elf
+            .get(seg.clone())
+            .ok_or(VmlinuxError::BadProgramHeaders)?;
+        let kept = if ph.p_type.get(Le) == PT_LOAD {
+            data.iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |last| last + 1)
+        } else {
+            data.len()
+        };
+        // Even a segment left with no bytes keeps its offset in the file,
+        // which loaders check against the file's size.
+        keep = keep.max(seg.start.saturating_add(kept));
+        new_sizes.push((at, kept as u64));
+    }
+    for (at, size) in new_sizes {
+        let bytes = elf.get_mut(at..).ok_or(VmlinuxError::BadProgramHeaders)?;
+        let (ph, _) = pod::from_bytes_mut::<ProgramHeader64<Le>>(bytes).map_err(bad)?;
+        if ph.p_type.get(Le) == PT_LOAD {
+            ph.p_filesz.set(Le, size);
+        }
+    }
+    let sections_after = usize::try_from(shoff).is_ok_and(|s| s >= keep);
+    if shoff == 0 || sections_after {
+        let (header, _) = pod::from_bytes_mut::<FileHeader64<Le>>(elf).map_err(bad)?;
+        header.e_shoff.set(Le, 0);
+        header.e_shnum.set(Le, 0);
+        header.e_shstrndx.set(Le, 0);
+        elf.truncate(keep);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -339,6 +410,156 @@ pub(crate) mod tests {
         assert!(matches!(
             extract(&k, MAX_VMLINUX),
             Err(VmlinuxError::NotElf)
+        ));
+    }
+
+    /// An ELF64 with a PT_NOTE and two PT_LOADs: `a` at 16 MiB and `b`
+    /// right after it, in the file in that order.
+    fn elf_with_loads(a: &[u8], b: &[u8]) -> Vec<u8> {
+        use object::elf;
+        use object::write::elf::{FileHeader, ProgramHeader, Writer};
+        let mut out = Vec::new();
+        let mut w = Writer::new(object::Endianness::Little, true, &mut out);
+        w.reserve_file_header();
+        w.reserve_program_headers(3);
+        let note = [
+            4u8, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0, 1, 0, 0, 1,
+        ];
+        let note_off = w.reserve(note.len(), 4);
+        let a_off = w.reserve(a.len(), 4096);
+        let b_off = w.reserve(b.len(), 4096);
+        w.write_file_header(&FileHeader {
+            os_abi: 0,
+            abi_version: 0,
+            e_type: elf::ET_EXEC,
+            e_machine: elf::EM_X86_64,
+            e_entry: 0x100_0000,
+            e_flags: 0,
+        })
+        .unwrap();
+        w.write_align_program_headers();
+        let seg = |p_type, off: usize, at: u64, len: usize| ProgramHeader {
+            p_type,
+            p_flags: elf::PF_R,
+            p_offset: off as u64,
+            p_vaddr: at,
+            p_paddr: at,
+            p_filesz: len as u64,
+            p_memsz: len as u64 + 0x100,
+            p_align: if p_type == elf::PT_NOTE { 4 } else { 4096 },
+        };
+        w.write_program_header(&seg(elf::PT_NOTE, note_off, 0, note.len()));
+        w.write_program_header(&seg(elf::PT_LOAD, a_off, 0x100_0000, a.len()));
+        w.write_program_header(&seg(elf::PT_LOAD, b_off, 0x200_0000, b.len()));
+        w.write_align(4);
+        w.write(&note);
+        w.write_align(4096);
+        w.write(a);
+        w.write_align(4096);
+        w.write(b);
+        out
+    }
+
+    /// Guest memory as a loader fills it from `elf`'s PT_LOADs: file bytes,
+    /// then zeros up to `p_memsz`.
+    fn loaded(elf: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        use object::read::elf::{FileHeader, ProgramHeader};
+        let h = object::elf::FileHeader64::<object::Endianness>::parse(elf).unwrap();
+        let e = h.endian().unwrap();
+        h.program_headers(e, elf)
+            .unwrap()
+            .iter()
+            .filter(|p| p.p_type(e) == object::elf::PT_LOAD)
+            .map(|p| {
+                let mut m = p.data(e, elf).unwrap().to_vec();
+                m.resize(usize::try_from(p.p_memsz(e)).unwrap(), 0);
+                (p.p_paddr(e), m)
+            })
+            .collect()
+    }
+
+    /// Points the section header table at 64 bytes appended to `elf`.
+    fn with_section_headers_at_end(mut elf: Vec<u8>) -> Vec<u8> {
+        let at = elf.len() as u64;
+        elf.extend_from_slice(&[0u8; 64]);
+        elf[0x28..0x30].copy_from_slice(&at.to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn trailing_zeros_leave_the_file_and_memory_stays_the_same() {
+        let mut a = vec![0x90u8; 5000];
+        a[100] = 0; // a zero inside the data stays
+        a.extend_from_slice(&[0u8; 9000]);
+        let mut b = vec![5u8; 10];
+        b.extend_from_slice(&[0u8; 3000]);
+        let elf = with_section_headers_at_end(elf_with_loads(&a, &b));
+        let mut trimmed = elf.clone();
+        trim_zeros(&mut trimmed).unwrap();
+        assert_eq!(loaded(&trimmed), loaded(&elf));
+        // `b` comes last: the file ends where its data does.
+        let b_off = elf.windows(13).rposition(|w| w == &b[..13]).unwrap();
+        assert_eq!(trimmed.len(), b_off + 10);
+        // `a` lost its zeros too: 14000 bytes of it are 5000 in the file.
+        let a_filesz = u64::from_le_bytes(trimmed[0x40 + 56 + 0x20..][..8].try_into().unwrap());
+        assert_eq!(a_filesz, 5000);
+        // The section headers went with the tail.
+        assert_eq!(&trimmed[0x28..0x30], &[0; 8]);
+        assert_eq!(&trimmed[0x3c..0x3e], &[0; 2]);
+        // The PVH note is still found.
+        let pvh = crate::build::bootcheck::check_pvh(trimmed.as_slice());
+        assert!(pvh.is_ok(), "{pvh:?}");
+        // Trimming twice changes nothing more.
+        let mut again = trimmed.clone();
+        trim_zeros(&mut again).unwrap();
+        assert_eq!(again, trimmed);
+    }
+
+    #[test]
+    fn an_all_zero_segment_keeps_its_offset_in_the_file() {
+        let elf = elf_with_loads(&[7u8; 100], &[0u8; 100]);
+        let mut trimmed = elf.clone();
+        trim_zeros(&mut trimmed).unwrap();
+        assert_eq!(loaded(&trimmed), loaded(&elf));
+        let pvh = crate::build::bootcheck::check_pvh(trimmed.as_slice());
+        assert!(pvh.is_ok(), "{pvh:?}");
+    }
+
+    #[test]
+    fn section_headers_inside_the_kept_bytes_keep_the_file_whole() {
+        let elf = elf_with_loads(&[7u8; 100], &[0u8; 100]);
+        let mut inside = elf.clone();
+        inside[0x28..0x30].copy_from_slice(&0x40u64.to_le_bytes());
+        inside[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes());
+        let mut trimmed = inside.clone();
+        trim_zeros(&mut trimmed).unwrap();
+        assert_eq!(trimmed.len(), inside.len());
+        assert_eq!(loaded(&trimmed), loaded(&inside));
+    }
+
+    #[test]
+    fn program_headers_outside_the_file_are_damage() {
+        let elf = elf_with_loads(&[7u8; 100], &[1u8; 100]);
+        let mut far = elf.clone();
+        far[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            trim_zeros(&mut far),
+            Err(VmlinuxError::BadProgramHeaders)
+        ));
+        // The last PT_LOAD's p_filesz (third header, +0x20) past the end.
+        let mut long = elf.clone();
+        let at = 0x40 + 2 * 56 + 0x20;
+        long[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            trim_zeros(&mut long),
+            Err(VmlinuxError::BadProgramHeaders)
+        ));
+        let mut short = elf[..0x30].to_vec();
+        assert!(matches!(
+            trim_zeros(&mut short),
+            Err(VmlinuxError::BadProgramHeaders)
         ));
     }
 }
