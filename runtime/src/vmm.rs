@@ -145,6 +145,16 @@ pub fn run_with(
     options: RunOptions,
     on_running: &mut dyn FnMut(),
 ) -> Result<VmExit, VmmError> {
+    run_counted(cfg, base_dir, options, on_running).map(|(exit, _)| exit)
+}
+
+/// Like [`run_with`], with the exits the vCPUs took.
+fn run_counted(
+    cfg: &VmConfig,
+    base_dir: &Path,
+    options: RunOptions,
+    on_running: &mut dyn FnMut(),
+) -> Result<(VmExit, ExitCounts), VmmError> {
     let started = Instant::now();
     let kernel = base_dir.join(&cfg.boot.kernel);
     let initrd = cfg.boot.initrd.as_ref().map(|p| base_dir.join(p));
@@ -177,7 +187,11 @@ pub fn run_with(
     let loaded = boot::load(vm.memory(), &spec)?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for i in 0..cfg.vcpus {
-        vcpus.push(Vcpu::new(&vm, i)?);
+        let mut vcpu = Vcpu::new(&vm, i)?;
+        if let Some(ring) = machine.tx_ring() {
+            vcpu.drain_tx_ring(ring.clone())?;
+        }
+        vcpus.push(vcpu);
     }
     if let Some(boot_cpu) = vcpus.first() {
         boot_cpu.set_entry(loaded.entry)?;
@@ -280,7 +294,21 @@ pub fn run_with(
     }
     gate.open_when_arrived(threads.len());
 
-    wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat);
+    // At each tick, a vCPU is kicked out of KVM_RUN to drain the console
+    // ring, so a guest that queued bytes and then spins or halts shows them.
+    let tx_ring = machine.tx_ring().cloned();
+    let first_vcpu = threads.first().map(|t| t.as_pthread_t());
+    let mut drain_tick = || {
+        if let (Some(ring), Some(thread)) = (&tx_ring, first_vcpu) {
+            if ring.pending() {
+                // SAFETY: the thread is not joined before `wait_for_stop`
+                // returns (its handle is held), so its pthread_t is valid;
+                // the signal's handler is a no-op.
+                unsafe { libc::pthread_kill(thread, kick_signal()) };
+            }
+        }
+    };
+    wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat, &mut drain_tick);
     let counts = stop_and_join(threads, &mut heartbeat);
     flush_partial_line();
     heartbeat.stopping();
@@ -303,7 +331,7 @@ pub fn run_with(
         print_attach_stats(&vm, &attached);
     }
     sandboxed.release((machine, attached, vm));
-    Ok(exit)
+    Ok((exit, counts))
 }
 
 /// The run form of a VM config that names files only, as `kiln-runtime
@@ -363,12 +391,13 @@ impl Drop for SignalGuard {
 
 /// Sleeps until the VM stops or a stop signal arrives (which stops it),
 /// waking every [`watchdog::CHECK_EVERY`] to end the VM if a vCPU thread
-/// is stuck, and otherwise to send PID 1 a heartbeat.
+/// is stuck, and otherwise to send PID 1 a heartbeat and call `tick`.
 fn wait_for_stop(
     ctl: &RunControl,
     signals: &SignalGuard,
     clocks: &VcpuClocks,
     heartbeat: &mut Heartbeat,
+    tick: &mut dyn FnMut(),
 ) {
     let check_ms =
         libc::c_int::try_from(watchdog::CHECK_EVERY.as_millis()).unwrap_or(libc::c_int::MAX);
@@ -408,7 +437,9 @@ fn wait_for_stop(
             )));
             break;
         }
-        // Guest text without its line end yet shows at most a tick late.
+        // Guest text without its line end yet shows at most a tick late
+        // (queued text: the kicked vCPU writes it out).
+        tick();
         flush_partial_line();
         if let Ok(Some(info)) = signals.fd.read_signal() {
             // Signal numbers are at most 64.
@@ -489,11 +520,12 @@ fn print_stats(
     let unclaimed = vm.pio_bus().unclaimed_total();
     // One write, so the line stays whole on a console shared with other VMs.
     let line = format!(
-        "kiln-runtime: stats vm={name} setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} vmm_peak_kib={} notes_held={} entry={entry}\n",
+        "kiln-runtime: stats vm={name} setup_ms={} first_output_ms={first} total_ms={} exits={} pio={} pio_coalesced={} mmio={} mmio_bar={} intr={} unclaimed_pio={unclaimed} rss_kib={rss_kib} guest_resident_kib={guest_kib} vmm_kib={} vmm_peak_kib={} notes_held={} entry={entry}\n",
         setup.as_millis(),
         total.as_millis(),
         counts.total,
         counts.pio,
+        counts.coalesced,
         counts.mmio,
         counts.mmio_bar,
         counts.interrupted,
@@ -667,6 +699,125 @@ mod tests {
         );
     }
 
+    /// mov dx, port; mov al, value; out dx, al
+    fn out(port: u16, value: u8) -> Vec<u8> {
+        let p = port.to_le_bytes();
+        vec![0x66, 0xba, p[0], p[1], 0xb0, value, 0xee]
+    }
+
+    /// mov al, 0; out 0xf4, al; hlt
+    const EXIT_0: [u8; 5] = [0xb0, 0, 0xe6, 0xf4, 0xf4];
+
+    fn coalesced_pio_offered() {
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        assert!(
+            kvm.check_extension(kvm_ioctls::Cap::CoalescedPio),
+            "this host's KVM has no KVM_CAP_COALESCED_PIO: the console tests need it"
+        );
+    }
+
+    fn console(dir: &tempfile::TempDir) -> Vec<u8> {
+        std::fs::read(dir.path().join("console.log")).unwrap()
+    }
+
+    #[test]
+    fn console_writes_are_queued_without_exits_and_all_arrive_in_order() {
+        coalesced_pio_offered();
+        let text: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut code = print(&text);
+        code.extend_from_slice(&EXIT_0);
+        let (dir, cfg) = tiny_guest(&code, 2);
+        let (exit, counts) =
+            run_counted(&cfg, dir.path(), RunOptions::default(), &mut || {}).unwrap();
+        assert_eq!(exit, VmExit::Exited(0));
+        assert_eq!(console(&dir), text);
+        // The first byte registers the zone (an exit), the exit port is
+        // another; the rest is queued, but for a write that finds the ring
+        // full (it holds 169 entries in its 4 KiB page) and exits.
+        assert!(counts.total < 10, "{counts:?}");
+        assert!(counts.coalesced >= 290, "{counts:?}");
+        assert_eq!(counts.coalesced + counts.pio - 1, 300, "{counts:?}");
+    }
+
+    #[test]
+    fn divisor_latch_and_loopback_writes_are_not_console_text() {
+        coalesced_pio_offered();
+        let mut code = print(b"a");
+        code.extend(out(0x3fb, 0x80)); // LCR: DLAB
+        code.extend(out(0x3f8, b'X')); // divisor low
+        code.extend(out(0x3f9, 0)); // divisor high
+        code.extend(out(0x3fb, 0x03)); // LCR: 8N1, DLAB clear
+        code.extend(print(b"b"));
+        code.extend(out(0x3fc, 0x10)); // MCR: loopback
+        code.extend(out(0x3f8, b'Y')); // comes back as input
+        code.extend(out(0x3fc, 0)); // MCR: loopback off
+        code.extend(print(b"c\n"));
+        code.extend_from_slice(&EXIT_0);
+        let (dir, cfg) = tiny_guest(&code, 1);
+        let (exit, counts) =
+            run_counted(&cfg, dir.path(), RunOptions::default(), &mut || {}).unwrap();
+        assert_eq!(exit, VmExit::Exited(0));
+        assert_eq!(console(&dir), b"abc\n");
+        // The zone came back after each: "c\n" was queued in part.
+        assert!(counts.coalesced >= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn a_guest_that_wants_the_transmitter_empty_interrupt_gets_an_exit_per_byte() {
+        coalesced_pio_offered();
+        let text = b"interrupt-driven output\n";
+        let mut code = out(0x3f9, 0x02); // IER: THR empty
+        code.extend(print(text));
+        // Off again (Linux's console writes do so around each message):
+        // the zone does not come back to a guest whose driver uses it.
+        code.extend(out(0x3f9, 0));
+        code.extend(print(text));
+        code.extend_from_slice(&EXIT_0);
+        let (dir, cfg) = tiny_guest(&code, 1);
+        let (exit, counts) =
+            run_counted(&cfg, dir.path(), RunOptions::default(), &mut || {}).unwrap();
+        assert_eq!(exit, VmExit::Exited(0));
+        assert_eq!(console(&dir), [&text[..], &text[..]].concat());
+        assert_eq!(counts.coalesced, 0, "{counts:?}");
+        assert!(counts.pio > 2 * text.len() as u64, "{counts:?}");
+    }
+
+    #[test]
+    fn queued_text_of_a_spinning_guest_shows_within_a_tick() {
+        coalesced_pio_offered();
+        let mut code = print(b"queued, then spinning");
+        code.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+        let (dir, cfg) = tiny_guest(&code, 2);
+        let (tx, rx) = mpsc::channel();
+        let base = dir.path().to_path_buf();
+        let runner = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            run_counted(&cfg, &base, RunOptions::default(), &mut || {
+                tx.send(me).unwrap()
+            })
+        });
+        let thread = rx.recv().unwrap();
+        let since = Instant::now();
+        // A tick is 20 ms in tests; the rest is room for a loaded machine.
+        while console(&dir) != b"queued, then spinning" && since.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let shown = console(&dir);
+        // SAFETY: the runner thread is alive until the VM stops.
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
+        let (exit, counts) = runner.join().unwrap().unwrap();
+        assert_eq!(exit, VmExit::Signal(libc::SIGTERM));
+        assert_eq!(
+            shown,
+            b"queued, then spinning",
+            "after {:?}",
+            since.elapsed()
+        );
+        assert_eq!(counts.coalesced, 20, "{counts:?}");
+    }
+
     #[test]
     fn wide_exit_port_write() {
         // mov eax, 0x12345; out 0xf4, eax
@@ -810,9 +961,12 @@ mod tests {
     #[test]
     fn a_sandboxed_vmm_runs_its_vm_to_the_end_and_no_further() {
         sandboxed_child();
-        // Setup, two vCPUs, console output, the exit port, teardown: all
-        // within the filters.
-        let mut code = print(b"ok\n");
+        // Setup, two vCPUs, console output (the transmit register made a
+        // coalesced zone, then not: the transmitter-empty interrupt on),
+        // the exit port, teardown: all within the filters.
+        let mut code = print(b"ok");
+        code.extend(out(0x3f9, 0x02));
+        code.extend(print(b"\n"));
         code.extend_from_slice(&[0xb0, 42, 0xe6, 0xf4, 0xf4]);
         let out = run_sandboxed(&code);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -5,6 +5,7 @@
 //!
 //! - [`bus`]: address ranges to devices, for port I/O and for MMIO.
 //! - [`serial`]: COM1, a 16550A at 0x3f8 on IRQ 4.
+//! - [`tx_ring`]: COM1's transmit register through KVM's coalesced PIO.
 //! - [`i8042`]: the keyboard controller's CPU reset line (reboot).
 //! - [`exit_port`]: the debug exit port at 0xf4.
 //! - [`cmos`]: the CMOS RTC at 0x70/0x71 (Linux reads the wall clock there).
@@ -18,6 +19,7 @@ pub mod exit_port;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod tx_ring;
 
 pub use bus::{Access, Bus, BusDevice, BusError};
 

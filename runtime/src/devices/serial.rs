@@ -1,14 +1,18 @@
 //! COM1: vm-superio's 16550A at 0x3f8, its interrupt delivered on IRQ 4
 //! through an irqfd, its output copied to the console and/or a log file.
 //! Guest input is not wired (kiln guests are appliances, judged by output).
+//! While its state allows, its transmit register is a coalesced zone
+//! ([`super::tx_ring`]): writes there reach the output without a VM exit.
 
 use super::bus::BusDevice;
+use super::tx_ring::TxRing;
 use super::StopRequest;
 use crate::vm::notes::Stdout;
+use crate::vm::Vm;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -161,9 +165,65 @@ pub fn flush_partial_line() {
     let _ = io::stdout().lock().flush();
 }
 
+/// The UART's output, shared with its [`TxRing`]: bytes the UART writes
+/// and bytes drained from the ring reach one sink, in the order written.
+#[derive(Clone)]
+pub struct SharedSink(Arc<Mutex<Box<dyn Write + Send>>>);
+
+// The sink is a trait object; where it writes is the console's business.
+impl std::fmt::Debug for SharedSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSink").finish_non_exhaustive()
+    }
+}
+
+impl SharedSink {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        SharedSink(Arc::new(Mutex::new(out)))
+    }
+}
+
+impl Write for SharedSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush()
+    }
+}
+
+/// Register offsets and bits the zone depends on.
+const THR: u8 = 0;
+const IER: u8 = 1;
+const LCR: u8 = 3;
+const MCR: u8 = 4;
+const IER_THRI: u8 = 0x02;
+const LCR_DLAB: u8 = 0x80;
+const MCR_LOOP: u8 = 0x10;
+
 /// The UART on the port I/O bus.
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    uart: Serial<IrqTrigger, NoEvents, SharedSink>,
+    tx: Option<Arc<TxRing>>,
+    /// The guest enabled the transmitter-empty interrupt once: its driver
+    /// is interrupt-driven (Linux's 8250 once the port is opened), and the
+    /// zone stays off for good rather than come and go with each console
+    /// message (two ioctls, each waiting for KVM's SRCU readers).
+    interrupt_driven: bool,
 }
 
 // vm-superio's UART has no Debug; its state is the guest's business.
@@ -177,8 +237,30 @@ impl SerialDevice {
     /// A UART raising `irq` and writing to `out`.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
-            uart: Serial::new(IrqTrigger(irq), out),
+            uart: Serial::new(IrqTrigger(irq), SharedSink::new(out)),
+            tx: None,
+            interrupt_driven: false,
         }
+    }
+
+    /// Lets the transmit register at `port` on `vm` be a coalesced zone
+    /// while the UART's state allows; the vCPUs drain the returned ring.
+    pub fn coalescing(&mut self, vm: Arc<Vm>, port: u16) -> Arc<TxRing> {
+        let ring = Arc::new(TxRing::new(vm, port, self.uart.writer().clone()));
+        self.tx = Some(ring.clone());
+        ring
+    }
+
+    /// Whether a transmit-register write has no effect a later read or
+    /// interrupt could observe: 0 is the transmit register (DLAB clear;
+    /// with it set, the divisor latch, readable), no transmitter-empty
+    /// interrupt (a driver that waits for it would wait for good), no
+    /// loopback (the byte would come back as input).
+    fn transmit_only(&self) -> bool {
+        let s = self.uart.state();
+        s.line_control & LCR_DLAB == 0
+            && s.interrupt_enable & IER_THRI == 0
+            && s.modem_control & MCR_LOOP == 0
     }
 }
 
@@ -194,6 +276,24 @@ impl BusDevice for SerialDevice {
             // An output error is already dropped by the sink; an interrupt
             // that cannot be raised only delays the guest's TX path.
             let _ = self.uart.write(off, *value);
+            if off == IER && self.uart.state().interrupt_enable & IER_THRI != 0 {
+                self.interrupt_driven = true;
+            }
+            if let Some(tx) = &self.tx {
+                match off {
+                    // The zone comes with the first transmit write that
+                    // may have it, and goes when the state stops allowing.
+                    THR if !tx.registered()
+                        && tx.usable()
+                        && !self.interrupt_driven
+                        && self.transmit_only() =>
+                    {
+                        tx.register()
+                    }
+                    IER | LCR | MCR if tx.registered() && !self.transmit_only() => tx.unregister(),
+                    _ => {}
+                }
+            }
         }
         None
     }

@@ -22,6 +22,7 @@ use crate::arch::x86_64::layout::{
 };
 use crate::devices::pci::{PciFunction, PciRoot, PciRootError};
 use crate::devices::serial::{ConsoleSink, SerialDevice, SerialError};
+use crate::devices::tx_ring::TxRing;
 use crate::devices::{acpi_pm, cmos, exit_port, i8042, BusDevice, BusError};
 use crate::vm::Vm;
 use kiln_schema::config::VmConfig;
@@ -59,6 +60,8 @@ pub struct Machine {
     devices: Vec<Arc<Mutex<dyn BusDevice>>>,
     serial_irq: EventFd,
     first_output: Arc<OnceLock<Instant>>,
+    /// COM1's coalesced transmit register, which the vCPUs drain.
+    tx_ring: Option<Arc<TxRing>>,
     vm: Arc<Vm>,
 }
 
@@ -91,6 +94,7 @@ impl Machine {
             devices: Vec::new(),
             serial_irq,
             first_output: Arc::default(),
+            tx_ring: None,
             vm,
         };
         let sink = ConsoleSink::new(cfg.console.echo, cfg.console.log.as_deref())?
@@ -99,7 +103,9 @@ impl Machine {
         m.first_output = sink.first_output();
         let sink: Box<dyn Write + Send> = Box::new(sink);
         let irq = m.serial_irq.try_clone().map_err(SerialError::EventFd)?;
-        m.place_ports(COM1_PORT, COM1_PORTS, SerialDevice::new(irq, sink))?;
+        let mut serial = SerialDevice::new(irq, sink);
+        m.tx_ring = Some(serial.coalescing(m.vm.clone(), COM1_PORT));
+        m.place_ports(COM1_PORT, COM1_PORTS, serial)?;
         let (kbd_data, kbd_cmd) = i8042::ports();
         m.place_ports(I8042_DATA_PORT, 1, kbd_data)?;
         m.place_ports(I8042_COMMAND_PORT, 1, kbd_cmd)?;
@@ -131,6 +137,11 @@ impl Machine {
             .insert(u64::from(port), u64::from(count), Arc::downgrade(&device))?;
         self.devices.push(device);
         Ok(())
+    }
+
+    /// COM1's transmit ring, when KVM offers coalesced PIO.
+    pub fn tx_ring(&self) -> Option<&Arc<TxRing>> {
+        self.tx_ring.as_ref().filter(|r| r.usable())
     }
 
     /// The VM the devices are on.

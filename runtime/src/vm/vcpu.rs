@@ -1,7 +1,8 @@
 //! vCPUs: creation and reset state (CPUID, MSRs, FPU, local APIC, and the
 //! boot CPU's registers), and the run loop each vCPU thread executes: port
-//! and MMIO exits go to the VM's buses, and how the VM ends ([`VmExit`]) is
-//! reported to the [`RunControl`].
+//! and MMIO exits go to the VM's buses, the console's coalesced writes are
+//! drained before any exit is handled ([`TxRing`]), and how the VM ends
+//! ([`VmExit`]) is reported to the [`RunControl`].
 
 use super::exit::VmExit;
 use super::Vm;
@@ -9,6 +10,8 @@ use crate::arch::x86_64::cpuid::{self, Topology};
 use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryPoint, RegsError};
 use crate::devices::pci::PciRoot;
+use crate::devices::serial::flush_partial_line;
+use crate::devices::tx_ring::TxRing;
 use crate::devices::Access;
 use crate::watchdog::VcpuClocks;
 use kvm_bindings::{
@@ -103,6 +106,8 @@ pub struct ExitCounts {
     pub mmio_bar: u64,
     pub interrupted: u64,
     pub other: u64,
+    /// Console bytes taken from the coalesced ring (no exit of their own).
+    pub coalesced: u64,
 }
 
 impl std::ops::AddAssign for ExitCounts {
@@ -113,6 +118,7 @@ impl std::ops::AddAssign for ExitCounts {
         self.mmio_bar += o.mmio_bar;
         self.interrupted += o.interrupted;
         self.other += o.other;
+        self.coalesced += o.coalesced;
     }
 }
 
@@ -124,6 +130,8 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
     vm: Arc<Vm>,
+    /// The console's coalesced writes, drained by every vCPU.
+    tx_ring: Option<Arc<TxRing>>,
 }
 
 impl Vcpu {
@@ -172,7 +180,31 @@ impl Vcpu {
             fd,
             index,
             vm: vm.clone(),
+            tx_ring: None,
         })
+    }
+
+    /// Maps the VM's coalesced ring (before the seccomp filter: an `mmap`
+    /// of the vCPU fd) so this vCPU drains `ring`.
+    pub fn drain_tx_ring(&mut self, ring: Arc<TxRing>) -> Result<(), VcpuError> {
+        self.fd
+            .map_coalesced_mmio_ring()
+            .map_err(|source| VcpuError::Kvm {
+                what: "map the coalesced I/O ring",
+                index: self.index,
+                source,
+            })?;
+        self.tx_ring = Some(ring);
+        Ok(())
+    }
+
+    /// Writes out what the ring holds; how many bytes.
+    fn drain(&mut self) -> u64 {
+        let Some(ring) = &self.tx_ring else {
+            return 0;
+        };
+        let fd = &mut self.fd;
+        ring.drain(|| fd.coalesced_mmio_read().ok().flatten())
     }
 
     /// Puts the boot CPU at the kernel's entry point.
@@ -205,24 +237,31 @@ impl Vcpu {
     pub fn run(mut self, ctl: &RunControl, clocks: &VcpuClocks) -> ExitCounts {
         let mut counts = ExitCounts::default();
         let index = self.index;
+        // A write exit's data, copied out of the exit so the ring can be
+        // drained before it is handled.
+        let mut written: Vec<u8> = Vec::with_capacity(8);
         while !ctl.stopping() {
             let mut internal_error = false;
+            let mut write = None;
+            let mut kicked = false;
             clocks.entering(usize::from(index));
             let ran = self.fd.run();
             clocks.left(usize::from(index));
-            let outcome = match ran {
+            let mut outcome = match ran {
                 Ok(exit) => {
                     counts.total += 1;
                     match exit {
                         VcpuExit::IoOut(port, data) => {
                             counts.pio += 1;
-                            #[cfg(any(test, feature = "dev-hooks"))]
-                            test_triggers::on_out(port);
-                            match self.vm.pio_bus().write(u64::from(port), data) {
-                                Access::Stop(stop) => Some(VmExit::from(stop)),
-                                Access::Claimed | Access::Unclaimed => None,
-                            }
+                            written.clear();
+                            written.extend_from_slice(data);
+                            write = Some(Write::Pio(port));
+                            None
                         }
+                        // Reads are handled here, before the ring is
+                        // drained: no read depends on a queued write (the
+                        // zone exists only while a transmit write changes
+                        // nothing a read sees).
                         VcpuExit::IoIn(port, data) => {
                             counts.pio += 1;
                             self.vm.pio_bus().read(u64::from(port), data);
@@ -239,13 +278,14 @@ impl Vcpu {
                         }
                         VcpuExit::MmioWrite(addr, data) => {
                             counts.mmio += 1;
-                            if self.vm.mmio_bus().write(addr, data) != Access::Unclaimed {
-                                counts.mmio_bar += u64::from(!PciRoot::is_ecam(addr));
-                            }
+                            written.clear();
+                            written.extend_from_slice(data);
+                            write = Some(Write::Mmio(addr));
                             None
                         }
                         VcpuExit::Intr => {
                             counts.interrupted += 1;
+                            kicked = true;
                             None
                         }
                         // With the in-kernel LAPIC, HLT stays in KVM; a HLT
@@ -279,6 +319,7 @@ impl Vcpu {
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     counts.interrupted += 1;
+                    kicked = true;
                     self.fd.set_kvm_immediate_exit(0);
                     None
                 }
@@ -286,6 +327,30 @@ impl Vcpu {
                     "KVM_RUN failed on vCPU {index}: {e}"
                 ))),
             };
+            // The guest's queued console bytes come before anything this
+            // exit does (a UART register write, the exit port, a stop).
+            let drained = self.drain();
+            counts.coalesced += drained;
+            if kicked && drained > 0 {
+                // Kicked at the watchdog tick: the end of a line the guest
+                // has not finished shows now, not a tick later.
+                flush_partial_line();
+            }
+            match write {
+                Some(Write::Pio(port)) => {
+                    #[cfg(any(test, feature = "dev-hooks"))]
+                    test_triggers::on_out(port);
+                    outcome = match self.vm.pio_bus().write(u64::from(port), &written) {
+                        Access::Stop(stop) => Some(VmExit::from(stop)),
+                        Access::Claimed | Access::Unclaimed => None,
+                    };
+                }
+                Some(Write::Mmio(addr)) => {
+                    let claimed = self.vm.mmio_bus().write(addr, &written) != Access::Unclaimed;
+                    counts.mmio_bar += u64::from(claimed && !PciRoot::is_ecam(addr));
+                }
+                None => {}
+            }
             if internal_error {
                 let run = self.fd.get_kvm_run();
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, for
@@ -298,8 +363,17 @@ impl Vcpu {
                 ctl.request_stop(why);
             }
         }
+        // What the guest queued before the VM stopped is not lost.
+        counts.coalesced += self.drain();
         counts
     }
+}
+
+/// A write exit, its data held apart.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    Pio(u16),
+    Mmio(u64),
 }
 
 /// Ports that misbehave on purpose, in unit tests and `dev-hooks` builds

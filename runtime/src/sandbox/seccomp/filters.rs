@@ -9,7 +9,10 @@
 //! `VFIO_IOMMU_MAP_DMA` are on no list.
 
 use super::ThreadKind;
-use kvm_bindings::{kvm_device_attr, kvm_irq_routing, kvm_irqfd, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_coalesced_mmio_zone, kvm_device_attr, kvm_irq_routing, kvm_irqfd,
+    kvm_userspace_memory_region,
+};
 use seccompiler::{
     SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
@@ -31,6 +34,18 @@ vmm_sys_util::ioctl_iow_nr!(
     kvm_userspace_memory_region
 );
 vmm_sys_util::ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, KVMIO, 0xe1, kvm_device_attr);
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_REGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x67,
+    kvm_coalesced_mmio_zone
+);
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_UNREGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x68,
+    kvm_coalesced_mmio_zone
+);
 vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE, VFIO_BASE + 5);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
@@ -113,13 +128,16 @@ fn main_ioctls() -> Vec<u64> {
     ]
 }
 
-/// The ioctls a vCPU thread makes: running the guest, and what a guest
-/// can ask of a passed-through device: a BAR moved (its KVM slots), MSI or
-/// MSI-X vectors enabled, disabled or retargeted (the device's eventfds,
-/// their irqfds and the GSI routes).
+/// The ioctls a vCPU thread makes: running the guest, the console's
+/// transmit register made a coalesced zone and back as the guest changes
+/// the UART's state, and what a guest can ask of a passed-through device:
+/// a BAR moved (its KVM slots), MSI or MSI-X vectors enabled, disabled or
+/// retargeted (the device's eventfds, their irqfds and the GSI routes).
 fn vcpu_ioctls() -> Vec<u64> {
     vec![
         KVM_RUN(),
+        KVM_REGISTER_COALESCED_MMIO(),
+        KVM_UNREGISTER_COALESCED_MMIO(),
         KVM_SET_USER_MEMORY_REGION(),
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
@@ -199,6 +217,8 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_SET_DEVICE_ATTR(), 0x4018_aee1);
+        assert_eq!(KVM_REGISTER_COALESCED_MMIO(), 0x4010_ae67);
+        assert_eq!(KVM_UNREGISTER_COALESCED_MMIO(), 0x4010_ae68);
         assert_eq!(VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
