@@ -298,7 +298,7 @@ fn run_counted(
     // ring, so a guest that queued bytes and then spins or halts shows them.
     let tx_ring = machine.tx_ring().cloned();
     let first_vcpu = threads.first().map(|t| t.as_pthread_t());
-    let mut drain_tick = || {
+    let mut drain_tick = move || {
         if let (Some(ring), Some(thread)) = (&tx_ring, first_vcpu) {
             if ring.pending() {
                 // SAFETY: the thread is not joined before `wait_for_stop`
@@ -309,6 +309,8 @@ fn run_counted(
         }
     };
     wait_for_stop(&ctl, &signals, &clocks, &mut heartbeat, &mut drain_tick);
+    // Its VM handle goes with the machine's, not after.
+    drop(drain_tick);
     let counts = stop_and_join(threads, &mut heartbeat);
     flush_partial_line();
     heartbeat.stopping();
