@@ -195,7 +195,8 @@ fi
 
 # --- Side by side with QEMU microvm -------------------------------------
 # One appliance holds the guests: `linux` (kiln's default command line for
-# a debian: kernel), `linux-plain` (fast_boot = false: the command line as
+# a debian: kernel), `linux-pvh` (the same with pvh = true: the vmlinux
+# through PVH), `linux-plain` (fast_boot = false: the command line as
 # written) and `hello`. Its initramfs gets a second archive appended with
 # the harness (/bench/init, started by rdinit= instead of kiln's PID 1),
 # QEMU with its shared libraries at the host's paths and microvm's
@@ -210,6 +211,8 @@ peer_vm() { # name, extra boot keys
   # Guest RAM of both VMMs on hugetlbfs: 64 pages each, one VM at a time.
   printf 'cmdline = "console=ttyS0 panic=-1 quiet hugepages=80"\n[target]\nmemory = "1024M"\n'
   peer_vm linux
+  peer_vm linux-pvh 'pvh = true
+'
   peer_vm linux-plain 'fast_boot = false
 '
   printf '[[vm]]\nname = "hello"\nmemory = "64M"\n[vm.boot]\nkernel = "cargo:kiln-hello"\ncmdline = "hello.exit=0"\n'
@@ -240,8 +243,8 @@ cp "$work/peer/vmlinuz" "$work/peer/manifest.json" "$bench/"
 words="rdinit=/bench/init vmmbench.pairs=$pairs vmmbench.deadline=$deadline"
 [ -z "$mode" ] || words="$words vmmbench.mode=$mode"
 echo "$(cat "$work/peer/cmdline") $words" >"$bench/cmdline"
-# Boots per pair: kiln's default; kiln and QEMU per bzImage command line
-# (and --before on the plain one); then hello;
+# Boots per pair: kiln and QEMU per command line (and --before on the
+# plain one), kiln with pvh = true; then hello;
 # or the prefault pair's 8. Each ends by its deadline plus the harness's
 # 5 s grace (twice: after the kill and for the pipe), so the run as a whole
 # ends by this bound unless the target itself hangs, which it then stops.

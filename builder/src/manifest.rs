@@ -92,7 +92,7 @@ pub struct Payload {
     /// bzImage) or `bzimage` (the 64-bit boot protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
-    /// Why a `debian:` guest kernel with `boot.fast_boot` still boots as a
+    /// Why a `debian:` guest kernel with `boot.pvh` still boots as a
     /// bzImage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry_note: Option<String>,

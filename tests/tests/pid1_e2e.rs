@@ -343,13 +343,11 @@ fn kiln_build_refuses_an_unknown_module_with_suggestions() {
 /// A Linux guest whose VMM may use less memory than the guest has RAM: the
 /// guest touches more than that while its kernel unpacks (and `memtest=1`
 /// writes all of it), so the kernel's OOM killer ends the VMM inside its
-/// cgroup. It boots the bzImage (`fast_boot = false`): the VMM would touch
-/// more than the limit itself loading the 53 MB vmlinux, before the guest
-/// runs. `extra` goes after [vm.boot].
+/// cgroup. `extra` goes after [vm.boot].
 fn hog_vm(name: &str, extra: &str) -> String {
     format!(
         "[[vm]]\nname = \"{name}\"\nmemory = \"256M\"\n[vm.boot]\nkernel = \"debian:linux-image-cloud-amd64\"\n\
-         initrd = {{ init = \"cargo:kiln-guest-init\" }}\ncmdline = \"console=ttyS0 reboot=k panic=-1 quiet memtest=1\"\nfast_boot = false\n{extra}"
+         initrd = {{ init = \"cargo:kiln-guest-init\" }}\ncmdline = \"console=ttyS0 reboot=k panic=-1 quiet memtest=1\"\n{extra}"
     )
 }
 

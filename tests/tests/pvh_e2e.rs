@@ -1,9 +1,9 @@
-//! `debian:` guest kernels boot through PVH: with `boot.fast_boot` (its
-//! default) `kiln build` puts the bzImage's uncompressed vmlinux into the
-//! image and the VMM enters it at its PVH note, so the guest kernel does
-//! not decompress itself; `fast_boot = false` keeps the bzImage. One
-//! appliance boots both to kiln-guest-init, with `KILN_VMM_STATS=1` so each
-//! VMM says which entry it took (docs/config.md#fast-boot).
+//! `debian:` guest kernels boot through PVH on request: with `boot.pvh`
+//! `kiln build` puts the bzImage's uncompressed vmlinux into the image and
+//! the VMM enters it at its PVH note, so the guest kernel does not
+//! decompress itself; by default the bzImage goes in. One appliance boots
+//! both to kiln-guest-init, with `KILN_VMM_STATS=1` so each VMM says which
+//! entry it took (docs/config.md#booting-the-vmlinux-through-pvh).
 
 // kiln-tests is test code throughout: a failed step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -40,15 +40,15 @@ fn kernel_payload<'a>(manifest: &'a serde_json::Value, vm: &str) -> &'a serde_js
 }
 
 #[test]
-fn a_debian_guest_boots_its_vmlinux_through_pvh_and_fast_boot_off_keeps_the_bzimage() {
+fn a_debian_guest_boots_its_vmlinux_through_pvh_when_asked_and_its_bzimage_by_default() {
     require_qemu();
     let started = Instant::now();
     let dir = images::scratch("pvh/boot");
     let text = format!(
         "name = \"pvh\"\n[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n\
          cmdline = \"console=ttyS0 panic=-1 quiet KILN_VMM_STATS=1\"\n{}{}",
-        linux_vm("fast", "128M", ""),
-        linux_vm("plain", "128M", "fast_boot = false\n"),
+        linux_vm("fast", "128M", "pvh = true\n"),
+        linux_vm("plain", "128M", ""),
     );
     let image = images::write(&dir, "pvh.toml", &text);
     let out = dir.join("out");
@@ -121,7 +121,7 @@ fn a_debian_guest_too_small_for_its_vmlinux_fails_the_build_at_memory() {
         "small.toml",
         &format!(
             "name = \"small\"\n[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n{}",
-            linux_vm("tiny", "48M", "")
+            linux_vm("tiny", "48M", "pvh = true\n")
         ),
     );
     let o = run_kiln(
@@ -140,5 +140,34 @@ fn a_debian_guest_too_small_for_its_vmlinux_fails_the_build_at_memory() {
             && err.contains("vm[0].memory")
             && err.contains("is 48 MiB, but the guest kernel loads up to"),
         "the error names the file and the key:\n{err}"
+    );
+}
+
+#[test]
+fn pvh_on_a_kernel_that_is_no_debian_bzimage_is_refused_at_its_key() {
+    let dir = images::scratch("pvh/cargo");
+    let image = images::write(
+        &dir,
+        "hello.toml",
+        "name = \"hello\"\n[kernel]\nsource = \"debian:linux-image-cloud-amd64\"\n\
+         [[vm]]\nname = \"hello\"\nmemory = \"64M\"\n[vm.boot]\n\
+         kernel = \"cargo:kiln-hello\"\npvh = true\n",
+    );
+    let o = run_kiln(
+        &dir,
+        &[
+            "build",
+            &image.to_string_lossy(),
+            "-o",
+            &dir.join("out").to_string_lossy(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "pvh on a cargo: kernel built:\n{err}");
+    assert!(
+        err.contains("hello.toml:9:")
+            && err.contains("vm[0].boot.pvh")
+            && err.contains("unpacks a `debian:` kernel's bzImage"),
+        "the error names the file, the line and the key:\n{err}"
     );
 }

@@ -58,7 +58,7 @@ pub enum BuildError {
     Output(#[from] crate::output::OutputError),
     #[error(transparent)]
     Destination(#[from] DestinationError),
-    #[error("Cannot take the uncompressed kernel out of {}; set `boot.fast_boot = false` in the VM's [boot] to boot the bzImage as it is", path.display())]
+    #[error("Cannot take the uncompressed kernel out of {}; leave `boot.pvh` out of the VM's [boot] to boot the bzImage as it is", path.display())]
     Vmlinux {
         path: PathBuf,
         #[source]

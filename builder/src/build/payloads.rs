@@ -1,7 +1,7 @@
 //! Step 3: the runtime as `/init` and each VM's payloads under
 //! `/guests/<vm>/`, with each VM's run form pointing there. A `debian:`
-//! guest kernel with `boot.fast_boot` goes in as its vmlinux, booted
-//! through PVH ([`crate::kernel::vmlinux`]), unless that cannot be.
+//! guest kernel with `boot.pvh` goes in as its vmlinux, booted through
+//! PVH ([`crate::kernel::vmlinux`]), unless that cannot be.
 
 use super::inputs::{self, FileHashes};
 use super::staging::Staging;
@@ -59,17 +59,27 @@ pub(super) fn stage(
                 BootInput::Kernel(s) => {
                     let bzimage = resolve_source(s, entry, &key, kernel)?;
                     let (p, note) = match s {
-                        Source::Debian(_) if spec.boot.fast_boot => {
-                            match guest_vmlinux(&bzimage, job)? {
-                                Vmlinux::Pvh(v) => (v, None),
-                                Vmlinux::Kept(why) => {
-                                    crate::progress::note(format!(
-                                        "vm {name}: booting the bzImage {}: {why}",
-                                        bzimage.display()
-                                    ));
-                                    (bzimage, Some(why))
-                                }
+                        Source::Debian(_) if spec.boot.pvh => match guest_vmlinux(&bzimage, job)? {
+                            Vmlinux::Pvh(v) => (v, None),
+                            Vmlinux::Kept(why) => {
+                                crate::progress::note(format!(
+                                    "vm {name}: booting the bzImage {}: {why}",
+                                    bzimage.display()
+                                ));
+                                (bzimage, Some(why))
                             }
+                        },
+                        _ if spec.boot.pvh => {
+                            return Err(ConfigError::at_key(
+                                &entry.file,
+                                &entry.src,
+                                &at.clone().key("pvh"),
+                                "`pvh = true` unpacks a `debian:` kernel's bzImage; for another \
+                                 kernel, give `kernel` an ELF with a PVH note, which boots \
+                                 through PVH as it is, and leave `pvh` out"
+                                    .to_string(),
+                            )
+                            .into())
                         }
                         _ => (bzimage, None),
                     };
@@ -164,7 +174,7 @@ fn entry_name(b: bootcheck::Bootable) -> &'static str {
     }
 }
 
-/// What a `debian:` guest kernel with `boot.fast_boot` boots as.
+/// What a `debian:` guest kernel with `boot.pvh` boots as.
 #[derive(Debug, PartialEq, Eq)]
 enum Vmlinux {
     /// Its vmlinux, which has a PVH entry: a file in the cache.

@@ -3,8 +3,9 @@
 //! vmlinux ELF compressed with the codec the kernel was built with, followed
 //! (but for gzip, whose trailer holds it already) by its uncompressed size
 //! as a little-endian u32. `kiln build` takes it out for `debian:` guest
-//! kernels so the VMM boots the ELF through its PVH entry and the guest
-//! does not decompress itself (docs/config.md#fast-boot).
+//! kernels with `boot.pvh`, so the VMM boots the ELF through its PVH entry
+//! and the guest does not decompress itself
+//! (docs/config.md#booting-the-vmlinux-through-pvh).
 //!
 //! Decoding goes through [`crate::compress::decoder`]: the crates' decoders
 //! for gzip, xz and zstd, and for legacy lz4 (`lz4 -l`, the kernel's

@@ -84,17 +84,24 @@ pub struct BootSpec {
     pub initrd: Option<InitrdSource>,
     #[serde(default)]
     pub cmdline: String,
-    /// For a `debian:` kernel, boot the uncompressed vmlinux `kiln build`
-    /// takes out of its bzImage through PVH, and put
-    /// [`FAST_BOOT_CMDLINE`] before `cmdline` (each word whose key
-    /// `cmdline` does not set itself); `false` boots the bzImage with
+    /// For a `debian:` kernel, put [`FAST_BOOT_CMDLINE`] before `cmdline`
+    /// (each word whose key `cmdline` does not set itself); `false` keeps
     /// `cmdline` as written.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub fast_boot: bool,
+    /// For a `debian:` kernel, boot the uncompressed vmlinux `kiln build`
+    /// takes out of its bzImage, through its PVH entry, instead of the
+    /// bzImage (docs/config.md#booting-the-vmlinux-through-pvh).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pvh: bool,
 }
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What a `debian:` guest kernel gets on its command line by default, to
