@@ -17,6 +17,7 @@
 //!   guest PCI bus, and the bus type (ports, MMIO) they sit on.
 //! - [`vfio`]: in the VMM, the VM's VFIO devices as passed-through PCI
 //!   functions.
+//! - [`proc_status`]: memory fields of `/proc/<pid>/status`.
 //! - [`sandbox`]: what confines a VMM once its VM is set up, before its
 //!   guest runs (its jail, landlock, seccomp), and PID 1's report of it.
 //! - [`vmm`]: running one VM to its end.
@@ -31,6 +32,7 @@ pub mod devices;
 pub mod host;
 pub mod init;
 pub mod machine;
+pub mod proc_status;
 pub mod sandbox;
 pub mod status;
 pub mod vac;

@@ -11,6 +11,7 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, BootError, BootSpec};
 use crate::devices::serial::{flush_partial_line, GUEST_TAG_ENV};
 use crate::machine::{self, Machine, MachineError};
+use crate::proc_status::field_kib;
 use crate::sandbox::seccomp::{self, SeccompError, ThreadKind};
 use crate::sandbox::{self, Jail, SandboxError};
 use crate::vac::{Vac, VacError};
@@ -512,8 +513,8 @@ fn print_stats(
     let vm = machine.vm();
     let total = started.elapsed();
     let status = proc_status.and_then(read_whole).unwrap_or_default();
-    let rss_kib = status_kib(&status, "VmRSS:");
-    let hwm_kib = status_kib(&status, "VmHWM:");
+    let rss_kib = field_kib(&status, "VmRSS:").unwrap_or(0);
+    let hwm_kib = field_kib(&status, "VmHWM:").unwrap_or(0);
     let (guest_kib, guest_in_rss_kib) = resident_guest_kib(vm);
     let first = machine
         .first_output()
@@ -598,14 +599,6 @@ impl Gate {
 }
 
 /// A `Key:  <n> kB` line of /proc/self/status, in KiB (0 when absent).
-fn status_kib(status: &str, key: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// One line on stderr with what attaching devices cost.
 fn print_attach_stats(vm: &Vm, attached: &Attached) {
     if let Some(s) = attached.stats {

@@ -322,18 +322,7 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
 
 /// `VmHWM` of a /proc status file, in KiB (absent once the process exited).
 fn read_hwm(path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    parse_hwm(&text)
-}
-
-fn parse_hwm(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    kiln_runtime::proc_status::read_field_kib(std::path::Path::new(path), "VmHWM:")
 }
 
 fn pid_of(child: &std::process::Child) -> libc::pid_t {
@@ -439,7 +428,6 @@ mod tests {
         let s = run(cmd, m, Duration::from_secs(10)).unwrap();
         assert_eq!(s.code(), Some(0));
         assert_eq!(s.failure, Some("no last line"));
-        assert_eq!(parse_hwm("VmPeak:\t 9 kB\nVmHWM:\t  2345 kB\n"), Some(2345));
     }
 
     #[test]

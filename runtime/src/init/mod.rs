@@ -54,7 +54,8 @@ fn run() -> config::OnDone {
     let (ok, failed) = supervise::run_all(&vms);
     vfio_binding::release(bound);
     // Before the done line, which may end a `kiln test` run.
-    if let Some(kib) = peak_memory_kib() {
+    if let Some(kib) = crate::proc_status::read_field_kib(Path::new("/proc/self/status"), "VmHWM:")
+    {
         say(&format!("init memory peak_kib={kib}"));
     }
     StatusLine::done(ok, failed + refused).print();
@@ -66,22 +67,6 @@ fn load() -> Result<ApplianceConfig, config::ConfigError> {
     let (appliance, src): (ApplianceConfig, String) = config::load(path)?;
     appliance.check(path, &src, Path::new("/"))?;
     Ok(appliance)
-}
-
-/// PID 1's own peak resident memory (VmHWM), in KiB.
-fn peak_memory_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    vm_hwm_kib(&status)
-}
-
-fn vm_hwm_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// An error and its causes, outermost first, on one line.
@@ -107,15 +92,6 @@ pub(crate) fn say(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peak_memory_comes_from_vm_hwm() {
-        let status = "Name:\tinit\nVmPeak:\t   10000 kB\nVmHWM:\t    2345 kB\nVmRSS:\t 2000 kB\n";
-        assert_eq!(vm_hwm_kib(status), Some(2345));
-        assert_eq!(vm_hwm_kib("Name: x\n"), None);
-        // This process has one.
-        assert!(peak_memory_kib().is_some_and(|k| k > 0));
-    }
 
     #[test]
     fn chains_name_every_cause() {
