@@ -39,6 +39,22 @@ fn kernel_payload<'a>(manifest: &'a serde_json::Value, vm: &str) -> &'a serde_js
         .unwrap_or_else(|| panic!("no kernel payload for {vm}: {manifest}"))
 }
 
+/// `kiln build` of `image` into `dir/out`, which must fail: its stderr.
+fn build_fails(dir: &std::path::Path, image: &std::path::Path) -> String {
+    let o = run_kiln(
+        dir,
+        &[
+            "build",
+            &image.to_string_lossy(),
+            "-o",
+            &dir.join("out").to_string_lossy(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{} built:\n{err}", image.display());
+    err
+}
+
 #[test]
 fn a_debian_guest_boots_its_vmlinux_through_pvh_when_asked_and_its_bzimage_by_default() {
     require_qemu();
@@ -124,17 +140,7 @@ fn a_debian_guest_too_small_for_its_vmlinux_fails_the_build_at_memory() {
             linux_vm("tiny", "48M", "pvh = true\n")
         ),
     );
-    let o = run_kiln(
-        &dir,
-        &[
-            "build",
-            &image.to_string_lossy(),
-            "-o",
-            &dir.join("out").to_string_lossy(),
-        ],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a 48M guest built:\n{err}");
+    let err = build_fails(&dir, &image);
     assert!(
         err.contains("small.toml:")
             && err.contains("vm[0].memory")
@@ -153,17 +159,7 @@ fn pvh_on_a_kernel_that_is_no_debian_bzimage_is_refused_at_its_key() {
          [[vm]]\nname = \"hello\"\nmemory = \"64M\"\n[vm.boot]\n\
          kernel = \"cargo:kiln-hello\"\npvh = true\n",
     );
-    let o = run_kiln(
-        &dir,
-        &[
-            "build",
-            &image.to_string_lossy(),
-            "-o",
-            &dir.join("out").to_string_lossy(),
-        ],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "pvh on a cargo: kernel built:\n{err}");
+    let err = build_fails(&dir, &image);
     assert!(
         err.contains("hello.toml:9:")
             && err.contains("vm[0].boot.pvh")
