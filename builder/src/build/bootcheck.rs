@@ -248,13 +248,27 @@ pub(crate) mod tests {
     /// `kind` (with a PVH entry address), and a PT_LOAD of `load` bytes at
     /// guest address 16 MiB when `load` is not 0.
     pub(crate) fn elf_with_note(owner: &[u8], kind: u32, load: usize) -> Vec<u8> {
+        let text = vec![0x90; load];
+        let loads: &[(u64, &[u8], u64)] = if load > 0 {
+            &[(0x100_0000, &text, load as u64)]
+        } else {
+            &[]
+        };
+        elf_exec(owner, kind, loads)
+    }
+
+    /// A 64-bit executable ELF: a PT_NOTE holding one note of `owner` and
+    /// `kind` whose descriptor is the entry address (16 MiB), then a
+    /// PT_LOAD per `(guest address, file bytes, memory size)`, each in the
+    /// file in that order.
+    pub(crate) fn elf_exec(owner: &[u8], kind: u32, loads: &[(u64, &[u8], u64)]) -> Vec<u8> {
         use object::write::elf::{
             FileHeader as WFileHeader, ProgramHeader as WProgramHeader, Writer,
         };
         let mut out = Vec::new();
         let mut w = Writer::new(Endianness::Little, true, &mut out);
         w.reserve_file_header();
-        w.reserve_program_headers(if load > 0 { 2 } else { 1 });
+        w.reserve_program_headers(1 + u32::try_from(loads.len()).unwrap());
         let mut note = Vec::new();
         note.extend_from_slice(&(u32::try_from(owner.len()).unwrap() + 1).to_le_bytes());
         note.extend_from_slice(&4u32.to_le_bytes());
@@ -266,7 +280,7 @@ pub(crate) mod tests {
         }
         note.extend_from_slice(&0x100_0000u32.to_le_bytes());
         let off = w.reserve(note.len(), 4);
-        let load_off = w.reserve(load, 4096);
+        let load_offs: Vec<usize> = loads.iter().map(|l| w.reserve(l.1.len(), 4096)).collect();
         w.write_file_header(&WFileHeader {
             os_abi: 0,
             abi_version: 0,
@@ -287,23 +301,23 @@ pub(crate) mod tests {
             p_memsz: note.len() as u64,
             p_align: 4,
         });
-        if load > 0 {
+        for (&(at, data, memsz), &offset) in loads.iter().zip(&load_offs) {
             w.write_program_header(&WProgramHeader {
                 p_type: elf::PT_LOAD,
                 p_flags: elf::PF_R | elf::PF_X,
-                p_offset: load_off as u64,
-                p_vaddr: 0xffff_ffff_8100_0000,
-                p_paddr: 0x100_0000,
-                p_filesz: load as u64,
-                p_memsz: load as u64,
+                p_offset: offset as u64,
+                p_vaddr: 0xffff_ffff_8000_0000 + at,
+                p_paddr: at,
+                p_filesz: data.len() as u64,
+                p_memsz: memsz,
                 p_align: 4096,
             });
         }
         w.write_align(4);
         w.write(&note);
-        if load > 0 {
+        for &(_, data, _) in loads {
             w.write_align(4096);
-            w.write(&vec![0x90; load]);
+            w.write(data);
         }
         out
     }

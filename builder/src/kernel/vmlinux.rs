@@ -414,51 +414,15 @@ pub(crate) mod tests {
         ));
     }
 
-    /// An ELF64 with a PT_NOTE and two PT_LOADs: `a` at 16 MiB and `b`
-    /// right after it, in the file in that order.
+    /// An ELF64 with a PVH note and two PT_LOADs, `a` at 16 MiB and `b` at
+    /// 32 MiB, each 0x100 bytes larger in memory than in the file.
     fn elf_with_loads(a: &[u8], b: &[u8]) -> Vec<u8> {
-        use object::elf;
-        use object::write::elf::{FileHeader, ProgramHeader, Writer};
-        let mut out = Vec::new();
-        let mut w = Writer::new(object::Endianness::Little, true, &mut out);
-        w.reserve_file_header();
-        w.reserve_program_headers(3);
-        let note = [
-            4u8, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0, 1, 0, 0, 1,
-        ];
-        let note_off = w.reserve(note.len(), 4);
-        let a_off = w.reserve(a.len(), 4096);
-        let b_off = w.reserve(b.len(), 4096);
-        w.write_file_header(&FileHeader {
-            os_abi: 0,
-            abi_version: 0,
-            e_type: elf::ET_EXEC,
-            e_machine: elf::EM_X86_64,
-            e_entry: 0x100_0000,
-            e_flags: 0,
-        })
-        .unwrap();
-        w.write_align_program_headers();
-        let seg = |p_type, off: usize, at: u64, len: usize| ProgramHeader {
-            p_type,
-            p_flags: elf::PF_R,
-            p_offset: off as u64,
-            p_vaddr: at,
-            p_paddr: at,
-            p_filesz: len as u64,
-            p_memsz: len as u64 + 0x100,
-            p_align: if p_type == elf::PT_NOTE { 4 } else { 4096 },
-        };
-        w.write_program_header(&seg(elf::PT_NOTE, note_off, 0, note.len()));
-        w.write_program_header(&seg(elf::PT_LOAD, a_off, 0x100_0000, a.len()));
-        w.write_program_header(&seg(elf::PT_LOAD, b_off, 0x200_0000, b.len()));
-        w.write_align(4);
-        w.write(&note);
-        w.write_align(4096);
-        w.write(a);
-        w.write_align(4096);
-        w.write(b);
-        out
+        let mem = |d: &[u8]| d.len() as u64 + 0x100;
+        crate::build::bootcheck::tests::elf_exec(
+            b"Xen",
+            18,
+            &[(0x100_0000, a, mem(a)), (0x200_0000, b, mem(b))],
+        )
     }
 
     /// Guest memory as a loader fills it from `elf`'s PT_LOADs: file bytes,
